@@ -1,0 +1,18 @@
+//! `rcuvm`: the lab's command-line front door.
+//!
+//! With no arguments it runs the main job. Today that job reports what
+//! exists and measures the RCU domain on this machine; the workload suite,
+//! checker, replay and report arrive with their issues, and the job says so
+//! instead of pretending.
+
+mod args;
+mod rcu_probe;
+
+use clap::Parser;
+
+fn main() {
+    let cli = args::Cli::parse();
+    match cli.command.unwrap_or_default() {
+        args::Command::Run(a) => rcu_probe::main_job(&a),
+    }
+}

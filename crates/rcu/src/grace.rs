@@ -1,0 +1,159 @@
+//! Grace periods: waiting until every pre-existing reader has left.
+//!
+//! # Owns
+//! [`Share`], the state that lets concurrent callers share one grace period,
+//! and the scan that waits for readers.
+//!
+//! # Invariants
+//! - P1. A grace period with counter `G` begins with `gp.fetch_add(GP_UNIT)`
+//!   (which yields `G`) and the writer fence, then waits until no registered
+//!   slot holds `nest != 0 && snapshot < G` (reader.rs R3). A reader that was
+//!   inside a section when `synchronize` was called either has a visible
+//!   counter with an older snapshot (and is waited for) or its counter store
+//!   comes after the fence, so it cannot see what was unlinked before (B2).
+//! - P2. `gp_completed` is the largest `G` whose wait has finished; it only
+//!   grows. A state `s` taken by `get_state` is complete once
+//!   `gp_completed >= s + GP_UNIT`.
+//! - P3. Sharing: a caller is satisfied by a grace period that *started*
+//!   after it called. `Share` counts completed grace periods; a caller that
+//!   arrives while one runs needs the one after (`completed + 2`).
+//! - P4. No grace period may be waited for from inside a read-side section of
+//!   the same domain: it would wait for itself. That panics instead.
+//!
+//! # Linux
+//! `synchronize_rcu()`, `synchronize_rcu_expedited()`,
+//! `get_state_synchronize_rcu()`, `poll_state_synchronize_rcu()`; urcu's
+//! `wait_for_readers()` and its waiter queue for sharing.
+
+use std::time::Instant;
+
+use crate::domain::DomainInner;
+use crate::membarrier;
+use crate::reader::{self, GP_UNIT};
+use crate::sync::{self, Condvar, Mutex, Ordering};
+
+/// A grace-period cookie from [`Domain::get_state`](crate::Domain::get_state).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct GpState(pub(crate) u64);
+
+/// Lets concurrent callers of one kind of grace period share it (P3).
+#[derive(Debug)]
+pub(crate) struct Share {
+    state: Mutex<ShareState>,
+    done: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct ShareState {
+    completed: u64,
+    running: bool,
+}
+
+impl Share {
+    pub(crate) fn new() -> Self {
+        Self { state: Mutex::new(ShareState::default()), done: Condvar::new() }
+    }
+
+    /// Returns once a call of `run` that started after this call finished.
+    /// Returns whether this caller ran it itself.
+    fn run_shared(&self, run: impl Fn()) -> bool {
+        let mut st = self.state.lock();
+        // P3: the one running now may have started before we were called.
+        let target = st.completed + if st.running { 2 } else { 1 };
+        let mut led = false;
+        while st.completed < target {
+            if st.running {
+                st = self.done.wait(st);
+            } else {
+                st.running = true;
+                drop(st);
+                run();
+                led = true;
+                st = self.state.lock();
+                st.completed += 1;
+                st.running = false;
+                self.done.notify_all();
+            }
+        }
+        led
+    }
+}
+
+/// Waits politely (normal) or eagerly (expedited) for a reader to leave.
+struct Backoff {
+    step: u32,
+    expedited: bool,
+}
+
+impl Backoff {
+    fn snooze(&mut self) {
+        self.step = self.step.saturating_add(1);
+        if self.step <= 8 {
+            for _ in 0..(1u32 << self.step) {
+                sync::spin_loop();
+            }
+        } else if self.expedited || self.step <= 24 {
+            sync::thread::yield_now();
+        } else {
+            // 16 µs doubling up to 1 ms: the normal flavour gives the CPU
+            // back to readers instead of burning it.
+            let exp = (self.step - 25).min(6);
+            sync::sleep_us(16 << exp);
+        }
+    }
+}
+
+impl DomainInner {
+    /// One grace period (P1). Returns its counter `G`.
+    fn grace_period(&self, expedited: bool) -> u64 {
+        let t0 = Instant::now();
+        // ORDERING: SeqCst RMW: the caller's unlinking stores precede it in
+        // program order (or through the `Share` mutex for waiters); readers
+        // that load the new value with Acquire see them (reader.rs `lock`).
+        let g = self.read_side.gp.fetch_add(GP_UNIT, Ordering::SeqCst) + GP_UNIT;
+        membarrier::writer_fence();
+        for slot in self.registry.snapshot() {
+            let mut b = Backoff { step: 0, expedited };
+            while slot.blocks(g) {
+                b.snooze();
+            }
+        }
+        // ORDERING: Release so that `poll_state`'s Acquire load also sees the
+        // quiescent states observed above (P2).
+        self.gp_completed.fetch_max(g, Ordering::AcqRel);
+        self.stats.record_gp(expedited, t0.elapsed());
+        g
+    }
+
+    /// Panics if the calling thread is inside a section of this domain (P4).
+    pub(crate) fn assert_outside_read_section(&self, what: &str) {
+        if reader::nesting_in(self) != 0 {
+            panic!(
+                "rcuvm-rcu: {what} called inside a read-side section of the same domain \
+                 (domain {}); it would wait for itself forever. Drop the Guard first.",
+                self.id
+            );
+        }
+    }
+
+    /// `synchronize` / `synchronize_expedited` without the P4 check.
+    pub(crate) fn synchronize_unchecked(&self, expedited: bool) {
+        let share = if expedited { &self.share_expedited } else { &self.share_normal };
+        share.run_shared(|| {
+            self.grace_period(expedited);
+        });
+    }
+
+    /// A cookie for [`poll_state`](Self::poll_state) (P2).
+    pub(crate) fn get_state(&self) -> GpState {
+        // ORDERING: SeqCst: ordered after the caller's unlinking stores, so
+        // any later fetch_add (a later grace period) follows them too.
+        GpState(self.read_side.gp.load(Ordering::SeqCst))
+    }
+
+    /// Whether a full grace period has elapsed since `s` was taken (P2).
+    pub(crate) fn poll_state(&self, s: GpState) -> bool {
+        // ORDERING: Acquire pairs with the AcqRel fetch_max in `grace_period`.
+        self.gp_completed.load(Ordering::Acquire) >= s.0 + GP_UNIT
+    }
+}

@@ -1,0 +1,96 @@
+//! The read-side critical section.
+//!
+//! # Owns
+//! [`Guard`]: proof that the current thread is inside a read-side section of
+//! one domain.
+//!
+//! # Invariants
+//! - G1. While a `Guard` exists, no grace period of its domain that started
+//!   after the guard was taken can complete. Every reference obtained through
+//!   the guard borrows it, so it cannot outlive the section (checked by the
+//!   compiler; see the `compile_fail` examples below).
+//! - G2. A `Guard` stays on the thread that took it (`!Send`, `!Sync`): its
+//!   counter belongs to that thread (reader.rs R2).
+//!
+//! # Concurrency
+//! Taking and dropping a guard is owner-thread only and lock-free.
+//!
+//! # Linux
+//! `rcu_read_lock()` / `rcu_read_unlock()`.
+
+use std::fmt;
+
+use crate::domain::DomainInner;
+use crate::reader::{self, ReaderSlot};
+
+/// A read-side critical section of a [`Domain`](crate::Domain).
+///
+/// Created by [`Domain::read`](crate::Domain::read); the section ends when the
+/// guard is dropped. Guards nest: a thread may take several at once, and the
+/// section ends with the last one.
+///
+/// A reference loaded under a guard cannot outlive it:
+///
+/// ```compile_fail,E0597
+/// use rcuvm_rcu::{Domain, RcuPtr};
+/// let d = Domain::new();
+/// let p = RcuPtr::new(&d, Some(Box::new(7)));
+/// let r;
+/// {
+///     let g = d.read();
+///     r = p.load(&g);
+/// }
+/// println!("{r:?}"); // `g` does not live long enough
+/// ```
+///
+/// and a guard cannot move to another thread:
+///
+/// ```compile_fail,E0277
+/// use rcuvm_rcu::Domain;
+/// let d = Domain::new();
+/// let g = d.read();
+/// std::thread::scope(|s| {
+///     s.spawn(move || drop(g)); // `*const ReaderSlot` cannot be sent
+/// });
+/// ```
+///
+/// Context: any thread, including a signal handler once the thread has used
+/// the domain before.
+#[must_use = "the read-side section ends when the guard is dropped"]
+pub struct Guard<'d> {
+    pub(crate) domain: &'d DomainInner,
+    /// Valid while `domain` is borrowed (reader.rs R1); makes the guard `!Send`.
+    slot: *const ReaderSlot,
+}
+
+impl<'d> Guard<'d> {
+    /// Enters a section of `domain`.
+    #[inline(always)]
+    pub(crate) fn enter(domain: &'d DomainInner) -> Self {
+        let slot = reader::slot_for(domain);
+        // SAFETY: `slot_for` returns this thread's slot of `domain`, alive
+        // while `domain` is (reader.rs R1); only this thread writes it (R2).
+        unsafe { (*slot).lock(&domain.read_side) };
+        Guard { domain, slot }
+    }
+
+    /// The id of the domain this section belongs to.
+    pub fn domain_id(&self) -> u64 {
+        self.domain.id
+    }
+}
+
+impl Drop for Guard<'_> {
+    #[inline(always)]
+    fn drop(&mut self) {
+        // SAFETY: as in `enter`: the slot outlives the borrowed domain, and
+        // this guard never left its thread (G2).
+        unsafe { (*self.slot).unlock() }
+    }
+}
+
+impl fmt::Debug for Guard<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Guard").field("domain", &self.domain.id).finish()
+    }
+}

@@ -1,0 +1,307 @@
+//! Per-thread reader state: the counter each read-side section writes, the
+//! registry a grace period scans, and the thread-local lookup between them.
+//!
+//! # Owns
+//! - [`ReaderSlot`]: one cache-padded counter per (thread, domain) pair.
+//! - [`Registry`]: a domain's list of slots.
+//! - The thread-locals `FAST` (lookup cache) and `OWNED` (registrations).
+//!
+//! # Invariants
+//! - R1. A slot lives as long as its domain's registry: slots are never
+//!   removed from a registry, only marked free for the next thread. A raw
+//!   pointer to a slot is therefore valid while its domain is borrowed.
+//! - R2. Only the thread that owns a slot writes its counter while the slot
+//!   is in use; grace periods only read it. The read path thus writes one
+//!   cache line that no other thread writes, and does no read-modify-write.
+//! - R3. The counter is `gp_snapshot | nest`. `nest` (low [`NEST_BITS`]) is the
+//!   depth of the thread's nested sections; zero means quiescent. The
+//!   snapshot (a multiple of [`GP_UNIT`]) is the domain's grace-period
+//!   counter read on the outermost entry. A reader blocks a grace period `G`
+//!   only while `nest != 0 && snapshot < G`.
+//! - R4. A thread frees its slots at exit only if it is outside every read
+//!   section of them; a slot whose guard was leaked stays in use forever
+//!   (and so blocks grace periods, as a reader that never ends must).
+//! - R5. `FAST` is only read on the hot path, never mutated: after a thread's
+//!   first use of a domain (and for up to [`FAST_ENTRIES`] domains per thread)
+//!   a read-side section takes no lock, allocates nothing and makes no system
+//!   call, so it may run in a signal handler.
+//!
+//! # Concurrency
+//! `lock`/`unlock` are owner-thread only (R2). `Registry::register` takes the
+//! registry mutex. `Registry::snapshot` is called by grace periods.
+//!
+//! # Linux
+//! `urcu-memb`'s `rcu_reader` TLS, `rcu_register_thread()` and the
+//! `registry` list; the counter layout is `URCU_GP_CTR_NEST_MASK` with a
+//! 64-bit counter instead of the phase bit, so one scan per grace period is
+//! enough (the counter cannot wrap in practice: 2^48 grace periods).
+
+use std::cell::{Cell, RefCell};
+
+use crossbeam_utils::CachePadded;
+
+use crate::domain::DomainInner;
+use crate::membarrier;
+use crate::sync::{Arc, AtomicBool, AtomicU64, Mutex, Ordering, rcu_thread_local};
+
+/// Bits of the counter that hold the nesting depth (R3).
+pub(crate) const NEST_BITS: u32 = 16;
+/// Mask of the nesting depth.
+pub(crate) const NEST_MASK: u64 = (1 << NEST_BITS) - 1;
+/// One grace period in the counter's units.
+pub(crate) const GP_UNIT: u64 = 1 << NEST_BITS;
+/// How many domains per thread the lock-free lookup caches (R5).
+pub(crate) const FAST_ENTRIES: usize = 4;
+
+/// What the outermost `read()` reads of its domain: one cache line, written
+/// only when a grace period starts.
+#[derive(Debug)]
+pub(crate) struct ReadSide {
+    /// The grace-period counter (domain.rs O2).
+    pub(crate) gp: AtomicU64,
+    /// The process's fence mode, copied here so the read path touches no
+    /// other line (membarrier.rs B1: it never changes).
+    pub(crate) membarrier: bool,
+}
+
+/// One thread's read-side counter for one domain.
+#[derive(Debug)]
+pub(crate) struct ReaderSlot {
+    /// `gp_snapshot | nest` (R3). Padded: only its owner writes it (R2).
+    ctr: CachePadded<AtomicU64>,
+    /// Claimed by a live thread.
+    in_use: AtomicBool,
+    /// The domain has been dropped; the thread may forget this slot.
+    dead: AtomicBool,
+}
+
+impl ReaderSlot {
+    fn new() -> Self {
+        Self {
+            ctr: CachePadded::new(AtomicU64::new(0)),
+            in_use: AtomicBool::new(true),
+            dead: AtomicBool::new(false),
+        }
+    }
+
+    /// Enters a read-side section (R3). Owner thread only.
+    #[inline(always)]
+    pub(crate) fn lock(&self, rs: &ReadSide) {
+        let c = self.ctr.load(Ordering::Relaxed);
+        if c & NEST_MASK == 0 {
+            // ORDERING: Acquire pairs with the SeqCst fetch_add that starts a
+            // grace period: a reader that sees the new counter also sees what
+            // the updater unlinked before starting it.
+            let snap = rs.gp.load(Ordering::Acquire);
+            // ORDERING: Release (free on x86) so that a grace period whose
+            // Acquire load sees this *newer* section also synchronizes with
+            // the end of the previous one (C++20 release sequences no longer
+            // cover later plain stores of the same thread).
+            self.ctr.store(snap | 1, Ordering::Release);
+            // ORDERING: orders the counter store before the section's loads;
+            // pairs with `membarrier::writer_fence` in `grace_period` (B2).
+            membarrier::reader_fence(rs.membarrier);
+        } else {
+            assert!(c & NEST_MASK != NEST_MASK, "rcuvm-rcu: more than {NEST_MASK} nested read-side sections");
+            // ORDERING: Release for the same reason as above.
+            self.ctr.store(c + 1, Ordering::Release);
+        }
+    }
+
+    /// Leaves a read-side section. Owner thread only.
+    #[inline(always)]
+    pub(crate) fn unlock(&self) {
+        let c = self.ctr.load(Ordering::Relaxed);
+        debug_assert!(c & NEST_MASK != 0, "unbalanced read-side unlock");
+        // ORDERING: Release: every load of the section happens-before the
+        // Acquire load in `grace::wait_for_readers` that sees it quiescent.
+        self.ctr.store(c - 1, Ordering::Release);
+    }
+
+    /// The owner thread's nesting depth in this slot.
+    pub(crate) fn nesting(&self) -> u64 {
+        self.ctr.load(Ordering::Relaxed) & NEST_MASK
+    }
+
+    /// Whether this reader holds up a grace period whose counter is `gp` (R3).
+    #[inline]
+    pub(crate) fn blocks(&self, gp: u64) -> bool {
+        // ORDERING: Acquire pairs with the Release store in `unlock`.
+        let c = self.ctr.load(Ordering::Acquire);
+        c & NEST_MASK != 0 && (c & !NEST_MASK) < gp
+    }
+}
+
+/// A domain's list of reader slots (R1).
+#[derive(Debug)]
+pub(crate) struct Registry {
+    slots: Mutex<Vec<Arc<ReaderSlot>>>,
+}
+
+impl Registry {
+    pub(crate) fn new() -> Self {
+        Self { slots: Mutex::new(Vec::new()) }
+    }
+
+    /// Claims a free slot or adds one.
+    fn register(&self) -> Arc<ReaderSlot> {
+        let mut slots = self.slots.lock();
+        for s in slots.iter() {
+            // ORDERING: Acquire pairs with the Release in `release`: the
+            // previous owner's last unlock happened before we reuse the slot.
+            if s.in_use.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+                return s.clone();
+            }
+        }
+        let s = Arc::new(ReaderSlot::new());
+        slots.push(s.clone());
+        s
+    }
+
+    /// The slots a grace period must scan. A slot registered after the
+    /// snapshot was taken belongs to a reader that entered after the grace
+    /// period's fence, which need not be waited for.
+    pub(crate) fn snapshot(&self) -> Vec<Arc<ReaderSlot>> {
+        self.slots.lock().clone()
+    }
+
+    /// Number of slots ever created (live and free).
+    pub(crate) fn len(&self) -> usize {
+        self.slots.lock().len()
+    }
+
+    /// Called when the domain is dropped: threads may forget these slots.
+    pub(crate) fn kill(&self) {
+        for s in self.slots.lock().iter() {
+            s.dead.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// One entry of the lock-free lookup cache. `domain == 0` means empty.
+struct FastEntry {
+    domain: Cell<u64>,
+    slot: Cell<*const ReaderSlot>,
+}
+
+/// A thread's registration in one domain; keeps the slot's memory alive for
+/// as long as the thread may look at it, even after the domain is gone.
+struct Owned {
+    domain: u64,
+    slot: Arc<ReaderSlot>,
+}
+
+/// All of this thread's registrations; its destructor frees the slots (R4).
+struct OwnedList {
+    list: RefCell<Vec<Owned>>,
+    next_victim: Cell<usize>,
+}
+
+impl Drop for OwnedList {
+    fn drop(&mut self) {
+        // Empty the cache first: a read-side section in a later thread-local
+        // destructor must not follow a pointer into a slot we release.
+        let _ = FAST.try_with(|f| {
+            for e in f {
+                e.domain.set(0);
+            }
+        });
+        for o in self.list.get_mut().drain(..) {
+            if o.slot.nesting() == 0 {
+                // ORDERING: Release pairs with the Acquire in `register`.
+                o.slot.in_use.store(false, Ordering::Release);
+            }
+        }
+    }
+}
+
+rcu_thread_local! {
+    static FAST: [FastEntry; FAST_ENTRIES] = [const { FastEntry { domain: Cell::new(0), slot: Cell::new(std::ptr::null()) } }; FAST_ENTRIES];
+}
+
+rcu_thread_local! {
+    static OWNED: OwnedList = OwnedList { list: RefCell::new(Vec::new()), next_victim: Cell::new(0) };
+}
+
+/// This thread's slot in `d`, registering on first use.
+///
+/// The returned pointer is valid while `d` is alive (R1).
+#[inline(always)]
+pub(crate) fn slot_for(d: &DomainInner) -> *const ReaderSlot {
+    let id = d.id;
+    FAST.with(|f| if f[0].domain.get() == id { f[0].slot.get() } else { slot_for_other(d) })
+}
+
+/// The rest of the cache (R5: still lock-free), then registration.
+#[inline(never)]
+fn slot_for_other(d: &DomainInner) -> *const ReaderSlot {
+    let id = d.id;
+    let hit = FAST
+        .with(|f| f[1..].iter().find(|e| e.domain.get() == id).map_or(std::ptr::null(), |e| e.slot.get()));
+    if !hit.is_null() {
+        return hit;
+    }
+    slot_for_slow(d)
+}
+
+#[cold]
+fn slot_for_slow(d: &DomainInner) -> *const ReaderSlot {
+    let r = OWNED.try_with(|owned| {
+        let mut list = owned.list.borrow_mut();
+        // Forget registrations in domains that no longer exist.
+        list.retain(|o| !o.slot.dead.load(Ordering::Relaxed));
+        let slot = match list.iter().find(|o| o.domain == d.id) {
+            Some(o) => o.slot.clone(),
+            None => {
+                let s = d.registry.register();
+                list.push(Owned { domain: d.id, slot: s.clone() });
+                s
+            }
+        };
+        let ptr = Arc::as_ptr(&slot);
+        FAST.with(|f| {
+            // Drop cache entries whose registration was just forgotten.
+            for e in f {
+                let id = e.domain.get();
+                if id != 0 && !list.iter().any(|o| o.domain == id) {
+                    e.domain.set(0);
+                }
+            }
+            let idx = match f.iter().position(|e| e.domain.get() == 0) {
+                Some(i) => i,
+                None => {
+                    let v = owned.next_victim.get();
+                    owned.next_victim.set((v + 1) % FAST_ENTRIES);
+                    v
+                }
+            };
+            // Publish the slot before the id, so a signal handler that
+            // interrupts us never pairs the new id with the old pointer.
+            f[idx].domain.set(0);
+            f[idx].slot.set(ptr);
+            f[idx].domain.set(d.id);
+        });
+        ptr
+    });
+    match r {
+        Ok(p) => p,
+        Err(_) => panic!(
+            "rcuvm-rcu: read() on a thread whose RCU state was already torn down \
+             (called from a thread-local destructor that ran after rcuvm-rcu's)"
+        ),
+    }
+}
+
+/// This thread's nesting depth in `d`, without registering.
+pub(crate) fn nesting_in(d: &DomainInner) -> u64 {
+    let id = d.id;
+    let fast = FAST.with(|f| f.iter().find(|e| e.domain.get() == id).map(|e| e.slot.get()));
+    if let Some(p) = fast {
+        // SAFETY: the cache only holds slots of live registrations, and `d`
+        // is alive, so its registry keeps the slot allocated (R1).
+        return unsafe { (*p).nesting() };
+    }
+    OWNED
+        .try_with(|owned| owned.list.borrow().iter().find(|o| o.domain == id).map_or(0, |o| o.slot.nesting()))
+        .unwrap_or(0)
+}

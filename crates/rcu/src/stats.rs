@@ -1,0 +1,115 @@
+//! Counters and latency histograms of a domain.
+//!
+//! # Owns
+//! [`StatsInner`], written by grace periods and the callback queue, and the
+//! public snapshot [`Stats`].
+//!
+//! # Invariants
+//! - T1. Counters are monotonic; a snapshot is not atomic across fields, but
+//!   `callbacks_run <= callbacks_queued` always holds in it (run is read first).
+//!
+//! # Concurrency
+//! Any thread. Histograms sit behind one mutex, taken once per grace period,
+//! never on the read path.
+
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+
+use crate::membarrier::FenceMode;
+use crate::sync::{AtomicU64, Mutex, Ordering};
+
+/// Latency histograms are in nanoseconds, up to one minute, 3 significant digits.
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid histogram bounds")
+}
+
+#[derive(Debug)]
+pub(crate) struct StatsInner {
+    grace_periods: AtomicU64,
+    expedited_grace_periods: AtomicU64,
+    pub(crate) callbacks_queued: AtomicU64,
+    pub(crate) callbacks_run: AtomicU64,
+    pub(crate) callbacks_panicked: AtomicU64,
+    pub(crate) callbacks_pending_max: AtomicU64,
+    pub(crate) helped_batches: AtomicU64,
+    latency: Mutex<(Histogram<u64>, Histogram<u64>)>,
+}
+
+impl StatsInner {
+    pub(crate) fn new() -> Self {
+        Self {
+            grace_periods: AtomicU64::new(0),
+            expedited_grace_periods: AtomicU64::new(0),
+            callbacks_queued: AtomicU64::new(0),
+            callbacks_run: AtomicU64::new(0),
+            callbacks_panicked: AtomicU64::new(0),
+            callbacks_pending_max: AtomicU64::new(0),
+            helped_batches: AtomicU64::new(0),
+            latency: Mutex::new((histogram(), histogram())),
+        }
+    }
+
+    pub(crate) fn record_gp(&self, expedited: bool, took: Duration) {
+        let ns = (took.as_nanos() as u64).clamp(1, 60_000_000_000);
+        let mut h = self.latency.lock();
+        if expedited {
+            self.expedited_grace_periods.fetch_add(1, Ordering::Relaxed);
+            h.1.saturating_record(ns);
+        } else {
+            self.grace_periods.fetch_add(1, Ordering::Relaxed);
+            h.0.saturating_record(ns);
+        }
+    }
+
+    pub(crate) fn snapshot(&self, readers: usize, fence_mode: FenceMode) -> Stats {
+        let callbacks_run = self.callbacks_run.load(Ordering::Acquire);
+        let callbacks_queued = self.callbacks_queued.load(Ordering::Acquire);
+        let h = self.latency.lock();
+        Stats {
+            grace_periods: self.grace_periods.load(Ordering::Relaxed),
+            expedited_grace_periods: self.expedited_grace_periods.load(Ordering::Relaxed),
+            callbacks_queued,
+            callbacks_run,
+            callbacks_pending: callbacks_queued - callbacks_run,
+            callbacks_pending_max: self.callbacks_pending_max.load(Ordering::Relaxed),
+            callbacks_panicked: self.callbacks_panicked.load(Ordering::Relaxed),
+            helped_batches: self.helped_batches.load(Ordering::Relaxed),
+            reader_slots: readers,
+            gp_latency_ns: h.0.clone(),
+            expedited_latency_ns: h.1.clone(),
+            fence_mode,
+        }
+    }
+}
+
+/// A snapshot of a domain's statistics, from [`Domain::stats`](crate::Domain::stats).
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Normal grace periods run (shared ones count once).
+    pub grace_periods: u64,
+    /// Expedited grace periods run.
+    pub expedited_grace_periods: u64,
+    /// Callbacks ever queued by `call`/`retire`.
+    pub callbacks_queued: u64,
+    /// Callbacks that have run.
+    pub callbacks_run: u64,
+    /// Queued and not yet run.
+    pub callbacks_pending: u64,
+    /// The largest `callbacks_pending` ever seen.
+    pub callbacks_pending_max: u64,
+    /// Callbacks that panicked (the panic is caught and reported on stderr).
+    pub callbacks_panicked: u64,
+    /// Batches run by callers that helped because the backlog was full.
+    pub helped_batches: u64,
+    /// Reader slots ever registered (one per thread that used the domain at
+    /// the same time as others).
+    pub reader_slots: usize,
+    /// Latency of normal grace periods, in nanoseconds.
+    pub gp_latency_ns: Histogram<u64>,
+    /// Latency of expedited grace periods, in nanoseconds.
+    pub expedited_latency_ns: Histogram<u64>,
+    /// How readers and writers fence in this process.
+    pub fence_mode: FenceMode,
+}

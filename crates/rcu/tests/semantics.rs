@@ -1,0 +1,438 @@
+//! The domain's contract, one behaviour per test: what a reader is promised,
+//! when callbacks run, and what panics instead of hanging.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+use rcuvm_rcu::{Config, Domain, RcuPtr};
+
+/// Counts drops, so tests can see exactly when a value was freed.
+struct Tracked(Arc<AtomicUsize>);
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn synchronize_waits_for_a_reader_that_started_before_it() {
+    let d = Arc::new(Domain::new());
+    let (entered_tx, entered_rx) = mpsc::channel();
+    let release = Arc::new(AtomicBool::new(false));
+    let left = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (d, release, left) = (d.clone(), release.clone(), left.clone());
+        thread::spawn(move || {
+            let g = d.read();
+            entered_tx.send(()).unwrap();
+            while !release.load(Ordering::SeqCst) {
+                thread::sleep(Duration::from_millis(1));
+            }
+            left.store(true, Ordering::SeqCst);
+            drop(g);
+        })
+    };
+    entered_rx.recv().unwrap();
+    let releaser = {
+        let release = release.clone();
+        thread::spawn(move || {
+            thread::sleep(Duration::from_millis(50));
+            release.store(true, Ordering::SeqCst);
+        })
+    };
+    d.synchronize();
+    assert!(left.load(Ordering::SeqCst), "synchronize returned while a pre-existing reader was inside");
+    reader.join().unwrap();
+    releaser.join().unwrap();
+}
+
+#[test]
+fn expedited_waits_for_a_reader_too() {
+    let d = Arc::new(Domain::new());
+    let (tx, rx) = mpsc::channel();
+    let left = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (d, left) = (d.clone(), left.clone());
+        thread::spawn(move || {
+            let g = d.read();
+            tx.send(()).unwrap();
+            thread::sleep(Duration::from_millis(30));
+            left.store(true, Ordering::SeqCst);
+            drop(g);
+        })
+    };
+    rx.recv().unwrap();
+    d.synchronize_expedited();
+    assert!(left.load(Ordering::SeqCst));
+    reader.join().unwrap();
+}
+
+#[test]
+fn synchronize_does_not_wait_for_readers_of_another_domain() {
+    let a = Arc::new(Domain::new());
+    let b = Domain::new();
+    let (tx, rx) = mpsc::channel::<()>();
+    let (held_tx, held_rx) = mpsc::channel();
+    let h = {
+        let a = a.clone();
+        thread::spawn(move || {
+            let _g = a.read();
+            held_tx.send(()).unwrap();
+            let _ = rx.recv(); // hold until the main thread is done
+        })
+    };
+    held_rx.recv().unwrap();
+    b.synchronize();
+    b.synchronize_expedited();
+    drop(tx);
+    h.join().unwrap();
+}
+
+#[test]
+fn nested_sections_end_with_the_outermost_guard() {
+    let d = Domain::new();
+    let outer = d.read();
+    let inner = d.read();
+    assert!(d.in_read_section());
+    drop(outer); // out of order on purpose: nesting is a count, not a stack
+    assert!(d.in_read_section());
+    drop(inner);
+    assert!(!d.in_read_section());
+    d.synchronize();
+}
+
+#[test]
+fn sections_of_two_domains_are_independent() {
+    let a = Domain::new();
+    let b = Domain::new();
+    let _ga = a.read();
+    assert!(a.in_read_section());
+    assert!(!b.in_read_section());
+    b.synchronize(); // legal: we are only inside `a`
+}
+
+#[test]
+fn a_thread_can_use_more_domains_than_the_fast_cache_holds() {
+    let ds: Vec<Domain> = (0..10).map(|_| Domain::new()).collect();
+    for _ in 0..3 {
+        let guards: Vec<_> = ds.iter().map(|d| d.read()).collect();
+        assert!(ds.iter().all(|d| d.in_read_section()));
+        drop(guards);
+        assert!(ds.iter().all(|d| !d.in_read_section()));
+    }
+    for d in &ds {
+        d.synchronize();
+        assert_eq!(d.stats().reader_slots, 1);
+    }
+}
+
+#[test]
+#[should_panic(expected = "synchronize() called inside a read-side section")]
+fn synchronize_inside_a_section_panics() {
+    let d = Domain::new();
+    let _g = d.read();
+    d.synchronize();
+}
+
+#[test]
+#[should_panic(expected = "synchronize_expedited() called inside a read-side section")]
+fn synchronize_expedited_inside_a_section_panics() {
+    let d = Domain::new();
+    let _g = d.read();
+    d.synchronize_expedited();
+}
+
+#[test]
+#[should_panic(expected = "barrier() called inside a read-side section")]
+fn barrier_inside_a_section_panics() {
+    let d = Domain::new();
+    let _g = d.read();
+    d.barrier();
+}
+
+#[test]
+#[should_panic(expected = "Unlinked::synchronize() called inside a read-side section")]
+fn unlinked_synchronize_inside_a_section_panics() {
+    let d = Domain::new();
+    let p = RcuPtr::new(&d, Some(Box::new(1)));
+    let _g = d.read();
+    let _ = p.take().unwrap().synchronize();
+}
+
+#[test]
+#[should_panic(expected = "guard of another domain")]
+fn load_with_a_guard_of_another_domain_panics() {
+    let a = Domain::new();
+    let b = Domain::new();
+    let p = RcuPtr::new(&a, Some(Box::new(1)));
+    let g = b.read();
+    let _ = p.load(&g);
+}
+
+#[test]
+fn barrier_from_a_callback_panics_and_the_panic_is_contained() {
+    let d = Arc::new(Domain::new());
+    let seen = Arc::new(AtomicBool::new(false));
+    let (d2, seen2) = (d.clone(), seen.clone());
+    d.call(move || {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| d2.barrier()));
+        let msg = r.unwrap_err();
+        let msg = msg.downcast_ref::<&str>().copied().unwrap_or("");
+        assert!(msg.contains("barrier() called from an RCU callback"), "{msg}");
+        seen2.store(true, Ordering::SeqCst);
+    });
+    d.barrier();
+    assert!(seen.load(Ordering::SeqCst));
+}
+
+#[test]
+fn a_panicking_callback_is_counted_and_the_reclaimer_survives() {
+    let d = Domain::new();
+    d.call(|| panic!("deliberate test panic in a callback"));
+    d.barrier();
+    let n = Arc::new(AtomicUsize::new(0));
+    let n2 = n.clone();
+    d.call(move || {
+        n2.fetch_add(1, Ordering::SeqCst);
+    });
+    d.barrier();
+    assert_eq!(n.load(Ordering::SeqCst), 1);
+    assert_eq!(d.stats().callbacks_panicked, 1);
+}
+
+#[test]
+fn retire_frees_only_after_readers_that_saw_it_are_gone() {
+    let d = Arc::new(Domain::new());
+    let drops = Arc::new(AtomicUsize::new(0));
+    let p = Arc::new(RcuPtr::new(&d, Some(Box::new(Tracked(drops.clone())))));
+    let (tx, rx) = mpsc::channel();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let reader = {
+        let (d, p, drops) = (d.clone(), p.clone(), drops.clone());
+        thread::spawn(move || {
+            let g = d.read();
+            let v = p.load(&g).unwrap();
+            tx.send(()).unwrap();
+            go_rx.recv().unwrap();
+            thread::sleep(Duration::from_millis(20));
+            // Still ours: the grace period cannot have ended.
+            assert_eq!(drops.load(Ordering::SeqCst), 0);
+            let _ = &v.0;
+            drop(g);
+        })
+    };
+    rx.recv().unwrap();
+    p.take().unwrap().retire();
+    go_tx.send(()).unwrap();
+    reader.join().unwrap();
+    d.barrier();
+    assert_eq!(drops.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn call_may_be_used_inside_a_section() {
+    let d = Domain::new();
+    let n = Arc::new(AtomicUsize::new(0));
+    {
+        let _g = d.read();
+        for _ in 0..10 {
+            let n = n.clone();
+            d.call(move || {
+                n.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+        assert_eq!(n.load(Ordering::SeqCst), 0, "a callback ran inside the caller's own section");
+    }
+    d.barrier();
+    assert_eq!(n.load(Ordering::SeqCst), 10);
+}
+
+#[test]
+fn barrier_waits_for_every_earlier_callback() {
+    let d = Domain::new();
+    let n = Arc::new(AtomicUsize::new(0));
+    for _ in 0..1000 {
+        let n = n.clone();
+        d.call(move || {
+            n.fetch_add(1, Ordering::SeqCst);
+        });
+    }
+    d.barrier();
+    assert_eq!(n.load(Ordering::SeqCst), 1000);
+    let s = d.stats();
+    assert_eq!((s.callbacks_queued, s.callbacks_run, s.callbacks_pending), (1000, 1000, 0));
+    assert!(s.grace_periods + s.expedited_grace_periods >= 1);
+}
+
+#[test]
+fn dropping_the_domain_runs_every_pending_callback() {
+    let n = Arc::new(AtomicUsize::new(0));
+    let d = Domain::new();
+    for _ in 0..100 {
+        d.retire(Box::new(Tracked(n.clone())));
+    }
+    drop(d);
+    assert_eq!(n.load(Ordering::SeqCst), 100);
+}
+
+#[test]
+fn retiring_after_the_domain_is_gone_frees_at_once() {
+    let n = Arc::new(AtomicUsize::new(0));
+    let d = Domain::new();
+    let p = RcuPtr::new(&d, Some(Box::new(Tracked(n.clone()))));
+    drop(d);
+    assert_eq!(n.load(Ordering::SeqCst), 0);
+    drop(p); // the cell outlived its domain: no reader can exist any more
+    assert_eq!(n.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn dropping_a_cell_retires_its_value() {
+    let n = Arc::new(AtomicUsize::new(0));
+    let d = Domain::new();
+    drop(RcuPtr::new(&d, Some(Box::new(Tracked(n.clone())))));
+    d.barrier();
+    assert_eq!(n.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn dropping_an_unlinked_value_retires_it() {
+    let n = Arc::new(AtomicUsize::new(0));
+    let d = Domain::new();
+    let p = RcuPtr::new(&d, Some(Box::new(Tracked(n.clone()))));
+    {
+        let g = d.read();
+        let old = p.take();
+        // The unlinked value is still readable by the writer…
+        assert!(old.is_some());
+        drop(old); // …and dropping it only retires it.
+        assert_eq!(n.load(Ordering::SeqCst), 0);
+        drop(g);
+    }
+    d.barrier();
+    assert_eq!(n.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn poll_state_turns_true_only_after_a_full_grace_period() {
+    let d = Domain::new();
+    let s = d.get_state();
+    assert!(!d.poll_state(s));
+    d.synchronize();
+    assert!(d.poll_state(s));
+    let s2 = d.get_state();
+    assert!(!d.poll_state(s2));
+    d.cond_synchronize(s2);
+    assert!(d.poll_state(s2));
+}
+
+#[test]
+fn try_reclaim_succeeds_only_after_a_grace_period() {
+    let d = Domain::new();
+    let p = RcuPtr::new(&d, Some(Box::new(5u32)));
+    let u = p.take().unwrap();
+    let u = u.try_reclaim().expect_err("no grace period has elapsed");
+    d.synchronize();
+    assert_eq!(*u.try_reclaim().expect("a grace period elapsed"), 5);
+}
+
+#[test]
+fn compare_exchange_publishes_only_over_the_expected_value() {
+    let d = Domain::new();
+    let p = RcuPtr::new(&d, Some(Box::new(1)));
+    let g = d.read();
+    let cur = p.load(&g);
+    let back = p.compare_exchange(None, Some(Box::new(9))).unwrap_err();
+    assert_eq!(back.as_deref(), Some(&9));
+    let old = p.compare_exchange(cur, Some(Box::new(2))).unwrap();
+    assert_eq!(old.as_deref(), Some(&1));
+    drop(g);
+    drop(old);
+    assert_eq!(p.load(&d.read()), Some(&2));
+}
+
+#[test]
+fn concurrent_replace_loses_no_update() {
+    let d = Arc::new(Domain::new());
+    let p = Arc::new(RcuPtr::new(&d, Some(Box::new(0u64))));
+    let hs: Vec<_> = (0..4)
+        .map(|_| {
+            let p = p.clone();
+            thread::spawn(move || {
+                for _ in 0..2000 {
+                    p.replace(|v| Some(Box::new(v.copied().unwrap() + 1))).unwrap().retire();
+                }
+            })
+        })
+        .collect();
+    hs.into_iter().for_each(|h| h.join().unwrap());
+    assert_eq!(p.load(&d.read()), Some(&8000));
+}
+
+#[test]
+fn exiting_threads_give_their_slots_back() {
+    let d = Arc::new(Domain::new());
+    for _ in 0..50 {
+        let d = d.clone();
+        thread::spawn(move || drop(d.read())).join().unwrap();
+    }
+    d.synchronize();
+    // One thread at a time: the same slot is reused every time.
+    assert_eq!(d.stats().reader_slots, 1);
+}
+
+#[test]
+fn a_thread_that_exits_inside_a_section_keeps_its_slot() {
+    // A leaked guard means a reader that never ends: its slot must not be
+    // handed to the next thread (which would corrupt its count).
+    let d = Arc::new(Domain::new());
+    {
+        let d = d.clone();
+        thread::spawn(move || std::mem::forget(d.read())).join().unwrap();
+    }
+    {
+        let d = d.clone();
+        thread::spawn(move || drop(d.read())).join().unwrap();
+    }
+    assert_eq!(d.stats().reader_slots, 2);
+}
+
+#[test]
+fn the_backlog_stays_bounded_during_a_retire_storm() {
+    let limit = 1000;
+    let d = Arc::new(Domain::with_config(Config::default().callback_limit(limit)));
+    let threads = 2;
+    let hs: Vec<_> = (0..threads)
+        .map(|_| {
+            let d = d.clone();
+            thread::spawn(move || {
+                for i in 0..50_000u64 {
+                    d.retire(Box::new([i; 8]));
+                }
+            })
+        })
+        .collect();
+    hs.into_iter().for_each(|h| h.join().unwrap());
+    d.barrier();
+    let s = d.stats();
+    assert_eq!(s.callbacks_run, 100_000);
+    // Each storming thread adds at most one callback past the limit before it
+    // helps (callback.rs C3).
+    assert!(
+        s.callbacks_pending_max <= (limit + threads) as u64,
+        "pending reached {} with a limit of {limit}",
+        s.callbacks_pending_max
+    );
+}
+
+#[test]
+fn global_domain_is_shared() {
+    let a = Domain::global();
+    let b = Domain::global();
+    assert_eq!(a.id(), b.id());
+    drop(a.read());
+    a.synchronize();
+}
