@@ -1,5 +1,28 @@
-//! RCU-safe range B-tree with gap tracking, after Linux's maple tree.
+//! An RCU-safe range B-tree with gap tracking, after Linux's maple tree.
 //!
-//! **Not implemented yet** (issue "rcuvm-maple"): this crate is only a place
-//! in the workspace so the dependency direction lab → vm → maple → rcu is
-//! fixed from the start. It exports nothing.
+//! [`MapleTree`] maps non-overlapping half-open `u64` ranges to values.
+//! Readers walk it under an RCU [`Guard`](rcuvm_rcu::Guard) with no lock and
+//! no shared writes; one writer at a time changes it by building new nodes
+//! and publishing them with a single atomic store, and old nodes are freed
+//! after a grace period. Internal nodes keep the largest free gap under each
+//! child, so finding room for a mapping (bottom-up or top-down) is
+//! O(log n).
+//!
+//! Layout (256-byte nodes, as Linux): leaves have 16 slots and 15 pivots;
+//! internal nodes have 10 children, 9 pivots and 10 gaps. See `node.rs`.
+//!
+//! Values are stored as `Arc<T>`: a store that splits an entry leaves the
+//! same value on both sides, as Linux's tree does with its raw pointers.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs, clippy::undocumented_unsafe_blocks)]
+
+mod node;
+mod sync;
+mod tree;
+mod validate;
+mod walk;
+mod write;
+
+pub use tree::{Entry, Error, Iter, MapleTree, TreeStats};
+pub use write::Writer;

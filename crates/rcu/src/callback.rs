@@ -92,7 +92,7 @@ impl CallbackQueue {
 
 /// Whether this thread may wait for a grace period of `d` (C3, P4).
 fn may_wait(d: &DomainInner) -> bool {
-    reader::nesting_in(d) == 0 && RUNNING_CALLBACKS.with(|r| r.get()) != d.id
+    reader::nesting_in(d) == 0 && RUNNING_CALLBACKS.with(|r| r.get()) != d.id()
 }
 
 /// Queues `cb` to run after a grace period of `d` (C1, C3, C4).
@@ -135,7 +135,7 @@ fn run_batch(d: &DomainInner, start: u64, batch: Vec<Deferred>, expedite: bool) 
         d.synchronize_unchecked(expedite);
     }
     let n = batch.len() as u64;
-    let prev = RUNNING_CALLBACKS.with(|r| r.replace(d.id));
+    let prev = RUNNING_CALLBACKS.with(|r| r.replace(d.id()));
     for cb in batch {
         if catch_unwind(AssertUnwindSafe(|| cb.run())).is_err() {
             d.stats.callbacks_panicked.fetch_add(1, Ordering::Relaxed);
@@ -174,7 +174,7 @@ fn reclaimer(d: Arc<DomainInner>) {
 pub(crate) fn barrier(d: &DomainInner) {
     d.assert_outside_read_section("barrier()");
     assert!(
-        RUNNING_CALLBACKS.with(|r| r.get()) != d.id,
+        RUNNING_CALLBACKS.with(|r| r.get()) != d.id(),
         "rcuvm-rcu: barrier() called from an RCU callback of the same domain; \
          it would wait for itself forever"
     );

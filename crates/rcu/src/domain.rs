@@ -63,7 +63,6 @@ impl Config {
 /// The state shared by a domain's handle, its reclaimer and its pointers.
 #[derive(Debug)]
 pub(crate) struct DomainInner {
-    pub(crate) id: u64,
     /// The grace-period counter (O2) and fence mode, read by every
     /// outermost `read()`.
     pub(crate) read_side: CachePadded<ReadSide>,
@@ -76,6 +75,14 @@ pub(crate) struct DomainInner {
     pub(crate) stats: StatsInner,
     pub(crate) config: Config,
     pub(crate) fence_mode: FenceMode,
+}
+
+impl DomainInner {
+    /// The domain's id (O1).
+    #[inline(always)]
+    pub(crate) fn id(&self) -> u64 {
+        self.read_side.id
+    }
 }
 
 /// O1: a plain std atomic also under loom; ids are not part of any protocol.
@@ -109,7 +116,7 @@ pub struct Domain {
 
 impl std::fmt::Debug for Domain {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Domain").field("id", &self.inner.id).finish_non_exhaustive()
+        f.debug_struct("Domain").field("id", &self.inner.id()).finish_non_exhaustive()
     }
 }
 
@@ -129,10 +136,10 @@ impl Domain {
     pub fn with_config(config: Config) -> Self {
         let fence_mode = membarrier::init();
         let inner = DomainInner {
-            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             read_side: CachePadded::new(ReadSide {
                 gp: AtomicU64::new(GP_UNIT),
                 membarrier: fence_mode == FenceMode::Membarrier,
+                id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             }),
             gp_completed: AtomicU64::new(0),
             registry: Registry::new(),
@@ -155,7 +162,7 @@ impl Domain {
 
     /// This domain's id, unique in the process.
     pub fn id(&self) -> u64 {
-        self.inner.id
+        self.inner.id()
     }
 
     /// Enters a read-side section; it lasts until the guard is dropped.

@@ -131,7 +131,7 @@ impl DomainInner {
             panic!(
                 "rcuvm-rcu: {what} called inside a read-side section of the same domain \
                  (domain {}); it would wait for itself forever. Drop the Guard first.",
-                self.id
+                self.id()
             );
         }
     }
@@ -146,8 +146,14 @@ impl DomainInner {
 
     /// A cookie for [`poll_state`](Self::poll_state) (P2).
     pub(crate) fn get_state(&self) -> GpState {
-        // ORDERING: SeqCst: ordered after the caller's unlinking stores, so
-        // any later fetch_add (a later grace period) follows them too.
+        // ORDERING: the fence orders the caller's unlinking stores (an
+        // AcqRel swap is not enough) before the counter load, so the cookie
+        // is never older than a grace period that finished before the
+        // unlink; without it a stale cookie lets `poll_state` pass while a
+        // reader still holds the value (found by the loom model
+        // `poll_state_waits_for_reader`). Linux: the `smp_mb()` in
+        // `get_state_synchronize_rcu()`.
+        sync::fence(Ordering::SeqCst);
         GpState(self.read_side.gp.load(Ordering::SeqCst))
     }
 

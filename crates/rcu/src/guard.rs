@@ -76,7 +76,7 @@ impl<'d> Guard<'d> {
 
     /// The id of the domain this section belongs to.
     pub fn domain_id(&self) -> u64 {
-        self.domain.id
+        self.domain.id()
     }
 }
 
@@ -91,6 +91,6 @@ impl Drop for Guard<'_> {
 
 impl fmt::Debug for Guard<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Guard").field("domain", &self.domain.id).finish()
+        f.debug_struct("Guard").field("domain", &self.domain.id()).finish()
     }
 }

@@ -62,6 +62,8 @@ pub(crate) struct ReadSide {
     /// The process's fence mode, copied here so the read path touches no
     /// other line (membarrier.rs B1: it never changes).
     pub(crate) membarrier: bool,
+    /// The domain's id (domain.rs O1), which the thread-local lookup compares.
+    pub(crate) id: u64,
 }
 
 /// One thread's read-side counter for one domain.
@@ -199,6 +201,14 @@ struct OwnedList {
 
 impl Drop for OwnedList {
     fn drop(&mut self) {
+        // Under loom, a failed model tears its threads down outside the model
+        // while unwinding; touching loom primitives then would panic again
+        // and abort the whole test binary instead of reporting the failure.
+        #[cfg(rcuvm_loom)]
+        if std::thread::panicking() {
+            std::mem::forget(std::mem::take(self.list.get_mut()));
+            return;
+        }
         // Empty the cache first: a read-side section in a later thread-local
         // destructor must not follow a pointer into a slot we release.
         let _ = FAST.try_with(|f| {
@@ -228,14 +238,14 @@ rcu_thread_local! {
 /// The returned pointer is valid while `d` is alive (R1).
 #[inline(always)]
 pub(crate) fn slot_for(d: &DomainInner) -> *const ReaderSlot {
-    let id = d.id;
+    let id = d.id();
     FAST.with(|f| if f[0].domain.get() == id { f[0].slot.get() } else { slot_for_other(d) })
 }
 
 /// The rest of the cache (R5: still lock-free), then registration.
 #[inline(never)]
 fn slot_for_other(d: &DomainInner) -> *const ReaderSlot {
-    let id = d.id;
+    let id = d.id();
     let hit = FAST
         .with(|f| f[1..].iter().find(|e| e.domain.get() == id).map_or(std::ptr::null(), |e| e.slot.get()));
     if !hit.is_null() {
@@ -250,11 +260,11 @@ fn slot_for_slow(d: &DomainInner) -> *const ReaderSlot {
         let mut list = owned.list.borrow_mut();
         // Forget registrations in domains that no longer exist.
         list.retain(|o| !o.slot.dead.load(Ordering::Relaxed));
-        let slot = match list.iter().find(|o| o.domain == d.id) {
+        let slot = match list.iter().find(|o| o.domain == d.id()) {
             Some(o) => o.slot.clone(),
             None => {
                 let s = d.registry.register();
-                list.push(Owned { domain: d.id, slot: s.clone() });
+                list.push(Owned { domain: d.id(), slot: s.clone() });
                 s
             }
         };
@@ -279,7 +289,7 @@ fn slot_for_slow(d: &DomainInner) -> *const ReaderSlot {
             // interrupts us never pairs the new id with the old pointer.
             f[idx].domain.set(0);
             f[idx].slot.set(ptr);
-            f[idx].domain.set(d.id);
+            f[idx].domain.set(d.id());
         });
         ptr
     });
@@ -294,7 +304,7 @@ fn slot_for_slow(d: &DomainInner) -> *const ReaderSlot {
 
 /// This thread's nesting depth in `d`, without registering.
 pub(crate) fn nesting_in(d: &DomainInner) -> u64 {
-    let id = d.id;
+    let id = d.id();
     let fast = FAST.with(|f| f.iter().find(|e| e.domain.get() == id).map(|e| e.slot.get()));
     if let Some(p) = fast {
         // SAFETY: the cache only holds slots of live registrations, and `d`

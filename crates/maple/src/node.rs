@@ -1,0 +1,274 @@
+//! Node layouts: 256-byte leaves and internal nodes, and the raw pointers
+//! between them.
+//!
+//! # Owns
+//! [`Leaf`], [`Inner`], [`NodePtr`], node allocation and freeing.
+//!
+//! # Invariants
+//! - N1. A node is immutable once published (reachable from the root) except
+//!   for single atomic stores into a leaf's `slots` (exact-fit replacement of
+//!   one non-null value by another) and the `DEAD` bit of `meta`.
+//! - N2. `meta` = `DEAD` (bit 0) | `LEAF` (bit 1) | `count << 8`. `count` is the
+//!   number of slots in use (1..=capacity); slot `i` covers
+//!   `[pivot[i-1] + 1, pivot[i]]`, with `pivot[-1] + 1` the node's minimum and
+//!   `pivot[count-1]` implicitly its maximum (both come from the parent, so
+//!   only `count - 1` pivots are stored).
+//! - N3. A node is freed only after it was marked dead, unlinked, and a grace
+//!   period of the tree's domain passed (write.rs hands it to `Domain::call`).
+//! - N4. Leaf slots hold `Arc::into_raw` pointers (null = empty range); each
+//!   non-null slot owns one strong count.
+//!
+//! # Linux
+//! `struct maple_range_64` (leaf: 15 pivots, 16 slots) and
+//! `struct maple_arange_64` (internal: 9 pivots, 10 slots, 10 gaps);
+//! `ma_dead_node()`. The parent pointer is not stored: writers walk down and
+//! keep the path, so readers never need it, and its 8 bytes hold `meta`.
+
+use std::marker::PhantomData;
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use crate::sync::{AtomicPtr, AtomicU64, Ordering};
+
+/// Slots in a leaf.
+pub(crate) const LEAF_SLOTS: usize = 16;
+/// Slots (children) in an internal node.
+pub(crate) const INNER_SLOTS: usize = 10;
+/// The fewest slots a non-root leaf keeps.
+pub(crate) const LEAF_MIN: usize = 6;
+/// The fewest children a non-root internal node keeps.
+pub(crate) const INNER_MIN: usize = 4;
+
+const DEAD: u64 = 1;
+const LEAF: u64 = 2;
+
+/// The header every node starts with (N2).
+#[repr(C)]
+pub(crate) struct Meta(AtomicU64);
+
+impl Meta {
+    fn new(leaf: bool, count: usize) -> Self {
+        Meta(AtomicU64::new(if leaf { LEAF } else { 0 } | ((count as u64) << 8)))
+    }
+    /// ORDERING: Acquire pairs with `kill`'s Release: a reader that sees a
+    /// node alive after reading a slot read the slot while it was current.
+    #[inline(always)]
+    pub(crate) fn load(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+    pub(crate) fn kill(&self) {
+        // ORDERING: Release, after the replacement was published (write.rs).
+        self.0.fetch_or(DEAD, Ordering::Release);
+    }
+}
+
+#[inline(always)]
+pub(crate) fn is_dead(meta: u64) -> bool {
+    meta & DEAD != 0
+}
+#[inline(always)]
+pub(crate) fn is_leaf(meta: u64) -> bool {
+    meta & LEAF != 0
+}
+#[inline(always)]
+pub(crate) fn count(meta: u64) -> usize {
+    ((meta >> 8) & 0xff) as usize
+}
+
+/// A leaf: 8 + 120 + 128 = 256 bytes.
+#[repr(C, align(64))]
+pub(crate) struct Leaf<T> {
+    pub(crate) meta: Meta,
+    pub(crate) pivots: [u64; LEAF_SLOTS - 1],
+    pub(crate) slots: [AtomicPtr<T>; LEAF_SLOTS],
+}
+
+/// An internal node: 8 + 72 + 80 + 80 = 240 bytes, padded to 256.
+#[repr(C, align(64))]
+pub(crate) struct Inner<T> {
+    pub(crate) meta: Meta,
+    pub(crate) pivots: [u64; INNER_SLOTS - 1],
+    /// The largest gap (`last - first` of a free range) under each child.
+    pub(crate) gaps: [u64; INNER_SLOTS],
+    pub(crate) children: [NodePtr<T>; INNER_SLOTS],
+}
+
+const _: () = assert!(std::mem::size_of::<Leaf<u8>>() == 256);
+const _: () = assert!(std::mem::size_of::<Inner<u8>>() == 256);
+
+/// A pointer to a leaf or an internal node; which one is in its `meta`.
+pub(crate) struct NodePtr<T> {
+    ptr: NonNull<Meta>,
+    _t: PhantomData<*const T>,
+}
+
+impl<T> Clone for NodePtr<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for NodePtr<T> {}
+impl<T> PartialEq for NodePtr<T> {
+    fn eq(&self, o: &Self) -> bool {
+        self.ptr == o.ptr
+    }
+}
+impl<T> Eq for NodePtr<T> {}
+impl<T> std::fmt::Debug for NodePtr<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:p}", self.ptr)
+    }
+}
+
+// SAFETY: a NodePtr is a plain address; what may be done through it is
+// governed by N1/N3 and the tree's locks, not by which thread holds it.
+unsafe impl<T> Send for NodePtr<T> {}
+// SAFETY: as above.
+unsafe impl<T> Sync for NodePtr<T> {}
+
+/// What a node is, seen through a [`NodePtr`].
+pub(crate) enum NodeRef<'a, T> {
+    Leaf(&'a Leaf<T>),
+    Inner(&'a Inner<T>),
+}
+
+impl<T> NodePtr<T> {
+    /// The node's header.
+    ///
+    /// # Safety
+    /// The node must not have been freed (N3): the caller holds a guard of
+    /// the tree's domain, or the write lock, or owns the tree.
+    #[inline(always)]
+    pub(crate) unsafe fn meta<'a>(self) -> &'a Meta {
+        // SAFETY: by the caller's contract the node is allocated.
+        unsafe { self.ptr.as_ref() }
+    }
+
+    /// The node, typed.
+    ///
+    /// # Safety
+    /// As for [`meta`](Self::meta).
+    #[inline(always)]
+    pub(crate) unsafe fn get<'a>(self) -> NodeRef<'a, T> {
+        // SAFETY: allocated by contract; `meta` is the first field of both
+        // `#[repr(C)]` layouts, and its LEAF bit says which one this is (N2).
+        unsafe {
+            if is_leaf(self.meta().load()) {
+                NodeRef::Leaf(self.ptr.cast::<Leaf<T>>().as_ref())
+            } else {
+                NodeRef::Inner(self.ptr.cast::<Inner<T>>().as_ref())
+            }
+        }
+    }
+
+    /// As a leaf, when the caller already read `meta`.
+    ///
+    /// # Safety
+    /// As for [`meta`](Self::meta), and the node is a leaf.
+    #[inline(always)]
+    pub(crate) unsafe fn leaf<'a>(self) -> &'a Leaf<T> {
+        // SAFETY: by contract.
+        unsafe { self.ptr.cast::<Leaf<T>>().as_ref() }
+    }
+
+    /// As an internal node, when the caller already read `meta`.
+    ///
+    /// # Safety
+    /// As for [`meta`](Self::meta), and the node is internal.
+    #[inline(always)]
+    pub(crate) unsafe fn inner<'a>(self) -> &'a Inner<T> {
+        // SAFETY: by contract.
+        unsafe { self.ptr.cast::<Inner<T>>().as_ref() }
+    }
+
+    pub(crate) fn as_raw(self) -> *mut Meta {
+        self.ptr.as_ptr()
+    }
+
+    /// # Safety
+    /// `p` must be a live node pointer from [`as_raw`](Self::as_raw).
+    pub(crate) unsafe fn from_raw(p: *mut Meta) -> Self {
+        // SAFETY: non-null by contract.
+        NodePtr { ptr: unsafe { NonNull::new_unchecked(p) }, _t: PhantomData }
+    }
+
+    /// Allocates a leaf holding `items` (`(last, value)`; the last item's
+    /// `last` is the node maximum and is not stored).
+    pub(crate) fn new_leaf(items: &[(u64, *const T)]) -> Self {
+        debug_assert!((1..=LEAF_SLOTS).contains(&items.len()));
+        let mut pivots = [0u64; LEAF_SLOTS - 1];
+        for (p, it) in pivots.iter_mut().zip(items) {
+            *p = it.0;
+        }
+        let slots = std::array::from_fn(|i| {
+            AtomicPtr::new(items.get(i).map_or(std::ptr::null_mut(), |it| it.1.cast_mut()))
+        });
+        let b = Box::new(Leaf { meta: Meta::new(true, items.len()), pivots, slots });
+        NodePtr { ptr: NonNull::from(Box::leak(b)).cast(), _t: PhantomData }
+    }
+
+    /// Allocates an internal node holding `items` (`(last, child, gap)`).
+    pub(crate) fn new_inner(items: &[(u64, NodePtr<T>, u64)]) -> Self {
+        debug_assert!((1..=INNER_SLOTS).contains(&items.len()));
+        let mut pivots = [0u64; INNER_SLOTS - 1];
+        for (p, it) in pivots.iter_mut().zip(items) {
+            *p = it.0;
+        }
+        let gaps = std::array::from_fn(|i| items.get(i).map_or(0, |it| it.2));
+        let children = std::array::from_fn(|i| items.get(i).map_or(items[0].1, |it| it.1));
+        let b = Box::new(Inner { meta: Meta::new(false, items.len()), pivots, gaps, children });
+        NodePtr { ptr: NonNull::from(Box::leak(b)).cast(), _t: PhantomData }
+    }
+
+    /// Frees the node's memory only (not its children or values).
+    ///
+    /// # Safety
+    /// The node is unreachable by any reader (N3) and freed once.
+    pub(crate) unsafe fn free(self) {
+        // SAFETY: allocated by `new_leaf`/`new_inner` as the type its LEAF bit
+        // says; the caller guarantees exclusive, final access.
+        unsafe {
+            if is_leaf(self.meta().load()) {
+                drop(Box::from_raw(self.ptr.cast::<Leaf<T>>().as_ptr()));
+            } else {
+                drop(Box::from_raw(self.ptr.cast::<Inner<T>>().as_ptr()));
+            }
+        }
+    }
+}
+
+/// Releases one strong count of a slot value (N4).
+///
+/// # Safety
+/// `p` is non-null, came from `Arc::into_raw`, and its count is released once.
+pub(crate) unsafe fn release_value<T>(p: *const T) {
+    // SAFETY: by contract.
+    drop(unsafe { Arc::from_raw(p) });
+}
+
+/// Takes one more strong count of a slot value (N4).
+///
+/// # Safety
+/// `p` is non-null and came from `Arc::into_raw` with a count still held.
+pub(crate) unsafe fn clone_value<T>(p: *const T) {
+    // SAFETY: by contract.
+    unsafe { Arc::increment_strong_count(p) };
+}
+
+/// The slot bounds of slot `i` of a node spanning `[min, max]` (N2).
+#[inline(always)]
+pub(crate) fn slot_range(pivots: &[u64], count: usize, i: usize, min: u64, max: u64) -> (u64, u64) {
+    let lo = if i == 0 { min } else { pivots[i - 1] + 1 };
+    let hi = if i + 1 == count { max } else { pivots[i] };
+    (lo, hi)
+}
+
+/// The slot of a node with `count` slots that covers `addr` (N2).
+#[inline(always)]
+pub(crate) fn find_slot(pivots: &[u64], count: usize, addr: u64) -> usize {
+    let mut i = 0;
+    while i + 1 < count && pivots[i] < addr {
+        i += 1;
+    }
+    i
+}

@@ -1,0 +1,603 @@
+//! The write side: every change is a *store* of one range, done by copying
+//! the nodes it touches and publishing them with one atomic root store.
+//!
+//! # Owns
+//! [`Writer`] (the write handle, holding the tree's write lock) and the
+//! store algorithm: overwrite, split, rebalance, spanning stores, root growth
+//! and collapse, and retirement of what was replaced.
+//!
+//! # Invariants
+//! - R1. Copy-on-write: a store builds new nodes for the leaves it changes and
+//!   for every ancestor up to the root, then publishes them with a single
+//!   Release store of the root pointer. Only then are the replaced nodes
+//!   marked dead (node.rs N2) and handed, with the values they dropped, to
+//!   `Domain::call`, which frees them after a grace period (N3).
+//! - R2. The one in-place change is an exact-fit replacement of a non-null
+//!   value by another (`replace`, or `store` over exactly one entry): a single
+//!   atomic store into the leaf slot (N1). It changes no gap.
+//! - R3. Every node but the root holds at least `LEAF_MIN`/`INNER_MIN` slots:
+//!   a node left short borrows all the slots of a neighbour at the same level
+//!   (preferring one with the same parent) and the result is split evenly.
+//! - R4. A store of "empty" first widens itself over the free ranges it
+//!   touches, so no two free ranges are ever adjacent, even across leaves
+//!   (tree.rs T5).
+//!
+//! # Concurrency
+//! One writer at a time: a [`Writer`] holds the tree's mutex. Readers never
+//! wait for it.
+//!
+//! # Linux
+//! `mas_store()` and its cases (`mas_wr_slot_store`, `mas_wr_node_store`,
+//! `mas_wr_split`, `mas_wr_spanning_store`, `mas_wr_rebalance`) in RCU mode,
+//! where Linux also replaces rather than edits nodes; rcuvm copies the path
+//! to the root instead of storing into the parent in place, so a reader
+//! never sees a parent whose gaps disagree with its children.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use crate::node::{self, INNER_MIN, INNER_SLOTS, LEAF_MIN, LEAF_SLOTS, NodePtr, NodeRef};
+use crate::sync::{MutexGuard, Ordering};
+use crate::tree::{Entry, Error, MapleTree, Raw, check_range};
+
+/// One level of a writer's descent: the node, the slot taken in it, and the
+/// node's bounds.
+#[derive(Debug)]
+struct Level<T> {
+    node: NodePtr<T>,
+    idx: usize,
+    min: u64,
+    max: u64,
+}
+
+impl<T> Clone for Level<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for Level<T> {}
+
+/// Nodes and values to free after a grace period.
+pub(crate) struct Garbage<T> {
+    pub(crate) nodes: Vec<NodePtr<T>>,
+    pub(crate) values: Vec<*const T>,
+}
+
+// SAFETY: the nodes are unreachable (R1) and the values are `Arc<T>` counts,
+// which may be dropped on any thread when `T: Send + Sync`.
+unsafe impl<T: Send + Sync> Send for Garbage<T> {}
+
+impl<T> Garbage<T> {
+    fn new() -> Self {
+        Garbage { nodes: Vec::new(), values: Vec::new() }
+    }
+    fn is_empty(&self) -> bool {
+        self.nodes.is_empty() && self.values.is_empty()
+    }
+}
+
+impl<T> Drop for Garbage<T> {
+    fn drop(&mut self) {
+        for v in self.values.drain(..) {
+            // SAFETY: each value pointer here owns one count (N4), given up
+            // by the tree exactly once.
+            unsafe { node::release_value(v) };
+        }
+        for n in self.nodes.drain(..) {
+            // SAFETY: unreachable since before the grace period that ran
+            // before this drop (R1), and listed once.
+            unsafe { n.free() };
+        }
+    }
+}
+
+/// Scratch state kept under the write lock, reused across stores.
+pub(crate) struct WriterState<T> {
+    leaf_items: Vec<(u64, *const T)>,
+}
+
+// SAFETY: the raw value pointers are only used under the write lock.
+unsafe impl<T: Send + Sync> Send for WriterState<T> {}
+
+impl<T> WriterState<T> {
+    pub(crate) fn new() -> Self {
+        WriterState { leaf_items: Vec::new() }
+    }
+}
+
+/// Exclusive write access to a [`MapleTree`], from [`MapleTree::write`].
+///
+/// Readers keep running while a writer works; they see each store either
+/// entirely or not at all.
+pub struct Writer<'t, T: Send + Sync + 'static> {
+    pub(crate) tree: &'t MapleTree<T>,
+    pub(crate) state: MutexGuard<'t, WriterState<T>>,
+}
+
+impl<T: Send + Sync + 'static> Writer<'_, T> {
+    fn raw(&self) -> &Raw<T> {
+        &self.tree.raw
+    }
+
+    /// Inserts `value` over `range`, which must be entirely empty.
+    ///
+    /// # Errors
+    /// [`Error::InvalidRange`] for an empty or inverted range;
+    /// [`Error::Exists`] if anything is stored in `range`.
+    pub fn insert(&mut self, range: Range<u64>, value: impl Into<Arc<T>>) -> Result<(), Error> {
+        let (a, b) = check_range(&range)?;
+        if self.raw().find(a).is_some_and(|s| s.lo <= b) {
+            return Err(Error::Exists);
+        }
+        self.store_raw(a, b, Arc::into_raw(value.into()));
+        Ok(())
+    }
+
+    /// Stores `value` over `range`, overwriting what was there; entries that
+    /// overlap it partly are truncated (their parts outside `range` keep
+    /// their value).
+    ///
+    /// # Errors
+    /// [`Error::InvalidRange`] for an empty or inverted range.
+    pub fn store(&mut self, range: Range<u64>, value: impl Into<Arc<T>>) -> Result<(), Error> {
+        let (a, b) = check_range(&range)?;
+        self.store_raw(a, b, Arc::into_raw(value.into()));
+        Ok(())
+    }
+
+    /// Removes everything in `range`, truncating entries that overlap it
+    /// partly. Returns how many entries were removed or truncated.
+    ///
+    /// # Errors
+    /// [`Error::InvalidRange`] for an empty or inverted range.
+    pub fn erase(&mut self, range: Range<u64>) -> Result<usize, Error> {
+        let (a, b) = check_range(&range)?;
+        let mut touched = 0;
+        let mut at = a;
+        while let Some(s) = self.raw().find(at) {
+            if s.lo > b {
+                break;
+            }
+            touched += 1;
+            if s.hi >= b {
+                break;
+            }
+            at = s.hi + 1;
+        }
+        if touched > 0 {
+            self.store_raw(a, b, std::ptr::null());
+        }
+        Ok(touched)
+    }
+
+    /// Replaces the value of the entry that spans exactly `range`, in place
+    /// (one atomic store: write.rs R2). Returns the old value.
+    ///
+    /// # Errors
+    /// [`Error::InvalidRange`]; [`Error::NotFound`] if no entry spans exactly
+    /// `range`.
+    pub fn replace(&mut self, range: Range<u64>, value: impl Into<Arc<T>>) -> Result<Arc<T>, Error> {
+        let (a, b) = check_range(&range)?;
+        let path = self.descend(a);
+        let leaf_level = path[0];
+        // SAFETY: we hold the write lock: nodes reachable now stay allocated.
+        let leaf = unsafe { leaf_level.node.leaf() };
+        // SAFETY: as above.
+        let cnt = node::count(unsafe { leaf_level.node.meta() }.load());
+        let (lo, hi) = node::slot_range(&leaf.pivots, cnt, leaf_level.idx, leaf_level.min, leaf_level.max);
+        let cur = leaf.slots[leaf_level.idx].load(Ordering::Relaxed);
+        if lo != a || hi != b || cur.is_null() {
+            return Err(Error::NotFound);
+        }
+        let new = Arc::into_raw(value.into());
+        // ORDERING: Release publishes the new value's contents to readers.
+        leaf.slots[leaf_level.idx].store(new.cast_mut(), Ordering::Release);
+        // SAFETY: `cur` owned one count (N4); we keep one for the caller and
+        // hand one to the grace period, so readers still using it are safe.
+        unsafe { node::clone_value(cur) };
+        // SAFETY: as above: `cur` still holds the count we just took.
+        let old = unsafe { Arc::from_raw(cur) };
+        self.retire(Garbage { nodes: Vec::new(), values: vec![cur.cast_const()] });
+        Ok(old)
+    }
+
+    /// The entry covering `addr`, as the writer sees it.
+    pub fn load(&self, addr: u64) -> Option<Entry<'_, T>> {
+        self.tree.raw.entry_at(addr)
+    }
+
+    /// Lowest free `[start, start + size)` inside `[lo, hi)`.
+    pub fn empty_area(&self, lo: u64, hi: u64, size: u64) -> Option<u64> {
+        self.tree.raw.empty_area_half_open(lo, hi, size, false)
+    }
+
+    /// Highest free `[start, start + size)` inside `[lo, hi)`.
+    pub fn empty_area_rev(&self, lo: u64, hi: u64, size: u64) -> Option<u64> {
+        self.tree.raw.empty_area_half_open(lo, hi, size, true)
+    }
+
+    fn retire(&self, g: Garbage<T>) {
+        if !g.is_empty() {
+            self.tree.domain.call(move || drop(g));
+        }
+    }
+
+    /// The writer's descent to the leaf covering `addr`: `path[0]` is the
+    /// leaf, `path[len - 1]` the root.
+    fn descend(&self, addr: u64) -> Vec<Level<T>> {
+        let mut path = Vec::with_capacity(8);
+        let mut n = self.raw().root();
+        let (mut min, mut max) = (0u64, u64::MAX);
+        loop {
+            // SAFETY: write lock held: reachable nodes stay allocated.
+            let meta = unsafe { n.meta() }.load();
+            let cnt = node::count(meta);
+            // SAFETY: as above.
+            match unsafe { n.get() } {
+                NodeRef::Leaf(leaf) => {
+                    let idx = node::find_slot(&leaf.pivots, cnt, addr);
+                    path.push(Level { node: n, idx, min, max });
+                    path.reverse();
+                    return path;
+                }
+                NodeRef::Inner(inner) => {
+                    let idx = node::find_slot(&inner.pivots, cnt, addr);
+                    path.push(Level { node: n, idx, min, max });
+                    (min, max) = node::slot_range(&inner.pivots, cnt, idx, min, max);
+                    n = inner.children[idx];
+                }
+            }
+        }
+    }
+
+    /// Stores `v` (an owned count, or null) over `[a, b]` (R1–R4).
+    pub(crate) fn store_raw(&mut self, mut a: u64, mut b: u64, v: *const T) {
+        if v.is_null() {
+            // R4: absorb the free ranges next to the one being made.
+            if a > 0 {
+                let s = self.raw().walk(a - 1);
+                if s.value.is_null() {
+                    a = s.lo;
+                }
+            }
+            if b < u64::MAX {
+                let s = self.raw().walk(b + 1);
+                if s.value.is_null() {
+                    b = s.hi;
+                }
+            }
+        }
+        let mut pa = self.descend(a);
+        let mut pb = if b == a { pa.clone() } else { self.descend(b) };
+        let (la, lb) = (pa[0], pb[0]);
+        // SAFETY: write lock held.
+        let (leaf_a, leaf_b) = unsafe { (la.node.leaf(), lb.node.leaf()) };
+        // SAFETY: as above.
+        let (cnt_a, cnt_b) =
+            unsafe { (node::count(la.node.meta().load()), node::count(lb.node.meta().load())) };
+        let slot = |l: &node::Leaf<T>, i: usize| l.slots[i].load(Ordering::Relaxed).cast_const();
+
+        // R2: an exact fit of one non-null entry by another is an in-place store.
+        if la.node == lb.node && la.idx == lb.idx && !v.is_null() {
+            let (lo, hi) = node::slot_range(&leaf_a.pivots, cnt_a, la.idx, la.min, la.max);
+            let cur = slot(leaf_a, la.idx);
+            if lo == a && hi == b && !cur.is_null() {
+                // ORDERING: Release publishes the value's contents.
+                leaf_a.slots[la.idx].store(v.cast_mut(), Ordering::Release);
+                self.retire(Garbage { nodes: Vec::new(), values: vec![cur] });
+                return;
+            }
+        }
+
+        let mut garbage = Garbage::new();
+        let mut added = 0usize;
+        let mut removed = 0usize;
+        // The leaf-level items of the span [la.min, lb.max].
+        let mut items = std::mem::take(&mut self.state.leaf_items);
+        items.clear();
+        for i in 0..la.idx {
+            items.push((node::slot_range(&leaf_a.pivots, cnt_a, i, la.min, la.max).1, slot(leaf_a, i)));
+        }
+        let (lo_a, _) = node::slot_range(&leaf_a.pivots, cnt_a, la.idx, la.min, la.max);
+        let va = slot(leaf_a, la.idx);
+        let left_kept = lo_a < a;
+        if left_kept {
+            items.push((a - 1, va));
+        }
+        items.push((b, v));
+        let (_, hi_b) = node::slot_range(&leaf_b.pivots, cnt_b, lb.idx, lb.min, lb.max);
+        let vb = slot(leaf_b, lb.idx);
+        let right_kept = hi_b > b;
+        if right_kept {
+            items.push((hi_b, vb));
+        }
+        for i in lb.idx + 1..cnt_b {
+            items.push((node::slot_range(&leaf_b.pivots, cnt_b, i, lb.min, lb.max).1, slot(leaf_b, i)));
+        }
+        // Values of the overwritten slots in the two edge leaves: moved into a
+        // remnant, or released (N4).
+        let same_slot = la.node == lb.node && la.idx == lb.idx;
+        if same_slot {
+            if !va.is_null() {
+                match (left_kept, right_kept) {
+                    // SAFETY: `va` holds a count; the second remnant needs one more.
+                    (true, true) => unsafe { node::clone_value(va) },
+                    (false, false) => garbage.values.push(va),
+                    _ => {}
+                }
+            }
+        } else {
+            if !va.is_null() && !left_kept {
+                garbage.values.push(va);
+            }
+            if !vb.is_null() && !right_kept {
+                garbage.values.push(vb);
+            }
+            let (mid_a, mid_b) =
+                if la.node == lb.node { (la.idx + 1..lb.idx, 0..0) } else { (la.idx + 1..cnt_a, 0..lb.idx) };
+            for i in mid_a {
+                garbage.values.extend(Some(slot(leaf_a, i)).filter(|p| !p.is_null()));
+            }
+            for i in mid_b {
+                garbage.values.extend(Some(slot(leaf_b, i)).filter(|p| !p.is_null()));
+            }
+        }
+        removed += garbage.values.len();
+        if !v.is_null() {
+            added += 1;
+        }
+        if same_slot && left_kept && right_kept && !va.is_null() {
+            added += 1; // one entry became two
+        }
+        // Merge adjacent free items (R4 makes this rare; keep the invariant).
+        items.dedup_by(|next, prev| {
+            if next.1.is_null() && prev.1.is_null() {
+                prev.0 = next.0;
+                true
+            } else {
+                false
+            }
+        });
+
+        let root = self.rebuild(&mut pa, &mut pb, &mut items, &mut garbage, &mut removed);
+        // R1: publish, then kill, then retire.
+        // ORDERING: Release publishes every new node's contents to readers,
+        // whose root load is Acquire.
+        self.raw().root.store(root.as_raw(), Ordering::Release);
+        for n in &garbage.nodes {
+            // SAFETY: write lock held; the node is allocated until retired.
+            unsafe { n.meta() }.kill();
+        }
+        let len = self.raw().len.load(Ordering::Relaxed);
+        self.raw().len.store(len + added - removed, Ordering::Relaxed);
+        self.state.leaf_items = items;
+        self.retire(garbage);
+    }
+
+    /// Rebuilds the levels above a changed span of leaves up to the root and
+    /// returns the new root (R1, R3).
+    fn rebuild(
+        &self,
+        pa: &mut Vec<Level<T>>,
+        pb: &mut Vec<Level<T>>,
+        leaf_items: &mut Vec<(u64, *const T)>,
+        garbage: &mut Garbage<T>,
+        removed: &mut usize,
+    ) -> NodePtr<T> {
+        let height = pa.len() - 1;
+        let mut inner_items: Vec<(u64, NodePtr<T>, u64)> = Vec::new();
+        let mut consumed: Vec<NodePtr<T>> = Vec::new();
+        let mut level = 0;
+        loop {
+            let is_leaf = level == 0;
+            let (cap, min_fill) = if is_leaf { (LEAF_SLOTS, LEAF_MIN) } else { (INNER_SLOTS, INNER_MIN) };
+            consumed.clear();
+            consumed.push(pa[level].node);
+            if pb[level].node != pa[level].node {
+                consumed.push(pb[level].node);
+            }
+            // R3: borrow a neighbour while short (the root may be short).
+            while level < height && (if is_leaf { leaf_items.len() } else { inner_items.len() }) < min_fill {
+                let (span_min, span_max) = (pa[level].min, pb[level].max);
+                let parent_a = pa[level + 1];
+                let parent_b = pb[level + 1];
+                // SAFETY: write lock held.
+                let cnt_pb = node::count(unsafe { parent_b.node.meta() }.load());
+                let left = if parent_a.idx > 0 {
+                    true
+                } else if parent_b.idx + 1 < cnt_pb {
+                    false
+                } else if span_min > 0 {
+                    true
+                } else if span_max < u64::MAX {
+                    false
+                } else {
+                    break;
+                };
+                let addr = if left { span_min - 1 } else { span_max + 1 };
+                let np = self.descend(addr);
+                let nb = np[level];
+                let path = if left { &mut *pa } else { &mut *pb };
+                path[level..].copy_from_slice(&np[level..]);
+                consumed.push(nb.node);
+                let before = if is_leaf { leaf_items.len() } else { inner_items.len() };
+                // SAFETY: write lock held.
+                let cnt = node::count(unsafe { nb.node.meta() }.load());
+                // SAFETY: as above.
+                match unsafe { nb.node.get() } {
+                    NodeRef::Leaf(l) => {
+                        let mut add: Vec<_> = (0..cnt)
+                            .map(|i| {
+                                (
+                                    node::slot_range(&l.pivots, cnt, i, nb.min, nb.max).1,
+                                    l.slots[i].load(Ordering::Relaxed).cast_const(),
+                                )
+                            })
+                            .collect();
+                        if left {
+                            add.append(leaf_items);
+                            *leaf_items = add;
+                        } else {
+                            leaf_items.append(&mut add);
+                        }
+                    }
+                    NodeRef::Inner(n) => {
+                        let mut add: Vec<_> = (0..cnt)
+                            .map(|i| {
+                                (
+                                    node::slot_range(&n.pivots, cnt, i, nb.min, nb.max).1,
+                                    n.children[i],
+                                    n.gaps[i],
+                                )
+                            })
+                            .collect();
+                        if left {
+                            add.append(&mut inner_items);
+                            inner_items = add;
+                        } else {
+                            inner_items.append(&mut add);
+                        }
+                    }
+                }
+                debug_assert!((if is_leaf { leaf_items.len() } else { inner_items.len() }) > before);
+            }
+            // Free ranges could now touch across the borrowed boundary.
+            if is_leaf {
+                leaf_items.dedup_by(|next, prev| {
+                    if next.1.is_null() && prev.1.is_null() {
+                        prev.0 = next.0;
+                        true
+                    } else {
+                        false
+                    }
+                });
+            }
+            garbage.nodes.extend_from_slice(&consumed);
+            // Split the span's items into new nodes.
+            let span_min = pa[level].min;
+            let new_nodes = if is_leaf {
+                split_leaves(leaf_items, span_min, cap)
+            } else {
+                split_inners(&inner_items, span_min, cap)
+            };
+            if level == height {
+                return self.grow_and_collapse(new_nodes, garbage);
+            }
+            // Move up: the parents' items around the span.
+            let (a, b) = (pa[level + 1], pb[level + 1]);
+            // SAFETY: write lock held.
+            let (na, nb) = unsafe { (a.node.inner(), b.node.inner()) };
+            // SAFETY: as above.
+            let (ca, cb) = unsafe { (node::count(a.node.meta().load()), node::count(b.node.meta().load())) };
+            let mut up: Vec<(u64, NodePtr<T>, u64)> = Vec::with_capacity(ca + new_nodes.len() + cb);
+            for i in 0..a.idx {
+                up.push((node::slot_range(&na.pivots, ca, i, a.min, a.max).1, na.children[i], na.gaps[i]));
+            }
+            up.extend_from_slice(&new_nodes);
+            // Children strictly between the span's edges were overwritten.
+            let between: Vec<NodePtr<T>> = if a.node == b.node {
+                (a.idx + 1..b.idx).map(|i| na.children[i]).collect()
+            } else {
+                (a.idx + 1..ca).map(|i| na.children[i]).chain((0..b.idx).map(|i| nb.children[i])).collect()
+            };
+            for c in between {
+                if !consumed.contains(&c) {
+                    retire_subtree(c, &consumed, garbage, removed);
+                }
+            }
+            for i in b.idx + 1..cb {
+                up.push((node::slot_range(&nb.pivots, cb, i, b.min, b.max).1, nb.children[i], nb.gaps[i]));
+            }
+            inner_items = up;
+            level += 1;
+        }
+    }
+
+    /// Adds levels on top while the root level has more than one node, then
+    /// drops single-child roots.
+    fn grow_and_collapse(
+        &self,
+        mut top: Vec<(u64, NodePtr<T>, u64)>,
+        garbage: &mut Garbage<T>,
+    ) -> NodePtr<T> {
+        while top.len() > 1 {
+            top = split_inners(&top, 0, INNER_SLOTS);
+        }
+        let mut root = top[0].1;
+        loop {
+            // SAFETY: the node is new or reachable under the write lock.
+            let meta = unsafe { root.meta() }.load();
+            if node::is_leaf(meta) || node::count(meta) > 1 {
+                return root;
+            }
+            garbage.nodes.push(root);
+            // SAFETY: as above; an internal node.
+            root = unsafe { root.inner() }.children[0];
+        }
+    }
+}
+
+/// Frees a whole overwritten subtree after the grace period, except nodes
+/// whose items were moved elsewhere (`keep`).
+fn retire_subtree<T>(n: NodePtr<T>, keep: &[NodePtr<T>], garbage: &mut Garbage<T>, removed: &mut usize) {
+    if keep.contains(&n) {
+        return;
+    }
+    garbage.nodes.push(n);
+    // SAFETY: write lock held: the node is still allocated.
+    let cnt = node::count(unsafe { n.meta() }.load());
+    // SAFETY: as above.
+    match unsafe { n.get() } {
+        NodeRef::Leaf(l) => {
+            for s in &l.slots[..cnt] {
+                let p = s.load(Ordering::Relaxed).cast_const();
+                if !p.is_null() {
+                    garbage.values.push(p);
+                    *removed += 1;
+                }
+            }
+        }
+        NodeRef::Inner(i) => {
+            for &c in &i.children[..cnt] {
+                retire_subtree(c, keep, garbage, removed);
+            }
+        }
+    }
+}
+
+/// How many nodes `n` items make, and how many go in node `k` (even split).
+fn chunks(n: usize, cap: usize) -> impl Iterator<Item = Range<usize>> {
+    let k = n.div_ceil(cap).max(1);
+    (0..k).map(move |j| (j * n / k)..((j + 1) * n / k))
+}
+
+/// New leaves for `items` spanning from `min`; returns inner items.
+fn split_leaves<T>(items: &[(u64, *const T)], mut min: u64, cap: usize) -> Vec<(u64, NodePtr<T>, u64)> {
+    let mut out = Vec::with_capacity(2);
+    for r in chunks(items.len(), cap) {
+        let part = &items[r];
+        let mut gap = 0u64;
+        let mut lo = min;
+        for &(last, v) in part {
+            if v.is_null() {
+                gap = gap.max(last - lo);
+            }
+            lo = last.wrapping_add(1);
+        }
+        let last = part[part.len() - 1].0;
+        out.push((last, NodePtr::new_leaf(part), gap));
+        min = last.wrapping_add(1);
+    }
+    out
+}
+
+/// New internal nodes for `items` spanning from `min`; returns their items.
+fn split_inners<T>(items: &[(u64, NodePtr<T>, u64)], _min: u64, cap: usize) -> Vec<(u64, NodePtr<T>, u64)> {
+    let mut out = Vec::with_capacity(2);
+    for r in chunks(items.len(), cap) {
+        let part = &items[r];
+        let gap = part.iter().map(|it| it.2).max().unwrap_or(0);
+        out.push((part[part.len() - 1].0, NodePtr::new_inner(part), gap));
+    }
+    out
+}
