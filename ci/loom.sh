@@ -16,4 +16,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 RUSTFLAGS="--cfg rcuvm_loom" LOOM_MAX_PREEMPTIONS="${LOOM_MAX_PREEMPTIONS:-3}" CARGO_TARGET_DIR=target/loom \
-    cargo test -p rcuvm-rcu --release --test loom_rcu "$@"
+    cargo test -p rcuvm-rcu -p rcuvm-maple --release --test "loom_*" "$@"

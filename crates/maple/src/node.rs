@@ -6,8 +6,10 @@
 //!
 //! # Invariants
 //! - N1. A node is immutable once published (reachable from the root) except
-//!   for single atomic stores into a leaf's `slots` (exact-fit replacement of
-//!   one non-null value by another) and the `DEAD` bit of `meta`.
+//!   for single atomic slot stores: a leaf's `slots` (exact-fit replacement
+//!   of one non-null value by another), an internal node's `children` (a
+//!   child replaced by one new node covering the same range), and the gap
+//!   words of N6; and the `DEAD` bit of `meta`.
 //! - N2. `meta` = `DEAD` (bit 0) | `LEAF` (bit 1) | `count << 8`. `count` is the
 //!   number of slots in use (1..=capacity); slot `i` covers
 //!   `[pivot[i-1] + 1, pivot[i]]`, with `pivot[-1] + 1` the node's minimum and
@@ -15,6 +17,14 @@
 //!   only `count - 1` pivots are stored).
 //! - N3. A node is freed only after it was marked dead, unlinked, and a grace
 //!   period of the tree's domain passed (write.rs hands it to `Domain::call`).
+//! - N5. Pivots past `count - 1` hold `u64::MAX`, which no used pivot can be
+//!   (a used pivot is below the node's maximum), so a slot search can count
+//!   pivots below an address without knowing `count`.
+//! - N6. Gaps are updated in place (relaxed atomic stores) when a store
+//!   changes the largest free range under a child without changing the
+//!   tree's shape. Readers use them only to skip subtrees; the leaf a gap
+//!   search ends in is authoritative. Under the write lock they are exact
+//!   (tree.rs T3).
 //! - N4. Leaf slots hold `Arc::into_raw` pointers (null = empty range); each
 //!   non-null slot owns one strong count.
 //!
@@ -28,6 +38,7 @@ use std::marker::PhantomData;
 use std::ptr::NonNull;
 use std::sync::Arc;
 
+use crate::alloc::{Block, NODE_LAYOUT};
 use crate::sync::{AtomicPtr, AtomicU64, Ordering};
 
 /// Slots in a leaf.
@@ -88,13 +99,49 @@ pub(crate) struct Leaf<T> {
 pub(crate) struct Inner<T> {
     pub(crate) meta: Meta,
     pub(crate) pivots: [u64; INNER_SLOTS - 1],
-    /// The largest gap (`last - first` of a free range) under each child.
-    pub(crate) gaps: [u64; INNER_SLOTS],
-    pub(crate) children: [NodePtr<T>; INNER_SLOTS],
+    /// The largest gap (`last - first` of a free range) under each child
+    /// (N6: updated in place by the writer).
+    gaps: [AtomicU64; INNER_SLOTS],
+    /// N1: replaced in place by a single atomic store when a child is
+    /// replaced by one node covering the same range.
+    children: [AtomicPtr<Meta>; INNER_SLOTS],
+    _t: PhantomData<*const T>,
 }
 
-const _: () = assert!(std::mem::size_of::<Leaf<u8>>() == 256);
-const _: () = assert!(std::mem::size_of::<Inner<u8>>() == 256);
+impl<T> Inner<T> {
+    /// Child `i`.
+    #[inline(always)]
+    pub(crate) fn child(&self, i: usize) -> NodePtr<T> {
+        // ORDERING: Acquire pairs with `set_child`'s Release: the new child's
+        // contents are visible.
+        let p = self.children[i].load(Ordering::Acquire);
+        // SAFETY: slots below `count` always hold a node; the rest repeat
+        // child 0 (see `new_inner`), so the pointer is never null.
+        unsafe { NodePtr::from_raw(p) }
+    }
+
+    /// Publishes `n` as child `i` (writer only, N1).
+    pub(crate) fn set_child(&self, i: usize, n: NodePtr<T>) {
+        // ORDERING: Release publishes `n`'s contents to readers.
+        self.children[i].store(n.as_raw(), Ordering::Release);
+    }
+
+    /// The largest gap under child `i` (N6).
+    #[inline(always)]
+    pub(crate) fn gap(&self, i: usize) -> u64 {
+        self.gaps[i].load(Ordering::Relaxed)
+    }
+
+    /// Sets the gap of child `i` (writer only, N6).
+    pub(crate) fn set_gap(&self, i: usize, g: u64) {
+        self.gaps[i].store(g, Ordering::Relaxed);
+    }
+}
+
+const _: () = assert!(std::mem::size_of::<Leaf<u8>>() == NODE_LAYOUT.size());
+const _: () = assert!(std::mem::size_of::<Inner<u8>>() == NODE_LAYOUT.size());
+const _: () = assert!(std::mem::align_of::<Leaf<u8>>() <= NODE_LAYOUT.align());
+const _: () = assert!(std::mem::align_of::<Inner<u8>>() <= NODE_LAYOUT.align());
 
 /// A pointer to a leaf or an internal node; which one is in its `meta`.
 pub(crate) struct NodePtr<T> {
@@ -192,48 +239,54 @@ impl<T> NodePtr<T> {
         NodePtr { ptr: unsafe { NonNull::new_unchecked(p) }, _t: PhantomData }
     }
 
-    /// Allocates a leaf holding `items` (`(last, value)`; the last item's
-    /// `last` is the node maximum and is not stored).
-    pub(crate) fn new_leaf(items: &[(u64, *const T)]) -> Self {
+    /// Builds, in `block`, a leaf holding `items` (`(last, value)`; the last
+    /// item's `last` is the node maximum and is not stored).
+    pub(crate) fn new_leaf(block: Block, items: &[(u64, *const T)]) -> Self {
         debug_assert!((1..=LEAF_SLOTS).contains(&items.len()));
-        let mut pivots = [0u64; LEAF_SLOTS - 1];
-        for (p, it) in pivots.iter_mut().zip(items) {
+        let mut pivots = [u64::MAX; LEAF_SLOTS - 1];
+        for (p, it) in pivots.iter_mut().zip(&items[..items.len() - 1]) {
             *p = it.0;
         }
         let slots = std::array::from_fn(|i| {
             AtomicPtr::new(items.get(i).map_or(std::ptr::null_mut(), |it| it.1.cast_mut()))
         });
-        let b = Box::new(Leaf { meta: Meta::new(true, items.len()), pivots, slots });
-        NodePtr { ptr: NonNull::from(Box::leak(b)).cast(), _t: PhantomData }
+        let p = block.as_ptr().cast::<Leaf<T>>();
+        // SAFETY: the block is NODE_LAYOUT-sized and aligned (asserted below)
+        // and unused (alloc.rs A1).
+        unsafe { p.write(Leaf { meta: Meta::new(true, items.len()), pivots, slots }) };
+        // SAFETY: `p` is non-null: it came from a `Block`.
+        NodePtr { ptr: unsafe { NonNull::new_unchecked(p.cast()) }, _t: PhantomData }
     }
 
-    /// Allocates an internal node holding `items` (`(last, child, gap)`).
-    pub(crate) fn new_inner(items: &[(u64, NodePtr<T>, u64)]) -> Self {
+    /// Builds, in `block`, an internal node holding `items`
+    /// (`(last, child, gap)`).
+    pub(crate) fn new_inner(block: Block, items: &[(u64, NodePtr<T>, u64)]) -> Self {
         debug_assert!((1..=INNER_SLOTS).contains(&items.len()));
-        let mut pivots = [0u64; INNER_SLOTS - 1];
-        for (p, it) in pivots.iter_mut().zip(items) {
+        let mut pivots = [u64::MAX; INNER_SLOTS - 1];
+        for (p, it) in pivots.iter_mut().zip(&items[..items.len() - 1]) {
             *p = it.0;
         }
-        let gaps = std::array::from_fn(|i| items.get(i).map_or(0, |it| it.2));
-        let children = std::array::from_fn(|i| items.get(i).map_or(items[0].1, |it| it.1));
-        let b = Box::new(Inner { meta: Meta::new(false, items.len()), pivots, gaps, children });
-        NodePtr { ptr: NonNull::from(Box::leak(b)).cast(), _t: PhantomData }
+        let gaps = std::array::from_fn(|i| AtomicU64::new(items.get(i).map_or(0, |it| it.2)));
+        let children =
+            std::array::from_fn(|i| AtomicPtr::new(items.get(i).map_or(items[0].1, |it| it.1).as_raw()));
+        let p = block.as_ptr().cast::<Inner<T>>();
+        // SAFETY: as in `new_leaf`.
+        unsafe {
+            p.write(Inner { meta: Meta::new(false, items.len()), pivots, gaps, children, _t: PhantomData })
+        };
+        // SAFETY: `p` is non-null: it came from a `Block`.
+        NodePtr { ptr: unsafe { NonNull::new_unchecked(p.cast()) }, _t: PhantomData }
     }
 
-    /// Frees the node's memory only (not its children or values).
+    /// The node's memory, to reuse or free (not its children or values;
+    /// nodes have no drop glue).
     ///
     /// # Safety
-    /// The node is unreachable by any reader (N3) and freed once.
-    pub(crate) unsafe fn free(self) {
-        // SAFETY: allocated by `new_leaf`/`new_inner` as the type its LEAF bit
-        // says; the caller guarantees exclusive, final access.
-        unsafe {
-            if is_leaf(self.meta().load()) {
-                drop(Box::from_raw(self.ptr.cast::<Leaf<T>>().as_ptr()));
-            } else {
-                drop(Box::from_raw(self.ptr.cast::<Inner<T>>().as_ptr()));
-            }
-        }
+    /// The node is unreachable by any reader (N3) and given up once.
+    pub(crate) unsafe fn into_block(self) -> Block {
+        // SAFETY: nodes live in `Block`s (see the constructors); the caller
+        // gives up the only claim on this one.
+        unsafe { Block::from_raw(self.ptr.cast()) }
     }
 }
 
@@ -263,12 +316,36 @@ pub(crate) fn slot_range(pivots: &[u64], count: usize, i: usize, min: u64, max: 
     (lo, hi)
 }
 
-/// The slot of a node with `count` slots that covers `addr` (N2).
+/// The slot of a node that covers `addr` (N2): the first pivot at or above
+/// `addr`. Unused pivots hold `u64::MAX` (N5), so the scan needs no bound
+/// but the array's; it stops early, which beats a branch-free count here.
 #[inline(always)]
-pub(crate) fn find_slot(pivots: &[u64], count: usize, addr: u64) -> usize {
+pub(crate) fn find_slot<const P: usize>(pivots: &[u64; P], _count: usize, addr: u64) -> usize {
     let mut i = 0;
-    while i + 1 < count && pivots[i] < addr {
+    while i < P && pivots[i] < addr {
         i += 1;
     }
     i
+}
+
+/// Asks the CPU to start loading all four cache lines of a node, so a walk
+/// pays one memory round trip per level instead of two (header and pivots,
+/// then the slot the pivots choose).
+#[inline(always)]
+pub(crate) fn prefetch<T>(n: NodePtr<T>) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        let p = n.as_raw().cast::<i8>();
+        // SAFETY: prefetch is a hint that never faults, whatever the address;
+        // `wrapping_add` keeps the pointer arithmetic defined.
+        unsafe {
+            _mm_prefetch::<_MM_HINT_T0>(p);
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(64));
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(128));
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(192));
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = n;
 }

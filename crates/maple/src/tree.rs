@@ -36,10 +36,15 @@ use std::sync::Arc;
 
 use rcuvm_rcu::{Domain, Guard};
 
+use crate::alloc::{Block, NodePool};
 use crate::node::{self, Meta, NodePtr, NodeRef};
 use crate::sync::{AtomicPtr, AtomicUsize, Mutex, Ordering};
 use crate::walk::SlotView;
-use crate::write::{Writer, WriterState};
+use crate::write::{Garbage, Writer, WriterState};
+
+/// Blocks a tree keeps for reuse (256 KiB); beyond, freed nodes go back to
+/// the allocator (alloc.rs A2).
+const POOL_CAP: usize = 1024;
 
 /// Why a tree operation was refused. The tree is unchanged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -186,6 +191,7 @@ impl<T> Raw<T> {
 pub struct MapleTree<T: Send + Sync + 'static> {
     pub(crate) raw: Raw<T>,
     pub(crate) domain: Arc<Domain>,
+    pub(crate) pool: Arc<NodePool>,
     writer: Mutex<WriterState<T>>,
 }
 
@@ -199,11 +205,13 @@ unsafe impl<T: Send + Sync + 'static> Sync for MapleTree<T> {}
 impl<T: Send + Sync + 'static> MapleTree<T> {
     /// An empty tree whose nodes are freed through `domain`'s grace periods.
     pub fn new(domain: Arc<Domain>) -> Self {
-        let root = NodePtr::<T>::new_leaf(&[(u64::MAX, std::ptr::null())]);
+        let root = NodePtr::<T>::new_leaf(Block::alloc(), &[(u64::MAX, std::ptr::null())]);
+        let pool = Arc::new(NodePool::new(POOL_CAP));
         MapleTree {
             raw: Raw { root: AtomicPtr::new(root.as_raw()), len: AtomicUsize::new(0), _t: PhantomData },
             domain,
-            writer: Mutex::new(WriterState::new()),
+            writer: Mutex::new(WriterState::new(pool.clone())),
+            pool,
         }
     }
 
@@ -331,7 +339,7 @@ impl<T: Send + Sync + 'static> MapleTree<T> {
                 }
                 NodeRef::Inner(i) => {
                     s.inners += 1;
-                    for &c in &i.children[..cnt] {
+                    for c in (0..cnt).map(|k| i.child(k)) {
                         visit(c, depth + 1, s);
                     }
                 }
@@ -345,7 +353,14 @@ impl<T: Send + Sync + 'static> MapleTree<T> {
 
 impl<T: Send + Sync + 'static> Drop for MapleTree<T> {
     fn drop(&mut self) {
-        // No reader can exist: every read borrows the tree. Free at once.
+        // No reader can exist: every read borrows the tree. Free at once,
+        // including what the writer retired and had not handed to RCU yet.
+        {
+            let mut w = self.writer.lock();
+            let pending = std::mem::replace(&mut w.garbage, Garbage::new(None));
+            drop(pending);
+            w.blocks.release();
+        }
         fn free<T>(n: NodePtr<T>) {
             // SAFETY: `&mut` tree: nothing else reaches these nodes.
             let cnt = node::count(unsafe { n.meta() }.load());
@@ -361,13 +376,13 @@ impl<T: Send + Sync + 'static> Drop for MapleTree<T> {
                     }
                 }
                 NodeRef::Inner(i) => {
-                    for &c in &i.children[..cnt] {
+                    for c in (0..cnt).map(|k| i.child(k)) {
                         free(c);
                     }
                 }
             }
             // SAFETY: as above; each node is reachable once.
-            unsafe { n.free() };
+            unsafe { n.into_block() }.dealloc();
         }
         free(self.raw.root());
     }

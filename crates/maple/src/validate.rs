@@ -56,7 +56,7 @@ fn visit<T>(
             if cnt == 0 || cnt > node::LEAF_SLOTS {
                 return Err(format!("leaf [{min:#x}, {max:#x}] has {cnt} slots"));
             }
-            if !is_root && cnt < LEAF_MIN {
+            if !is_root && min != 0 && max != u64::MAX && cnt < LEAF_MIN {
                 return Err(format!("T4: leaf [{min:#x}, {max:#x}] has {cnt} < {LEAF_MIN} slots"));
             }
             match c.leaf_depth {
@@ -86,18 +86,19 @@ fn visit<T>(
             Ok(gap)
         }
         NodeRef::Inner(inner) => {
-            if !(2..=node::INNER_SLOTS).contains(&cnt) || (!is_root && cnt < INNER_MIN) {
+            let short = if is_root { cnt < 2 } else { min != 0 && max != u64::MAX && cnt < INNER_MIN };
+            if cnt == 0 || cnt > node::INNER_SLOTS || short {
                 return Err(format!("T4: internal node [{min:#x}, {max:#x}] has {cnt} children"));
             }
             check_pivots(&inner.pivots, cnt, min, max)?;
             let mut gap = 0;
             for i in 0..cnt {
                 let (lo, hi) = node::slot_range(&inner.pivots, cnt, i, min, max);
-                let g = visit(inner.children[i], lo, hi, depth + 1, false, c)?;
-                if g != inner.gaps[i] {
+                let g = visit(inner.child(i), lo, hi, depth + 1, false, c)?;
+                if g != inner.gap(i) {
                     return Err(format!(
                         "T3: gap of child {i} of [{min:#x}, {max:#x}] is {:#x}, its subtree's is {g:#x}",
-                        inner.gaps[i]
+                        inner.gap(i)
                     ));
                 }
                 gap = gap.max(g);
@@ -117,6 +118,9 @@ fn check_pivots(p: &[u64], cnt: usize, min: u64, max: u64) -> Result<(), String>
             ));
         }
         prev = Some(x);
+    }
+    if p[cnt - 1..].iter().any(|&x| x != u64::MAX) {
+        return Err(format!("N5: unused pivots {:x?} are not all u64::MAX", &p[cnt - 1..]));
     }
     Ok(())
 }

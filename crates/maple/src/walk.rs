@@ -42,6 +42,7 @@ impl<T> Raw<T> {
     pub(crate) fn walk(&self, addr: u64) -> SlotView<T> {
         'restart: loop {
             let mut n = self.root();
+            node::prefetch(n);
             let (mut min, mut max) = (0u64, u64::MAX);
             loop {
                 // SAFETY: the caller holds a guard or the write lock, so no
@@ -64,8 +65,9 @@ impl<T> Raw<T> {
                 // SAFETY: as above; internal node.
                 let inner = unsafe { n.inner() };
                 let i = node::find_slot(&inner.pivots, cnt, addr);
+                n = inner.child(i);
+                node::prefetch(n);
                 (min, max) = node::slot_range(&inner.pivots, cnt, i, min, max);
-                n = inner.children[i];
             }
         }
     }
@@ -137,7 +139,7 @@ impl<T> Raw<T> {
                 let inner = unsafe { n.inner() };
                 let i = node::find_slot(&inner.pivots, cnt, addr);
                 (min, max) = node::slot_range(&inner.pivots, cnt, i, min, max);
-                n = inner.children[i];
+                n = inner.child(i);
             }
         }
     }
@@ -204,10 +206,10 @@ impl<T> Raw<T> {
                     if rev { &mut (0..cnt).rev() } else { &mut (0..cnt) };
                 for i in order {
                     let (a, b) = node::slot_range(&inner.pivots, cnt, i, min, max);
-                    if b < lo || a > hi || inner.gaps[i] < need {
+                    if b < lo || a > hi || inner.gap(i) < need {
                         continue;
                     }
-                    match self.gap_search(inner.children[i], a, b, lo, hi, size, rev) {
+                    match self.gap_search(inner.child(i), a, b, lo, hi, size, rev) {
                         Search::None => continue,
                         other => return other,
                     }

@@ -7,17 +7,23 @@
 //! and collapse, and retirement of what was replaced.
 //!
 //! # Invariants
-//! - R1. Copy-on-write: a store builds new nodes for the leaves it changes and
-//!   for every ancestor up to the root, then publishes them with a single
-//!   Release store of the root pointer. Only then are the replaced nodes
-//!   marked dead (node.rs N2) and handed, with the values they dropped, to
-//!   `Domain::call`, which frees them after a grace period (N3).
+//! - R1. Copy-on-write: a store builds new nodes for the leaves it changes
+//!   and for the ancestors whose shape changes, then publishes them with a
+//!   single Release store: into the parent that keeps its shape (R5), or of
+//!   the root pointer. Only then are the replaced nodes marked dead (node.rs
+//!   N2) and handed, with the values they dropped, to `Domain::call`, which
+//!   frees them after a grace period (N3); nodes go back to the tree's pool.
 //! - R2. The one in-place change is an exact-fit replacement of a non-null
 //!   value by another (`replace`, or `store` over exactly one entry): a single
 //!   atomic store into the leaf slot (N1). It changes no gap.
 //! - R3. Every node but the root holds at least `LEAF_MIN`/`INNER_MIN` slots:
 //!   a node left short borrows all the slots of a neighbour at the same level
 //!   (preferring one with the same parent) and the result is split evenly.
+//! - R5. Where one node is replaced by one new node over the same range, the
+//!   copy stops: the new node is published by a single atomic store into its
+//!   parent's child slot (node.rs N1), and the gaps above are fixed in place
+//!   (N6). Only changes of shape (splits, borrows, spanning stores) copy
+//!   further up, to the first ancestor whose own range is unchanged.
 //! - R4. A store of "empty" first widens itself over the free ranges it
 //!   touches, so no two free ranges are ever adjacent, even across leaves
 //!   (tree.rs T5).
@@ -29,13 +35,13 @@
 //! # Linux
 //! `mas_store()` and its cases (`mas_wr_slot_store`, `mas_wr_node_store`,
 //! `mas_wr_split`, `mas_wr_spanning_store`, `mas_wr_rebalance`) in RCU mode,
-//! where Linux also replaces rather than edits nodes; rcuvm copies the path
-//! to the root instead of storing into the parent in place, so a reader
-//! never sees a parent whose gaps disagree with its children.
+//! where Linux also replaces rather than edits nodes and updates gaps in
+//! place (`mas_update_gap`).
 
 use std::ops::Range;
 use std::sync::Arc;
 
+use crate::alloc::{Block, Blocks, NodePool};
 use crate::node::{self, INNER_MIN, INNER_SLOTS, LEAF_MIN, LEAF_SLOTS, NodePtr, NodeRef};
 use crate::sync::{MutexGuard, Ordering};
 use crate::tree::{Entry, Error, MapleTree, Raw, check_range};
@@ -61,6 +67,8 @@ impl<T> Copy for Level<T> {}
 pub(crate) struct Garbage<T> {
     pub(crate) nodes: Vec<NodePtr<T>>,
     pub(crate) values: Vec<*const T>,
+    /// Where the nodes go after the grace period (alloc.rs A1).
+    pool: Option<Arc<NodePool>>,
 }
 
 // SAFETY: the nodes are unreachable (R1) and the values are `Arc<T>` counts,
@@ -68,8 +76,8 @@ pub(crate) struct Garbage<T> {
 unsafe impl<T: Send + Sync> Send for Garbage<T> {}
 
 impl<T> Garbage<T> {
-    fn new() -> Self {
-        Garbage { nodes: Vec::new(), values: Vec::new() }
+    pub(crate) fn new(pool: Option<Arc<NodePool>>) -> Self {
+        Garbage { nodes: Vec::new(), values: Vec::new(), pool }
     }
     fn is_empty(&self) -> bool {
         self.nodes.is_empty() && self.values.is_empty()
@@ -83,25 +91,38 @@ impl<T> Drop for Garbage<T> {
             // by the tree exactly once.
             unsafe { node::release_value(v) };
         }
-        for n in self.nodes.drain(..) {
+        let blocks = self.nodes.drain(..).map(|n| {
             // SAFETY: unreachable since before the grace period that ran
-            // before this drop (R1), and listed once.
-            unsafe { n.free() };
+            // before this drop (R1), or since the tree was dropped; each node
+            // is listed once.
+            unsafe { n.into_block() }
+        });
+        match &self.pool {
+            Some(pool) => pool.give(blocks),
+            None => blocks.for_each(Block::dealloc),
         }
     }
 }
 
-/// Scratch state kept under the write lock, reused across stores.
+/// Retired nodes are handed to RCU in batches of this many (or of
+/// `FLUSH_VALUES` values): one callback per batch, not per store.
+const FLUSH_NODES: usize = 256;
+const FLUSH_VALUES: usize = 64;
+
+/// State kept under the write lock, reused across stores.
 pub(crate) struct WriterState<T> {
     leaf_items: Vec<(u64, *const T)>,
+    pub(crate) blocks: Blocks,
+    /// Retired since the last hand-over to RCU (R1).
+    pub(crate) garbage: Garbage<T>,
 }
 
-// SAFETY: the raw value pointers are only used under the write lock.
+// SAFETY: the raw pointers are only used under the write lock.
 unsafe impl<T: Send + Sync> Send for WriterState<T> {}
 
 impl<T> WriterState<T> {
-    pub(crate) fn new() -> Self {
-        WriterState { leaf_items: Vec::new() }
+    pub(crate) fn new(pool: Arc<NodePool>) -> Self {
+        WriterState { leaf_items: Vec::new(), blocks: Blocks::default(), garbage: Garbage::new(Some(pool)) }
     }
 }
 
@@ -197,7 +218,8 @@ impl<T: Send + Sync + 'static> Writer<'_, T> {
         unsafe { node::clone_value(cur) };
         // SAFETY: as above: `cur` still holds the count we just took.
         let old = unsafe { Arc::from_raw(cur) };
-        self.retire(Garbage { nodes: Vec::new(), values: vec![cur.cast_const()] });
+        self.state.garbage.values.push(cur.cast_const());
+        self.maybe_flush();
         Ok(old)
     }
 
@@ -216,10 +238,23 @@ impl<T: Send + Sync + 'static> Writer<'_, T> {
         self.tree.raw.empty_area_half_open(lo, hi, size, true)
     }
 
-    fn retire(&self, g: Garbage<T>) {
-        if !g.is_empty() {
-            self.tree.domain.call(move || drop(g));
+    /// Hands the retired nodes and values to RCU once there are enough.
+    fn maybe_flush(&mut self) {
+        let g = &self.state.garbage;
+        if g.nodes.len() >= FLUSH_NODES || g.values.len() >= FLUSH_VALUES {
+            self.flush();
         }
+    }
+
+    /// Hands everything retired so far to RCU: it is freed (nodes go back
+    /// to the pool) after a grace period.
+    pub fn flush(&mut self) {
+        if self.state.garbage.is_empty() {
+            return;
+        }
+        let fresh = Garbage::new(self.state.garbage.pool.clone());
+        let g = std::mem::replace(&mut self.state.garbage, fresh);
+        self.tree.domain.call(move || drop(g));
     }
 
     /// The writer's descent to the leaf covering `addr`: `path[0]` is the
@@ -244,7 +279,7 @@ impl<T: Send + Sync + 'static> Writer<'_, T> {
                     let idx = node::find_slot(&inner.pivots, cnt, addr);
                     path.push(Level { node: n, idx, min, max });
                     (min, max) = node::slot_range(&inner.pivots, cnt, idx, min, max);
-                    n = inner.children[idx];
+                    n = inner.child(idx);
                 }
             }
         }
@@ -284,12 +319,13 @@ impl<T: Send + Sync + 'static> Writer<'_, T> {
             if lo == a && hi == b && !cur.is_null() {
                 // ORDERING: Release publishes the value's contents.
                 leaf_a.slots[la.idx].store(v.cast_mut(), Ordering::Release);
-                self.retire(Garbage { nodes: Vec::new(), values: vec![cur] });
+                self.state.garbage.values.push(cur);
+                self.maybe_flush();
                 return;
             }
         }
 
-        let mut garbage = Garbage::new();
+        let mut garbage = Garbage::new(None);
         let mut added = 0usize;
         let mut removed = 0usize;
         // The leaf-level items of the span [la.min, lb.max].
@@ -359,11 +395,15 @@ impl<T: Send + Sync + 'static> Writer<'_, T> {
             }
         });
 
-        let root = self.rebuild(&mut pa, &mut pb, &mut items, &mut garbage, &mut removed);
-        // R1: publish, then kill, then retire.
-        // ORDERING: Release publishes every new node's contents to readers,
-        // whose root load is Acquire.
-        self.raw().root.store(root.as_raw(), Ordering::Release);
+        let mut blocks = std::mem::take(&mut self.state.blocks);
+        let root = self.rebuild(&mut pa, &mut pb, &mut items, &mut garbage, &mut removed, &mut blocks);
+        self.state.blocks = blocks;
+        // R1: publish (unless R5 already did, in place), then kill, then retire.
+        if let Some(root) = root {
+            // ORDERING: Release publishes every new node's contents to
+            // readers, whose root load is Acquire.
+            self.raw().root.store(root.as_raw(), Ordering::Release);
+        }
         for n in &garbage.nodes {
             // SAFETY: write lock held; the node is allocated until retired.
             unsafe { n.meta() }.kill();
@@ -371,7 +411,10 @@ impl<T: Send + Sync + 'static> Writer<'_, T> {
         let len = self.raw().len.load(Ordering::Relaxed);
         self.raw().len.store(len + added - removed, Ordering::Relaxed);
         self.state.leaf_items = items;
-        self.retire(garbage);
+        let pending = &mut self.state.garbage;
+        pending.nodes.append(&mut garbage.nodes);
+        pending.values.append(&mut garbage.values);
+        self.maybe_flush();
     }
 
     /// Rebuilds the levels above a changed span of leaves up to the root and
@@ -383,8 +426,11 @@ impl<T: Send + Sync + 'static> Writer<'_, T> {
         leaf_items: &mut Vec<(u64, *const T)>,
         garbage: &mut Garbage<T>,
         removed: &mut usize,
-    ) -> NodePtr<T> {
+        blocks: &mut Blocks,
+    ) -> Option<NodePtr<T>> {
         let height = pa.len() - 1;
+        let pool = &*self.tree.pool;
+        let mut block = || blocks.get(pool);
         let mut inner_items: Vec<(u64, NodePtr<T>, u64)> = Vec::new();
         let mut consumed: Vec<NodePtr<T>> = Vec::new();
         let mut level = 0;
@@ -397,7 +443,13 @@ impl<T: Send + Sync + 'static> Writer<'_, T> {
                 consumed.push(pb[level].node);
             }
             // R3: borrow a neighbour while short (the root may be short).
-            while level < height && (if is_leaf { leaf_items.len() } else { inner_items.len() }) < min_fill {
+            // Nodes at either end of their level are exempt (T4): appends
+            // and top-down placement fill them one slot at a time.
+            while level < height
+                && pa[level].min != 0
+                && pb[level].max != u64::MAX
+                && (if is_leaf { leaf_items.len() } else { inner_items.len() }) < min_fill
+            {
                 let (span_min, span_max) = (pa[level].min, pb[level].max);
                 let parent_a = pa[level + 1];
                 let parent_b = pb[level + 1];
@@ -444,11 +496,7 @@ impl<T: Send + Sync + 'static> Writer<'_, T> {
                     NodeRef::Inner(n) => {
                         let mut add: Vec<_> = (0..cnt)
                             .map(|i| {
-                                (
-                                    node::slot_range(&n.pivots, cnt, i, nb.min, nb.max).1,
-                                    n.children[i],
-                                    n.gaps[i],
-                                )
+                                (node::slot_range(&n.pivots, cnt, i, nb.min, nb.max).1, n.child(i), n.gap(i))
                             })
                             .collect();
                         if left {
@@ -475,13 +523,26 @@ impl<T: Send + Sync + 'static> Writer<'_, T> {
             garbage.nodes.extend_from_slice(&consumed);
             // Split the span's items into new nodes.
             let span_min = pa[level].min;
+            let edges = (span_min == 0, pb[level].max == u64::MAX);
             let new_nodes = if is_leaf {
-                split_leaves(leaf_items, span_min, cap)
+                split_leaves(leaf_items, span_min, cap, edges, &mut block)
             } else {
-                split_inners(&inner_items, span_min, cap)
+                split_inners(&inner_items, cap, edges, &mut block)
             };
             if level == height {
-                return self.grow_and_collapse(new_nodes, garbage);
+                return Some(grow_and_collapse(new_nodes, garbage, &mut block));
+            }
+            if new_nodes.len() == 1 && consumed.len() == 1 {
+                // R5: one node replaced by one node over the same range: the
+                // parent's pivots still hold, so swap it in place.
+                let (_, n, gap) = new_nodes[0];
+                let parent = pa[level + 1];
+                // SAFETY: write lock held.
+                let pn = unsafe { parent.node.inner() };
+                pn.set_child(parent.idx, n);
+                pn.set_gap(parent.idx, gap);
+                fix_gaps(&pa[level + 1..]);
+                return None;
             }
             // Move up: the parents' items around the span.
             let (a, b) = (pa[level + 1], pb[level + 1]);
@@ -491,14 +552,14 @@ impl<T: Send + Sync + 'static> Writer<'_, T> {
             let (ca, cb) = unsafe { (node::count(a.node.meta().load()), node::count(b.node.meta().load())) };
             let mut up: Vec<(u64, NodePtr<T>, u64)> = Vec::with_capacity(ca + new_nodes.len() + cb);
             for i in 0..a.idx {
-                up.push((node::slot_range(&na.pivots, ca, i, a.min, a.max).1, na.children[i], na.gaps[i]));
+                up.push((node::slot_range(&na.pivots, ca, i, a.min, a.max).1, na.child(i), na.gap(i)));
             }
             up.extend_from_slice(&new_nodes);
             // Children strictly between the span's edges were overwritten.
             let between: Vec<NodePtr<T>> = if a.node == b.node {
-                (a.idx + 1..b.idx).map(|i| na.children[i]).collect()
+                (a.idx + 1..b.idx).map(|i| na.child(i)).collect()
             } else {
-                (a.idx + 1..ca).map(|i| na.children[i]).chain((0..b.idx).map(|i| nb.children[i])).collect()
+                (a.idx + 1..ca).map(|i| na.child(i)).chain((0..b.idx).map(|i| nb.child(i))).collect()
             };
             for c in between {
                 if !consumed.contains(&c) {
@@ -506,34 +567,51 @@ impl<T: Send + Sync + 'static> Writer<'_, T> {
                 }
             }
             for i in b.idx + 1..cb {
-                up.push((node::slot_range(&nb.pivots, cb, i, b.min, b.max).1, nb.children[i], nb.gaps[i]));
+                up.push((node::slot_range(&nb.pivots, cb, i, b.min, b.max).1, nb.child(i), nb.gap(i)));
             }
             inner_items = up;
             level += 1;
         }
     }
+}
 
-    /// Adds levels on top while the root level has more than one node, then
-    /// drops single-child roots.
-    fn grow_and_collapse(
-        &self,
-        mut top: Vec<(u64, NodePtr<T>, u64)>,
-        garbage: &mut Garbage<T>,
-    ) -> NodePtr<T> {
-        while top.len() > 1 {
-            top = split_inners(&top, 0, INNER_SLOTS);
+/// Recomputes gaps up the path after child `path[0].idx` of `path[0].node`
+/// changed, stopping where the largest gap of a node does not change (N6).
+fn fix_gaps<T>(path: &[Level<T>]) {
+    for w in path.windows(2) {
+        let (n, parent) = (w[0], w[1]);
+        // SAFETY: write lock held: nodes on the path stay allocated.
+        let cnt = node::count(unsafe { n.node.meta() }.load());
+        // SAFETY: as above; internal nodes.
+        let (inner, pinner) = unsafe { (n.node.inner(), parent.node.inner()) };
+        let g = (0..cnt).map(|i| inner.gap(i)).max().unwrap_or(0);
+        if pinner.gap(parent.idx) == g {
+            return;
         }
-        let mut root = top[0].1;
-        loop {
-            // SAFETY: the node is new or reachable under the write lock.
-            let meta = unsafe { root.meta() }.load();
-            if node::is_leaf(meta) || node::count(meta) > 1 {
-                return root;
-            }
-            garbage.nodes.push(root);
-            // SAFETY: as above; an internal node.
-            root = unsafe { root.inner() }.children[0];
+        pinner.set_gap(parent.idx, g);
+    }
+}
+
+/// Adds levels on top while the root level has more than one node, then
+/// drops single-child roots.
+fn grow_and_collapse<T>(
+    mut top: Vec<(u64, NodePtr<T>, u64)>,
+    garbage: &mut Garbage<T>,
+    block: &mut impl FnMut() -> Block,
+) -> NodePtr<T> {
+    while top.len() > 1 {
+        top = split_inners(&top, INNER_SLOTS, (true, true), block);
+    }
+    let mut root = top[0].1;
+    loop {
+        // SAFETY: the node is new or reachable under the write lock.
+        let meta = unsafe { root.meta() }.load();
+        if node::is_leaf(meta) || node::count(meta) > 1 {
+            return root;
         }
+        garbage.nodes.push(root);
+        // SAFETY: as above; an internal node.
+        root = unsafe { root.inner() }.child(0);
     }
 }
 
@@ -558,23 +636,40 @@ fn retire_subtree<T>(n: NodePtr<T>, keep: &[NodePtr<T>], garbage: &mut Garbage<T
             }
         }
         NodeRef::Inner(i) => {
-            for &c in &i.children[..cnt] {
+            for c in (0..cnt).map(|k| i.child(k)) {
                 retire_subtree(c, keep, garbage, removed);
             }
         }
     }
 }
 
-/// How many nodes `n` items make, and how many go in node `k` (even split).
-fn chunks(n: usize, cap: usize) -> impl Iterator<Item = Range<usize>> {
+/// How `n` items are cut into nodes of at most `cap`: evenly, except that a
+/// span at one end of its level packs full nodes away from that end and
+/// leaves the remainder in the end node (exempt from the minimum, T4), so
+/// that appends at either end of the address space fill nodes completely,
+/// as Linux's append and split-at-end cases do.
+fn chunks(n: usize, cap: usize, (left_edge, right_edge): (bool, bool)) -> Vec<Range<usize>> {
     let k = n.div_ceil(cap).max(1);
-    (0..k).map(move |j| (j * n / k)..((j + 1) * n / k))
+    let rem = n - (k - 1) * cap;
+    match (left_edge, right_edge) {
+        (false, true) => (0..k).map(|j| j * cap..(j * cap + if j + 1 == k { rem } else { cap })).collect(),
+        (true, false) => {
+            (0..k).map(|j| if j == 0 { 0..rem } else { rem + (j - 1) * cap..rem + j * cap }).collect()
+        }
+        _ => (0..k).map(|j| (j * n / k)..((j + 1) * n / k)).collect(),
+    }
 }
 
 /// New leaves for `items` spanning from `min`; returns inner items.
-fn split_leaves<T>(items: &[(u64, *const T)], mut min: u64, cap: usize) -> Vec<(u64, NodePtr<T>, u64)> {
+fn split_leaves<T>(
+    items: &[(u64, *const T)],
+    mut min: u64,
+    cap: usize,
+    edges: (bool, bool),
+    block: &mut impl FnMut() -> Block,
+) -> Vec<(u64, NodePtr<T>, u64)> {
     let mut out = Vec::with_capacity(2);
-    for r in chunks(items.len(), cap) {
+    for r in chunks(items.len(), cap, edges) {
         let part = &items[r];
         let mut gap = 0u64;
         let mut lo = min;
@@ -585,19 +680,24 @@ fn split_leaves<T>(items: &[(u64, *const T)], mut min: u64, cap: usize) -> Vec<(
             lo = last.wrapping_add(1);
         }
         let last = part[part.len() - 1].0;
-        out.push((last, NodePtr::new_leaf(part), gap));
+        out.push((last, NodePtr::new_leaf(block(), part), gap));
         min = last.wrapping_add(1);
     }
     out
 }
 
-/// New internal nodes for `items` spanning from `min`; returns their items.
-fn split_inners<T>(items: &[(u64, NodePtr<T>, u64)], _min: u64, cap: usize) -> Vec<(u64, NodePtr<T>, u64)> {
+/// New internal nodes for `items`; returns their items.
+fn split_inners<T>(
+    items: &[(u64, NodePtr<T>, u64)],
+    cap: usize,
+    edges: (bool, bool),
+    block: &mut impl FnMut() -> Block,
+) -> Vec<(u64, NodePtr<T>, u64)> {
     let mut out = Vec::with_capacity(2);
-    for r in chunks(items.len(), cap) {
+    for r in chunks(items.len(), cap, edges) {
         let part = &items[r];
         let gap = part.iter().map(|it| it.2).max().unwrap_or(0);
-        out.push((part[part.len() - 1].0, NodePtr::new_inner(part), gap));
+        out.push((part[part.len() - 1].0, NodePtr::new_inner(block(), part), gap));
     }
     out
 }

@@ -21,6 +21,11 @@
 //!   backlog passes half the limit.
 //! - C4. Once the domain is dropped (`dead`), no reader can exist (guards
 //!   borrow the domain), so callbacks queued later run at once.
+//! - C5. Batching: the reclaimer waits up to `Config::batch_delay` after the
+//!   first callback of a batch before starting its grace period, so a
+//!   stream of `call`s costs one grace period (one `membarrier` IPI to every
+//!   CPU of the process) per delay, not one per call. `barrier`, a half-full
+//!   backlog and dropping the domain cut the wait short.
 //!
 //! # Linux
 //! `call_rcu()`, `kfree_rcu()`, `rcu_barrier()`; the callback-flood handling
@@ -161,6 +166,16 @@ fn reclaimer(d: Arc<DomainInner>) {
         }
         if st.pending.is_empty() {
             return;
+        }
+        // C5: let a batch gather before paying for a grace period, unless
+        // someone waits (barrier, drop) or the backlog is half full.
+        let delay = d.config.batch_delay;
+        if !delay.is_zero()
+            && !st.shutdown
+            && st.barrier_waiters == 0
+            && st.enqueued - st.run <= d.config.callback_limit as u64 / 2
+        {
+            st = d.callbacks.work.wait_timeout(st, delay);
         }
         let backlog = st.enqueued - st.run;
         let expedite = st.barrier_waiters > 0 || backlog > d.config.callback_limit as u64 / 2;

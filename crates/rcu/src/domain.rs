@@ -44,11 +44,14 @@ pub struct Config {
     /// run the backlog instead of queueing more (callback.rs C3). The
     /// reclaimer expedites its grace periods past half of it.
     pub callback_limit: usize,
+    /// How long the reclaimer lets callbacks gather before it starts a
+    /// grace period for them (callback.rs C5). Zero: at once.
+    pub batch_delay: std::time::Duration,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Self { callback_limit: 1 << 16 }
+        Self { callback_limit: 1 << 16, batch_delay: std::time::Duration::from_millis(1) }
     }
 }
 
@@ -56,6 +59,12 @@ impl Config {
     /// Sets [`callback_limit`](Self::callback_limit) (at least 1).
     pub fn callback_limit(mut self, n: usize) -> Self {
         self.callback_limit = n.max(1);
+        self
+    }
+
+    /// Sets [`batch_delay`](Self::batch_delay).
+    pub fn batch_delay(mut self, d: std::time::Duration) -> Self {
+        self.batch_delay = d;
         self
     }
 }

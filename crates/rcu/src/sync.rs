@@ -54,6 +54,17 @@ mod imp {
         pub(crate) fn notify_one(&self) {
             self.0.notify_one()
         }
+        /// Waits for a notification or until `dur` passed.
+        pub(crate) fn wait_timeout<'a, T>(
+            &self,
+            g: MutexGuard<'a, T>,
+            dur: std::time::Duration,
+        ) -> MutexGuard<'a, T> {
+            match self.0.wait_timeout(g, dur) {
+                Ok((g, _)) => g,
+                Err(e) => e.into_inner().0,
+            }
+        }
     }
 
     /// A compiler-only barrier: the reader half of an asymmetric fence.
@@ -123,6 +134,15 @@ mod imp {
         }
         pub(crate) fn notify_one(&self) {
             self.0.notify_one()
+        }
+        /// loom does not model time (and its own `wait_timeout` never times
+        /// out): return at once, a legal spurious wakeup.
+        pub(crate) fn wait_timeout<'a, T>(
+            &self,
+            g: MutexGuard<'a, T>,
+            _dur: std::time::Duration,
+        ) -> MutexGuard<'a, T> {
+            g
         }
     }
 

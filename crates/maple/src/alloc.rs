@@ -1,0 +1,136 @@
+//! Node memory: 256-byte blocks, recycled through a per-tree pool.
+//!
+//! # Owns
+//! [`NodePool`] (blocks that have been through a grace period, ready for
+//! reuse) and [`Blocks`] (the writer's own stock, refilled from the pool).
+//!
+//! # Invariants
+//! - A1. Every block in the pool or the writer's stock is unreachable by any
+//!   reader: it only enters the pool from a grace-period callback (write.rs
+//!   R1), so the writer may overwrite it at once.
+//! - A2. The pool keeps at most `cap` blocks; the rest go back to the global
+//!   allocator, so a tree that shrinks gives its memory back.
+//!
+//! # Why
+//! Without the pool, the writer allocates every node and the reclaimer
+//! thread frees it: with glibc's allocator that is a cross-thread free per
+//! node, and under churn the two threads fight over the arena lock (measured:
+//! 135 k context switches and ~6 µs per store at 10^4 entries, against
+//! ~1 µs with frees on the writer's thread). Linux recycles maple nodes
+//! through `kmem_cache` for the same reason. The pool is handed over in
+//! batches: one lock per grace-period callback and per refill.
+
+use std::alloc::Layout;
+use std::ptr::NonNull;
+
+use crate::sync::Mutex;
+
+/// Size and alignment of every node (node.rs asserts both layouts fit).
+pub(crate) const NODE_LAYOUT: Layout = match Layout::from_size_align(256, 64) {
+    Ok(l) => l,
+    Err(_) => panic!("bad node layout"),
+};
+
+/// An unused node-sized block.
+#[derive(Debug)]
+pub(crate) struct Block(NonNull<u8>);
+
+// SAFETY: a block is plain memory owned by whoever holds the `Block`.
+unsafe impl Send for Block {}
+
+impl Block {
+    /// A fresh block from the global allocator.
+    pub(crate) fn alloc() -> Block {
+        // SAFETY: NODE_LAYOUT has a non-zero size.
+        let p = unsafe { std::alloc::alloc(NODE_LAYOUT) };
+        Block(NonNull::new(p).unwrap_or_else(|| std::alloc::handle_alloc_error(NODE_LAYOUT)))
+    }
+
+    /// Wraps a block that held a node no reader can reach any more.
+    ///
+    /// # Safety
+    /// `p` came from [`Block::alloc`] (through a node) and is not used again
+    /// by anyone else.
+    pub(crate) unsafe fn from_raw(p: NonNull<u8>) -> Block {
+        Block(p)
+    }
+
+    pub(crate) fn as_ptr(&self) -> *mut u8 {
+        self.0.as_ptr()
+    }
+
+    /// Gives the block back to the global allocator.
+    pub(crate) fn dealloc(self) {
+        // SAFETY: allocated with NODE_LAYOUT by `alloc`, owned by us.
+        unsafe { std::alloc::dealloc(self.0.as_ptr(), NODE_LAYOUT) }
+    }
+}
+
+/// Blocks that went through a grace period (A1), shared by the writer and
+/// the reclaimer.
+#[derive(Debug)]
+pub(crate) struct NodePool {
+    free: Mutex<Vec<Block>>,
+    cap: usize,
+}
+
+impl NodePool {
+    pub(crate) fn new(cap: usize) -> Self {
+        NodePool { free: Mutex::new(Vec::new()), cap }
+    }
+
+    /// Returns blocks to the pool, freeing what exceeds its cap (A2).
+    pub(crate) fn give(&self, blocks: impl Iterator<Item = Block>) {
+        let mut free = self.free.lock();
+        for b in blocks {
+            if free.len() < self.cap {
+                free.push(b);
+            } else {
+                b.dealloc();
+            }
+        }
+    }
+
+    /// Moves every pooled block into `into`.
+    fn take_all(&self, into: &mut Vec<Block>) {
+        let mut free = self.free.lock();
+        if into.is_empty() {
+            std::mem::swap(&mut *free, into);
+        } else {
+            into.append(&mut free);
+        }
+    }
+}
+
+impl Drop for NodePool {
+    fn drop(&mut self) {
+        for b in self.free.lock().drain(..) {
+            b.dealloc();
+        }
+    }
+}
+
+/// The writer's stock of blocks.
+#[derive(Debug, Default)]
+pub(crate) struct Blocks {
+    stock: Vec<Block>,
+}
+
+impl Blocks {
+    /// A block to build a node in: from the stock, else from the pool, else
+    /// from the allocator.
+    pub(crate) fn get(&mut self, pool: &NodePool) -> Block {
+        if let Some(b) = self.stock.pop() {
+            return b;
+        }
+        pool.take_all(&mut self.stock);
+        self.stock.pop().unwrap_or_else(Block::alloc)
+    }
+
+    /// Frees the stock (tree teardown).
+    pub(crate) fn release(&mut self) {
+        for b in self.stock.drain(..) {
+            b.dealloc();
+        }
+    }
+}
