@@ -191,6 +191,8 @@ impl<T> Raw<T> {
 pub struct MapleTree<T: Send + Sync + 'static> {
     pub(crate) raw: Raw<T>,
     pub(crate) domain: Arc<Domain>,
+    /// `domain.id()`, kept here so checking a guard costs no pointer chase.
+    domain_id: u64,
     pub(crate) pool: Arc<NodePool>,
     writer: Mutex<WriterState<T>>,
 }
@@ -209,6 +211,7 @@ impl<T: Send + Sync + 'static> MapleTree<T> {
         let pool = Arc::new(NodePool::new(POOL_CAP));
         MapleTree {
             raw: Raw { root: AtomicPtr::new(root.as_raw()), len: AtomicUsize::new(0), _t: PhantomData },
+            domain_id: domain.id(),
             domain,
             writer: Mutex::new(WriterState::new(pool.clone())),
             pool,
@@ -230,7 +233,7 @@ impl<T: Send + Sync + 'static> MapleTree<T> {
 
     #[inline(always)]
     fn check_guard(&self, g: &Guard<'_>) {
-        assert_eq!(g.domain_id(), self.domain.id(), "rcuvm-maple: guard of another domain than the tree's");
+        assert_eq!(g.domain_id(), self.domain_id, "rcuvm-maple: guard of another domain than the tree's");
     }
 
     /// The entry containing `addr`.
