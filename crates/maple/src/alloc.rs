@@ -8,8 +8,9 @@
 //! - A1. Every block in the pool or the writer's stock is unreachable by any
 //!   reader: it only enters the pool from a grace-period callback (write.rs
 //!   R1), so the writer may overwrite it at once.
-//! - A2. The pool keeps at most `cap` blocks; the rest go back to the global
-//!   allocator, so a tree that shrinks gives its memory back.
+//! - A2. The pool keeps at most `cap` blocks (a quarter of the tree's live
+//!   nodes, at least `POOL_MIN`); the rest go back to the global allocator,
+//!   so a tree that shrinks gives its memory back.
 //!
 //! # Why
 //! Without the pool, the writer allocates every node and the reclaimer
@@ -23,7 +24,10 @@
 use std::alloc::Layout;
 use std::ptr::NonNull;
 
-use crate::sync::Mutex;
+use crate::sync::{AtomicUsize, Mutex, Ordering};
+
+/// The fewest spare blocks a pool may keep (A2).
+const POOL_MIN: usize = 16;
 
 /// Size and alignment of every node (node.rs asserts both layouts fit).
 pub(crate) const NODE_LAYOUT: Layout = match Layout::from_size_align(256, 64) {
@@ -71,19 +75,28 @@ impl Block {
 #[derive(Debug)]
 pub(crate) struct NodePool {
     free: Mutex<Vec<Block>>,
-    cap: usize,
+    /// A2; set by the writer from the tree's size.
+    cap: AtomicUsize,
 }
 
 impl NodePool {
-    pub(crate) fn new(cap: usize) -> Self {
-        NodePool { free: Mutex::new(Vec::new()), cap }
+    pub(crate) fn new() -> Self {
+        NodePool { free: Mutex::new(Vec::new()), cap: AtomicUsize::new(POOL_MIN) }
+    }
+
+    /// Sizes the pool for a tree of `live` nodes: a quarter of it, at least
+    /// `POOL_MIN` (A2), so a small tree does not keep more spare memory
+    /// than it uses.
+    pub(crate) fn size_for(&self, live: usize) {
+        self.cap.store(POOL_MIN + live / 4, Ordering::Relaxed);
     }
 
     /// Returns blocks to the pool, freeing what exceeds its cap (A2).
     pub(crate) fn give(&self, blocks: impl Iterator<Item = Block>) {
+        let cap = self.cap.load(Ordering::Relaxed);
         let mut free = self.free.lock();
         for b in blocks {
-            if free.len() < self.cap {
+            if free.len() < cap {
                 free.push(b);
             } else {
                 b.dealloc();
@@ -114,12 +127,15 @@ impl Drop for NodePool {
 #[derive(Debug, Default)]
 pub(crate) struct Blocks {
     stock: Vec<Block>,
+    /// Blocks handed out so far (the writer counts live nodes with it).
+    pub(crate) handed_out: usize,
 }
 
 impl Blocks {
     /// A block to build a node in: from the stock, else from the pool, else
     /// from the allocator.
     pub(crate) fn get(&mut self, pool: &NodePool) -> Block {
+        self.handed_out += 1;
         if let Some(b) = self.stock.pop() {
             return b;
         }

@@ -42,10 +42,6 @@ use crate::sync::{AtomicPtr, AtomicUsize, Mutex, Ordering};
 use crate::walk::SlotView;
 use crate::write::{Garbage, Writer, WriterState};
 
-/// Blocks a tree keeps for reuse (256 KiB); beyond, freed nodes go back to
-/// the allocator (alloc.rs A2).
-const POOL_CAP: usize = 1024;
-
 /// Why a tree operation was refused. The tree is unchanged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Error {
@@ -208,7 +204,7 @@ impl<T: Send + Sync + 'static> MapleTree<T> {
     /// An empty tree whose nodes are freed through `domain`'s grace periods.
     pub fn new(domain: Arc<Domain>) -> Self {
         let root = NodePtr::<T>::new_leaf(Block::alloc(), &[(u64::MAX, std::ptr::null())]);
-        let pool = Arc::new(NodePool::new(POOL_CAP));
+        let pool = Arc::new(NodePool::new());
         MapleTree {
             raw: Raw { root: AtomicPtr::new(root.as_raw()), len: AtomicUsize::new(0), _t: PhantomData },
             domain_id: domain.id(),

@@ -113,6 +113,8 @@ const FLUSH_VALUES: usize = 64;
 pub(crate) struct WriterState<T> {
     leaf_items: Vec<(u64, *const T)>,
     pub(crate) blocks: Blocks,
+    /// Nodes reachable from the root (sizes the pool, alloc.rs A2).
+    live_nodes: usize,
     /// Retired since the last hand-over to RCU (R1).
     pub(crate) garbage: Garbage<T>,
 }
@@ -122,7 +124,12 @@ unsafe impl<T: Send + Sync> Send for WriterState<T> {}
 
 impl<T> WriterState<T> {
     pub(crate) fn new(pool: Arc<NodePool>) -> Self {
-        WriterState { leaf_items: Vec::new(), blocks: Blocks::default(), garbage: Garbage::new(Some(pool)) }
+        WriterState {
+            leaf_items: Vec::new(),
+            blocks: Blocks::default(),
+            live_nodes: 1,
+            garbage: Garbage::new(Some(pool)),
+        }
     }
 }
 
@@ -396,8 +403,12 @@ impl<T: Send + Sync + 'static> Writer<'_, T> {
         });
 
         let mut blocks = std::mem::take(&mut self.state.blocks);
+        let before = blocks.handed_out;
         let root = self.rebuild(&mut pa, &mut pb, &mut items, &mut garbage, &mut removed, &mut blocks);
+        let built = blocks.handed_out - before;
         self.state.blocks = blocks;
+        self.state.live_nodes = self.state.live_nodes + built - garbage.nodes.len();
+        self.tree.pool.size_for(self.state.live_nodes);
         // R1: publish (unless R5 already did, in place), then kill, then retire.
         if let Some(root) = root {
             // ORDERING: Release publishes every new node's contents to
@@ -445,12 +456,20 @@ impl<T: Send + Sync + 'static> Writer<'_, T> {
             // R3: borrow a neighbour while short (the root may be short).
             // Nodes at either end of their level are exempt (T4): appends
             // and top-down placement fill them one slot at a time.
-            while level < height
-                && pa[level].min != 0
-                && pb[level].max != u64::MAX
-                && (if is_leaf { leaf_items.len() } else { inner_items.len() }) < min_fill
-            {
+            // R6: a single node that overflows first takes in a sibling of
+            // the same parent, so the two (or, if both were full, three)
+            // nodes that result are each at least two-thirds full.
+            loop {
+                let len = if is_leaf { leaf_items.len() } else { inner_items.len() };
                 let (span_min, span_max) = (pa[level].min, pb[level].max);
+                if level == height || span_min == 0 || span_max == u64::MAX {
+                    break;
+                }
+                let short = len < min_fill;
+                let over = len > cap && consumed.len() == 1;
+                if !short && !over {
+                    break;
+                }
                 let parent_a = pa[level + 1];
                 let parent_b = pb[level + 1];
                 // SAFETY: write lock held.
@@ -459,10 +478,10 @@ impl<T: Send + Sync + 'static> Writer<'_, T> {
                     true
                 } else if parent_b.idx + 1 < cnt_pb {
                     false
-                } else if span_min > 0 {
-                    true
-                } else if span_max < u64::MAX {
-                    false
+                } else if short {
+                    // Only a cousin is left; it never is at this point for
+                    // an end node, which `span_min`/`span_max` excluded.
+                    span_min > 0
                 } else {
                     break;
                 };
