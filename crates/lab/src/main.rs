@@ -6,6 +6,7 @@
 //! instead of pretending.
 
 mod args;
+mod maple_probe;
 mod rcu_probe;
 
 use clap::Parser;

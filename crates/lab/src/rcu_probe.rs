@@ -15,7 +15,7 @@ use crate::args::RunArgs;
 
 const STATUS: &[(&str, &str)] = &[
     ("rcuvm-rcu: RCU domain (read, synchronize[_expedited], call/retire, barrier)", "done"),
-    ("rcuvm-maple: RCU-safe range B-tree", "not yet"),
+    ("rcuvm-maple: RCU-safe range B-tree with gap tracking", "built"),
     ("rcuvm: address space with Linux mm semantics, maps, replay", "not yet"),
     ("rcuvm: page tables, TLBs, faults, the five strategies", "not yet"),
     ("rcuvm check: concurrency checker", "not yet"),
@@ -29,7 +29,7 @@ pub fn main_job(a: &RunArgs) {
         println!("  [{state:>7}] {what}");
     }
     println!();
-    println!("The workload suite is not built yet; measuring the RCU domain instead.");
+    println!("The workload suite is not built yet; measuring the RCU domain and the maple tree instead.");
     let secs = a.seconds.clamp(0.05, 60.0);
     let d = Arc::new(Domain::new());
     println!("fence mode: {:?}", d.fence_mode());
@@ -53,11 +53,15 @@ pub fn main_job(a: &RunArgs) {
     let (rate, max_pending, limit) = retire_storm(secs);
     row("retire storm (2 threads): callbacks/s", format!("{:.2} M", rate / 1e6), "");
     row("  pending callbacks, max", format!("{max_pending}"), &format!("<= {}", limit + 2));
+    crate::maple_probe::run(secs);
     println!();
-    println!("Criterion benchmarks beside crossbeam-epoch and parking_lot: cargo bench -p rcuvm-rcu");
+    println!("Criterion benchmarks, side by side with their peers:");
+    println!("  cargo bench -p rcuvm-rcu     (crossbeam-epoch, parking_lot)");
+    println!("  cargo bench -p rcuvm-maple   (RwLock<BTreeMap>, scc::TreeIndex, crossbeam SkipMap)");
+    println!("Figures and how they were measured: docs/benchmarks.md");
 }
 
-fn row(what: &str, fig: String, target: &str) {
+pub(crate) fn row(what: &str, fig: String, target: &str) {
     println!("{what:<46} {fig:>12} {target:>12}");
 }
 
