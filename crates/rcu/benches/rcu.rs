@@ -31,6 +31,20 @@ fn read_side(c: &mut Criterion) {
             black_box(&guard);
         })
     });
+    let reader = d.reader();
+    g.bench_function("rcuvm-rcu: Reader::read() (registered handle)", |b| {
+        b.iter(|| {
+            let guard = reader.read();
+            black_box(&guard);
+        })
+    });
+    let handle = crossbeam_epoch::default_collector().register();
+    g.bench_function("crossbeam-epoch: LocalHandle::pin() (registered handle)", |b| {
+        b.iter(|| {
+            let guard = handle.pin();
+            black_box(&guard);
+        })
+    });
     g.bench_function("crossbeam-epoch: pin()", |b| {
         b.iter(|| {
             let guard = crossbeam_epoch::pin();

@@ -30,7 +30,7 @@ use crossbeam_utils::CachePadded;
 use crate::callback::{self, CallbackQueue};
 use crate::deferred::Deferred;
 use crate::grace::{GpState, Share};
-use crate::guard::Guard;
+use crate::guard::{Guard, Reader};
 use crate::membarrier::{self, FenceMode};
 use crate::reader::{GP_UNIT, ReadSide, Registry};
 use crate::stats::{Stats, StatsInner};
@@ -182,6 +182,12 @@ impl Domain {
     #[inline(always)]
     pub fn read(&self) -> Guard<'_> {
         Guard::enter(&self.inner)
+    }
+
+    /// This thread's registration, to enter sections without the
+    /// thread-local lookup (see [`Reader`]).
+    pub fn reader(&self) -> Reader<'_> {
+        Reader::new(&self.inner)
     }
 
     /// Whether the calling thread is inside a read-side section of this domain.

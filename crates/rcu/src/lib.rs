@@ -65,7 +65,7 @@ mod sync;
 
 pub use domain::{Config, Domain};
 pub use grace::GpState;
-pub use guard::Guard;
+pub use guard::{Guard, Reader};
 pub use membarrier::FenceMode;
 pub use pointer::{RcuPtr, Unlinked};
 pub use stats::Stats;

@@ -72,7 +72,7 @@ impl<T: Send + Sync + 'static> RcuPtr<T> {
     #[inline]
     pub fn load<'g>(&self, guard: &'g Guard<'_>) -> Option<&'g T> {
         assert!(
-            ptr::eq(guard.domain, &*self.domain),
+            guard.domain_id() == self.domain.id(),
             "rcuvm-rcu: RcuPtr::load with a guard of another domain"
         );
         // ORDERING: Acquire pairs with the Release half of the writers'

@@ -69,27 +69,40 @@ pub(crate) struct ReadSide {
 /// One thread's read-side counter for one domain.
 #[derive(Debug)]
 pub(crate) struct ReaderSlot {
-    /// `gp_snapshot | nest` (R3). Padded: only its owner writes it (R2).
-    ctr: CachePadded<AtomicU64>,
+    /// `gp_snapshot | nest` (R3), and the domain's id. Padded: only its owner
+    /// writes it (R2); the id shares the line because every guard reads it.
+    ctr: CachePadded<Counter>,
     /// Claimed by a live thread.
     in_use: AtomicBool,
     /// The domain has been dropped; the thread may forget this slot.
     dead: AtomicBool,
 }
 
+#[derive(Debug)]
+struct Counter {
+    ctr: AtomicU64,
+    domain_id: u64,
+}
+
 impl ReaderSlot {
-    fn new() -> Self {
+    fn new(domain_id: u64) -> Self {
         Self {
-            ctr: CachePadded::new(AtomicU64::new(0)),
+            ctr: CachePadded::new(Counter { ctr: AtomicU64::new(0), domain_id }),
             in_use: AtomicBool::new(true),
             dead: AtomicBool::new(false),
         }
     }
 
+    /// The id of the domain this slot belongs to.
+    #[inline(always)]
+    pub(crate) fn domain_id(&self) -> u64 {
+        self.ctr.domain_id
+    }
+
     /// Enters a read-side section (R3). Owner thread only.
     #[inline(always)]
     pub(crate) fn lock(&self, rs: &ReadSide) {
-        let c = self.ctr.load(Ordering::Relaxed);
+        let c = self.ctr.ctr.load(Ordering::Relaxed);
         if c & NEST_MASK == 0 {
             // ORDERING: Acquire pairs with the SeqCst fetch_add that starts a
             // grace period: a reader that sees the new counter also sees what
@@ -99,37 +112,37 @@ impl ReaderSlot {
             // Acquire load sees this *newer* section also synchronizes with
             // the end of the previous one (C++20 release sequences no longer
             // cover later plain stores of the same thread).
-            self.ctr.store(snap | 1, Ordering::Release);
+            self.ctr.ctr.store(snap | 1, Ordering::Release);
             // ORDERING: orders the counter store before the section's loads;
             // pairs with `membarrier::writer_fence` in `grace_period` (B2).
             membarrier::reader_fence(rs.membarrier);
         } else {
             assert!(c & NEST_MASK != NEST_MASK, "rcuvm-rcu: more than {NEST_MASK} nested read-side sections");
             // ORDERING: Release for the same reason as above.
-            self.ctr.store(c + 1, Ordering::Release);
+            self.ctr.ctr.store(c + 1, Ordering::Release);
         }
     }
 
     /// Leaves a read-side section. Owner thread only.
     #[inline(always)]
     pub(crate) fn unlock(&self) {
-        let c = self.ctr.load(Ordering::Relaxed);
+        let c = self.ctr.ctr.load(Ordering::Relaxed);
         debug_assert!(c & NEST_MASK != 0, "unbalanced read-side unlock");
         // ORDERING: Release: every load of the section happens-before the
         // Acquire load in `grace::wait_for_readers` that sees it quiescent.
-        self.ctr.store(c - 1, Ordering::Release);
+        self.ctr.ctr.store(c - 1, Ordering::Release);
     }
 
     /// The owner thread's nesting depth in this slot.
     pub(crate) fn nesting(&self) -> u64 {
-        self.ctr.load(Ordering::Relaxed) & NEST_MASK
+        self.ctr.ctr.load(Ordering::Relaxed) & NEST_MASK
     }
 
     /// Whether this reader holds up a grace period whose counter is `gp` (R3).
     #[inline]
     pub(crate) fn blocks(&self, gp: u64) -> bool {
         // ORDERING: Acquire pairs with the Release store in `unlock`.
-        let c = self.ctr.load(Ordering::Acquire);
+        let c = self.ctr.ctr.load(Ordering::Acquire);
         c & NEST_MASK != 0 && (c & !NEST_MASK) < gp
     }
 }
@@ -146,7 +159,7 @@ impl Registry {
     }
 
     /// Claims a free slot or adds one.
-    fn register(&self) -> Arc<ReaderSlot> {
+    fn register(&self, domain_id: u64) -> Arc<ReaderSlot> {
         let mut slots = self.slots.lock();
         for s in slots.iter() {
             // ORDERING: Acquire pairs with the Release in `release`: the
@@ -155,7 +168,7 @@ impl Registry {
                 return s.clone();
             }
         }
-        let s = Arc::new(ReaderSlot::new());
+        let s = Arc::new(ReaderSlot::new(domain_id));
         slots.push(s.clone());
         s
     }
@@ -263,7 +276,7 @@ fn slot_for_slow(d: &DomainInner) -> *const ReaderSlot {
         let slot = match list.iter().find(|o| o.domain == d.id()) {
             Some(o) => o.slot.clone(),
             None => {
-                let s = d.registry.register();
+                let s = d.registry.register(d.id());
                 list.push(Owned { domain: d.id(), slot: s.clone() });
                 s
             }
