@@ -1,4 +1,21 @@
-//! The address space: VMAs, mm calls, page tables, CPUs, faults, strategies.
+//! rcuvm: an RCU-protected address-space manager with Linux's mm semantics.
 //!
-//! **Not implemented yet** (issues "rcuvm: the address space…" and "page
-//! tables, CPUs with TLBs, the fault path…"). It exports nothing so far.
+//! Built so far: the immutable [`Vma`] and its flags, `/proc/pid/maps`
+//! rendering and parsing in Linux's exact format, and an [`AddressSpace`]
+//! that keeps its VMAs in an RCU-safe [`MapleTree`](rcuvm_maple::MapleTree)
+//! and serves lock-free readers (`maps`, `query`).
+//!
+//! Not yet: the mm calls (`mmap`, `munmap`, `mprotect`, `mremap`, `brk`,
+//! `madvise`, `mlock`), page tables, CPUs and TLBs, the fault path and the
+//! strategies. Each has its issue.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs, clippy::undocumented_unsafe_blocks)]
+
+pub mod maps;
+mod mm;
+pub mod vma;
+
+pub use maps::MapsError;
+pub use mm::AddressSpace;
+pub use vma::{AnonVmaId, Backing, FileId, PAGE_SHIFT, PAGE_SIZE, VmFlags, Vma};

@@ -1,0 +1,114 @@
+//! The address space: VMAs in an RCU-safe maple tree, behind the mmap lock.
+//!
+//! # Owns
+//! [`AddressSpace`]: its RCU domain, its VMA tree and its mmap lock.
+//!
+//! # Invariants
+//! - A1. The tree holds non-overlapping VMAs keyed by `[start, end)`; each
+//!   value is an immutable `Vma` (vma.rs V1). Writers hold the mmap lock
+//!   (then the tree's own write lock); readers hold only an RCU guard.
+//! - A2. Every reader sees each VMA whole: a line of `maps()` is a real state
+//!   of one VMA at some moment of the read, lines never overlap and never go
+//!   backwards (the tree's iteration resumes by address), and a VMA that
+//!   exists for the whole read is shown.
+//!
+//! # Concurrency
+//! `maps`, `query`, `vmas`: RCU read side, lock-free. Building
+//! (`from_maps`) and every mm call: mmap write lock.
+//!
+//! # Linux
+//! `struct mm_struct` (`mm_mt`, `mmap_lock`, `map_count`); lock-free
+//! `/proc/pid/maps` reading as in Linux 6.17.
+
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+
+use rcuvm_maple::MapleTree;
+use rcuvm_rcu::Domain;
+
+use crate::maps::{self, MapsError};
+use crate::vma::Vma;
+
+/// A process's address space.
+///
+/// **Status:** storage, snapshots and readers are built; the mm calls
+/// (`mmap`, `munmap`, `mprotect`, `mremap`, `brk`, `madvise`, `mlock`) are
+/// not yet (see the issue "the address space with Linux's exact mm
+/// semantics").
+pub struct AddressSpace {
+    domain: Arc<Domain>,
+    vmas: MapleTree<Vma>,
+    /// The mmap lock (write side; readers never take it).
+    mmap_lock: Mutex<()>,
+}
+
+impl std::fmt::Debug for AddressSpace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AddressSpace").field("map_count", &self.map_count()).finish_non_exhaustive()
+    }
+}
+
+impl Default for AddressSpace {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl AddressSpace {
+    /// An empty address space with its own RCU domain.
+    pub fn new() -> Self {
+        let domain = Arc::new(Domain::new());
+        AddressSpace { vmas: MapleTree::new(domain.clone()), domain, mmap_lock: Mutex::new(()) }
+    }
+
+    /// An address space holding the VMAs of a `/proc/pid/maps` snapshot;
+    /// `source` names the snapshot in errors.
+    ///
+    /// # Errors
+    /// The first malformed line, with its number (maps.rs M2).
+    pub fn from_maps(text: &str, source: &str) -> Result<Self, MapsError> {
+        let vmas = maps::parse(text, source)?;
+        let mm = AddressSpace::new();
+        {
+            let _lock = mm.mmap_lock.lock().unwrap_or_else(|e| e.into_inner());
+            let mut w = mm.vmas.write();
+            for v in vmas {
+                // `parse` rejected overlaps, so this cannot fail.
+                w.insert(v.start..v.end, v).expect("parse() checked that lines do not overlap");
+            }
+        }
+        Ok(mm)
+    }
+
+    /// The RCU domain readers of this address space use.
+    pub fn domain(&self) -> &Arc<Domain> {
+        &self.domain
+    }
+
+    /// Number of VMAs (`map_count`).
+    pub fn map_count(&self) -> usize {
+        self.vmas.len()
+    }
+
+    /// `/proc/pid/maps`, read under RCU without the mmap lock (A2).
+    pub fn maps(&self) -> String {
+        let g = self.domain.read();
+        let mut out = String::new();
+        for e in self.vmas.iter_from(0, &g) {
+            let _ = writeln!(out, "{}", maps::render_line(e.value));
+        }
+        out
+    }
+
+    /// The VMA containing `addr`, like `PROCMAP_QUERY` without flags.
+    pub fn query(&self, addr: u64) -> Option<Arc<Vma>> {
+        let g = self.domain.read();
+        self.vmas.load(addr, &g).map(|e| e.to_arc())
+    }
+
+    /// A snapshot of every VMA, in address order.
+    pub fn vmas(&self) -> Vec<Arc<Vma>> {
+        let g = self.domain.read();
+        self.vmas.iter_from(0, &g).map(|e| e.to_arc()).collect()
+    }
+}

@@ -1,0 +1,169 @@
+//! The VMA: one immutable mapping of an address range.
+//!
+//! # Owns
+//! [`Vma`], [`VmFlags`], [`Backing`], [`FileId`], [`AnonVmaId`].
+//!
+//! # Invariants
+//! - V1. A published `Vma` is never changed. A change (split, merge,
+//!   mprotect, mremap) builds new `Vma` values and replaces the old ones in
+//!   the tree, which retires them through RCU. A lockless reader therefore
+//!   never sees a half-updated `vm_start`/`vm_end`: the anomaly where an
+//!   mremap made `/proc/pid/maps` go backwards cannot happen.
+//! - V2. `start < end`, both page-aligned (4 KiB), `end <= TASK_SIZE`.
+//! - V3. `pgoff` is in pages: the file offset of `start` for file mappings;
+//!   for anonymous ones the address `>> 12` at mmap time, kept by mremap
+//!   (Linux's convention, which decides merging).
+//!
+//! # Linux
+//! `struct vm_area_struct` (`include/linux/mm_types.h`), the `VM_*` bits of
+//! `include/linux/mm.h` with their values, `struct anon_vma` reduced to an
+//! identity.
+
+use std::fmt;
+use std::sync::Arc;
+
+/// Size of a page.
+pub const PAGE_SIZE: u64 = 4096;
+/// log2 of [`PAGE_SIZE`].
+pub const PAGE_SHIFT: u32 = 12;
+
+bitflags::bitflags! {
+    /// `vm_flags`, with Linux's bit values.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub struct VmFlags: u64 {
+        /// `VM_READ`
+        const READ = 0x0000_0001;
+        /// `VM_WRITE`
+        const WRITE = 0x0000_0002;
+        /// `VM_EXEC`
+        const EXEC = 0x0000_0004;
+        /// `VM_SHARED`
+        const SHARED = 0x0000_0008;
+        /// `VM_MAYREAD`
+        const MAYREAD = 0x0000_0010;
+        /// `VM_MAYWRITE`
+        const MAYWRITE = 0x0000_0020;
+        /// `VM_MAYEXEC`
+        const MAYEXEC = 0x0000_0040;
+        /// `VM_MAYSHARE`
+        const MAYSHARE = 0x0000_0080;
+        /// `VM_GROWSDOWN`
+        const GROWSDOWN = 0x0000_0100;
+        /// `VM_PFNMAP`
+        const PFNMAP = 0x0000_0400;
+        /// `VM_LOCKED`
+        const LOCKED = 0x0000_2000;
+        /// `VM_IO`
+        const IO = 0x0000_4000;
+        /// `VM_SEQ_READ`
+        const SEQ_READ = 0x0000_8000;
+        /// `VM_RAND_READ`
+        const RAND_READ = 0x0001_0000;
+        /// `VM_DONTCOPY` (`MADV_DONTFORK`)
+        const DONTCOPY = 0x0002_0000;
+        /// `VM_DONTEXPAND`
+        const DONTEXPAND = 0x0004_0000;
+        /// `VM_LOCKONFAULT`
+        const LOCKONFAULT = 0x0008_0000;
+        /// `VM_ACCOUNT`: committed memory is charged for it.
+        const ACCOUNT = 0x0010_0000;
+        /// `VM_NORESERVE`
+        const NORESERVE = 0x0020_0000;
+        /// `VM_HUGETLB`
+        const HUGETLB = 0x0040_0000;
+        /// `VM_SYNC`
+        const SYNC = 0x0080_0000;
+        /// `VM_WIPEONFORK`
+        const WIPEONFORK = 0x0200_0000;
+        /// `VM_DONTDUMP`
+        const DONTDUMP = 0x0400_0000;
+        /// `VM_SOFTDIRTY` (ignored when comparing flags for merging)
+        const SOFTDIRTY = 0x0800_0000;
+        /// `VM_MIXEDMAP`
+        const MIXEDMAP = 0x1000_0000;
+        /// `VM_HUGEPAGE` (`MADV_HUGEPAGE`)
+        const HUGEPAGE = 0x2000_0000;
+        /// `VM_NOHUGEPAGE` (`MADV_NOHUGEPAGE`)
+        const NOHUGEPAGE = 0x4000_0000;
+        /// `VM_MERGEABLE` (`MADV_MERGEABLE`, KSM)
+        const MERGEABLE = 0x8000_0000;
+    }
+}
+
+/// A file's identity as `/proc/pid/maps` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct FileId {
+    /// Device major number.
+    pub dev_major: u32,
+    /// Device minor number.
+    pub dev_minor: u32,
+    /// Inode number.
+    pub inode: u64,
+    /// The path, as `d_path` prints it (may end in ` (deleted)`).
+    pub path: Arc<str>,
+}
+
+/// What a VMA maps.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Backing {
+    /// Anonymous memory.
+    Anon,
+    /// A file, from page `pgoff` of the VMA (V3).
+    File(FileId),
+}
+
+/// The identity of an `anon_vma`: anonymous pages of VMAs that share one may
+/// move between them, so only VMAs with the same (or no) `anon_vma` merge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AnonVmaId(pub u64);
+
+/// One mapping: `[start, end)` with its flags, backing and name (V1–V3).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Vma {
+    /// First address (`vm_start`).
+    pub start: u64,
+    /// One past the last address (`vm_end`).
+    pub end: u64,
+    /// `vm_flags`.
+    pub flags: VmFlags,
+    /// Offset in pages (V3).
+    pub pgoff: u64,
+    /// Anonymous or file-backed.
+    pub backing: Backing,
+    /// Set when the first anonymous page is faulted in (or inherited).
+    pub anon_vma: Option<AnonVmaId>,
+    /// `[heap]`, `[stack]`, `[vdso]`, `[anon:name]`…: what maps prints for a
+    /// VMA without a file (and for special mappings).
+    pub name: Option<Arc<str>>,
+}
+
+impl Vma {
+    /// Length in bytes.
+    pub fn len(&self) -> u64 {
+        self.end - self.start
+    }
+
+    /// Never true for a valid VMA (V2); for clippy's `len` convention.
+    pub fn is_empty(&self) -> bool {
+        self.start >= self.end
+    }
+
+    /// The page offset of `addr` inside this VMA (V3).
+    pub fn pgoff_at(&self, addr: u64) -> u64 {
+        self.pgoff + ((addr - self.start) >> PAGE_SHIFT)
+    }
+
+    /// This VMA cut down to `[start, end)` (inside it), with `pgoff` moved
+    /// along: what a split leaves on each side.
+    pub fn slice(&self, start: u64, end: u64) -> Vma {
+        debug_assert!(self.start <= start && start < end && end <= self.end);
+        Vma { start, end, pgoff: self.pgoff_at(start), ..self.clone() }
+    }
+}
+
+impl fmt::Display for Vma {
+    /// The VMA's `/proc/pid/maps` line, without the newline.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&crate::maps::render_line(self))
+    }
+}
