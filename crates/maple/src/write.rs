@@ -235,6 +235,16 @@ impl<T: Send + Sync + 'static> Writer<'_, T> {
         self.tree.raw.entry_at(addr)
     }
 
+    /// The first entry containing `addr` or above it, as the writer sees it.
+    pub fn find(&self, addr: u64) -> Option<Entry<'_, T>> {
+        self.tree.raw.first_from(addr)
+    }
+
+    /// Number of entries.
+    pub fn tree_len(&self) -> usize {
+        self.tree.len()
+    }
+
     /// Lowest free `[start, start + size)` inside `[lo, hi)`.
     pub fn empty_area(&self, lo: u64, hi: u64, size: u64) -> Option<u64> {
         self.tree.raw.empty_area_half_open(lo, hi, size, false)

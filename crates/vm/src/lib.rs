@@ -5,17 +5,22 @@
 //! that keeps its VMAs in an RCU-safe [`MapleTree`](rcuvm_maple::MapleTree)
 //! and serves lock-free readers (`maps`, `query`).
 //!
-//! Not yet: the mm calls (`mmap`, `munmap`, `mprotect`, `mremap`, `brk`,
-//! `madvise`, `mlock`), page tables, CPUs and TLBs, the fault path and the
-//! strategies. Each has its issue.
+//! `mmap` and `munmap` follow Linux's checks, placement and merging.
+//!
+//! Not yet: `mprotect`, `mremap`, `brk`, `madvise`, `mlock`, page tables,
+//! CPUs and TLBs, the fault path and the strategies. Each has its issue.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs, clippy::undocumented_unsafe_blocks)]
 
 pub mod maps;
 mod mm;
+mod mmap;
+pub mod uapi;
 pub mod vma;
 
 pub use maps::MapsError;
 pub use mm::AddressSpace;
+pub use mmap::{MapFile, MmConfig};
+pub use uapi::{Errno, MapFlags, Prot};
 pub use vma::{AnonVmaId, Backing, FileId, PAGE_SHIFT, PAGE_SIZE, VmFlags, Vma};

@@ -23,23 +23,32 @@
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 
-use rcuvm_maple::MapleTree;
+use rcuvm_maple::{Entry, MapleTree};
 use rcuvm_rcu::Domain;
 
 use crate::maps::{self, MapsError};
+use crate::mmap::{MapFile, MmCall, MmConfig};
+use crate::uapi::{Errno, MapFlags, Prot};
 use crate::vma::Vma;
 
 /// A process's address space.
 ///
-/// **Status:** storage, snapshots and readers are built; the mm calls
-/// (`mmap`, `munmap`, `mprotect`, `mremap`, `brk`, `madvise`, `mlock`) are
-/// not yet (see the issue "the address space with Linux's exact mm
-/// semantics").
+/// **Status:** storage, snapshots, readers, `mmap` and `munmap` are built;
+/// `mprotect`, `mremap`, `brk`, `madvise` and `mlock` are not yet (see the
+/// issue "the address space with Linux's exact mm semantics").
 pub struct AddressSpace {
     domain: Arc<Domain>,
     vmas: MapleTree<Vma>,
-    /// The mmap lock (write side; readers never take it).
-    mmap_lock: Mutex<()>,
+    cfg: MmConfig,
+    /// The mmap lock (write side; readers never take it), with what only
+    /// writers touch.
+    mmap_lock: Mutex<MmState>,
+}
+
+/// State behind the mmap lock.
+#[derive(Debug, Default)]
+struct MmState {
+    next_shmem_ino: u64,
 }
 
 impl std::fmt::Debug for AddressSpace {
@@ -57,8 +66,56 @@ impl Default for AddressSpace {
 impl AddressSpace {
     /// An empty address space with its own RCU domain.
     pub fn new() -> Self {
+        Self::with_config(MmConfig::default())
+    }
+
+    /// An empty address space with the given tunables.
+    pub fn with_config(cfg: MmConfig) -> Self {
         let domain = Arc::new(Domain::new());
-        AddressSpace { vmas: MapleTree::new(domain.clone()), domain, mmap_lock: Mutex::new(()) }
+        AddressSpace {
+            vmas: MapleTree::new(domain.clone()),
+            domain,
+            cfg,
+            mmap_lock: Mutex::new(MmState { next_shmem_ino: 0x10_0000 }),
+        }
+    }
+
+    /// The tunables.
+    pub fn config(&self) -> &MmConfig {
+        &self.cfg
+    }
+
+    fn call<R>(&self, f: impl FnOnce(&mut MmCall<'_>) -> R) -> R {
+        let mut st = self.mmap_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut c = MmCall { w: self.vmas.write(), cfg: &self.cfg, next_shmem_ino: &mut st.next_shmem_ino };
+        f(&mut c)
+    }
+
+    /// `mmap(2)`: returns the address mapped, or Linux's errno with the
+    /// address space unchanged. `file` is ignored with `MAP_ANONYMOUS`;
+    /// without it and without a file the mapping is anonymous.
+    ///
+    /// # Errors
+    /// `EINVAL`, `ENOMEM`, `EEXIST`, `EACCES`, `EOVERFLOW` as Linux returns them.
+    pub fn mmap(
+        &self,
+        addr: u64,
+        len: u64,
+        prot: Prot,
+        flags: MapFlags,
+        file: Option<&MapFile>,
+        offset: u64,
+    ) -> Result<u64, Errno> {
+        self.call(|c| c.mmap(addr, len, prot, flags, file, offset))
+    }
+
+    /// `munmap(2)`.
+    ///
+    /// # Errors
+    /// `EINVAL` for a misaligned, empty or out-of-range request; `ENOMEM`
+    /// when punching a hole would pass `max_map_count`.
+    pub fn munmap(&self, addr: u64, len: u64) -> Result<(), Errno> {
+        self.call(|c| c.munmap(addr, len))
     }
 
     /// An address space holding the VMAs of a `/proc/pid/maps` snapshot;
@@ -95,7 +152,7 @@ impl AddressSpace {
         let g = self.domain.read();
         let mut out = String::new();
         for e in self.vmas.iter_from(0, &g) {
-            let _ = writeln!(out, "{}", maps::render_line(e.value));
+            let _ = writeln!(out, "{}", maps::render_line(&view(&e)));
         }
         out
     }
@@ -103,12 +160,23 @@ impl AddressSpace {
     /// The VMA containing `addr`, like `PROCMAP_QUERY` without flags.
     pub fn query(&self, addr: u64) -> Option<Arc<Vma>> {
         let g = self.domain.read();
-        self.vmas.load(addr, &g).map(|e| e.to_arc())
+        self.vmas.load(addr, &g).map(|e| Arc::new(view(&e)))
     }
 
     /// A snapshot of every VMA, in address order.
     pub fn vmas(&self) -> Vec<Arc<Vma>> {
         let g = self.domain.read();
-        self.vmas.iter_from(0, &g).map(|e| e.to_arc()).collect()
+        self.vmas.iter_from(0, &g).map(|e| Arc::new(view(&e))).collect()
     }
+}
+
+/// A VMA as a reader sees it: while a writer replaces a VMA by slices
+/// (mmap.rs P2), the tree may briefly hold the old VMA over part of its old
+/// range; its line is that part, a real state of the VMA.
+fn view(e: &Entry<'_, Vma>) -> Vma {
+    let v = e.value;
+    if v.start == e.range.start && v.end == e.range.end {
+        return v.clone();
+    }
+    Vma { start: e.range.start, end: e.range.end, pgoff: v.pgoff_at(e.range.start), ..v.clone() }
 }

@@ -1,0 +1,348 @@
+//! `mmap` and `munmap`, with Linux's checks, placement, accounting flags and
+//! merging.
+//!
+//! # Invariants
+//! - P1. Checks run in Linux's order (`do_mmap`, `__get_unmapped_area`,
+//!   `mmap_region`, `do_vmi_munmap`), so the same bad call gets the same
+//!   errno; a refused call changes nothing.
+//! - P2. Every VMA written to the tree is a new, complete `Vma` whose range
+//!   equals its tree range; a VMA that loses part of its range is replaced
+//!   by a slice of it (vma.rs V1). Remnants are written before the middle is
+//!   erased, so a reader never sees a hole that was not unmapped.
+//! - P3. A new mapping merges with its neighbours exactly when Linux's
+//!   `vma_merge_new_range` would: same file (or both anonymous), same flags
+//!   but `VM_SOFTDIRTY`, compatible `anon_vma`, contiguous `pgoff`, same
+//!   `[anon:…]` name, no `VM_SPECIAL` flag.
+//!
+//! # Concurrency
+//! mmap write lock (taken by the `AddressSpace` methods).
+//!
+//! # Linux
+//! `mm/mmap.c` (`do_mmap`, `arch_get_unmapped_area_topdown`,
+//! `round_hint_to_min`), `mm/vma.c` (`mmap_region`, `vma_merge_new_range`,
+//! `is_mergeable_vma`, `is_mergeable_anon_vma`, `vms_gather_munmap_vmas`).
+//!
+//! Not modelled yet: `[heap]`/`[stack]` merging with plain anonymous
+//! neighbours (Linux names them by `brk` and `start_stack`, rcuvm by a stored
+//! name, so it treats them like `[vdso]`: never merged), hugetlb, and the
+//! stack guard gap in placement other than below `VM_GROWSDOWN` VMAs.
+
+use std::sync::Arc;
+
+use rcuvm_maple::Writer;
+
+use crate::uapi::{Errno, MapFlags, Prot};
+use crate::vma::{Backing, FileId, PAGE_SHIFT, PAGE_SIZE, VmFlags, Vma};
+
+/// The tunables of an address space.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct MmConfig {
+    /// `TASK_SIZE`: one past the highest user address.
+    pub task_size: u64,
+    /// `mm->mmap_base`: top-down placement starts below it.
+    pub mmap_base: u64,
+    /// `vm.mmap_min_addr`.
+    pub mmap_min_addr: u64,
+    /// `vm.max_map_count`.
+    pub max_map_count: usize,
+    /// `stack_guard_gap` in bytes (kept free below `VM_GROWSDOWN` VMAs).
+    pub stack_guard_gap: u64,
+}
+
+impl Default for MmConfig {
+    fn default() -> Self {
+        let task_size = 0x7fff_ffff_f000;
+        MmConfig {
+            task_size,
+            // TASK_SIZE minus the minimum 128 MiB stack gap, no randomisation.
+            mmap_base: task_size - (128 << 20),
+            mmap_min_addr: 0x1_0000,
+            max_map_count: 65530,
+            stack_guard_gap: 256 * PAGE_SIZE,
+        }
+    }
+}
+
+/// A file to map: its identity and the mode its descriptor was opened with.
+#[derive(Clone, Debug)]
+pub struct MapFile {
+    /// What maps shows.
+    pub id: FileId,
+    /// Opened for reading.
+    pub readable: bool,
+    /// Opened for writing.
+    pub writable: bool,
+}
+
+const VM_SPECIAL: VmFlags =
+    VmFlags::IO.union(VmFlags::DONTEXPAND).union(VmFlags::PFNMAP).union(VmFlags::MIXEDMAP);
+
+fn page_align(x: u64) -> Option<u64> {
+    x.checked_add(PAGE_SIZE - 1).map(|v| v & !(PAGE_SIZE - 1))
+}
+
+/// The state an mm call works on, under the mmap lock.
+pub(crate) struct MmCall<'a> {
+    pub(crate) w: Writer<'a, Vma>,
+    pub(crate) cfg: &'a MmConfig,
+    /// Inode numbers for shared anonymous mappings (`/dev/zero (deleted)`).
+    pub(crate) next_shmem_ino: &'a mut u64,
+}
+
+impl MmCall<'_> {
+    fn map_count(&self) -> usize {
+        self.w.tree_len()
+    }
+
+    /// VMAs overlapping `[start, end)`, in order.
+    pub(crate) fn overlapping(&self, start: u64, end: u64) -> Vec<Arc<Vma>> {
+        let mut out = Vec::new();
+        let mut at = start;
+        while at < end {
+            let Some(e) = self.w.find(at) else { break };
+            if e.range.start >= end {
+                break;
+            }
+            at = e.range.end;
+            out.push(e.to_arc());
+        }
+        out
+    }
+
+    fn vma_at(&self, addr: u64) -> Option<Arc<Vma>> {
+        self.w.load(addr).map(|e| e.to_arc())
+    }
+
+    /// `do_mmap`.
+    pub(crate) fn mmap(
+        &mut self,
+        addr: u64,
+        len: u64,
+        prot: Prot,
+        mut flags: MapFlags,
+        file: Option<&MapFile>,
+        offset: u64,
+    ) -> Result<u64, Errno> {
+        // The x86-64 syscall checks the byte offset first.
+        if offset % PAGE_SIZE != 0 {
+            return Err(Errno::Einval);
+        }
+        let pgoff = offset >> PAGE_SHIFT;
+        if len == 0 {
+            return Err(Errno::Einval);
+        }
+        if flags.contains(MapFlags::FIXED_NOREPLACE) {
+            flags |= MapFlags::FIXED;
+        }
+        let mut addr = addr;
+        if !flags.contains(MapFlags::FIXED) {
+            // round_hint_to_min
+            addr &= !(PAGE_SIZE - 1);
+            if addr != 0 && addr < self.cfg.mmap_min_addr {
+                addr = self.cfg.mmap_min_addr;
+            }
+        }
+        let len = match page_align(len) {
+            Some(l) if l != 0 => l,
+            _ => return Err(Errno::Enomem),
+        };
+        // Unreachable from 64-bit byte offsets (kept for Linux's order).
+        if pgoff.checked_add(len >> PAGE_SHIFT).is_none() {
+            return Err(Errno::Eoverflow);
+        }
+        if self.map_count() > self.cfg.max_map_count {
+            return Err(Errno::Enomem);
+        }
+        let anon = file.is_none() || flags.contains(MapFlags::ANONYMOUS);
+        let file = if anon { None } else { file };
+        let addr = self.get_unmapped_area(addr, len, flags)?;
+        if flags.contains(MapFlags::FIXED_NOREPLACE) && !self.overlapping(addr, addr + len).is_empty() {
+            return Err(Errno::Eexist);
+        }
+
+        let mut vm = VmFlags::MAYREAD | VmFlags::MAYWRITE | VmFlags::MAYEXEC;
+        if prot.contains(Prot::READ) {
+            vm |= VmFlags::READ;
+        }
+        if prot.contains(Prot::WRITE) {
+            vm |= VmFlags::WRITE;
+        }
+        if prot.contains(Prot::EXEC) {
+            vm |= VmFlags::EXEC;
+        }
+        if flags.contains(MapFlags::GROWSDOWN) {
+            vm |= VmFlags::GROWSDOWN;
+        }
+        if flags.contains(MapFlags::LOCKED) {
+            vm |= VmFlags::LOCKED;
+        }
+        let kind = flags.bits() & MapFlags::SHARED_VALIDATE.bits();
+        let shared = match kind {
+            0x01 | 0x03 => true,
+            0x02 => false,
+            _ => return Err(Errno::Einval),
+        };
+        let mut pgoff = pgoff;
+        let backing;
+        if let Some(f) = file {
+            if shared {
+                if prot.contains(Prot::WRITE) && !f.writable {
+                    return Err(Errno::Eacces);
+                }
+                vm |= VmFlags::SHARED | VmFlags::MAYSHARE;
+                if !f.writable {
+                    vm.remove(VmFlags::MAYWRITE | VmFlags::SHARED);
+                }
+            }
+            if !f.readable {
+                return Err(Errno::Eacces);
+            }
+            backing = Backing::File(f.id.clone());
+        } else if shared {
+            vm |= VmFlags::SHARED | VmFlags::MAYSHARE;
+            pgoff = 0;
+            // shmem_zero_setup: each shared anonymous mapping is its own file.
+            *self.next_shmem_ino += 1;
+            backing = Backing::File(FileId {
+                dev_major: 0,
+                dev_minor: 1,
+                inode: *self.next_shmem_ino,
+                path: Arc::from("/dev/zero (deleted)"),
+            });
+        } else {
+            pgoff = addr >> PAGE_SHIFT;
+            backing = Backing::Anon;
+        }
+        if flags.contains(MapFlags::NORESERVE) {
+            vm |= VmFlags::NORESERVE;
+        }
+        // accountable_mapping()
+        if vm & (VmFlags::NORESERVE | VmFlags::SHARED | VmFlags::WRITE) == VmFlags::WRITE {
+            vm |= VmFlags::ACCOUNT;
+        }
+        // mmap_region: unmap what MAP_FIXED overlaps, then map.
+        self.munmap_range(addr, addr + len)?;
+        let v = Vma { start: addr, end: addr + len, flags: vm, pgoff, backing, anon_vma: None, name: None };
+        self.insert_merged(v);
+        Ok(addr)
+    }
+
+    /// `__get_unmapped_area` with `arch_get_unmapped_area_topdown`.
+    fn get_unmapped_area(&self, addr: u64, len: u64, flags: MapFlags) -> Result<u64, Errno> {
+        let task = self.cfg.task_size;
+        if len > task {
+            return Err(Errno::Enomem);
+        }
+        let addr = if flags.contains(MapFlags::FIXED) {
+            addr
+        } else {
+            let hint_ok = addr != 0
+                && task - len >= addr
+                && addr >= self.cfg.mmap_min_addr
+                && self.is_free_for(addr, len);
+            if hint_ok { addr } else { self.find_topdown(len)? }
+        };
+        if addr > task - len {
+            return Err(Errno::Enomem);
+        }
+        if addr % PAGE_SIZE != 0 {
+            return Err(Errno::Einval);
+        }
+        Ok(addr)
+    }
+
+    /// Whether `[addr, addr + len)` is free, keeping the guard gap below a
+    /// `VM_GROWSDOWN` VMA above it.
+    fn is_free_for(&self, addr: u64, len: u64) -> bool {
+        if !self.overlapping(addr, addr + len).is_empty() {
+            return false;
+        }
+        match self.w.find(addr + len) {
+            Some(e) if e.value.flags.contains(VmFlags::GROWSDOWN) => {
+                addr + len <= e.range.start.saturating_sub(self.cfg.stack_guard_gap)
+            }
+            _ => true,
+        }
+    }
+
+    /// `vm_unmapped_area` top-down below `mmap_base`, then bottom-up above it.
+    fn find_topdown(&self, len: u64) -> Result<u64, Errno> {
+        let low = self.cfg.mmap_min_addr.max(PAGE_SIZE);
+        let mut hi = self.cfg.mmap_base;
+        while let Some(a) = self.w.empty_area_rev(low, hi, len) {
+            if self.is_free_for(a, len) {
+                return Ok(a);
+            }
+            // Too close under a stack: look below its guard gap.
+            hi = a + len - PAGE_SIZE;
+            if hi <= low {
+                break;
+            }
+        }
+        self.w.empty_area(self.cfg.mmap_base, self.cfg.task_size, len).ok_or(Errno::Enomem)
+    }
+
+    /// Whether `a` (below) and `b` (above, adjacent) may become one VMA (P3).
+    fn mergeable(a: &Vma, b: &Vma) -> bool {
+        let special = |v: &Vma| {
+            v.flags.intersects(VM_SPECIAL) || v.name.as_deref().is_some_and(|n| !n.starts_with("[anon:"))
+        };
+        a.end == b.start
+            && a.backing == b.backing
+            && (a.flags ^ b.flags).difference(VmFlags::SOFTDIRTY).is_empty()
+            && !special(a)
+            && !special(b)
+            && a.name == b.name
+            && (a.anon_vma.is_none() || b.anon_vma.is_none() || a.anon_vma == b.anon_vma)
+            && a.pgoff + ((a.end - a.start) >> PAGE_SHIFT) == b.pgoff
+    }
+
+    /// Inserts `v` into a free range, merging with its neighbours (P3).
+    pub(crate) fn insert_merged(&mut self, v: Vma) {
+        let prev = if v.start > 0 { self.vma_at(v.start - 1) } else { None };
+        let next = self.vma_at(v.end);
+        let mut merged = v;
+        if let Some(p) = prev.as_ref().filter(|p| Self::mergeable(p, &merged)) {
+            merged =
+                Vma { start: p.start, pgoff: p.pgoff, anon_vma: p.anon_vma.or(merged.anon_vma), ..merged };
+        }
+        if let Some(n) = next.as_ref().filter(|n| Self::mergeable(&merged, n)) {
+            merged = Vma { end: n.end, anon_vma: merged.anon_vma.or(n.anon_vma), ..merged };
+        }
+        let (s, e) = (merged.start, merged.end);
+        self.w.store(s..e, merged).expect("a VMA's range is never empty");
+    }
+
+    /// `munmap(2)`.
+    pub(crate) fn munmap(&mut self, start: u64, len: u64) -> Result<(), Errno> {
+        let task = self.cfg.task_size;
+        if start % PAGE_SIZE != 0 || start > task || len > task - start {
+            return Err(Errno::Einval);
+        }
+        let len = page_align(len).ok_or(Errno::Einval)?;
+        if len == 0 {
+            return Err(Errno::Einval);
+        }
+        self.munmap_range(start, start + len)
+    }
+
+    /// Unmaps `[start, end)` (page-aligned), splitting VMAs at the edges (P2).
+    pub(crate) fn munmap_range(&mut self, start: u64, end: u64) -> Result<(), Errno> {
+        let hit = self.overlapping(start, end);
+        let Some(first) = hit.first() else { return Ok(()) };
+        // vms_gather_munmap_vmas: a hole punched inside one VMA adds one.
+        if first.start < start && end < first.end && self.map_count() >= self.cfg.max_map_count {
+            return Err(Errno::Enomem);
+        }
+        let last = hit.last().expect("non-empty");
+        if first.start < start {
+            self.w.store(first.start..start, first.slice(first.start, start)).expect("non-empty range");
+        }
+        if last.end > end {
+            self.w.store(end..last.end, last.slice(end, last.end)).expect("non-empty range");
+        }
+        self.w.erase(start..end).expect("non-empty range");
+        Ok(())
+    }
+}

@@ -1,0 +1,148 @@
+//! The system-call surface: `PROT_*`, `MAP_*` and errno values, with Linux's
+//! numbers (x86-64).
+
+use std::fmt;
+
+bitflags::bitflags! {
+    /// `PROT_*` for `mmap` and `mprotect`.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub struct Prot: u32 {
+        /// `PROT_READ`
+        const READ = 0x1;
+        /// `PROT_WRITE`
+        const WRITE = 0x2;
+        /// `PROT_EXEC`
+        const EXEC = 0x4;
+        /// `PROT_GROWSDOWN` (mprotect only)
+        const GROWSDOWN = 0x0100_0000;
+        /// `PROT_GROWSUP` (mprotect only)
+        const GROWSUP = 0x0200_0000;
+    }
+}
+
+bitflags::bitflags! {
+    /// `MAP_*` flags for `mmap`.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub struct MapFlags: u32 {
+        /// `MAP_SHARED`
+        const SHARED = 0x01;
+        /// `MAP_PRIVATE`
+        const PRIVATE = 0x02;
+        /// `MAP_SHARED_VALIDATE` (both type bits)
+        const SHARED_VALIDATE = 0x03;
+        /// `MAP_FIXED`
+        const FIXED = 0x10;
+        /// `MAP_ANONYMOUS`
+        const ANONYMOUS = 0x20;
+        /// `MAP_GROWSDOWN`
+        const GROWSDOWN = 0x0100;
+        /// `MAP_DENYWRITE` (ignored)
+        const DENYWRITE = 0x0800;
+        /// `MAP_EXECUTABLE` (ignored)
+        const EXECUTABLE = 0x1000;
+        /// `MAP_LOCKED`
+        const LOCKED = 0x2000;
+        /// `MAP_NORESERVE`
+        const NORESERVE = 0x4000;
+        /// `MAP_POPULATE`
+        const POPULATE = 0x8000;
+        /// `MAP_NONBLOCK`
+        const NONBLOCK = 0x1_0000;
+        /// `MAP_STACK`
+        const STACK = 0x2_0000;
+        /// `MAP_HUGETLB`
+        const HUGETLB = 0x4_0000;
+        /// `MAP_SYNC`
+        const SYNC = 0x8_0000;
+        /// `MAP_FIXED_NOREPLACE`
+        const FIXED_NOREPLACE = 0x10_0000;
+        /// `MAP_UNINITIALIZED` (ignored)
+        const UNINITIALIZED = 0x400_0000;
+    }
+}
+
+/// An errno value, as the kernel returns it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Errno {
+    /// `EBADF` (9)
+    Ebadf,
+    /// `ENOMEM` (12)
+    Enomem,
+    /// `EACCES` (13)
+    Eacces,
+    /// `EFAULT` (14)
+    Efault,
+    /// `EEXIST` (17)
+    Eexist,
+    /// `ENODEV` (19)
+    Enodev,
+    /// `EINVAL` (22)
+    Einval,
+    /// `EAGAIN` (11)
+    Eagain,
+    /// `EPERM` (1)
+    Eperm,
+    /// `EOVERFLOW` (75)
+    Eoverflow,
+}
+
+impl Errno {
+    /// The number.
+    pub fn code(self) -> i32 {
+        match self {
+            Errno::Eperm => 1,
+            Errno::Ebadf => 9,
+            Errno::Eagain => 11,
+            Errno::Enomem => 12,
+            Errno::Eacces => 13,
+            Errno::Efault => 14,
+            Errno::Eexist => 17,
+            Errno::Enodev => 19,
+            Errno::Einval => 22,
+            Errno::Eoverflow => 75,
+        }
+    }
+
+    /// The value for a number, if it is one rcuvm returns.
+    pub fn from_code(c: i32) -> Option<Errno> {
+        [
+            Errno::Eperm,
+            Errno::Ebadf,
+            Errno::Eagain,
+            Errno::Enomem,
+            Errno::Eacces,
+            Errno::Efault,
+            Errno::Eexist,
+            Errno::Enodev,
+            Errno::Einval,
+            Errno::Eoverflow,
+        ]
+        .into_iter()
+        .find(|e| e.code() == c)
+    }
+
+    /// The symbolic name, as strace prints it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Errno::Eperm => "EPERM",
+            Errno::Ebadf => "EBADF",
+            Errno::Eagain => "EAGAIN",
+            Errno::Enomem => "ENOMEM",
+            Errno::Eacces => "EACCES",
+            Errno::Efault => "EFAULT",
+            Errno::Eexist => "EEXIST",
+            Errno::Enodev => "ENODEV",
+            Errno::Einval => "EINVAL",
+            Errno::Eoverflow => "EOVERFLOW",
+        }
+    }
+}
+
+impl fmt::Display for Errno {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::error::Error for Errno {}

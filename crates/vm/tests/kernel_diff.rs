@@ -1,0 +1,156 @@
+//! Differential test against the host kernel: the same random `mmap` and
+//! `munmap` calls, run for real (libc) inside a reserved arena of this
+//! process and on an `AddressSpace`, must return the same results and leave
+//! the same `/proc/self/maps` lines over the arena after every call.
+//!
+//! The arena is a private anonymous `PROT_NONE` reservation between two
+//! shared anonymous guard pages (a shmem file each, which nothing private
+//! can merge with). Sequences: `RCUVM_DIFF_SEQS` (default 200); the seed of
+//! a failing sequence is printed with the first divergence.
+//!
+//! Its own test binary with a single test, so no other test thread maps
+//! memory into the arena's holes.
+
+#![cfg(target_os = "linux")]
+
+use rcuvm::{AddressSpace, Errno, MapFlags, PAGE_SIZE, Prot, Vma};
+
+const ARENA_PAGES: u64 = 64;
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Mmap { addr: u64, len: u64, prot: Prot, flags: MapFlags },
+    Munmap { addr: u64, len: u64 },
+}
+
+fn errno() -> Errno {
+    let c = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+    Errno::from_code(c).unwrap_or_else(|| panic!("kernel returned errno {c}, which rcuvm does not model"))
+}
+
+fn kernel(op: &Op) -> Result<u64, Errno> {
+    match *op {
+        Op::Mmap { addr, len, prot, flags } => {
+            // SAFETY: only ever MAP_FIXED inside the arena this test owns (or
+            // refused calls), never over memory Rust uses.
+            let p = unsafe {
+                libc::mmap(addr as *mut _, len as usize, prot.bits() as i32, flags.bits() as i32, -1, 0)
+            };
+            if p == libc::MAP_FAILED { Err(errno()) } else { Ok(p as u64) }
+        }
+        Op::Munmap { addr, len } => {
+            // SAFETY: inside the arena this test owns.
+            let r = unsafe { libc::munmap(addr as *mut _, len as usize) };
+            if r != 0 { Err(errno()) } else { Ok(0) }
+        }
+    }
+}
+
+fn model(mm: &AddressSpace, op: &Op) -> Result<u64, Errno> {
+    match *op {
+        Op::Mmap { addr, len, prot, flags } => mm.mmap(addr, len, prot, flags, None, 0),
+        Op::Munmap { addr, len } => mm.munmap(addr, len).map(|()| 0),
+    }
+}
+
+fn window(vmas: &[Vma], lo: u64, hi: u64) -> Vec<String> {
+    vmas.iter().filter(|v| v.start < hi && v.end > lo).map(|v| v.to_string()).collect()
+}
+
+fn kernel_lines(lo: u64, hi: u64) -> Vec<String> {
+    let text = std::fs::read_to_string("/proc/self/maps").unwrap();
+    window(&rcuvm::maps::parse(&text, "/proc/self/maps").unwrap(), lo, hi)
+}
+
+fn random_op(r: &mut Rng, lo: u64) -> Op {
+    let page = r.below(ARENA_PAGES);
+    let pages = 1 + r.below(8.min(ARENA_PAGES - page));
+    let (addr, len) = (lo + page * PAGE_SIZE, pages * PAGE_SIZE);
+    let prot =
+        [Prot::empty(), Prot::READ, Prot::READ | Prot::WRITE, Prot::READ | Prot::EXEC][r.below(4) as usize];
+    let mut flags = MapFlags::PRIVATE | MapFlags::ANONYMOUS;
+    flags |= if r.below(4) == 0 { MapFlags::FIXED_NOREPLACE } else { MapFlags::FIXED };
+    if r.below(3) == 0 {
+        flags |= MapFlags::NORESERVE;
+    }
+    match r.below(10) {
+        0..=4 => Op::Mmap { addr, len, prot, flags },
+        5..=7 => Op::Munmap { addr, len },
+        // Refused calls: both must refuse, the same way, changing nothing.
+        8 => Op::Munmap { addr: addr + 1, len },
+        _ => Op::Mmap { addr, len: 0, prot, flags },
+    }
+}
+
+fn run_sequence(seed: u64, ops: usize) {
+    let mut r = Rng(seed | 1);
+    let total = (ARENA_PAGES + 2) * PAGE_SIZE;
+    // SAFETY: a fresh shared anonymous mapping for the guards and arena.
+    let base = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            total as usize,
+            libc::PROT_NONE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(base, libc::MAP_FAILED);
+    let lo = base as u64 + PAGE_SIZE;
+    let hi = lo + ARENA_PAGES * PAGE_SIZE;
+    let arena = Op::Mmap {
+        addr: lo,
+        len: hi - lo,
+        prot: Prot::empty(),
+        flags: MapFlags::PRIVATE | MapFlags::ANONYMOUS | MapFlags::NORESERVE | MapFlags::FIXED,
+    };
+    let mm = AddressSpace::new();
+    assert_eq!(kernel(&arena), Ok(lo));
+    assert_eq!(model(&mm, &arena), Ok(lo));
+    let mut history = vec![arena];
+    for _ in 0..ops {
+        let op = random_op(&mut r, lo);
+        history.push(op.clone());
+        let (k, m) = (kernel(&op), model(&mm, &op));
+        let (kl, ml) = (
+            kernel_lines(lo, hi),
+            window(&mm.vmas().iter().map(|v| (**v).clone()).collect::<Vec<_>>(), lo, hi),
+        );
+        if k != m || kl != ml {
+            // SAFETY: unmaps only the guards and arena.
+            unsafe { libc::munmap(base, total as usize) };
+            panic!(
+                "seed {seed:#x}: divergence after {} calls\nlast call {op:?}\nkernel: {k:?}\nrcuvm:  {m:?}\n\
+                 kernel lines:\n{}\nrcuvm lines:\n{}\nsequence (offsets from arena start {lo:#x}):\n{:#?}",
+                history.len(),
+                kl.join("\n"),
+                ml.join("\n"),
+                history
+            );
+        }
+    }
+    // SAFETY: unmaps only the guards and arena.
+    unsafe { libc::munmap(base, total as usize) };
+}
+
+#[test]
+fn random_mmap_munmap_sequences_match_the_kernel() {
+    let seqs: u64 = std::env::var("RCUVM_DIFF_SEQS").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
+    for s in 0..seqs {
+        run_sequence(0x5EED_0000 + s, 40);
+    }
+}

@@ -1,0 +1,148 @@
+//! `mmap`/`munmap` paths the kernel differential test cannot reach from its
+//! arena: placement, hints, files, limits, and every errno path.
+
+use std::sync::Arc;
+
+use rcuvm::{AddressSpace, Backing, Errno, FileId, MapFile, MapFlags, MmConfig, PAGE_SIZE, Prot, VmFlags};
+
+const P: u64 = PAGE_SIZE;
+fn anon() -> MapFlags {
+    MapFlags::PRIVATE | MapFlags::ANONYMOUS
+}
+fn rw() -> Prot {
+    Prot::READ | Prot::WRITE
+}
+
+#[test]
+fn null_hint_places_top_down_below_mmap_base_and_merges() {
+    let mm = AddressSpace::new();
+    let base = mm.config().mmap_base;
+    let a = mm.mmap(0, 3 * P, rw(), anon(), None, 0).unwrap();
+    assert_eq!(a, base - 3 * P);
+    let b = mm.mmap(0, P, rw(), anon(), None, 0).unwrap();
+    assert_eq!(b, a - P);
+    // Same flags, contiguous: one VMA, as Linux merges them.
+    assert_eq!(mm.map_count(), 1);
+    let v = mm.query(b).unwrap();
+    assert_eq!((v.start, v.end, v.pgoff), (b, base, b / P));
+    assert!(v.flags.contains(VmFlags::ACCOUNT));
+    // A different protection does not merge.
+    let c = mm.mmap(0, P, Prot::READ, anon(), None, 0).unwrap();
+    assert_eq!(c, b - P);
+    assert_eq!(mm.map_count(), 2);
+}
+
+#[test]
+fn a_free_hint_is_used_and_a_taken_one_is_not() {
+    let mm = AddressSpace::new();
+    assert_eq!(mm.mmap(0x4000_0000, P, rw(), anon(), None, 0), Ok(0x4000_0000));
+    // Taken: placed elsewhere (top-down), not over it.
+    let b = mm.mmap(0x4000_0000, P, rw(), anon(), None, 0).unwrap();
+    assert_ne!(b, 0x4000_0000);
+    // Unaligned hints are rounded down; hints below mmap_min_addr go up to it.
+    assert_eq!(mm.mmap(0x5000_0123, P, rw(), anon(), None, 0), Ok(0x5000_0000));
+    assert_eq!(mm.mmap(0x1000, P, Prot::READ, anon(), None, 0), Ok(mm.config().mmap_min_addr));
+}
+
+#[test]
+fn fixed_replaces_and_fixed_noreplace_refuses() {
+    let mm = AddressSpace::new();
+    let a = mm.mmap(0x1000_0000, 4 * P, rw(), anon() | MapFlags::FIXED, None, 0).unwrap();
+    assert_eq!(
+        mm.mmap(a + P, P, Prot::READ, anon() | MapFlags::FIXED_NOREPLACE, None, 0),
+        Err(Errno::Eexist)
+    );
+    assert_eq!(mm.map_count(), 1);
+    assert_eq!(mm.mmap(a + P, P, Prot::READ, anon() | MapFlags::FIXED, None, 0), Ok(a + P));
+    assert_eq!(mm.map_count(), 3);
+    assert!(mm.maps().contains(" r--p "));
+}
+
+#[test]
+fn errno_paths_leave_the_address_space_unchanged() {
+    let mm = AddressSpace::new();
+    mm.mmap(0x1000_0000, 2 * P, rw(), anon() | MapFlags::FIXED, None, 0).unwrap();
+    let before = mm.maps();
+    let fixed = anon() | MapFlags::FIXED;
+    let task = mm.config().task_size;
+    let cases: Vec<(Result<u64, Errno>, Errno)> = vec![
+        (mm.mmap(0, 0, rw(), anon(), None, 0), Errno::Einval),
+        (mm.mmap(0x1000_0001, P, rw(), fixed, None, 0), Errno::Einval),
+        (mm.mmap(0, P, rw(), MapFlags::ANONYMOUS, None, 0), Errno::Einval),
+        (mm.mmap(0, P, rw(), anon(), None, 123), Errno::Einval),
+        (mm.mmap(0, u64::MAX - 10, rw(), anon(), None, 0), Errno::Enomem),
+        (mm.mmap(0, task + P, rw(), anon(), None, 0), Errno::Enomem),
+        (mm.mmap(task - P, 2 * P, rw(), fixed, None, 0), Errno::Enomem),
+        (mm.munmap(0x1000_0001, P).map(|()| 0), Errno::Einval),
+        (mm.munmap(0x1000_0000, 0).map(|()| 0), Errno::Einval),
+        (mm.munmap(task, P).map(|()| 0), Errno::Einval),
+        (mm.munmap(task - P, 2 * P).map(|()| 0), Errno::Einval),
+    ];
+    for (i, (got, want)) in cases.into_iter().enumerate() {
+        assert_eq!(got, Err(want), "case {i}");
+    }
+    assert_eq!(mm.maps(), before);
+    // Unmapping nothing succeeds.
+    assert_eq!(mm.munmap(0x7000_0000, P), Ok(()));
+}
+
+#[test]
+fn file_mappings_check_the_open_mode_and_keep_offsets() {
+    let mm = AddressSpace::new();
+    let id = FileId { dev_major: 0xfe, dev_minor: 0, inode: 42, path: Arc::from("/lib/x.so") };
+    let ro = MapFile { id: id.clone(), readable: true, writable: false };
+    let wo = MapFile { id: id.clone(), readable: false, writable: true };
+    let shared = MapFlags::SHARED;
+    assert_eq!(mm.mmap(0, P, rw(), shared, Some(&ro), 0), Err(Errno::Eacces));
+    assert_eq!(mm.mmap(0, P, Prot::READ, MapFlags::PRIVATE, Some(&wo), 0), Err(Errno::Eacces));
+    let a = mm
+        .mmap(0x2000_0000, 2 * P, Prot::READ, MapFlags::PRIVATE | MapFlags::FIXED, Some(&ro), 4 * P)
+        .unwrap();
+    // Contiguous file offsets merge; others do not.
+    mm.mmap(a + 2 * P, P, Prot::READ, MapFlags::PRIVATE | MapFlags::FIXED, Some(&ro), 6 * P).unwrap();
+    mm.mmap(a + 3 * P, P, Prot::READ, MapFlags::PRIVATE | MapFlags::FIXED, Some(&ro), 0).unwrap();
+    assert_eq!(mm.map_count(), 2);
+    let v = mm.query(a).unwrap();
+    assert_eq!((v.end, v.pgoff), (a + 3 * P, 4));
+    assert!(matches!(v.backing, Backing::File(_)));
+    // A read-only shared mapping loses VM_MAYWRITE and VM_SHARED, keeps MAYSHARE.
+    let s = mm.mmap(0, P, Prot::READ, shared, Some(&ro), 0).unwrap();
+    let f = mm.query(s).unwrap().flags;
+    assert!(f.contains(VmFlags::MAYSHARE) && !f.intersects(VmFlags::MAYWRITE | VmFlags::SHARED));
+    assert!(mm.maps().contains(&format!("{s:x}-{:x} r--s 00000000 fe:00 42", s + P)));
+}
+
+#[test]
+fn shared_anonymous_mappings_are_dev_zero_files_that_never_merge() {
+    let mm = AddressSpace::new();
+    let a = mm.mmap(0, P, rw(), MapFlags::SHARED | MapFlags::ANONYMOUS, None, 0).unwrap();
+    let b = mm.mmap(0, P, rw(), MapFlags::SHARED | MapFlags::ANONYMOUS, None, 0).unwrap();
+    assert_eq!(b, a - P);
+    assert_eq!(mm.map_count(), 2);
+    assert!(mm.maps().lines().all(|l| l.contains(" rw-s ") && l.ends_with("/dev/zero (deleted)")));
+}
+
+#[test]
+fn punching_a_hole_respects_max_map_count() {
+    let mut cfg = MmConfig::default();
+    cfg.max_map_count = 2;
+    let mm = AddressSpace::with_config(cfg);
+    let a = mm.mmap(0x1000_0000, 8 * P, rw(), anon() | MapFlags::FIXED, None, 0).unwrap();
+    mm.mmap(0x2000_0000, P, rw(), anon() | MapFlags::FIXED, None, 0).unwrap();
+    let before = mm.maps();
+    assert_eq!(mm.munmap(a + P, P), Err(Errno::Enomem));
+    assert_eq!(mm.maps(), before);
+    // Trimming an end does not add a VMA.
+    assert_eq!(mm.munmap(a, P), Ok(()));
+    assert_eq!(mm.map_count(), 2);
+}
+
+#[test]
+fn placement_keeps_the_guard_gap_below_a_stack() {
+    let mm = AddressSpace::new();
+    let base = mm.config().mmap_base;
+    let stack = base - 16 * P;
+    mm.mmap(stack, 16 * P, rw(), anon() | MapFlags::FIXED | MapFlags::GROWSDOWN, None, 0).unwrap();
+    let a = mm.mmap(0, P, rw(), anon(), None, 0).unwrap();
+    assert!(a + P <= stack - mm.config().stack_guard_gap, "{a:#x} is inside the stack guard gap");
+}
