@@ -5,9 +5,10 @@
 //! that keeps its VMAs in an RCU-safe [`MapleTree`](rcuvm_maple::MapleTree)
 //! and serves lock-free readers (`maps`, `query`).
 //!
-//! `mmap` and `munmap` follow Linux's checks, placement and merging.
+//! `mmap`, `munmap` and `mprotect` follow Linux's checks, placement and
+//! merging.
 //!
-//! Not yet: `mprotect`, `mremap`, `brk`, `madvise`, `mlock`, page tables,
+//! Not yet: `mremap`, `brk`, `madvise`, `mlock`, page tables,
 //! CPUs and TLBs, the fault path and the strategies. Each has its issue.
 
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -16,6 +17,7 @@
 pub mod maps;
 mod mm;
 mod mmap;
+mod mprotect;
 pub mod uapi;
 pub mod vma;
 

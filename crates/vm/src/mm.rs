@@ -33,8 +33,8 @@ use crate::vma::Vma;
 
 /// A process's address space.
 ///
-/// **Status:** storage, snapshots, readers, `mmap` and `munmap` are built;
-/// `mprotect`, `mremap`, `brk`, `madvise` and `mlock` are not yet (see the
+/// **Status:** storage, snapshots, readers, `mmap`, `munmap` and
+/// `mprotect` are built; `mremap`, `brk`, `madvise` and `mlock` are not yet (see the
 /// issue "the address space with Linux's exact mm semantics").
 pub struct AddressSpace {
     domain: Arc<Domain>,
@@ -107,6 +107,15 @@ impl AddressSpace {
         offset: u64,
     ) -> Result<u64, Errno> {
         self.call(|c| c.mmap(addr, len, prot, flags, file, offset))
+    }
+
+    /// `mprotect(2)`: changes VMAs in order and stops with `ENOMEM` at a
+    /// hole, keeping the changes made before it, as Linux does.
+    ///
+    /// # Errors
+    /// `EINVAL`, `ENOMEM`, `EACCES` as Linux returns them.
+    pub fn mprotect(&self, addr: u64, len: u64, prot: Prot) -> Result<(), Errno> {
+        self.call(|c| c.mprotect(addr, len, prot))
     }
 
     /// `munmap(2)`.

@@ -91,7 +91,7 @@ pub(crate) struct MmCall<'a> {
 }
 
 impl MmCall<'_> {
-    fn map_count(&self) -> usize {
+    pub(crate) fn map_count(&self) -> usize {
         self.w.tree_len()
     }
 

@@ -13,6 +13,8 @@ bitflags::bitflags! {
         const WRITE = 0x2;
         /// `PROT_EXEC`
         const EXEC = 0x4;
+        /// `PROT_SEM` (accepted, no effect)
+        const SEM = 0x8;
         /// `PROT_GROWSDOWN` (mprotect only)
         const GROWSDOWN = 0x0100_0000;
         /// `PROT_GROWSUP` (mprotect only)

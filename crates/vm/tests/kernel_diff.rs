@@ -1,7 +1,10 @@
-//! Differential test against the host kernel: the same random `mmap` and
-//! `munmap` calls, run for real (libc) inside a reserved arena of this
+//! Differential test against the host kernel: the same random `mmap`,
+//! `munmap` and `mprotect` calls, run for real (libc) inside a reserved arena of this
 //! process and on an `AddressSpace`, must return the same results and leave
-//! the same `/proc/self/maps` lines over the arena after every call.
+//! the same `/proc/self/maps` lines over the arena after every call, and
+//! the same `VM_*` flags (`/proc/self/smaps`' `VmFlags`, for the flags rcuvm
+//! models: maps cannot show `VM_ACCOUNT` or `VM_NORESERVE`, which decide
+//! merging).
 //!
 //! The arena is a private anonymous `PROT_NONE` reservation between two
 //! shared anonymous guard pages (a shmem file each, which nothing private
@@ -13,7 +16,7 @@
 
 #![cfg(target_os = "linux")]
 
-use rcuvm::{AddressSpace, Errno, MapFlags, PAGE_SIZE, Prot, Vma};
+use rcuvm::{AddressSpace, Errno, MapFlags, PAGE_SIZE, Prot, VmFlags, Vma};
 
 const ARENA_PAGES: u64 = 64;
 
@@ -34,6 +37,7 @@ impl Rng {
 enum Op {
     Mmap { addr: u64, len: u64, prot: Prot, flags: MapFlags },
     Munmap { addr: u64, len: u64 },
+    Mprotect { addr: u64, len: u64, prot: Prot },
 }
 
 fn errno() -> Errno {
@@ -56,6 +60,11 @@ fn kernel(op: &Op) -> Result<u64, Errno> {
             let r = unsafe { libc::munmap(addr as *mut _, len as usize) };
             if r != 0 { Err(errno()) } else { Ok(0) }
         }
+        Op::Mprotect { addr, len, prot } => {
+            // SAFETY: inside the arena this test owns.
+            let r = unsafe { libc::mprotect(addr as *mut _, len as usize, prot.bits() as i32) };
+            if r != 0 { Err(errno()) } else { Ok(0) }
+        }
     }
 }
 
@@ -63,16 +72,56 @@ fn model(mm: &AddressSpace, op: &Op) -> Result<u64, Errno> {
     match *op {
         Op::Mmap { addr, len, prot, flags } => mm.mmap(addr, len, prot, flags, None, 0),
         Op::Munmap { addr, len } => mm.munmap(addr, len).map(|()| 0),
+        Op::Mprotect { addr, len, prot } => mm.mprotect(addr, len, prot).map(|()| 0),
     }
 }
 
-fn window(vmas: &[Vma], lo: u64, hi: u64) -> Vec<String> {
-    vmas.iter().filter(|v| v.start < hi && v.end > lo).map(|v| v.to_string()).collect()
+/// The smaps `VmFlags` mnemonics rcuvm models, in the kernel's order.
+const MNEMONICS: [(&str, VmFlags); 12] = [
+    ("rd", VmFlags::READ),
+    ("wr", VmFlags::WRITE),
+    ("ex", VmFlags::EXEC),
+    ("sh", VmFlags::SHARED),
+    ("mr", VmFlags::MAYREAD),
+    ("mw", VmFlags::MAYWRITE),
+    ("me", VmFlags::MAYEXEC),
+    ("ms", VmFlags::MAYSHARE),
+    ("gd", VmFlags::GROWSDOWN),
+    ("lo", VmFlags::LOCKED),
+    ("ac", VmFlags::ACCOUNT),
+    ("nr", VmFlags::NORESERVE),
+];
+
+fn mnemonics(f: VmFlags) -> String {
+    MNEMONICS.iter().filter(|(_, b)| f.contains(*b)).map(|(m, _)| *m).collect::<Vec<_>>().join(" ")
 }
 
+/// Each VMA in `[lo, hi)` as its maps line plus the flags maps cannot show.
+fn window(vmas: &[Vma], lo: u64, hi: u64) -> Vec<String> {
+    vmas.iter()
+        .filter(|v| v.start < hi && v.end > lo)
+        .map(|v| format!("{v} | {}", mnemonics(v.flags)))
+        .collect()
+}
+
+/// The same from the kernel's `/proc/self/smaps` (its `VmFlags` line,
+/// restricted to the flags rcuvm models).
 fn kernel_lines(lo: u64, hi: u64) -> Vec<String> {
-    let text = std::fs::read_to_string("/proc/self/maps").unwrap();
-    window(&rcuvm::maps::parse(&text, "/proc/self/maps").unwrap(), lo, hi)
+    let text = std::fs::read_to_string("/proc/self/smaps").unwrap();
+    let mut out = Vec::new();
+    let mut cur: Option<String> = None;
+    for l in text.lines() {
+        if let Ok(v) = rcuvm::maps::parse(l, "/proc/self/smaps") {
+            cur = v.first().filter(|v| v.start < hi && v.end > lo).map(|v| v.to_string());
+        } else if let Some(flags) = l.strip_prefix("VmFlags:") {
+            if let Some(line) = cur.take() {
+                let known: Vec<&str> =
+                    flags.split_whitespace().filter(|m| MNEMONICS.iter().any(|(k, _)| k == m)).collect();
+                out.push(format!("{line} | {}", known.join(" ")));
+            }
+        }
+    }
+    out
 }
 
 fn random_op(r: &mut Rng, lo: u64) -> Op {
@@ -86,11 +135,18 @@ fn random_op(r: &mut Rng, lo: u64) -> Op {
     if r.below(3) == 0 {
         flags |= MapFlags::NORESERVE;
     }
-    match r.below(10) {
-        0..=4 => Op::Mmap { addr, len, prot, flags },
-        5..=7 => Op::Munmap { addr, len },
-        // Refused calls: both must refuse, the same way, changing nothing.
-        8 => Op::Munmap { addr: addr + 1, len },
+    match r.below(16) {
+        0..=5 => Op::Mmap { addr, len, prot, flags },
+        6..=8 => Op::Munmap { addr, len },
+        // mprotect, often across holes and several VMAs.
+        9..=12 => {
+            let extra = r.below(3).min(ARENA_PAGES - page - pages);
+            Op::Mprotect { addr, len: len + extra * PAGE_SIZE, prot }
+        }
+        // Refused calls: both must refuse, the same way, changing nothing
+        // (or, for mprotect over a hole, changing what Linux changes).
+        13 => Op::Munmap { addr: addr + 1, len },
+        14 => Op::Mprotect { addr, len, prot: Prot::from_bits_retain(0x10) | prot },
         _ => Op::Mmap { addr, len: 0, prot, flags },
     }
 }
@@ -135,10 +191,15 @@ fn run_sequence(seed: u64, ops: usize) {
             unsafe { libc::munmap(base, total as usize) };
             panic!(
                 "seed {seed:#x}: divergence after {} calls\nlast call {op:?}\nkernel: {k:?}\nrcuvm:  {m:?}\n\
-                 kernel lines:\n{}\nrcuvm lines:\n{}\nsequence (offsets from arena start {lo:#x}):\n{:#?}",
+                 kernel lines:\n{}\nrcuvm lines:\n{}\nrcuvm flags: {:?}\nsequence (offsets from arena start {lo:#x}):\n{:#?}",
                 history.len(),
                 kl.join("\n"),
                 ml.join("\n"),
+                mm.vmas()
+                    .iter()
+                    .filter(|v| v.start < hi && v.end > lo)
+                    .map(|v| (v.start - lo, v.flags))
+                    .collect::<Vec<_>>(),
                 history
             );
         }
@@ -148,7 +209,7 @@ fn run_sequence(seed: u64, ops: usize) {
 }
 
 #[test]
-fn random_mmap_munmap_sequences_match_the_kernel() {
+fn random_mmap_munmap_mprotect_sequences_match_the_kernel() {
     let seqs: u64 = std::env::var("RCUVM_DIFF_SEQS").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
     for s in 0..seqs {
         run_sequence(0x5EED_0000 + s, 40);

@@ -146,3 +146,52 @@ fn placement_keeps_the_guard_gap_below_a_stack() {
     let a = mm.mmap(0, P, rw(), anon(), None, 0).unwrap();
     assert!(a + P <= stack - mm.config().stack_guard_gap, "{a:#x} is inside the stack guard gap");
 }
+
+#[test]
+fn mprotect_errno_paths() {
+    let mm = AddressSpace::new();
+    let a = mm.mmap(0x1000_0000, 4 * P, rw(), anon() | MapFlags::FIXED, None, 0).unwrap();
+    let before = mm.maps();
+    assert_eq!(mm.mprotect(a + 1, P, Prot::READ), Err(Errno::Einval));
+    assert_eq!(mm.mprotect(a, P, Prot::GROWSDOWN | Prot::GROWSUP), Err(Errno::Einval));
+    assert_eq!(mm.mprotect(a, P, Prot::from_bits_retain(0x40)), Err(Errno::Einval));
+    assert_eq!(mm.mprotect(a, u64::MAX - P, Prot::READ), Err(Errno::Enomem));
+    assert_eq!(mm.mprotect(0x3000_0000, P, Prot::READ), Err(Errno::Enomem));
+    // Not a growsdown VMA; x86-64 has no growsup VMAs.
+    assert_eq!(mm.mprotect(a, P, Prot::READ | Prot::GROWSDOWN), Err(Errno::Einval));
+    assert_eq!(mm.mprotect(a, P, Prot::READ | Prot::GROWSUP), Err(Errno::Einval));
+    assert_eq!(mm.mprotect(a, 0, Prot::READ), Ok(()));
+    assert_eq!(mm.maps(), before);
+}
+
+#[test]
+fn mprotect_refuses_rights_the_file_was_not_opened_with() {
+    let mm = AddressSpace::new();
+    let id = FileId { dev_major: 8, dev_minor: 1, inode: 7, path: Arc::from("/data/f") };
+    let ro = MapFile { id, readable: true, writable: false };
+    let a = mm.mmap(0, 2 * P, Prot::READ, MapFlags::SHARED, Some(&ro), 0).unwrap();
+    assert_eq!(mm.mprotect(a, P, rw()), Err(Errno::Eacces));
+    assert_eq!(mm.mprotect(a, P, Prot::READ | Prot::EXEC), Ok(()));
+    assert_eq!(mm.map_count(), 2);
+}
+
+#[test]
+fn mprotect_stops_at_a_hole_after_changing_what_precedes_it() {
+    let mm = AddressSpace::new();
+    let a = mm.mmap(0x1000_0000, 2 * P, rw(), anon() | MapFlags::FIXED, None, 0).unwrap();
+    mm.mmap(a + 3 * P, P, rw(), anon() | MapFlags::FIXED, None, 0).unwrap();
+    assert_eq!(mm.mprotect(a, 4 * P, Prot::READ), Err(Errno::Enomem));
+    assert_eq!(mm.query(a).unwrap().flags & VmFlags::WRITE, VmFlags::empty());
+    assert!(mm.query(a + 3 * P).unwrap().flags.contains(VmFlags::WRITE));
+}
+
+#[test]
+fn mprotect_growsdown_extends_to_the_vma_start() {
+    let mm = AddressSpace::new();
+    let s =
+        mm.mmap(0x1000_0000, 4 * P, rw(), anon() | MapFlags::FIXED | MapFlags::GROWSDOWN, None, 0).unwrap();
+    assert_eq!(mm.mprotect(s + 2 * P, P, Prot::READ | Prot::GROWSDOWN), Ok(()));
+    let v = mm.query(s).unwrap();
+    assert_eq!((v.start, v.end), (s, s + 3 * P));
+    assert!(!v.flags.contains(VmFlags::WRITE));
+}
