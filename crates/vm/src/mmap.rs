@@ -161,16 +161,7 @@ impl MmCall<'_> {
             return Err(Errno::Eexist);
         }
 
-        let mut vm = VmFlags::MAYREAD | VmFlags::MAYWRITE | VmFlags::MAYEXEC;
-        if prot.contains(Prot::READ) {
-            vm |= VmFlags::READ;
-        }
-        if prot.contains(Prot::WRITE) {
-            vm |= VmFlags::WRITE;
-        }
-        if prot.contains(Prot::EXEC) {
-            vm |= VmFlags::EXEC;
-        }
+        let mut vm = VmFlags::from_prot(prot) | VmFlags::MAYREAD | VmFlags::MAYWRITE | VmFlags::MAYEXEC;
         if flags.contains(MapFlags::GROWSDOWN) {
             vm |= VmFlags::GROWSDOWN;
         }

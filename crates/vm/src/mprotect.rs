@@ -60,16 +60,7 @@ impl MmCall<'_> {
                 return Err(Errno::Einval);
             }
         }
-        let mut bits = VmFlags::empty();
-        if prot.contains(Prot::READ) {
-            bits |= VmFlags::READ;
-        }
-        if prot.contains(Prot::WRITE) {
-            bits |= VmFlags::WRITE;
-        }
-        if prot.contains(Prot::EXEC) {
-            bits |= VmFlags::EXEC;
-        }
+        let bits = VmFlags::from_prot(prot);
         let access = VmFlags::READ | VmFlags::WRITE | VmFlags::EXEC;
         let mut tmp = first.start;
         for v in vmas {

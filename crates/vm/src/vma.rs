@@ -90,6 +90,13 @@ bitflags::bitflags! {
     }
 }
 
+impl VmFlags {
+    /// `calc_vm_prot_bits()`: the access bits for `PROT_*` (same values).
+    pub fn from_prot(prot: crate::uapi::Prot) -> VmFlags {
+        VmFlags::from_bits_truncate(u64::from(prot.bits()) & 0x7)
+    }
+}
+
 /// A file's identity as `/proc/pid/maps` shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct FileId {
