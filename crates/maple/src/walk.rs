@@ -24,7 +24,7 @@
 //! `mas_walk()`, `mas_find()`, `mas_next()`, `mas_prev()`, `mas_empty_area()`,
 //! `mas_empty_area_rev()`; the restart on `ma_dead_node()`.
 
-use crate::node::{self, NodePtr, NodeRef};
+use crate::node::{self, Leaf, NodePtr, NodeRef};
 use crate::sync::Ordering;
 use crate::tree::Raw;
 
@@ -37,38 +37,45 @@ pub(crate) struct SlotView<T> {
 }
 
 impl<T> Raw<T> {
+    /// Descends from the root to the leaf covering `addr`: the leaf, its
+    /// slot count and its bounds. Prefetches each node on the way.
+    #[inline(always)]
+    fn leaf_for<'a>(&self, addr: u64) -> (&'a Leaf<T>, usize, u64, u64) {
+        let mut n = self.root();
+        node::prefetch(n);
+        let (mut min, mut max) = (0u64, u64::MAX);
+        loop {
+            // SAFETY: the caller holds a guard or the write lock, so no node
+            // reachable during the walk is freed (node.rs N3).
+            let meta = unsafe { n.meta() }.load();
+            let cnt = node::count(meta);
+            if node::is_leaf(meta) {
+                // SAFETY: as above, and the LEAF bit says it is a leaf.
+                return (unsafe { n.leaf() }, cnt, min, max);
+            }
+            // SAFETY: as above; internal node.
+            let inner = unsafe { n.inner() };
+            let i = node::find_slot(&inner.pivots, cnt, addr);
+            n = inner.child(i);
+            node::prefetch(n);
+            (min, max) = node::slot_range(&inner.pivots, cnt, i, min, max);
+        }
+    }
+
     /// The leaf slot covering `addr` (W1).
     #[inline]
     pub(crate) fn walk(&self, addr: u64) -> SlotView<T> {
-        'restart: loop {
-            let mut n = self.root();
-            node::prefetch(n);
-            let (mut min, mut max) = (0u64, u64::MAX);
-            loop {
-                // SAFETY: the caller holds a guard or the write lock, so no
-                // node reachable during the walk is freed (node.rs N3).
-                let meta = unsafe { n.meta() }.load();
-                let cnt = node::count(meta);
-                if node::is_leaf(meta) {
-                    // SAFETY: as above, and the LEAF bit says it is a leaf.
-                    let leaf = unsafe { n.leaf() };
-                    let i = node::find_slot(&leaf.pivots, cnt, addr);
-                    // ORDERING: Acquire pairs with the Release publication of
-                    // a value (write.rs): its contents are visible.
-                    let value = leaf.slots[i].load(Ordering::Acquire).cast_const();
-                    let (lo, hi) = node::slot_range(&leaf.pivots, cnt, i, min, max);
-                    if node::is_dead(leaf.meta.load()) {
-                        continue 'restart;
-                    }
-                    return SlotView { lo, hi, value };
-                }
-                // SAFETY: as above; internal node.
-                let inner = unsafe { n.inner() };
-                let i = node::find_slot(&inner.pivots, cnt, addr);
-                n = inner.child(i);
-                node::prefetch(n);
-                (min, max) = node::slot_range(&inner.pivots, cnt, i, min, max);
+        loop {
+            let (leaf, cnt, min, max) = self.leaf_for(addr);
+            let i = node::find_slot(&leaf.pivots, cnt, addr);
+            // ORDERING: Acquire pairs with the Release publication of a value
+            // (write.rs): its contents are visible.
+            let value = leaf.slots[i].load(Ordering::Acquire).cast_const();
+            let (lo, hi) = node::slot_range(&leaf.pivots, cnt, i, min, max);
+            if !node::is_dead(leaf.meta.load()) {
+                return SlotView { lo, hi, value };
             }
+            // W1: the leaf was replaced under us; walk again.
         }
     }
 
@@ -103,44 +110,29 @@ impl<T> Raw<T> {
     /// Scans the leaf covering `addr` from `addr`'s slot upwards (or
     /// downwards) for a non-empty slot. Returns it, and the leaf's max (min).
     fn scan_leaf(&self, addr: u64, up: bool) -> (Option<SlotView<T>>, u64) {
-        'restart: loop {
-            let mut n = self.root();
-            let (mut min, mut max) = (0u64, u64::MAX);
-            loop {
-                // SAFETY: as in `walk`.
-                let meta = unsafe { n.meta() }.load();
-                let cnt = node::count(meta);
-                if node::is_leaf(meta) {
-                    // SAFETY: as in `walk`.
-                    let leaf = unsafe { n.leaf() };
-                    let start = node::find_slot(&leaf.pivots, cnt, addr);
-                    let mut found = None;
-                    let mut visit = |i: usize| {
-                        // ORDERING: as in `walk`.
-                        let value = leaf.slots[i].load(Ordering::Acquire).cast_const();
-                        if value.is_null() {
-                            return false;
-                        }
-                        let (lo, hi) = node::slot_range(&leaf.pivots, cnt, i, min, max);
-                        found = Some(SlotView { lo, hi, value });
-                        true
-                    };
-                    if up {
-                        let _ = (start..cnt).any(&mut visit);
-                    } else {
-                        let _ = (0..=start).rev().any(&mut visit);
-                    }
-                    if node::is_dead(leaf.meta.load()) {
-                        continue 'restart;
-                    }
-                    return (found, if up { max } else { min });
+        loop {
+            let (leaf, cnt, min, max) = self.leaf_for(addr);
+            let start = node::find_slot(&leaf.pivots, cnt, addr);
+            let mut found = None;
+            let mut visit = |i: usize| {
+                // ORDERING: as in `walk`.
+                let value = leaf.slots[i].load(Ordering::Acquire).cast_const();
+                if value.is_null() {
+                    return false;
                 }
-                // SAFETY: as in `walk`.
-                let inner = unsafe { n.inner() };
-                let i = node::find_slot(&inner.pivots, cnt, addr);
-                (min, max) = node::slot_range(&inner.pivots, cnt, i, min, max);
-                n = inner.child(i);
+                let (lo, hi) = node::slot_range(&leaf.pivots, cnt, i, min, max);
+                found = Some(SlotView { lo, hi, value });
+                true
+            };
+            if up {
+                let _ = (start..cnt).any(&mut visit);
+            } else {
+                let _ = (0..=start).rev().any(&mut visit);
             }
+            if !node::is_dead(leaf.meta.load()) {
+                return (found, if up { max } else { min });
+            }
+            // W1: walk again.
         }
     }
 
