@@ -34,7 +34,8 @@ use crate::vma::Vma;
 /// A process's address space.
 ///
 /// **Status:** storage, snapshots, readers, `mmap`, `munmap` and
-/// `mprotect` are built; `mremap`, `brk`, `madvise` and `mlock` are not yet (see the
+/// `mprotect` and the flag advices of `madvise` are built; `mremap`, `brk`
+/// and `mlock` are not yet (see the
 /// issue "the address space with Linux's exact mm semantics").
 pub struct AddressSpace {
     domain: Arc<Domain>,
@@ -116,6 +117,16 @@ impl AddressSpace {
     /// `EINVAL`, `ENOMEM`, `EACCES` as Linux returns them.
     pub fn mprotect(&self, addr: u64, len: u64, prot: Prot) -> Result<(), Errno> {
         self.call(|c| c.mprotect(addr, len, prot))
+    }
+
+    /// `madvise(2)`: advices that change `vm_flags` split and merge VMAs;
+    /// holes give `ENOMEM` after the rest of the range was advised.
+    ///
+    /// # Errors
+    /// `EINVAL`, `ENOMEM` as Linux returns them; `ENOSYS` for advices rcuvm
+    /// does not model yet (see madvise.rs).
+    pub fn madvise(&self, addr: u64, len: u64, advice: i32) -> Result<(), Errno> {
+        self.call(|c| c.madvise(addr, len, advice))
     }
 
     /// `munmap(2)`.

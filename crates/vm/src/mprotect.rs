@@ -18,7 +18,7 @@
 
 use crate::mmap::MmCall;
 use crate::uapi::{Errno, Prot};
-use crate::vma::{Backing, PAGE_SIZE, VmFlags};
+use crate::vma::{Backing, PAGE_SIZE, VmFlags, Vma};
 
 impl MmCall<'_> {
     /// `mprotect(2)`.
@@ -91,25 +91,32 @@ impl MmCall<'_> {
             {
                 newflags.remove(VmFlags::ACCOUNT);
             }
-            // Splitting adds a VMA per cut edge.
-            let cuts = usize::from(v.start < s) + usize::from(e < v.end);
-            if cuts > 0 && self.map_count() + cuts > self.cfg.max_map_count {
-                return Err(Errno::Enomem);
-            }
-            // Q2: remnants, then the piece merged with its neighbours.
-            if v.start < s {
-                self.w.store(v.start..s, v.slice(v.start, s)).expect("non-empty range");
-            }
-            if e < v.end {
-                self.w.store(e..v.end, v.slice(e, v.end)).expect("non-empty range");
-            }
-            let mut piece = v.slice(s, e);
-            piece.flags = newflags;
-            self.insert_merged(piece);
+            self.set_flags(&v, s, e, newflags)?;
         }
         if tmp < end {
             return Err(Errno::Enomem);
         }
+        Ok(())
+    }
+
+    /// Gives `[s, e)` of `v` the flags `newflags`: remnants first, then the
+    /// piece merged with its neighbours in one store (Q2). Refuses with
+    /// `ENOMEM` when the split would pass `max_map_count`.
+    pub(crate) fn set_flags(&mut self, v: &Vma, s: u64, e: u64, newflags: VmFlags) -> Result<(), Errno> {
+        // Splitting adds a VMA per cut edge.
+        let cuts = usize::from(v.start < s) + usize::from(e < v.end);
+        if cuts > 0 && self.map_count() + cuts > self.cfg.max_map_count {
+            return Err(Errno::Enomem);
+        }
+        if v.start < s {
+            self.w.store(v.start..s, v.slice(v.start, s)).expect("non-empty range");
+        }
+        if e < v.end {
+            self.w.store(e..v.end, v.slice(e, v.end)).expect("non-empty range");
+        }
+        let mut piece = v.slice(s, e);
+        piece.flags = newflags;
+        self.insert_merged(piece);
         Ok(())
     }
 }

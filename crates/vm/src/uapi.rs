@@ -87,6 +87,9 @@ pub enum Errno {
     Eperm,
     /// `EOVERFLOW` (75)
     Eoverflow,
+    /// `ENOSYS` (38): never from Linux for these calls; rcuvm's answer to an
+    /// advice Linux accepts but rcuvm does not model yet.
+    Enosys,
 }
 
 impl Errno {
@@ -103,6 +106,7 @@ impl Errno {
             Errno::Enodev => 19,
             Errno::Einval => 22,
             Errno::Eoverflow => 75,
+            Errno::Enosys => 38,
         }
     }
 
@@ -119,6 +123,7 @@ impl Errno {
             Errno::Enodev,
             Errno::Einval,
             Errno::Eoverflow,
+            Errno::Enosys,
         ]
         .into_iter()
         .find(|e| e.code() == c)
@@ -137,6 +142,7 @@ impl Errno {
             Errno::Enodev => "ENODEV",
             Errno::Einval => "EINVAL",
             Errno::Eoverflow => "EOVERFLOW",
+            Errno::Enosys => "ENOSYS",
         }
     }
 }
@@ -148,3 +154,61 @@ impl fmt::Display for Errno {
 }
 
 impl std::error::Error for Errno {}
+
+/// `MADV_*` advice values.
+pub mod madv {
+    /// `MADV_NORMAL`
+    pub const NORMAL: i32 = 0;
+    /// `MADV_RANDOM`
+    pub const RANDOM: i32 = 1;
+    /// `MADV_SEQUENTIAL`
+    pub const SEQUENTIAL: i32 = 2;
+    /// `MADV_WILLNEED`
+    pub const WILLNEED: i32 = 3;
+    /// `MADV_DONTNEED`
+    pub const DONTNEED: i32 = 4;
+    /// `MADV_FREE`
+    pub const FREE: i32 = 8;
+    /// `MADV_REMOVE`
+    pub const REMOVE: i32 = 9;
+    /// `MADV_DONTFORK`
+    pub const DONTFORK: i32 = 10;
+    /// `MADV_DOFORK`
+    pub const DOFORK: i32 = 11;
+    /// `MADV_MERGEABLE`
+    pub const MERGEABLE: i32 = 12;
+    /// `MADV_UNMERGEABLE`
+    pub const UNMERGEABLE: i32 = 13;
+    /// `MADV_HUGEPAGE`
+    pub const HUGEPAGE: i32 = 14;
+    /// `MADV_NOHUGEPAGE`
+    pub const NOHUGEPAGE: i32 = 15;
+    /// `MADV_DONTDUMP`
+    pub const DONTDUMP: i32 = 16;
+    /// `MADV_DODUMP`
+    pub const DODUMP: i32 = 17;
+    /// `MADV_WIPEONFORK`
+    pub const WIPEONFORK: i32 = 18;
+    /// `MADV_KEEPONFORK`
+    pub const KEEPONFORK: i32 = 19;
+    /// `MADV_COLD`
+    pub const COLD: i32 = 20;
+    /// `MADV_PAGEOUT`
+    pub const PAGEOUT: i32 = 21;
+    /// `MADV_POPULATE_READ`
+    pub const POPULATE_READ: i32 = 22;
+    /// `MADV_POPULATE_WRITE`
+    pub const POPULATE_WRITE: i32 = 23;
+    /// `MADV_DONTNEED_LOCKED`
+    pub const DONTNEED_LOCKED: i32 = 24;
+    /// `MADV_COLLAPSE`
+    pub const COLLAPSE: i32 = 25;
+    /// `MADV_HWPOISON`
+    pub const HWPOISON: i32 = 100;
+    /// `MADV_SOFT_OFFLINE`
+    pub const SOFT_OFFLINE: i32 = 101;
+    /// `MADV_GUARD_INSTALL`
+    pub const GUARD_INSTALL: i32 = 102;
+    /// `MADV_GUARD_REMOVE`
+    pub const GUARD_REMOVE: i32 = 103;
+}

@@ -1,5 +1,5 @@
 //! Differential test against the host kernel: the same random `mmap`,
-//! `munmap` and `mprotect` calls, run for real (libc) inside a reserved arena of this
+//! `munmap`, `mprotect` and `madvise` calls, run for real (libc) inside a reserved arena of this
 //! process and on an `AddressSpace`, must return the same results and leave
 //! the same `/proc/self/maps` lines over the arena after every call, and
 //! the same `VM_*` flags (`/proc/self/smaps`' `VmFlags`, for the flags rcuvm
@@ -38,6 +38,7 @@ enum Op {
     Mmap { addr: u64, len: u64, prot: Prot, flags: MapFlags },
     Munmap { addr: u64, len: u64 },
     Mprotect { addr: u64, len: u64, prot: Prot },
+    Madvise { addr: u64, len: u64, advice: i32 },
 }
 
 fn errno() -> Errno {
@@ -65,6 +66,12 @@ fn kernel(op: &Op) -> Result<u64, Errno> {
             let r = unsafe { libc::mprotect(addr as *mut _, len as usize, prot.bits() as i32) };
             if r != 0 { Err(errno()) } else { Ok(0) }
         }
+        Op::Madvise { addr, len, advice } => {
+            // SAFETY: inside the arena this test owns; no page is populated,
+            // so no advice here discards data.
+            let r = unsafe { libc::madvise(addr as *mut _, len as usize, advice) };
+            if r != 0 { Err(errno()) } else { Ok(0) }
+        }
     }
 }
 
@@ -73,11 +80,12 @@ fn model(mm: &AddressSpace, op: &Op) -> Result<u64, Errno> {
         Op::Mmap { addr, len, prot, flags } => mm.mmap(addr, len, prot, flags, None, 0),
         Op::Munmap { addr, len } => mm.munmap(addr, len).map(|()| 0),
         Op::Mprotect { addr, len, prot } => mm.mprotect(addr, len, prot).map(|()| 0),
+        Op::Madvise { addr, len, advice } => mm.madvise(addr, len, advice).map(|()| 0),
     }
 }
 
 /// The smaps `VmFlags` mnemonics rcuvm models, in the kernel's order.
-const MNEMONICS: [(&str, VmFlags); 12] = [
+const MNEMONICS: [(&str, VmFlags); 19] = [
     ("rd", VmFlags::READ),
     ("wr", VmFlags::WRITE),
     ("ex", VmFlags::EXEC),
@@ -88,8 +96,15 @@ const MNEMONICS: [(&str, VmFlags); 12] = [
     ("ms", VmFlags::MAYSHARE),
     ("gd", VmFlags::GROWSDOWN),
     ("lo", VmFlags::LOCKED),
+    ("sr", VmFlags::SEQ_READ),
+    ("rr", VmFlags::RAND_READ),
+    ("dc", VmFlags::DONTCOPY),
     ("ac", VmFlags::ACCOUNT),
     ("nr", VmFlags::NORESERVE),
+    ("wf", VmFlags::WIPEONFORK),
+    ("dd", VmFlags::DONTDUMP),
+    ("hg", VmFlags::HUGEPAGE),
+    ("nh", VmFlags::NOHUGEPAGE),
 ];
 
 fn mnemonics(f: VmFlags) -> String {
@@ -134,6 +149,28 @@ fn random_op(r: &mut Rng, lo: u64) -> Op {
     flags |= if r.below(4) == 0 { MapFlags::FIXED_NOREPLACE } else { MapFlags::FIXED };
     if r.below(3) == 0 {
         flags |= MapFlags::NORESERVE;
+    }
+    if r.below(4) == 0 {
+        use rcuvm::uapi::madv;
+        let advices = [
+            madv::NORMAL,
+            madv::RANDOM,
+            madv::SEQUENTIAL,
+            madv::DONTFORK,
+            madv::DOFORK,
+            madv::WIPEONFORK,
+            madv::KEEPONFORK,
+            madv::DONTDUMP,
+            madv::DODUMP,
+            madv::HUGEPAGE,
+            madv::NOHUGEPAGE,
+            madv::DONTNEED,
+            madv::FREE,
+            5, // not an advice: EINVAL
+        ];
+        let extra = r.below(3).min(ARENA_PAGES - page - pages);
+        let advice = advices[r.below(advices.len() as u64) as usize];
+        return Op::Madvise { addr, len: len + extra * PAGE_SIZE, advice };
     }
     match r.below(16) {
         0..=5 => Op::Mmap { addr, len, prot, flags },
@@ -209,7 +246,7 @@ fn run_sequence(seed: u64, ops: usize) {
 }
 
 #[test]
-fn random_mmap_munmap_mprotect_sequences_match_the_kernel() {
+fn random_mm_call_sequences_match_the_kernel() {
     let seqs: u64 = std::env::var("RCUVM_DIFF_SEQS").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
     for s in 0..seqs {
         run_sequence(0x5EED_0000 + s, 40);

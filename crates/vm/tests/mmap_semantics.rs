@@ -195,3 +195,32 @@ fn mprotect_growsdown_extends_to_the_vma_start() {
     assert_eq!((v.start, v.end), (s, s + 3 * P));
     assert!(!v.flags.contains(VmFlags::WRITE));
 }
+
+#[test]
+fn madvise_errno_paths_and_holes() {
+    use rcuvm::uapi::madv;
+    let mm = AddressSpace::new();
+    let a = mm.mmap(0x1000_0000, 2 * P, rw(), anon() | MapFlags::FIXED, None, 0).unwrap();
+    mm.mmap(a + 3 * P, P, rw(), anon() | MapFlags::FIXED, None, 0).unwrap();
+    let before = mm.maps();
+    assert_eq!(mm.madvise(a, P, 5), Err(Errno::Einval));
+    assert_eq!(mm.madvise(a + 1, P, madv::NORMAL), Err(Errno::Einval));
+    assert_eq!(mm.madvise(a, u64::MAX, madv::NORMAL), Err(Errno::Einval));
+    assert_eq!(mm.madvise(a, 0, madv::DONTFORK), Ok(()));
+    assert_eq!(mm.madvise(0x7000_0000, P, madv::DONTFORK), Err(Errno::Enomem));
+    assert_eq!(mm.madvise(a, P, madv::WILLNEED), Err(Errno::Enosys));
+    assert_eq!(mm.maps(), before);
+    // A hole: both sides are advised, then ENOMEM.
+    assert_eq!(mm.madvise(a, 4 * P, madv::DONTDUMP), Err(Errno::Enomem));
+    assert!(mm.query(a).unwrap().flags.contains(VmFlags::DONTDUMP));
+    assert!(mm.query(a + 3 * P).unwrap().flags.contains(VmFlags::DONTDUMP));
+    // WIPEONFORK is for private anonymous memory only.
+    let s = mm.mmap(0, P, rw(), MapFlags::SHARED | MapFlags::ANONYMOUS, None, 0).unwrap();
+    assert_eq!(mm.madvise(s, P, madv::WIPEONFORK), Err(Errno::Einval));
+    assert_eq!(mm.madvise(s, P, madv::FREE), Err(Errno::Einval));
+    // Advising part of a VMA splits it; undoing it merges it back.
+    assert_eq!(mm.madvise(a, P, madv::DODUMP), Ok(()));
+    assert_eq!(mm.map_count(), 4);
+    assert_eq!(mm.madvise(a, P, madv::DONTDUMP), Ok(()));
+    assert_eq!(mm.map_count(), 3);
+}

@@ -1,0 +1,122 @@
+//! `madvise`: the advices that change `vm_flags` (and so split and merge
+//! VMAs), the validity checks of `MADV_DONTNEED`/`MADV_FREE`, and Linux's
+//! treatment of holes.
+//!
+//! # Invariants
+//! - D1. Holes do not stop the walk: every VMA in the range is advised and
+//!   the call then returns `ENOMEM` (Linux's `unmapped_error`); a range with
+//!   no VMA at or above its start fails at once with `ENOMEM`. An advice
+//!   refused for one VMA stops the walk there, VMAs before it changed.
+//! - D2. Flag changes go through `set_flags` (mprotect.rs Q2): new VMAs,
+//!   merged with their neighbours in one store.
+//!
+//! # Linux
+//! `do_madvise()`, `madvise_walk_vmas()`, `madvise_vma_behavior()`,
+//! `madvise_update_vma()` in `mm/madvise.c`; `hugepage_madvise()`.
+//!
+//! Not modelled yet: what advices do to pages (`MADV_DONTNEED` and
+//! `MADV_FREE` zap nothing until page tables exist), and the advices that
+//! only act on pages or need other subsystems (`WILLNEED`, `REMOVE`,
+//! `MERGEABLE`, `COLD`, `PAGEOUT`, `POPULATE_*`, `COLLAPSE`, guards,
+//! `HWPOISON`): those return `ENOSYS`, which Linux never does here.
+
+use crate::mmap::MmCall;
+use crate::uapi::{Errno, madv};
+use crate::vma::{Backing, PAGE_SIZE, VmFlags, Vma};
+
+const VM_SPECIAL: VmFlags =
+    VmFlags::IO.union(VmFlags::DONTEXPAND).union(VmFlags::PFNMAP).union(VmFlags::MIXEDMAP);
+
+/// Every advice Linux accepts (`madvise_behavior_valid`, x86-64 with THP
+/// and KSM).
+fn valid(advice: i32) -> bool {
+    matches!(advice, 0..=4 | 8..=25 | 100..=103)
+}
+
+/// The new flags for one VMA, or the refusal (`madvise_vma_behavior`).
+fn advise(v: &Vma, advice: i32) -> Result<VmFlags, Errno> {
+    let f = v.flags;
+    let anon_private = v.backing == Backing::Anon && !f.contains(VmFlags::SHARED);
+    Ok(match advice {
+        madv::NORMAL => f - (VmFlags::RAND_READ | VmFlags::SEQ_READ),
+        madv::RANDOM => (f - VmFlags::SEQ_READ) | VmFlags::RAND_READ,
+        madv::SEQUENTIAL => (f - VmFlags::RAND_READ) | VmFlags::SEQ_READ,
+        madv::DONTFORK => f | VmFlags::DONTCOPY,
+        madv::DOFORK => {
+            if f.contains(VmFlags::IO) {
+                return Err(Errno::Einval);
+            }
+            f - VmFlags::DONTCOPY
+        }
+        madv::WIPEONFORK => {
+            if !anon_private {
+                return Err(Errno::Einval);
+            }
+            f | VmFlags::WIPEONFORK
+        }
+        madv::KEEPONFORK => f - VmFlags::WIPEONFORK,
+        madv::DONTDUMP => f | VmFlags::DONTDUMP,
+        madv::DODUMP => {
+            if !f.contains(VmFlags::HUGETLB) && f.intersects(VM_SPECIAL) {
+                return Err(Errno::Einval);
+            }
+            f - VmFlags::DONTDUMP
+        }
+        madv::HUGEPAGE => (f - VmFlags::NOHUGEPAGE) | VmFlags::HUGEPAGE,
+        madv::NOHUGEPAGE => (f - VmFlags::HUGEPAGE) | VmFlags::NOHUGEPAGE,
+        madv::DONTNEED | madv::DONTNEED_LOCKED | madv::FREE => {
+            // madvise_dontneed_free_valid_vma(); zapping waits for page tables.
+            let locked_ok = advice == madv::DONTNEED_LOCKED;
+            if f.intersects(VmFlags::PFNMAP | VmFlags::HUGETLB) || (!locked_ok && f.contains(VmFlags::LOCKED))
+            {
+                return Err(Errno::Einval);
+            }
+            if advice == madv::FREE && !(v.backing == Backing::Anon) {
+                return Err(Errno::Einval);
+            }
+            f
+        }
+        _ => return Err(Errno::Enosys),
+    })
+}
+
+impl MmCall<'_> {
+    /// `madvise(2)` (D1, D2).
+    pub(crate) fn madvise(&mut self, start: u64, len: u64, advice: i32) -> Result<(), Errno> {
+        if !valid(advice) {
+            return Err(Errno::Einval);
+        }
+        if start % PAGE_SIZE != 0 {
+            return Err(Errno::Einval);
+        }
+        let alen = len.checked_add(PAGE_SIZE - 1).map_or(0, |l| l & !(PAGE_SIZE - 1));
+        if len != 0 && alen == 0 {
+            return Err(Errno::Einval);
+        }
+        let end = start.checked_add(alen).ok_or(Errno::Einval)?;
+        if end == start {
+            return Ok(());
+        }
+        // find_vma(start): no VMA ending above `start` at all.
+        if self.w.find(start).is_none() {
+            return Err(Errno::Enomem);
+        }
+        let mut unmapped = false;
+        let mut at = start;
+        for v in self.overlapping(start, end) {
+            if v.start > at {
+                unmapped = true;
+            }
+            let (s, e) = (at.max(v.start), end.min(v.end));
+            let newflags = advise(&v, advice)?;
+            if newflags != v.flags {
+                self.set_flags(&v, s, e, newflags)?;
+            }
+            at = e;
+        }
+        if at < end {
+            unmapped = true;
+        }
+        if unmapped { Err(Errno::Enomem) } else { Ok(()) }
+    }
+}
