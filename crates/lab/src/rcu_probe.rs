@@ -16,8 +16,8 @@ use crate::args::RunArgs;
 const STATUS: &[(&str, &str)] = &[
     ("rcuvm-rcu: RCU domain (read, synchronize[_expedited], call/retire, barrier)", "done"),
     ("rcuvm-maple: RCU-safe range B-tree with gap tracking", "built"),
-    ("rcuvm: VMAs, maps format, mmap/munmap/mprotect/madvise flags (kernel-diff)", "built"),
-    ("rcuvm: mremap, brk, mlock; strace replay", "not yet"),
+    ("rcuvm: VMAs, maps, mmap/munmap/mprotect/brk/madvise flags (kernel-diff)", "built"),
+    ("rcuvm: mremap, mlock; strace replay and capture", "not yet"),
     ("rcuvm: page tables, TLBs, faults, the five strategies", "not yet"),
     ("rcuvm check: concurrency checker", "not yet"),
     ("lab: workload suite side by side with Linux, HTML report", "not yet"),

@@ -5,15 +5,16 @@
 //! that keeps its VMAs in an RCU-safe [`MapleTree`](rcuvm_maple::MapleTree)
 //! and serves lock-free readers (`maps`, `query`).
 //!
-//! `mmap`, `munmap`, `mprotect` and the flag-changing `madvise` advices
-//! follow Linux's checks, placement and merging.
+//! `mmap`, `munmap`, `mprotect`, `brk` and the flag-changing `madvise`
+//! advices follow Linux's checks, placement and merging.
 //!
-//! Not yet: `mremap`, `brk`, `mlock`, what `madvise` does to pages, page tables,
+//! Not yet: `mremap`, `mlock`, what `madvise` does to pages, page tables,
 //! CPUs and TLBs, the fault path and the strategies. Each has its issue.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs, clippy::undocumented_unsafe_blocks)]
 
+mod brk;
 mod madvise;
 pub mod maps;
 mod mm;

@@ -21,6 +21,7 @@
 //! `/proc/pid/maps` reading as in Linux 6.17.
 
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rcuvm_maple::{Entry, MapleTree};
@@ -29,7 +30,7 @@ use rcuvm_rcu::Domain;
 use crate::maps::{self, MapsError};
 use crate::mmap::{MapFile, MmCall, MmConfig};
 use crate::uapi::{Errno, MapFlags, Prot};
-use crate::vma::Vma;
+use crate::vma::{Backing, Vma};
 
 /// A process's address space.
 ///
@@ -41,6 +42,7 @@ pub struct AddressSpace {
     domain: Arc<Domain>,
     vmas: MapleTree<Vma>,
     cfg: MmConfig,
+    layout: Layout,
     /// The mmap lock (write side; readers never take it), with what only
     /// writers touch.
     mmap_lock: Mutex<MmState>,
@@ -50,6 +52,32 @@ pub struct AddressSpace {
 #[derive(Debug, Default)]
 struct MmState {
     next_shmem_ino: u64,
+}
+
+/// `start_brk`, `brk` and `start_stack`: written under the mmap lock, read
+/// by maps readers without it (as Linux's `show_map_vma` reads `mm->brk`),
+/// to name `[heap]` and `[stack]`. Zero: none.
+#[derive(Debug, Default)]
+pub(crate) struct Layout {
+    pub(crate) start_brk: AtomicU64,
+    pub(crate) brk: AtomicU64,
+    pub(crate) start_stack: AtomicU64,
+}
+
+impl Layout {
+    /// The name Linux derives for an anonymous VMA without one:
+    /// `vma_is_initial_heap()`, then `vma_is_initial_stack()`.
+    fn derived_name(&self, v: &Vma) -> Option<&'static str> {
+        let (sb, b) = (self.start_brk.load(Ordering::Relaxed), self.brk.load(Ordering::Relaxed));
+        let st = self.start_stack.load(Ordering::Relaxed);
+        if sb != 0 && v.start <= b && v.end >= sb {
+            Some("[heap]")
+        } else if st != 0 && v.start <= st && v.end >= st {
+            Some("[stack]")
+        } else {
+            None
+        }
+    }
 }
 
 impl std::fmt::Debug for AddressSpace {
@@ -77,6 +105,7 @@ impl AddressSpace {
             vmas: MapleTree::new(domain.clone()),
             domain,
             cfg,
+            layout: Layout::default(),
             mmap_lock: Mutex::new(MmState { next_shmem_ino: 0x10_0000 }),
         }
     }
@@ -88,7 +117,12 @@ impl AddressSpace {
 
     fn call<R>(&self, f: impl FnOnce(&mut MmCall<'_>) -> R) -> R {
         let mut st = self.mmap_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let mut c = MmCall { w: self.vmas.write(), cfg: &self.cfg, next_shmem_ino: &mut st.next_shmem_ino };
+        let mut c = MmCall {
+            w: self.vmas.write(),
+            cfg: &self.cfg,
+            layout: &self.layout,
+            next_shmem_ino: &mut st.next_shmem_ino,
+        };
         f(&mut c)
     }
 
@@ -129,6 +163,26 @@ impl AddressSpace {
         self.call(|c| c.madvise(addr, len, advice))
     }
 
+    /// `brk(2)`: moves the program break; returns the new break, or the
+    /// old one when the move is refused (Linux's brk never fails with an
+    /// errno).
+    pub fn brk(&self, addr: u64) -> u64 {
+        self.call(|c| c.brk(addr))
+    }
+
+    /// The current program break and its start (`mm->brk`, `mm->start_brk`).
+    pub fn brk_range(&self) -> (u64, u64) {
+        (self.layout.start_brk.load(Ordering::Relaxed), self.layout.brk.load(Ordering::Relaxed))
+    }
+
+    /// Sets where the heap starts (what the ELF loader does): `brk` starts
+    /// there too. Only before the first `brk` call.
+    pub fn set_start_brk(&self, addr: u64) {
+        let _lock = self.mmap_lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.layout.start_brk.store(addr, Ordering::Relaxed);
+        self.layout.brk.store(addr, Ordering::Relaxed);
+    }
+
     /// `munmap(2)`.
     ///
     /// # Errors
@@ -144,8 +198,24 @@ impl AddressSpace {
     /// # Errors
     /// The first malformed line, with its number (maps.rs M2).
     pub fn from_maps(text: &str, source: &str) -> Result<Self, MapsError> {
-        let vmas = maps::parse(text, source)?;
+        let mut vmas = maps::parse(text, source)?;
         let mm = AddressSpace::new();
+        // `[heap]` and `[stack]` are derived from brk and start_stack, not
+        // stored (mm.rs Layout): recover those and drop the names.
+        let heap: Vec<(u64, u64)> =
+            vmas.iter().filter(|v| v.name.as_deref() == Some("[heap]")).map(|v| (v.start, v.end)).collect();
+        if let (Some(first), Some(last)) = (heap.first(), heap.last()) {
+            mm.layout.start_brk.store(last.0.max(first.0), Ordering::Relaxed);
+            mm.layout.brk.store(last.1, Ordering::Relaxed);
+        }
+        if let Some(st) = vmas.iter().find(|v| v.name.as_deref() == Some("[stack]")) {
+            mm.layout.start_stack.store(st.end - 8, Ordering::Relaxed);
+        }
+        for v in &mut vmas {
+            if matches!(v.name.as_deref(), Some("[heap]" | "[stack]")) {
+                v.name = None;
+            }
+        }
         {
             let _lock = mm.mmap_lock.lock().unwrap_or_else(|e| e.into_inner());
             let mut w = mm.vmas.write();
@@ -172,7 +242,7 @@ impl AddressSpace {
         let g = self.domain.read();
         let mut out = String::new();
         for e in self.vmas.iter_from(0, &g) {
-            let _ = writeln!(out, "{}", maps::render_line(&view(&e)));
+            let _ = writeln!(out, "{}", maps::render_line(&view(&e, &self.layout)));
         }
         out
     }
@@ -180,23 +250,29 @@ impl AddressSpace {
     /// The VMA containing `addr`, like `PROCMAP_QUERY` without flags.
     pub fn query(&self, addr: u64) -> Option<Arc<Vma>> {
         let g = self.domain.read();
-        self.vmas.load(addr, &g).map(|e| Arc::new(view(&e)))
+        self.vmas.load(addr, &g).map(|e| Arc::new(view(&e, &self.layout)))
     }
 
     /// A snapshot of every VMA, in address order.
     pub fn vmas(&self) -> Vec<Arc<Vma>> {
         let g = self.domain.read();
-        self.vmas.iter_from(0, &g).map(|e| Arc::new(view(&e))).collect()
+        self.vmas.iter_from(0, &g).map(|e| Arc::new(view(&e, &self.layout))).collect()
     }
 }
 
 /// A VMA as a reader sees it: while a writer replaces a VMA by slices
 /// (mmap.rs P2), the tree may briefly hold the old VMA over part of its old
-/// range; its line is that part, a real state of the VMA.
-fn view(e: &Entry<'_, Vma>) -> Vma {
+/// range; its line is that part, a real state of the VMA. Anonymous VMAs
+/// without a name get `[heap]`/`[stack]` as Linux derives them.
+fn view(e: &Entry<'_, Vma>, layout: &Layout) -> Vma {
     let v = e.value;
-    if v.start == e.range.start && v.end == e.range.end {
-        return v.clone();
+    let mut out = if v.start == e.range.start && v.end == e.range.end {
+        v.clone()
+    } else {
+        Vma { start: e.range.start, end: e.range.end, pgoff: v.pgoff_at(e.range.start), ..v.clone() }
+    };
+    if out.name.is_none() && out.backing == Backing::Anon {
+        out.name = layout.derived_name(&out).map(Arc::from);
     }
-    Vma { start: e.range.start, end: e.range.end, pgoff: v.pgoff_at(e.range.start), ..v.clone() }
+    out
 }

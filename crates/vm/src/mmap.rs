@@ -22,10 +22,13 @@
 //! `round_hint_to_min`), `mm/vma.c` (`mmap_region`, `vma_merge_new_range`,
 //! `is_mergeable_vma`, `is_mergeable_anon_vma`, `vms_gather_munmap_vmas`).
 //!
-//! Not modelled yet: `[heap]`/`[stack]` merging with plain anonymous
-//! neighbours (Linux names them by `brk` and `start_stack`, rcuvm by a stored
-//! name, so it treats them like `[vdso]`: never merged), hugetlb, and the
-//! stack guard gap in placement other than below `VM_GROWSDOWN` VMAs.
+//! `[heap]` and `[stack]` are not stored names: they are derived from `brk`
+//! and `start_stack` when maps is read (mm.rs `Layout`), so those VMAs merge
+//! like any anonymous memory. Other bracketed names (`[vdso]`, `[vvar]`…)
+//! are special mappings that never merge.
+//!
+//! Not modelled yet: hugetlb, and the stack guard gap in placement other
+//! than below `VM_GROWSDOWN` VMAs.
 
 use std::sync::Arc;
 
@@ -86,6 +89,8 @@ fn page_align(x: u64) -> Option<u64> {
 pub(crate) struct MmCall<'a> {
     pub(crate) w: Writer<'a, Vma>,
     pub(crate) cfg: &'a MmConfig,
+    /// brk and stack bounds (mm.rs `Layout`).
+    pub(crate) layout: &'a crate::mm::Layout,
     /// Inode numbers for shared anonymous mappings (`/dev/zero (deleted)`).
     pub(crate) next_shmem_ino: &'a mut u64,
 }

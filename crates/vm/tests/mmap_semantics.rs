@@ -224,3 +224,36 @@ fn madvise_errno_paths_and_holes() {
     assert_eq!(mm.madvise(a, P, madv::DONTDUMP), Ok(()));
     assert_eq!(mm.map_count(), 3);
 }
+
+#[test]
+fn brk_grows_shrinks_and_is_named_heap() {
+    let mm = AddressSpace::new();
+    // Before the loader sets the heap start, brk refuses everything.
+    assert_eq!(mm.brk(0x60_0000), 0);
+    mm.set_start_brk(0x55_0000);
+    assert_eq!(mm.brk(0), 0x55_0000);
+    // PAGE_ALIGN rounds up: any byte past start_brk maps a page.
+    assert_eq!(mm.brk(0x55_0100), 0x55_0100);
+    assert_eq!(mm.map_count(), 1);
+    assert_eq!(mm.brk(0x55_0800), 0x55_0800); // same page: nothing to map
+    assert_eq!(mm.brk(0x55_3000), 0x55_3000);
+    assert_eq!(mm.brk(0x55_8123), 0x55_8123); // extends the same VMA
+    assert_eq!(mm.map_count(), 1);
+    let v = mm.query(0x55_0000).unwrap();
+    assert_eq!((v.start, v.end, v.name.as_deref()), (0x55_0000, 0x55_9000, Some("[heap]")));
+    assert!(v.flags.contains(VmFlags::ACCOUNT | VmFlags::WRITE));
+    assert!(mm.maps().ends_with("[heap]\n"));
+    // Below the start: refused, nothing changes.
+    assert_eq!(mm.brk(0x54_0000), 0x55_8123);
+    // Shrink.
+    assert_eq!(mm.brk(0x55_2000), 0x55_2000);
+    assert_eq!(mm.query(0x55_0000).unwrap().end, 0x55_2000);
+    // Growing into the page below another mapping is refused.
+    mm.mmap(0x56_0000, P, rw(), anon() | MapFlags::FIXED, None, 0).unwrap();
+    assert_eq!(mm.brk(0x56_0000), 0x55_2000);
+    assert_eq!(mm.brk(0x55_f000), 0x55_f000);
+    // An anonymous mapping next to the heap merges with it and is shown as heap,
+    // as in Linux (the name is derived from brk, not stored).
+    mm.mmap(0x55_f000, P, rw(), anon() | MapFlags::FIXED, None, 0).unwrap();
+    assert_eq!(mm.query(0x55_f000).unwrap().name.as_deref(), Some("[heap]"));
+}

@@ -1,0 +1,95 @@
+//! `brk`: growing and shrinking the heap.
+//!
+//! # Invariants
+//! - K1. `brk` never returns an errno: a refused move returns the old break
+//!   and changes nothing.
+//! - K2. The heap grows only if the page after the new break stays clear of
+//!   the next VMA's guard gap; growth extends the previous heap VMA when it
+//!   ends at the old break with the same flags, else makes a new anonymous
+//!   VMA (`pgoff` = address >> 12), flagged `VM_ACCOUNT`.
+//! - K3. Shrinking unmaps `[new, old)` (page-aligned) and needs a VMA there.
+//!
+//! # Linux
+//! `SYSCALL_DEFINE1(brk)` and `do_brk_flags()` in `mm/mmap.c`. Not
+//! modelled: `RLIMIT_DATA` and overcommit refusals, brk randomisation.
+
+use std::sync::atomic::Ordering;
+
+use crate::mmap::MmCall;
+use crate::vma::{Backing, PAGE_SHIFT, PAGE_SIZE, VmFlags, Vma};
+
+fn page_align(x: u64) -> u64 {
+    x.saturating_add(PAGE_SIZE - 1) & !(PAGE_SIZE - 1)
+}
+
+impl MmCall<'_> {
+    /// `brk(2)` (K1–K3).
+    pub(crate) fn brk(&mut self, brk: u64) -> u64 {
+        let l = self.layout;
+        let (start_brk, orig) = (l.start_brk.load(Ordering::Relaxed), l.brk.load(Ordering::Relaxed));
+        if start_brk == 0 || brk < start_brk || brk > self.cfg.task_size {
+            return orig;
+        }
+        let (newbrk, oldbrk) = (page_align(brk), page_align(orig));
+        if newbrk == oldbrk {
+            l.brk.store(brk, Ordering::Relaxed);
+            return brk;
+        }
+        if brk <= orig {
+            // K3: a brk VMA must lie in [newbrk, oldbrk).
+            let ok = self.overlapping(newbrk, oldbrk).first().is_some_and(|v| v.start < oldbrk);
+            if !ok || self.munmap_range(newbrk, oldbrk).is_err() {
+                return orig;
+            }
+            l.brk.store(brk, Ordering::Relaxed);
+            return brk;
+        }
+        // K2: stay clear of the next VMA (and its guard gap if it grows down).
+        let limit = newbrk.saturating_add(PAGE_SIZE);
+        if let Some(next) = self.overlapping(oldbrk, limit.saturating_add(self.cfg.stack_guard_gap)).first() {
+            let gap_start = if next.flags.contains(VmFlags::GROWSDOWN) {
+                next.start.saturating_sub(self.cfg.stack_guard_gap)
+            } else {
+                next.start
+            };
+            if limit > gap_start {
+                return orig;
+            }
+        }
+        if self.map_count() > self.cfg.max_map_count {
+            return orig;
+        }
+        let flags = VmFlags::READ
+            | VmFlags::WRITE
+            | VmFlags::MAYREAD
+            | VmFlags::MAYWRITE
+            | VmFlags::MAYEXEC
+            | VmFlags::ACCOUNT;
+        let prev = if oldbrk > 0 { self.w.load(oldbrk - 1).map(|e| e.to_arc()) } else { None };
+        let v = match prev {
+            // do_brk_flags: expand the brk VMA (one at or above start_brk).
+            Some(p)
+                if p.end == oldbrk
+                    && p.start >= start_brk
+                    && p.flags == flags
+                    && p.backing == Backing::Anon
+                    && p.name.is_none() =>
+            {
+                Vma { end: newbrk, ..(*p).clone() }
+            }
+            _ => Vma {
+                start: oldbrk,
+                end: newbrk,
+                flags,
+                pgoff: oldbrk >> PAGE_SHIFT,
+                backing: Backing::Anon,
+                anon_vma: None,
+                name: None,
+            },
+        };
+        let (s, e) = (v.start, v.end);
+        self.w.store(s..e, v).expect("non-empty range");
+        l.brk.store(brk, Ordering::Relaxed);
+        brk
+    }
+}
