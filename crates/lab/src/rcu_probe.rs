@@ -14,7 +14,7 @@ use rcuvm_rcu::{Config, Domain};
 use crate::args::RunArgs;
 
 const STATUS: &[(&str, &str)] = &[
-    ("rcuvm-rcu: RCU domain (read, synchronize[_expedited], call/retire, barrier)", "done"),
+    ("rcuvm-rcu: RCU domain (read, synchronize[_expedited], call/retire, barrier)", "built"),
     ("rcuvm-maple: RCU-safe range B-tree with gap tracking", "built"),
     ("rcuvm: VMAs, maps, mmap/munmap/mprotect/brk/madvise flags (kernel-diff)", "built"),
     ("rcuvm: mremap, mlock; strace replay and capture", "not yet"),
