@@ -16,8 +16,8 @@ use crate::args::RunArgs;
 const STATUS: &[(&str, &str)] = &[
     ("rcuvm-rcu: RCU domain (read, synchronize[_expedited], call/retire, barrier)", "built"),
     ("rcuvm-maple: RCU-safe range B-tree with gap tracking", "built"),
-    ("rcuvm: VMAs, maps, mmap/munmap/mprotect/brk/madvise flags (kernel-diff)", "built"),
-    ("rcuvm: mremap, mlock; strace replay and capture", "not yet"),
+    ("rcuvm: VMAs, maps, mmap/munmap/mprotect/mremap/brk/madvise (kernel-diff)", "built"),
+    ("rcuvm: mlock, multi-VMA mremap, page effects; replay and capture", "not yet"),
     ("rcuvm: page tables, TLBs, faults, the five strategies", "not yet"),
     ("rcuvm check: concurrency checker", "not yet"),
     ("lab: workload suite side by side with Linux, HTML report", "not yet"),

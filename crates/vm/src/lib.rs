@@ -20,6 +20,7 @@ pub mod maps;
 mod mm;
 mod mmap;
 mod mprotect;
+mod mremap;
 pub mod strace;
 pub mod uapi;
 pub mod vma;

@@ -183,6 +183,22 @@ impl AddressSpace {
         self.layout.brk.store(addr, Ordering::Relaxed);
     }
 
+    /// `mremap(2)`; `new_addr` is used with `MREMAP_FIXED` (flags as in
+    /// [`strace`](crate::strace)'s `MREMAP_*`).
+    ///
+    /// # Errors
+    /// `EINVAL`, `EFAULT`, `ENOMEM` as Linux returns them.
+    pub fn mremap(
+        &self,
+        addr: u64,
+        old_len: u64,
+        new_len: u64,
+        flags: u32,
+        new_addr: u64,
+    ) -> Result<u64, Errno> {
+        self.call(|c| c.mremap(addr, old_len, new_len, flags, new_addr))
+    }
+
     /// `munmap(2)`.
     ///
     /// # Errors

@@ -115,7 +115,7 @@ impl MmCall<'_> {
         out
     }
 
-    fn vma_at(&self, addr: u64) -> Option<Arc<Vma>> {
+    pub(crate) fn vma_at(&self, addr: u64) -> Option<Arc<Vma>> {
         self.w.load(addr).map(|e| e.to_arc())
     }
 
@@ -225,7 +225,7 @@ impl MmCall<'_> {
     }
 
     /// `__get_unmapped_area` with `arch_get_unmapped_area_topdown`.
-    fn get_unmapped_area(&self, addr: u64, len: u64, flags: MapFlags) -> Result<u64, Errno> {
+    pub(crate) fn get_unmapped_area(&self, addr: u64, len: u64, flags: MapFlags) -> Result<u64, Errno> {
         let task = self.cfg.task_size;
         if len > task {
             return Err(Errno::Enomem);

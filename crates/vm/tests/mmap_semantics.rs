@@ -257,3 +257,41 @@ fn brk_grows_shrinks_and_is_named_heap() {
     mm.mmap(0x55_f000, P, rw(), anon() | MapFlags::FIXED, None, 0).unwrap();
     assert_eq!(mm.query(0x55_f000).unwrap().name.as_deref(), Some("[heap]"));
 }
+
+#[test]
+fn mremap_shrinks_grows_moves_and_refuses() {
+    use rcuvm::strace::{MREMAP_DONTUNMAP, MREMAP_FIXED, MREMAP_MAYMOVE};
+    let mm = AddressSpace::new();
+    let a = mm.mmap(0x1000_0000, 4 * P, rw(), anon() | MapFlags::FIXED, None, 0).unwrap();
+    // Parameter errors first.
+    assert_eq!(mm.mremap(a, P, P, 0x8, 0), Err(Errno::Einval));
+    assert_eq!(mm.mremap(a, P, P, MREMAP_FIXED, 0), Err(Errno::Einval));
+    assert_eq!(mm.mremap(a, P, 2 * P, MREMAP_MAYMOVE | MREMAP_DONTUNMAP, 0), Err(Errno::Einval));
+    assert_eq!(mm.mremap(a + 1, P, P, 0, 0), Err(Errno::Einval));
+    assert_eq!(mm.mremap(a, P, 0, 0, 0), Err(Errno::Einval));
+    assert_eq!(mm.mremap(a, P, P, MREMAP_FIXED | MREMAP_MAYMOVE, a), Err(Errno::Einval)); // overlap
+    assert_eq!(mm.mremap(0x7000_0000, P, 2 * P, 0, 0), Err(Errno::Efault));
+    // Shrink, then grow back in place (the same VMA).
+    assert_eq!(mm.mremap(a, 4 * P, 2 * P, 0, 0), Ok(a));
+    assert_eq!(mm.query(a).unwrap().end, a + 2 * P);
+    assert_eq!(mm.mremap(a, 2 * P, 6 * P, 0, 0), Ok(a));
+    assert_eq!((mm.query(a).unwrap().end, mm.map_count()), (a + 6 * P, 1));
+    // Blocked in place: ENOMEM without MAYMOVE, a move with it.
+    mm.mmap(a + 6 * P, P, Prot::READ, anon() | MapFlags::FIXED, None, 0).unwrap();
+    assert_eq!(mm.mremap(a, 6 * P, 8 * P, 0, 0), Err(Errno::Enomem));
+    let b = mm.mremap(a, 6 * P, 8 * P, MREMAP_MAYMOVE, 0).unwrap();
+    assert_ne!(b, a);
+    assert!(mm.query(a).is_none());
+    let v = mm.query(b).unwrap();
+    assert_eq!((v.start, v.end), (b, b + 8 * P));
+    // Resizing across two VMAs is refused (a different protection, so the
+    // second does not merge into the first).
+    mm.mmap(b + 8 * P, P, Prot::READ, anon() | MapFlags::FIXED, None, 0).unwrap();
+    assert_eq!(mm.mremap(b, 9 * P, 10 * P, MREMAP_MAYMOVE, 0), Err(Errno::Efault));
+    // A fixed move to a chosen place, replacing what was there.
+    let c = 0x3000_0000;
+    mm.mmap(c, P, Prot::READ, anon() | MapFlags::FIXED, None, 0).unwrap();
+    assert_eq!(mm.mremap(b, 2 * P, 2 * P, MREMAP_FIXED | MREMAP_MAYMOVE, c), Ok(c));
+    assert_eq!(mm.query(c).unwrap().end, c + 2 * P);
+    assert!(mm.query(c).unwrap().flags.contains(VmFlags::WRITE));
+}
