@@ -315,21 +315,7 @@ fn result(s: &str) -> Result<Option<Result<u64, Errno>>, String> {
     }
     if let Some(rest) = s.strip_prefix("-1 ") {
         let name = rest.split_whitespace().next().unwrap_or("");
-        let e = [
-            Errno::Eperm,
-            Errno::Ebadf,
-            Errno::Eagain,
-            Errno::Enomem,
-            Errno::Eacces,
-            Errno::Efault,
-            Errno::Eexist,
-            Errno::Enodev,
-            Errno::Einval,
-            Errno::Eoverflow,
-        ]
-        .into_iter()
-        .find(|e| e.name() == name)
-        .ok_or_else(|| format!("unknown errno {name:?}"))?;
+        let e = Errno::from_name(name).ok_or_else(|| format!("unknown errno {name:?}"))?;
         return Ok(Some(Err(e)));
     }
     Ok(Some(Ok(num(s.split_whitespace().next().unwrap_or(""))?)))

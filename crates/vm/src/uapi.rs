@@ -110,23 +110,29 @@ impl Errno {
         }
     }
 
+    /// Every value rcuvm returns.
+    pub const ALL: [Errno; 11] = [
+        Errno::Eperm,
+        Errno::Ebadf,
+        Errno::Eagain,
+        Errno::Enomem,
+        Errno::Eacces,
+        Errno::Efault,
+        Errno::Eexist,
+        Errno::Enodev,
+        Errno::Einval,
+        Errno::Eoverflow,
+        Errno::Enosys,
+    ];
+
     /// The value for a number, if it is one rcuvm returns.
     pub fn from_code(c: i32) -> Option<Errno> {
-        [
-            Errno::Eperm,
-            Errno::Ebadf,
-            Errno::Eagain,
-            Errno::Enomem,
-            Errno::Eacces,
-            Errno::Efault,
-            Errno::Eexist,
-            Errno::Enodev,
-            Errno::Einval,
-            Errno::Eoverflow,
-            Errno::Enosys,
-        ]
-        .into_iter()
-        .find(|e| e.code() == c)
+        Self::ALL.into_iter().find(|e| e.code() == c)
+    }
+
+    /// The value for a symbolic name (`ENOMEM`), if it is one rcuvm returns.
+    pub fn from_name(name: &str) -> Option<Errno> {
+        Self::ALL.into_iter().find(|e| e.name() == name)
     }
 
     /// The symbolic name, as strace prints it.
