@@ -6,6 +6,7 @@
 //! instead of pretending.
 
 mod args;
+mod main_job;
 mod maple_probe;
 mod rcu_probe;
 
@@ -14,6 +15,6 @@ use clap::Parser;
 fn main() {
     let cli = args::Cli::parse();
     match cli.command.unwrap_or_default() {
-        args::Command::Run(a) => rcu_probe::main_job(&a),
+        args::Command::Run(a) => main_job::main_job(&a),
     }
 }

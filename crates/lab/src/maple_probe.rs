@@ -9,7 +9,7 @@ use std::time::Instant;
 use rcuvm_maple::MapleTree;
 use rcuvm_rcu::Domain;
 
-use crate::rcu_probe::row;
+use crate::main_job::row;
 
 const N: u64 = 10_000;
 

@@ -1,6 +1,5 @@
-//! The main job until the workload suite lands: say what exists, then
-//! measure the RCU domain on this machine, with the targets beside the
-//! figures.
+//! The main job's look at the RCU domain: the read-side pair, grace-period
+//! medians with and without a busy reader, and a retire storm's backlog.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -11,27 +10,10 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use rcuvm_rcu::{Config, Domain};
 
-use crate::args::RunArgs;
+use crate::main_job::row;
 
-const STATUS: &[(&str, &str)] = &[
-    ("rcuvm-rcu: RCU domain (read, synchronize[_expedited], call/retire, barrier)", "built"),
-    ("rcuvm-maple: RCU-safe range B-tree with gap tracking", "built"),
-    ("rcuvm: VMAs, maps, mmap/munmap/mprotect/mremap/brk/madvise (kernel-diff)", "built"),
-    ("rcuvm: mlock, multi-VMA mremap, page effects; replay and capture", "not yet"),
-    ("rcuvm: page tables, TLBs, faults, the five strategies", "not yet"),
-    ("rcuvm check: concurrency checker", "not yet"),
-    ("lab: workload suite side by side with Linux, HTML report", "not yet"),
-];
-
-/// Runs the main job.
-pub fn main_job(a: &RunArgs) {
-    println!("rcuvm {} — what exists so far:", env!("CARGO_PKG_VERSION"));
-    for (what, state) in STATUS {
-        println!("  [{state:>7}] {what}");
-    }
-    println!();
-    println!("The workload suite is not built yet; measuring the RCU domain and the maple tree instead.");
-    let secs = a.seconds.clamp(0.05, 60.0);
+/// Runs the measurements and prints their rows.
+pub fn run(secs: f64) {
     let d = Arc::new(Domain::new());
     println!("fence mode: {:?}", d.fence_mode());
     println!();
@@ -54,16 +36,6 @@ pub fn main_job(a: &RunArgs) {
     let (rate, max_pending, limit) = retire_storm(secs);
     row("retire storm (2 threads): callbacks/s", format!("{:.2} M", rate / 1e6), "");
     row("  pending callbacks, max", format!("{max_pending}"), &format!("<= {}", limit + 2));
-    crate::maple_probe::run(secs);
-    println!();
-    println!("Criterion benchmarks, side by side with their peers:");
-    println!("  cargo bench -p rcuvm-rcu     (crossbeam-epoch, parking_lot)");
-    println!("  cargo bench -p rcuvm-maple   (RwLock<BTreeMap>, scc::TreeIndex, crossbeam SkipMap)");
-    println!("Figures and how they were measured: docs/benchmarks.md");
-}
-
-pub(crate) fn row(what: &str, fig: String, target: &str) {
-    println!("{what:<46} {fig:>12} {target:>12}");
 }
 
 fn format_ns(ns: u64) -> String {

@@ -184,7 +184,7 @@ impl AddressSpace {
     }
 
     /// `mremap(2)`; `new_addr` is used with `MREMAP_FIXED` (flags as in
-    /// [`strace`](crate::strace)'s `MREMAP_*`).
+    /// [`uapi`](crate::uapi)'s `MREMAP_*`).
     ///
     /// # Errors
     /// `EINVAL`, `EFAULT`, `ENOMEM` as Linux returns them.

@@ -21,7 +21,7 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use crate::uapi::{Errno, MapFlags, Prot, madv};
+use crate::uapi::{Errno, MREMAP_DONTUNMAP, MREMAP_FIXED, MREMAP_MAYMOVE, MapFlags, Prot, madv};
 
 /// One memory-management call.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -117,13 +117,6 @@ impl fmt::Display for TraceError {
 }
 
 impl std::error::Error for TraceError {}
-
-/// `MREMAP_MAYMOVE`.
-pub const MREMAP_MAYMOVE: u32 = 1;
-/// `MREMAP_FIXED`.
-pub const MREMAP_FIXED: u32 = 2;
-/// `MREMAP_DONTUNMAP`.
-pub const MREMAP_DONTUNMAP: u32 = 4;
 
 /// Splits `args` at top-level commas (not inside `<…>`, `(…)` or `{…}`).
 fn split_args(args: &str) -> Vec<&str> {

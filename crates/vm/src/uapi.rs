@@ -63,6 +63,13 @@ bitflags::bitflags! {
     }
 }
 
+/// `MREMAP_MAYMOVE`.
+pub const MREMAP_MAYMOVE: u32 = 1;
+/// `MREMAP_FIXED`.
+pub const MREMAP_FIXED: u32 = 2;
+/// `MREMAP_DONTUNMAP`.
+pub const MREMAP_DONTUNMAP: u32 = 4;
+
 /// An errno value, as the kernel returns it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]

@@ -168,7 +168,7 @@ fn random_op(r: &mut Rng, lo: u64, mm: &AddressSpace) -> Op {
         flags |= MapFlags::NORESERVE;
     }
     if r.below(5) == 0 {
-        use rcuvm::strace::{MREMAP_FIXED, MREMAP_MAYMOVE};
+        use rcuvm::uapi::{MREMAP_FIXED, MREMAP_MAYMOVE};
         // In place (shrink or grow) or to a fixed place inside the arena;
         // never MREMAP_MAYMOVE alone, whose destination is chosen among the
         // whole process's mappings, which the model does not have.

@@ -260,7 +260,7 @@ fn brk_grows_shrinks_and_is_named_heap() {
 
 #[test]
 fn mremap_shrinks_grows_moves_and_refuses() {
-    use rcuvm::strace::{MREMAP_DONTUNMAP, MREMAP_FIXED, MREMAP_MAYMOVE};
+    use rcuvm::uapi::{MREMAP_DONTUNMAP, MREMAP_FIXED, MREMAP_MAYMOVE};
     let mm = AddressSpace::new();
     let a = mm.mmap(0x1000_0000, 4 * P, rw(), anon() | MapFlags::FIXED, None, 0).unwrap();
     // Parameter errors first.
