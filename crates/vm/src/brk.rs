@@ -46,7 +46,7 @@ impl MmCall<'_> {
         }
         // K2: stay clear of the next VMA (and its guard gap if it grows down).
         let limit = newbrk.saturating_add(PAGE_SIZE);
-        if let Some(next) = self.overlapping(oldbrk, limit.saturating_add(self.cfg.stack_guard_gap)).first() {
+        if let Some(next) = self.entries_in(oldbrk, limit.saturating_add(self.cfg.stack_guard_gap)).first() {
             let gap_start = if next.flags.contains(VmFlags::GROWSDOWN) {
                 next.start.saturating_sub(self.cfg.stack_guard_gap)
             } else {
@@ -65,7 +65,7 @@ impl MmCall<'_> {
             | VmFlags::MAYWRITE
             | VmFlags::MAYEXEC
             | VmFlags::ACCOUNT;
-        let prev = if oldbrk > 0 { self.w.load(oldbrk - 1).map(|e| e.to_arc()) } else { None };
+        let prev = if oldbrk > 0 { self.vma_at(oldbrk - 1) } else { None };
         let v = match prev {
             // do_brk_flags: expand the brk VMA (one at or above start_brk).
             Some(p)
@@ -77,15 +77,7 @@ impl MmCall<'_> {
             {
                 Vma { end: newbrk, ..(*p).clone() }
             }
-            _ => Vma {
-                start: oldbrk,
-                end: newbrk,
-                flags,
-                pgoff: oldbrk >> PAGE_SHIFT,
-                backing: Backing::Anon,
-                anon_vma: None,
-                name: None,
-            },
+            _ => Vma::new(oldbrk, newbrk, flags, oldbrk >> PAGE_SHIFT, Backing::Anon, None, None),
         };
         let (s, e) = (v.start, v.end);
         self.w.store(s..e, v).expect("non-empty range");

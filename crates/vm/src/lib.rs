@@ -1,32 +1,58 @@
 //! rcuvm: an RCU-protected address-space manager with Linux's mm semantics.
 //!
-//! Built so far: the immutable [`Vma`] and its flags, `/proc/pid/maps`
-//! rendering and parsing in Linux's exact format, and an [`AddressSpace`]
-//! that keeps its VMAs in an RCU-safe [`MapleTree`](rcuvm_maple::MapleTree)
-//! and serves lock-free readers (`maps`, `query`).
+//! An [`AddressSpace`] keeps immutable [`Vma`]s in an RCU-safe
+//! [`MapleTree`](rcuvm_maple::MapleTree) and serves lock-free readers
+//! (`maps`, `smaps`, `query`). `mmap`, `munmap`, `mprotect`, `mremap`,
+//! `brk` and `madvise` follow Linux's checks, placement and merging.
 //!
-//! `mmap`, `munmap`, `mprotect`, `brk` and the flag-changing `madvise`
-//! advices follow Linux's checks, placement and merging.
+//! Below the VMAs sit software page tables ([`PageTable`]), physical
+//! memory ([`PhysMem`]) and simulated CPUs ([`Cpu`]) with TLBs that writers
+//! shoot down. Page faults run under one of the five [`Strategy`]s of the
+//! linux-mm thread "synchronize_rcu in munmap?".
 //!
-//! Not yet: `mremap`, `mlock`, what `madvise` does to pages, page tables,
-//! CPUs and TLBs, the fault path and the strategies. Each has its issue.
+//! ```
+//! use std::sync::Arc;
+//! use rcuvm::{AddressSpace, MapFlags, Prot, Strategy};
+//!
+//! let mm = Arc::new(AddressSpace::with_strategy(Strategy::RcuDead));
+//! let a = mm.mmap(0, 8192, Prot::READ | Prot::WRITE, MapFlags::PRIVATE | MapFlags::ANONYMOUS, None, 0).unwrap();
+//! let mut cpu = mm.cpu();
+//! cpu.write(a + 8, 42).unwrap();          // a page fault, then the TLB
+//! assert_eq!(cpu.read(a + 8), Ok(42));
+//! mm.munmap(a, 8192).unwrap();            // zap, shootdown, dead entry
+//! assert!(cpu.read(a + 8).is_err());      // SIGSEGV: the old translation is gone
+//! ```
+//!
+//! Not yet: `mlock`, the checker (`rcuvm check`). Each has its issue.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs, clippy::undocumented_unsafe_blocks)]
 
 mod brk;
+pub mod cpu;
+pub mod fault;
+pub mod frame;
 mod madvise;
 pub mod maps;
 mod mm;
 mod mmap;
 mod mprotect;
 mod mremap;
+pub mod pgtable;
 pub mod strace;
+pub mod strategy;
+pub mod tlb;
 pub mod uapi;
+mod unmap;
 pub mod vma;
 
+pub use cpu::Cpu;
+pub use fault::AccessError;
+pub use frame::PhysMem;
 pub use maps::MapsError;
-pub use mm::AddressSpace;
+pub use mm::{AddressSpace, MmBuilder};
 pub use mmap::{MapFile, MmConfig};
+pub use pgtable::PageTable;
+pub use strategy::Strategy;
 pub use uapi::{Errno, MapFlags, Prot};
 pub use vma::{AnonVmaId, Backing, FileId, PAGE_SHIFT, PAGE_SIZE, VmFlags, Vma};

@@ -14,13 +14,18 @@
 //! `do_madvise()`, `madvise_walk_vmas()`, `madvise_vma_behavior()`,
 //! `madvise_update_vma()` in `mm/madvise.c`; `hugepage_madvise()`.
 //!
-//! Not modelled yet: what advices do to pages (`MADV_DONTNEED` and
-//! `MADV_FREE` zap nothing until page tables exist), and the advices that
+//! - D3. `MADV_DONTNEED`, `MADV_DONTNEED_LOCKED` and `MADV_FREE` zap the
+//!   pages of each VMA in the range (`zap_page_range_single`), shot down
+//!   before the call returns; the next access faults in zeroes (anonymous)
+//!   or the file's data. `MADV_FREE` frees at once (no lazy reclaim).
+//!
+//! Not modelled yet: the advices that
 //! only act on pages or need other subsystems (`WILLNEED`, `REMOVE`,
 //! `MERGEABLE`, `COLD`, `PAGEOUT`, `POPULATE_*`, `COLLAPSE`, guards,
 //! `HWPOISON`): those return `ENOSYS`, which Linux never does here.
 
 use crate::mmap::MmCall;
+use crate::tlb::MmuGather;
 use crate::uapi::{Errno, madv};
 use crate::vma::{Backing, PAGE_SIZE, VmFlags, Vma};
 
@@ -111,6 +116,13 @@ impl MmCall<'_> {
             let newflags = advise(&v, advice)?;
             if newflags != v.flags {
                 self.set_flags(&v, s, e, newflags)?;
+            }
+            if matches!(advice, madv::DONTNEED | madv::DONTNEED_LOCKED | madv::FREE) {
+                // D3: the VMA stays; its pages go.
+                self.vma_write_lock(&v);
+                let mut g = MmuGather::default();
+                self.hw.pt.zap(s, e, &mut g);
+                self.finish(g, true);
             }
             at = e;
         }

@@ -174,7 +174,7 @@ fn parse_line(line: &str) -> Result<Vma, String> {
     // Anonymous memory's pgoff is its address at mmap time (V3), which a maps
     // line does not show: assume it was mapped where it is.
     let pgoff = if is_file { off >> PAGE_SHIFT } else { start >> PAGE_SHIFT };
-    Ok(Vma { start, end, flags, pgoff, backing, anon_vma: None, name })
+    Ok(Vma::new(start, end, flags, pgoff, backing, None, name))
 }
 
 /// Parses a maps snapshot; `source` names it in errors (M2). Lines must be
@@ -195,6 +195,45 @@ pub fn parse(text: &str, source: &str) -> Result<Vec<Vma>, MapsError> {
         out.push(v);
     }
     Ok(out)
+}
+
+/// The `VmFlags:` mnemonics of `/proc/pid/smaps` for the flags rcuvm
+/// models, in the kernel's order (by bit, `show_smap_vma_flags`).
+const MNEMONICS: [(VmFlags, &str); 28] = [
+    (VmFlags::READ, "rd"),
+    (VmFlags::WRITE, "wr"),
+    (VmFlags::EXEC, "ex"),
+    (VmFlags::SHARED, "sh"),
+    (VmFlags::MAYREAD, "mr"),
+    (VmFlags::MAYWRITE, "mw"),
+    (VmFlags::MAYEXEC, "me"),
+    (VmFlags::MAYSHARE, "ms"),
+    (VmFlags::GROWSDOWN, "gd"),
+    (VmFlags::PFNMAP, "pf"),
+    (VmFlags::LOCKED, "lo"),
+    (VmFlags::IO, "io"),
+    (VmFlags::SEQ_READ, "sr"),
+    (VmFlags::RAND_READ, "rr"),
+    (VmFlags::DONTCOPY, "dc"),
+    (VmFlags::DONTEXPAND, "de"),
+    (VmFlags::LOCKONFAULT, "lf"),
+    (VmFlags::ACCOUNT, "ac"),
+    (VmFlags::NORESERVE, "nr"),
+    (VmFlags::HUGETLB, "ht"),
+    (VmFlags::SYNC, "sf"),
+    (VmFlags::WIPEONFORK, "wf"),
+    (VmFlags::DONTDUMP, "dd"),
+    (VmFlags::SOFTDIRTY, "sd"),
+    (VmFlags::MIXEDMAP, "mm"),
+    (VmFlags::HUGEPAGE, "hg"),
+    (VmFlags::NOHUGEPAGE, "nh"),
+    (VmFlags::MERGEABLE, "mg"),
+];
+
+/// `f` as smaps' `VmFlags:` line shows it (without the label), e.g.
+/// `"rd wr mr mw me ac"`.
+pub fn vm_flags_mnemonics(f: VmFlags) -> String {
+    MNEMONICS.iter().filter(|(b, _)| f.contains(*b)).map(|(_, m)| *m).collect::<Vec<_>>().join(" ")
 }
 
 #[cfg(test)]

@@ -12,46 +12,130 @@
 //!   backwards (the tree's iteration resumes by address), and a VMA that
 //!   exists for the whole read is shown.
 //!
+//! - A3. The hardware half ([`Hw`]): page tables, physical memory, TLB
+//!   shootdown and the strategy. Page-table changes follow the tree's:
+//!   a writer first makes the tree stop mapping a range (erase, dead entry
+//!   or replacement), then zaps or rewrites its PTEs, flushes TLBs, and
+//!   frees what they reached (tlb.rs T2–T3, strategy.rs S1–S5).
+//! - A4. `mm_lock_seq` moves on when a writer releases the mmap lock
+//!   (`vma_end_write_all`): every VMA it write-locked is unlocked at once.
+//!
 //! # Concurrency
-//! `maps`, `query`, `vmas`: RCU read side, lock-free. Building
-//! (`from_maps`) and every mm call: mmap write lock.
+//! `maps`, `smaps`, `query`, `vmas`: RCU read side, lock-free (under the
+//! `mmap-lock` strategy, the mmap read lock). Building (`from_maps`) and
+//! every mm call: mmap write lock. Faults: as the strategy says.
 //!
 //! # Linux
-//! `struct mm_struct` (`mm_mt`, `mmap_lock`, `map_count`); lock-free
-//! `/proc/pid/maps` reading as in Linux 6.17.
+//! `struct mm_struct` (`mm_mt`, `mmap_lock`, `map_count`, `mm_lock_seq`,
+//! `pgd`); lock-free `/proc/pid/maps` reading as in Linux 6.17.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use rcuvm_maple::{Entry, MapleTree};
 use rcuvm_rcu::Domain;
 
+use crate::cpu::Cpu;
+use crate::frame::{Owner, PhysMem};
 use crate::maps::{self, MapsError};
 use crate::mmap::{MapFile, MmCall, MmConfig};
+use crate::pgtable::PageTable;
+use crate::strategy::{DeadRange, Strategy};
+use crate::tlb::Shootdown;
 use crate::uapi::{Errno, MapFlags, Prot};
-use crate::vma::{Backing, Vma};
+use crate::vma::{Backing, PAGE_SHIFT, Vma};
 
 /// A process's address space.
 ///
-/// **Status:** storage, snapshots, readers, `mmap`, `munmap` and
-/// `mprotect` and the flag advices of `madvise` are built; `mremap`, `brk`
-/// and `mlock` are not yet (see the
-/// issue "the address space with Linux's exact mm semantics").
+/// Share it between threads in an `Arc`; each simulated thread accesses
+/// memory through its own [`Cpu`] ([`AddressSpace::cpu`]).
 pub struct AddressSpace {
     domain: Arc<Domain>,
     vmas: MapleTree<Vma>,
     cfg: MmConfig,
     layout: Layout,
-    /// The mmap lock (write side; readers never take it), with what only
-    /// writers touch.
-    mmap_lock: Mutex<MmState>,
+    /// The mmap lock: writers always; faults and readers only under
+    /// [`Strategy::MmapLock`] (and `vma-lock`'s fallback).
+    mmap_lock: parking_lot::RwLock<MmState>,
+    hw: Hw,
 }
 
 /// State behind the mmap lock.
 #[derive(Debug, Default)]
-struct MmState {
+pub(crate) struct MmState {
     next_shmem_ino: u64,
+    /// Dead entries in the tree (`rcu-dead`), in no order.
+    pub(crate) dead: Vec<(u64, u64, Arc<DeadRange>)>,
+}
+
+/// The hardware half of an address space (A3).
+pub(crate) struct Hw {
+    pub(crate) strategy: Strategy,
+    pub(crate) pt: PageTable,
+    pub(crate) phys: Arc<PhysMem>,
+    pub(crate) tlb: Shootdown,
+    /// `mm_lock_seq` (A4); starts at 1 so that new VMAs (0) are unlocked.
+    pub(crate) mm_lock_seq: AtomicU64,
+    /// Identity of this address space in frame owner tags.
+    pub(crate) id: u32,
+    /// Dead entries in the tree (not counted in `map_count`).
+    pub(crate) dead: AtomicUsize,
+    /// Nanoseconds munmap spent waiting for grace periods (`rcu-sync`).
+    pub(crate) sync_ns: AtomicU64,
+    /// Grace periods munmap waited for.
+    pub(crate) syncs: AtomicU64,
+}
+
+static NEXT_MM_ID: AtomicU32 = AtomicU32::new(1);
+
+/// How to build an [`AddressSpace`].
+#[derive(Clone, Debug, Default)]
+pub struct MmBuilder {
+    cfg: MmConfig,
+    strategy: Strategy,
+    phys: Option<Arc<PhysMem>>,
+}
+
+impl MmBuilder {
+    /// The tunables.
+    pub fn config(mut self, cfg: MmConfig) -> Self {
+        self.cfg = cfg;
+        self
+    }
+    /// The fault strategy (default [`Strategy::VmaLock`]).
+    pub fn strategy(mut self, s: Strategy) -> Self {
+        self.strategy = s;
+        self
+    }
+    /// Physical memory to share with other address spaces (default: its
+    /// own, of up to 16 GiB allocated on demand).
+    pub fn phys(mut self, p: Arc<PhysMem>) -> Self {
+        self.phys = Some(p);
+        self
+    }
+    /// The address space.
+    pub fn build(self) -> AddressSpace {
+        let domain = Arc::new(Domain::new());
+        AddressSpace {
+            vmas: MapleTree::new(domain.clone()),
+            domain,
+            cfg: self.cfg,
+            layout: Layout::default(),
+            mmap_lock: parking_lot::RwLock::new(MmState { next_shmem_ino: 0x10_0000, dead: Vec::new() }),
+            hw: Hw {
+                strategy: self.strategy,
+                pt: PageTable::new(),
+                phys: self.phys.unwrap_or_else(|| Arc::new(PhysMem::new(4 << 20))),
+                tlb: Shootdown::default(),
+                mm_lock_seq: AtomicU64::new(1),
+                id: NEXT_MM_ID.fetch_add(1, Ordering::Relaxed) & 0x3f_ffff,
+                dead: AtomicUsize::new(0),
+                sync_ns: AtomicU64::new(0),
+                syncs: AtomicU64::new(0),
+            },
+        }
+    }
 }
 
 /// `start_brk`, `brk` and `start_stack`: written under the mmap lock, read
@@ -100,14 +184,59 @@ impl AddressSpace {
 
     /// An empty address space with the given tunables.
     pub fn with_config(cfg: MmConfig) -> Self {
-        let domain = Arc::new(Domain::new());
-        AddressSpace {
-            vmas: MapleTree::new(domain.clone()),
-            domain,
-            cfg,
-            layout: Layout::default(),
-            mmap_lock: Mutex::new(MmState { next_shmem_ino: 0x10_0000 }),
-        }
+        MmBuilder::default().config(cfg).build()
+    }
+
+    /// An empty address space with the given fault strategy.
+    pub fn with_strategy(s: Strategy) -> Self {
+        MmBuilder::default().strategy(s).build()
+    }
+
+    /// A builder for the less common options.
+    pub fn builder() -> MmBuilder {
+        MmBuilder::default()
+    }
+
+    /// The fault strategy.
+    pub fn strategy(&self) -> Strategy {
+        self.hw.strategy
+    }
+
+    /// A simulated CPU that runs threads of this address space.
+    pub fn cpu(self: &Arc<Self>) -> Cpu {
+        Cpu::new(self.clone())
+    }
+
+    /// The physical memory.
+    pub fn phys(&self) -> &Arc<PhysMem> {
+        &self.hw.phys
+    }
+
+    /// The page tables.
+    pub fn page_table(&self) -> &PageTable {
+        &self.hw.pt
+    }
+
+    /// The TLB shootdown machinery.
+    pub fn shootdown(&self) -> &Shootdown {
+        &self.hw.tlb
+    }
+
+    /// Grace periods munmap waited for, and the nanoseconds it spent.
+    pub fn munmap_syncs(&self) -> (u64, u64) {
+        (self.hw.syncs.load(Ordering::Relaxed), self.hw.sync_ns.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn hw(&self) -> &Hw {
+        &self.hw
+    }
+
+    pub(crate) fn vmas_tree(&self) -> &MapleTree<Vma> {
+        &self.vmas
+    }
+
+    pub(crate) fn mmap_read(&self) -> parking_lot::RwLockReadGuard<'_, MmState> {
+        self.mmap_lock.read()
     }
 
     /// The tunables.
@@ -116,14 +245,24 @@ impl AddressSpace {
     }
 
     fn call<R>(&self, f: impl FnOnce(&mut MmCall<'_>) -> R) -> R {
-        let mut st = self.mmap_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut st = self.mmap_lock.write();
+        let st = &mut *st;
         let mut c = MmCall {
             w: self.vmas.write(),
+            tree: &self.vmas,
+            domain: &self.domain,
             cfg: &self.cfg,
             layout: &self.layout,
+            hw: &self.hw,
             next_shmem_ino: &mut st.next_shmem_ino,
+            dead: &mut st.dead,
         };
-        f(&mut c)
+        c.reap_dead(false, 0, u64::MAX);
+        let r = f(&mut c);
+        drop(c);
+        // A4: vma_end_write_all(), before the mmap lock is released.
+        self.hw.mm_lock_seq.fetch_add(1, Ordering::SeqCst);
+        r
     }
 
     /// `mmap(2)`: returns the address mapped, or Linux's errno with the
@@ -178,7 +317,7 @@ impl AddressSpace {
     /// Sets where the heap starts (what the ELF loader does): `brk` starts
     /// there too. Only before the first `brk` call.
     pub fn set_start_brk(&self, addr: u64) {
-        let _lock = self.mmap_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _lock = self.mmap_lock.write();
         self.layout.start_brk.store(addr, Ordering::Relaxed);
         self.layout.brk.store(addr, Ordering::Relaxed);
     }
@@ -214,8 +353,15 @@ impl AddressSpace {
     /// # Errors
     /// The first malformed line, with its number (maps.rs M2).
     pub fn from_maps(text: &str, source: &str) -> Result<Self, MapsError> {
-        let mut vmas = maps::parse(text, source)?;
+        let vmas = maps::parse(text, source)?;
         let mm = AddressSpace::new();
+        mm.fill_from_maps(vmas);
+        Ok(mm)
+    }
+
+    /// Loads the VMAs of a parsed snapshot into this (empty) address space.
+    fn fill_from_maps(&self, mut vmas: Vec<Vma>) {
+        let mm = self;
         // `[heap]` and `[stack]` are derived from brk and start_stack, not
         // stored (mm.rs Layout): recover those and drop the names.
         let heap: Vec<(u64, u64)> =
@@ -233,14 +379,13 @@ impl AddressSpace {
             }
         }
         {
-            let _lock = mm.mmap_lock.lock().unwrap_or_else(|e| e.into_inner());
+            let _lock = mm.mmap_lock.write();
             let mut w = mm.vmas.write();
             for v in vmas {
                 // `parse` rejected overlaps, so this cannot fail.
                 w.insert(v.start..v.end, v).expect("parse() checked that lines do not overlap");
             }
         }
-        Ok(mm)
     }
 
     /// The RCU domain readers of this address space use.
@@ -248,31 +393,90 @@ impl AddressSpace {
         &self.domain
     }
 
-    /// Number of VMAs (`map_count`).
+    /// Number of VMAs (`map_count`; dead entries are not VMAs).
     pub fn map_count(&self) -> usize {
-        self.vmas.len()
+        self.vmas.len() - self.hw.dead.load(Ordering::Relaxed)
+    }
+
+    /// The mmap read lock, under the `mmap-lock` strategy only (S2).
+    fn reader_lock(&self) -> Option<parking_lot::RwLockReadGuard<'_, MmState>> {
+        (self.hw.strategy == Strategy::MmapLock).then(|| self.mmap_lock.read())
     }
 
     /// `/proc/pid/maps`, read under RCU without the mmap lock (A2).
     pub fn maps(&self) -> String {
+        let _l = self.reader_lock();
         let g = self.domain.read();
         let mut out = String::new();
-        for e in self.vmas.iter_from(0, &g) {
+        for e in self.vmas.iter_from(0, &g).filter(|e| !e.value.is_dead()) {
             let _ = writeln!(out, "{}", maps::render_line(&view(&e, &self.layout)));
+        }
+        out
+    }
+
+    /// `/proc/pid/smaps`: each maps line followed by its sizes, `Rss` from a
+    /// lockless page-table walk (under the VMA domain's guard, which keeps
+    /// the tables: pgtable.rs PT5), and `VmFlags`. Fields rcuvm does not
+    /// model (dirty/clean, swap, huge pages) are left out.
+    pub fn smaps(&self) -> String {
+        let _l = self.reader_lock();
+        let g = self.domain.read();
+        let mut out = String::new();
+        let pm = &*self.hw.phys;
+        let kind = |pfn| match pm.frame(pfn).owner() {
+            Owner::Anon { .. } => Some(true),
+            Owner::PageCache => Some(false),
+            Owner::Zero | Owner::Free => None,
+        };
+        for e in self.vmas.iter_from(0, &g).filter(|e| !e.value.is_dead()) {
+            let v = view(&e, &self.layout);
+            let (a, f) = self.hw.pt.rss(v.start, v.end, &kind);
+            let kb = |pages: u64| pages << (PAGE_SHIFT - 10);
+            let _ = writeln!(out, "{}", maps::render_line(&v));
+            for (name, val) in [
+                ("Size:", v.len() >> 10),
+                ("KernelPageSize:", 4),
+                ("MMUPageSize:", 4),
+                ("Rss:", kb(a + f)),
+                ("Anonymous:", kb(a)),
+            ] {
+                let _ = writeln!(out, "{name:<16}{val:>8} kB");
+            }
+            let _ = writeln!(out, "VmFlags: {}", maps::vm_flags_mnemonics(v.flags));
         }
         out
     }
 
     /// The VMA containing `addr`, like `PROCMAP_QUERY` without flags.
     pub fn query(&self, addr: u64) -> Option<Arc<Vma>> {
+        let _l = self.reader_lock();
         let g = self.domain.read();
-        self.vmas.load(addr, &g).map(|e| Arc::new(view(&e, &self.layout)))
+        self.vmas.load(addr, &g).filter(|e| !e.value.is_dead()).map(|e| Arc::new(view(&e, &self.layout)))
     }
 
     /// A snapshot of every VMA, in address order.
     pub fn vmas(&self) -> Vec<Arc<Vma>> {
+        let _l = self.reader_lock();
         let g = self.domain.read();
-        self.vmas.iter_from(0, &g).map(|e| Arc::new(view(&e, &self.layout))).collect()
+        self.vmas
+            .iter_from(0, &g)
+            .filter(|e| !e.value.is_dead())
+            .map(|e| Arc::new(view(&e, &self.layout)))
+            .collect()
+    }
+}
+
+impl Drop for AddressSpace {
+    fn drop(&mut self) {
+        // Teardown (`exit_mmap`): unmap everything, so every frame goes
+        // back and every table is freed; then run the callbacks that free
+        // them.
+        let all = self.cfg.task_size;
+        self.call(|c| {
+            c.reap_dead(true, 0, u64::MAX);
+            let _ = c.munmap_range(0, all);
+        });
+        self.domain.barrier();
     }
 }
 

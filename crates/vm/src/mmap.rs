@@ -32,7 +32,8 @@
 
 use std::sync::Arc;
 
-use rcuvm_maple::Writer;
+use rcuvm_maple::{MapleTree, Writer};
+use rcuvm_rcu::Domain;
 
 use crate::uapi::{Errno, MapFlags, Prot};
 use crate::vma::{Backing, FileId, PAGE_SHIFT, PAGE_SIZE, VmFlags, Vma};
@@ -88,20 +89,29 @@ fn page_align(x: u64) -> Option<u64> {
 /// The state an mm call works on, under the mmap lock.
 pub(crate) struct MmCall<'a> {
     pub(crate) w: Writer<'a, Vma>,
+    /// The tree `w` writes (for lookups that need a guard).
+    pub(crate) tree: &'a MapleTree<Vma>,
+    /// The VMA domain.
+    pub(crate) domain: &'a Domain,
     pub(crate) cfg: &'a MmConfig,
     /// brk and stack bounds (mm.rs `Layout`).
     pub(crate) layout: &'a crate::mm::Layout,
+    /// Page tables, frames, TLBs and the strategy (mm.rs A3).
+    pub(crate) hw: &'a crate::mm::Hw,
     /// Inode numbers for shared anonymous mappings (`/dev/zero (deleted)`).
     pub(crate) next_shmem_ino: &'a mut u64,
+    /// Dead entries (`rcu-dead`, strategy.rs S4).
+    pub(crate) dead: &'a mut Vec<(u64, u64, Arc<crate::strategy::DeadRange>)>,
 }
 
 impl MmCall<'_> {
+    /// `map_count`: entries of the tree that are VMAs (not dead entries).
     pub(crate) fn map_count(&self) -> usize {
-        self.w.tree_len()
+        self.w.tree_len() - self.dead.len()
     }
 
-    /// VMAs overlapping `[start, end)`, in order.
-    pub(crate) fn overlapping(&self, start: u64, end: u64) -> Vec<Arc<Vma>> {
+    /// Entries (VMAs and dead entries) overlapping `[start, end)`, in order.
+    pub(crate) fn entries_in(&self, start: u64, end: u64) -> Vec<Arc<Vma>> {
         let mut out = Vec::new();
         let mut at = start;
         while at < end {
@@ -115,8 +125,22 @@ impl MmCall<'_> {
         out
     }
 
+    /// VMAs overlapping `[start, end)`, in order (dead entries are not
+    /// VMAs: vma.rs V5).
+    pub(crate) fn overlapping(&self, start: u64, end: u64) -> Vec<Arc<Vma>> {
+        let mut v = self.entries_in(start, end);
+        v.retain(|v| !v.is_dead());
+        v
+    }
+
+    /// Whether nothing, not even a dead entry, occupies `[start, end)`:
+    /// what placement and growth need (strategy.rs S4).
+    pub(crate) fn unoccupied(&self, start: u64, end: u64) -> bool {
+        self.entries_in(start, end).is_empty()
+    }
+
     pub(crate) fn vma_at(&self, addr: u64) -> Option<Arc<Vma>> {
-        self.w.load(addr).map(|e| e.to_arc())
+        self.w.load(addr).filter(|e| !e.value.is_dead()).map(|e| e.to_arc())
     }
 
     /// `do_mmap`.
@@ -219,7 +243,7 @@ impl MmCall<'_> {
         }
         // mmap_region: unmap what MAP_FIXED overlaps, then map.
         self.munmap_range(addr, addr + len)?;
-        let v = Vma { start: addr, end: addr + len, flags: vm, pgoff, backing, anon_vma: None, name: None };
+        let v = Vma::new(addr, addr + len, vm, pgoff, backing, None, None);
         self.insert_merged(v);
         Ok(addr)
     }
@@ -251,7 +275,7 @@ impl MmCall<'_> {
     /// Whether `[addr, addr + len)` is free, keeping the guard gap below a
     /// `VM_GROWSDOWN` VMA above it.
     fn is_free_for(&self, addr: u64, len: u64) -> bool {
-        if !self.overlapping(addr, addr + len).is_empty() {
+        if !self.unoccupied(addr, addr + len) {
             return false;
         }
         match self.w.find(addr + len) {
@@ -290,21 +314,23 @@ impl MmCall<'_> {
             && !special(a)
             && !special(b)
             && a.name == b.name
-            && (a.anon_vma.is_none() || b.anon_vma.is_none() || a.anon_vma == b.anon_vma)
+            && (a.anon().is_none() || b.anon().is_none() || a.anon() == b.anon())
             && a.pgoff + ((a.end - a.start) >> PAGE_SHIFT) == b.pgoff
     }
 
     /// Inserts `v` into a free range, merging with its neighbours (P3).
+    /// A dead entry in the range (left by this very call's unmap, under
+    /// `MAP_FIXED`) is reaped first, after a grace period (strategy.rs S4).
     pub(crate) fn insert_merged(&mut self, v: Vma) {
+        self.reap_dead(true, v.start, v.end);
         let prev = if v.start > 0 { self.vma_at(v.start - 1) } else { None };
         let next = self.vma_at(v.end);
         let mut merged = v;
         if let Some(p) = prev.as_ref().filter(|p| Self::mergeable(p, &merged)) {
-            merged =
-                Vma { start: p.start, pgoff: p.pgoff, anon_vma: p.anon_vma.or(merged.anon_vma), ..merged };
+            merged = Vma { start: p.start, pgoff: p.pgoff, anon_vma: p.anon().or(merged.anon()), ..merged };
         }
         if let Some(n) = next.as_ref().filter(|n| Self::mergeable(&merged, n)) {
-            merged = Vma { end: n.end, anon_vma: merged.anon_vma.or(n.anon_vma), ..merged };
+            merged = Vma { end: n.end, anon_vma: merged.anon().or(n.anon()), ..merged };
         }
         let (s, e) = (merged.start, merged.end);
         self.w.store(s..e, merged).expect("a VMA's range is never empty");
@@ -323,13 +349,23 @@ impl MmCall<'_> {
         self.munmap_range(start, start + len)
     }
 
-    /// Unmaps `[start, end)` (page-aligned), splitting VMAs at the edges (P2).
+    /// Unmaps `[start, end)` (page-aligned), splitting VMAs at the edges
+    /// (P2), then tears down its pages as the strategy says (mm.rs A3).
     pub(crate) fn munmap_range(&mut self, start: u64, end: u64) -> Result<(), Errno> {
         let hit = self.overlapping(start, end);
-        let Some(first) = hit.first() else { return Ok(()) };
+        let Some(first) = hit.first() else {
+            // Only dead entries (or nothing): MAP_FIXED over a dead entry
+            // waits for its grace period (S4).
+            self.reap_dead(true, start, end);
+            return Ok(());
+        };
         // vms_gather_munmap_vmas: a hole punched inside one VMA adds one.
         if first.start < start && end < first.end && self.map_count() >= self.cfg.max_map_count {
             return Err(Errno::Enomem);
+        }
+        self.reap_dead(true, start, end);
+        for v in &hit {
+            self.vma_write_lock(v);
         }
         let last = hit.last().expect("non-empty");
         if first.start < start {
@@ -338,7 +374,9 @@ impl MmCall<'_> {
         if last.end > end {
             self.w.store(end..last.end, last.slice(end, last.end)).expect("non-empty range");
         }
-        self.w.erase(start..end).expect("non-empty range");
+        let dead = self.bury(&hit, start, end);
+        self.unmap_pages(start, end, !dead);
+        self.after_unmap();
         Ok(())
     }
 }

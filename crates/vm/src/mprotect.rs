@@ -11,14 +11,20 @@
 //! - Q2. Each changed piece is a new `Vma`: the unchanged remnants of a VMA
 //!   are written first, then the piece, merged with its neighbours in one
 //!   tree store (mmap.rs P2, P3), so readers never see the range unmapped.
+//! - Q4. When the access rights change, the present PTEs follow, after the
+//!   tree (`change_protection`); rights removed are shot down before the
+//!   call returns (tlb.rs T2). Under `vma-lock`, the VMA is write-locked
+//!   first (strategy.rs S3).
 //!
 //! # Linux
 //! `do_mprotect_pkey()` and `mprotect_fixup()` in `mm/mprotect.c`,
-//! `vma_modify_flags()` in `mm/vma.c`.
+//! `vma_modify_flags()` in `mm/vma.c`, `change_protection()`.
 
 use crate::mmap::MmCall;
+use crate::pgtable::Pte;
+use crate::tlb::MmuGather;
 use crate::uapi::{Errno, Prot};
-use crate::vma::{Backing, PAGE_SIZE, VmFlags, Vma};
+use crate::vma::{Backing, PAGE_SHIFT, PAGE_SIZE, VmFlags, Vma};
 
 impl MmCall<'_> {
     /// `mprotect(2)`.
@@ -87,8 +93,7 @@ impl MmCall<'_> {
                 if !v.flags.intersects(exempt) {
                     newflags |= VmFlags::ACCOUNT;
                 }
-            } else if v.flags.contains(VmFlags::ACCOUNT) && v.backing == Backing::Anon && v.anon_vma.is_none()
-            {
+            } else if v.flags.contains(VmFlags::ACCOUNT) && v.backing == Backing::Anon && v.anon().is_none() {
                 newflags.remove(VmFlags::ACCOUNT);
             }
             self.set_flags(&v, s, e, newflags)?;
@@ -108,6 +113,7 @@ impl MmCall<'_> {
         if cuts > 0 && self.map_count() + cuts > self.cfg.max_map_count {
             return Err(Errno::Enomem);
         }
+        self.vma_write_lock(v);
         if v.start < s {
             self.w.store(v.start..s, v.slice(v.start, s)).expect("non-empty range");
         }
@@ -117,6 +123,34 @@ impl MmCall<'_> {
         let mut piece = v.slice(s, e);
         piece.flags = newflags;
         self.insert_merged(piece);
+        let access = VmFlags::READ | VmFlags::WRITE | VmFlags::EXEC;
+        if (v.flags ^ newflags).intersects(access) {
+            self.change_ptes(s, e, newflags);
+        }
         Ok(())
+    }
+
+    /// `change_protection()` (Q4): present entries of `[s, e)` follow
+    /// `newflags`. Write permission is only ever removed here; a write
+    /// fault grants it back (reusing an exclusive anonymous page, fault.rs
+    /// FL4). No access right at all makes the entry `PROT_NONE`, keeping
+    /// its frame. Entries that lose rights are shot down.
+    fn change_ptes(&mut self, s: u64, e: u64, newflags: VmFlags) {
+        let none = !newflags.intersects(VmFlags::READ | VmFlags::WRITE | VmFlags::EXEC);
+        let write = newflags.contains(VmFlags::WRITE);
+        let mut g = MmuGather::default();
+        self.hw.pt.change_prot(
+            s,
+            e,
+            &|_, old| {
+                if none {
+                    Pte(old.pfn() << PAGE_SHIFT | Pte::PROTNONE)
+                } else {
+                    Pte::new(old.pfn(), write && old.writable())
+                }
+            },
+            &mut g,
+        );
+        self.finish(g, true);
     }
 }

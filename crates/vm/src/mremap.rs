@@ -10,6 +10,12 @@
 //!   reader.
 //! - R2. A resize never crosses VMAs: the source must lie in one VMA
 //!   (`EFAULT` otherwise), except for a shrink, which just unmaps the tail.
+//! - R3. A move carries the pages: the PTEs move to the destination
+//!   (`move_page_tables`, the source shot down) before the new VMA is
+//!   published. Under `vma-lock` the source VMA is write-locked first.
+//!   Under the `rcu-*` strategies a fault that raced into the source
+//!   between the move and the source's unmap loses its page (the access
+//!   overlapped the mremap; the write is not carried over).
 //!
 //! # Linux
 //! `SYSCALL_DEFINE5(mremap)`, `vma_to_resize()`, `vma_expandable()`,
@@ -84,7 +90,7 @@ impl MmCall<'_> {
         if old_len == vma.end - addr {
             let delta = new_len - old_len;
             if let Some(end) = vma.end.checked_add(delta) {
-                if end <= self.cfg.task_size && self.overlapping(vma.end, end).is_empty() {
+                if end <= self.cfg.task_size && self.unoccupied(vma.end, end) {
                     let grown = Vma { end, ..(*vma).clone() };
                     self.insert_merged(grown);
                     return Ok(addr);
@@ -164,12 +170,17 @@ impl MmCall<'_> {
         }
         // copy_vma(): anonymous memory never faulted in (no anon_vma) takes
         // the pgoff of its new address; anything else keeps its own.
-        let pgoff = if vma.backing == Backing::Anon && vma.anon_vma.is_none() {
+        let pgoff = if vma.backing == Backing::Anon && vma.anon().is_none() {
             to >> PAGE_SHIFT
         } else {
             vma.pgoff_at(addr)
         };
         let moved = Vma { start: to, end: to + new_len, pgoff, ..vma.clone() };
+        // R3: the pages move first (move_page_tables), then the VMA.
+        self.vma_write_lock(vma);
+        let mut g = crate::tlb::MmuGather::default();
+        self.hw.pt.move_ptes(addr, to, old_len, &mut g);
+        self.finish(g, true);
         self.insert_merged(moved);
         if flags & MREMAP_DONTUNMAP == 0 {
             self.munmap_range(addr, addr + old_len)?;

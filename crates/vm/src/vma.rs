@@ -13,6 +13,17 @@
 //! - V3. `pgoff` is in pages: the file offset of `start` for file mappings;
 //!   for anonymous ones the address `>> 12` at mmap time, kept by mremap
 //!   (Linux's convention, which decides merging).
+//! - V4. What V1 leaves mutable is run-time state, not the mapping: the
+//!   per-VMA lock ([`VmaRt`]'s `lock_seq` and `readers`, used by the
+//!   `vma-lock` strategy), and the `anon_vma` a first anonymous fault gives
+//!   a VMA built without one (set once, by compare-and-swap, as Linux's
+//!   `anon_vma_prepare` sets `vma->anon_vma` under the page-table lock).
+//!   A clone copies the lock sequence and the anon_vma, never the readers:
+//!   a VMA a writer builds from a write-locked one is write-locked too, as
+//!   in Linux, until the writer releases the mmap lock.
+//! - V5. A *dead entry* (strategy `rcu-dead`) is a `Vma` whose `rt.dead` is
+//!   set: it reserves a range unmapped less than a grace period ago. It is
+//!   never shown to readers nor returned by lookups of mm calls.
 //!
 //! # Linux
 //! `struct vm_area_struct` (`include/linux/mm_types.h`), the `VM_*` bits of
@@ -21,6 +32,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// Size of a page.
 pub const PAGE_SIZE: u64 = 4096;
@@ -142,9 +154,79 @@ pub struct Vma {
     /// `[heap]`, `[stack]`, `[vdso]`, `[anon:name]`…: what maps prints for a
     /// VMA without a file (and for special mappings).
     pub name: Option<Arc<str>>,
+    /// Run-time state (V4, V5).
+    pub(crate) rt: VmaRt,
+}
+
+/// Run-time state of a VMA object (V4, V5).
+#[derive(Default)]
+pub(crate) struct VmaRt {
+    /// `vm_lock_seq`: write-locked while equal to the mm's `mm_lock_seq`.
+    pub(crate) lock_seq: AtomicU64,
+    /// Read holders of the per-VMA lock.
+    pub(crate) readers: AtomicU32,
+    /// The anon_vma given by a fault (0: none), when `Vma::anon_vma` is `None`.
+    pub(crate) anon: AtomicU64,
+    /// Set on a dead entry (V5).
+    pub(crate) dead: Option<Arc<crate::strategy::DeadRange>>,
+}
+
+impl Clone for VmaRt {
+    fn clone(&self) -> Self {
+        VmaRt {
+            lock_seq: AtomicU64::new(self.lock_seq.load(Ordering::SeqCst)),
+            readers: AtomicU32::new(0),
+            anon: AtomicU64::new(self.anon.load(Ordering::Acquire)),
+            dead: self.dead.clone(),
+        }
+    }
+}
+
+impl PartialEq for VmaRt {
+    fn eq(&self, o: &Self) -> bool {
+        self.anon.load(Ordering::Relaxed) == o.anon.load(Ordering::Relaxed)
+            && self.dead.is_some() == o.dead.is_some()
+    }
+}
+impl Eq for VmaRt {}
+
+impl fmt::Debug for VmaRt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VmaRt")
+            .field("lock_seq", &self.lock_seq.load(Ordering::Relaxed))
+            .field("dead", &self.dead.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Vma {
+    /// A VMA (V1–V3) with no run-time state yet.
+    pub fn new(
+        start: u64,
+        end: u64,
+        flags: VmFlags,
+        pgoff: u64,
+        backing: Backing,
+        anon_vma: Option<AnonVmaId>,
+        name: Option<Arc<str>>,
+    ) -> Vma {
+        Vma { start, end, flags, pgoff, backing, anon_vma, name, rt: VmaRt::default() }
+    }
+
+    /// The anon_vma: the one it was built with, or the one a fault gave it
+    /// since (V4).
+    pub fn anon(&self) -> Option<AnonVmaId> {
+        self.anon_vma.or_else(|| match self.rt.anon.load(Ordering::Acquire) {
+            0 => None,
+            id => Some(AnonVmaId(id)),
+        })
+    }
+
+    /// Whether this is a dead entry (V5).
+    pub(crate) fn is_dead(&self) -> bool {
+        self.rt.dead.is_some()
+    }
+
     /// Length in bytes.
     pub fn len(&self) -> u64 {
         self.end - self.start

@@ -1,0 +1,165 @@
+//! Simulated CPUs: memory accesses through a TLB, a page walk, and faults.
+//!
+//! # Owns
+//! [`Cpu`]: one per simulated thread; its TLB, its stock of free frames
+//! and its counters.
+//!
+//! # Invariants
+//! - C1. An access is one section of the address space's TLB domain
+//!   (tlb.rs T1): sync the TLB with the shootdown generation, look up,
+//!   walk on a miss (filling the TLB with present entries only), check the
+//!   rights, touch the frame's word, leave. A shootdown that started after
+//!   the section began waits for it to end.
+//! - C2. A fault runs outside that section (an exception; the access then
+//!   restarts from the TLB), so a writer waiting for a shootdown never
+//!   waits for a fault that waits for the writer.
+//! - C3. Bad accesses return an [`AccessError`] (the signal Linux would
+//!   send); they never panic.
+//!
+//! # Concurrency
+//! A `Cpu` is `Send` but not `Sync`: it belongs to one thread at a time.
+//!
+//! # Linux
+//! The MMU: x86-64's TLB lookup, hardware page walk and `#PF` with its
+//! error code (present, write), then `exc_page_fault` → `handle_mm_fault`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::fault::{self, AccessError, FaultStats};
+use crate::frame::FrameCache;
+use crate::mm::AddressSpace;
+use crate::vma::PAGE_SHIFT;
+
+/// A simulated CPU running threads of one address space.
+pub struct Cpu {
+    mm: Arc<AddressSpace>,
+    tlb: crate::tlb::Tlb,
+    frames: FrameCache,
+    stats: CpuStats,
+}
+
+impl std::fmt::Debug for Cpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cpu").field("stats", &self.stats).finish_non_exhaustive()
+    }
+}
+
+/// A CPU's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuStats {
+    /// Accesses completed.
+    pub accesses: u64,
+    /// TLB misses (page walks).
+    pub tlb_misses: u64,
+    /// Fault counters.
+    pub fault: FaultStats,
+}
+
+/// What one access found (for the checker): the frame and its generation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Touched {
+    /// The frame accessed.
+    pub pfn: u64,
+    /// Its generation during the access.
+    pub generation: u64,
+}
+
+/// Faults one access may take before it is declared livelocked; a safe
+/// strategy needs at most a few (a copy-on-write after a read fault, a
+/// race lost to a writer).
+const MAX_FAULTS: u32 = 1 << 16;
+
+impl Cpu {
+    /// A CPU for `mm`.
+    pub fn new(mm: Arc<AddressSpace>) -> Cpu {
+        Cpu { mm, tlb: Default::default(), frames: FrameCache::default(), stats: CpuStats::default() }
+    }
+
+    /// The address space.
+    pub fn mm(&self) -> &Arc<AddressSpace> {
+        &self.mm
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> CpuStats {
+        self.stats
+    }
+
+    /// Reads the word at `va` (8-byte aligned).
+    ///
+    /// # Errors
+    /// The signal Linux would send (C3).
+    pub fn read(&mut self, va: u64) -> Result<u64, AccessError> {
+        let mut v = 0;
+        self.access(va, false, |w| v = w.load(Ordering::Relaxed))?;
+        Ok(v)
+    }
+
+    /// Writes `value` to the word at `va` (8-byte aligned).
+    ///
+    /// # Errors
+    /// The signal Linux would send (C3).
+    pub fn write(&mut self, va: u64, value: u64) -> Result<(), AccessError> {
+        self.access(va, true, |w| w.store(value, Ordering::Relaxed)).map(|_| ())
+    }
+
+    /// Runs `op` on the word at `va` inside one access (C1) and tells
+    /// which frame it touched.
+    ///
+    /// # Errors
+    /// The signal Linux would send (C3).
+    pub fn access(
+        &mut self,
+        va: u64,
+        write: bool,
+        mut op: impl FnMut(&AtomicU64),
+    ) -> Result<Touched, AccessError> {
+        if va % 8 != 0 {
+            return Err(AccessError::Unaligned);
+        }
+        let mm = &*self.mm;
+        let hw = mm.hw();
+        for _ in 0..MAX_FAULTS {
+            {
+                let _section = hw.tlb.domain().read();
+                self.tlb.sync(&hw.tlb);
+                let pte = match self.tlb.lookup(va) {
+                    Some(p) if !write || p.writable() => Some(p),
+                    _ => {
+                        self.stats.tlb_misses += 1;
+                        let p = hw.pt.walk(va);
+                        if p.present() {
+                            self.tlb.fill(va, p);
+                        }
+                        p.present().then_some(p).filter(|p| !write || p.writable())
+                    }
+                };
+                if let Some(p) = pte {
+                    let f = hw.phys.frame(p.pfn());
+                    let generation = f.generation.load(Ordering::Acquire);
+                    op(&f.data[((va >> 3) & 511) as usize]);
+                    self.stats.accesses += 1;
+                    return Ok(Touched { pfn: p.pfn(), generation });
+                }
+            }
+            // C2: the fault runs outside the section.
+            fault::handle_mm_fault(mm, va, write, &mut self.frames, &mut self.stats.fault)?;
+        }
+        panic!("an access at {va:#x} faulted {MAX_FAULTS} times: the fault path livelocks");
+    }
+
+    /// Drops every cached translation (a context switch to another mm).
+    pub fn flush_tlb(&mut self) {
+        self.tlb = Default::default();
+    }
+
+    /// The page size.
+    pub const PAGE_SIZE: u64 = 1 << PAGE_SHIFT;
+}
+
+impl Drop for Cpu {
+    fn drop(&mut self) {
+        self.frames.drain(&self.mm.hw().phys);
+    }
+}

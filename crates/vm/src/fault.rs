@@ -1,0 +1,329 @@
+//! The page-fault handler: find the VMA, check the access, walk or build
+//! the tables, pick the frame, install the PTE under the PTL.
+//!
+//! # Invariants
+//! - FL1. A PTE is installed only under its table's lock, only if the slot
+//!   still holds what the fault saw (`pte_same`), and, under the `rcu-sync`
+//!   and `rcu-dead` strategies, only if the tree still maps the address to
+//!   the VMA the fault found (strategy.rs S4). Otherwise the fault backs
+//!   off: it frees the frame it allocated and the access retries.
+//! - FL2. The VMA is found and held as the strategy says (strategy.rs
+//!   S2–S5): under the mmap read lock, a per-VMA read lock, an RCU guard
+//!   of the VMA domain, or a counted reference.
+//! - FL3. Under the `rcu-*` strategies, the path from the TLB miss to the
+//!   VMA found writes no shared cache line: the RCU read lock writes only
+//!   the thread's own reader slot, the tree walk only reads, and nothing
+//!   else is written before the VMA is in hand (the per-fault counters are
+//!   the CPU's own).
+//! - FL4. Anonymous private memory: a read fault maps the zero page
+//!   read-only; a write fault maps a new zeroed frame, or reuses the
+//!   frame in place when it is already this VMA's own anonymous page, or
+//!   copies the zero page or a page-cache page (copy-on-write). Shared
+//!   mappings (files and `/dev/zero`) map the page-cache frame, writable
+//!   when the VMA is. A first anonymous page gives the VMA an anon_vma,
+//!   reusing a mergeable neighbour's (`find_mergeable_anon_vma`).
+//!
+//! # Linux
+//! `mm/memory.c`: `handle_mm_fault`, `do_anonymous_page`, `do_read_fault`,
+//! `do_cow_fault`, `do_shared_fault`, `do_wp_page` (reuse of an exclusive
+//! anonymous page); `mm/rmap.c`: `__anon_vma_prepare`,
+//! `find_mergeable_anon_vma`; `arch/x86/mm/fault.c`: `access_error`
+//! (x86 cannot map write-only or exec-only pages: any access right allows
+//! reads), `lock_vma_under_rcu` then `lock_mm_and_find_vma`.
+//!
+//! Not modelled: stack growth (`VM_GROWSDOWN` expansion), `userfaultfd`,
+//! NUMA, huge pages, swap.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::frame::{FrameCache, Owner};
+use crate::mm::AddressSpace;
+use crate::pgtable::{PageTable, Pte};
+use crate::strategy::{self, Strategy};
+use crate::vma::{AnonVmaId, Backing, PAGE_SHIFT, VmFlags, Vma};
+
+/// Why an access failed: the signal Linux would send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AccessError {
+    /// `SIGSEGV`/`SEGV_MAPERR`: no VMA maps the address.
+    MapErr,
+    /// `SIGSEGV`/`SEGV_ACCERR`: the VMA does not allow the access.
+    AccErr,
+    /// `SIGBUS`/`BUS_ADRALN`: the address is not 8-byte aligned (rcuvm
+    /// accesses whole words).
+    Unaligned,
+    /// Out of physical memory (`VM_FAULT_OOM`).
+    Oom,
+}
+
+impl std::fmt::Display for AccessError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AccessError::MapErr => "SIGSEGV (SEGV_MAPERR)",
+            AccessError::AccErr => "SIGSEGV (SEGV_ACCERR)",
+            AccessError::Unaligned => "SIGBUS (BUS_ADRALN)",
+            AccessError::Oom => "out of memory",
+        })
+    }
+}
+
+impl std::error::Error for AccessError {}
+
+/// Source of anon_vma identities.
+static NEXT_ANON_VMA: AtomicU64 = AtomicU64::new(1);
+
+/// What one fault did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// A PTE was installed or upgraded.
+    Installed,
+    /// Nothing to do or lost a race: the access retries (FL1).
+    Retry,
+}
+
+/// Per-CPU fault counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FaultStats {
+    /// Faults handled (installed a PTE).
+    pub faults: u64,
+    /// Faults that backed off and retried (FL1).
+    pub retries: u64,
+    /// `vma-lock`: faults that fell back to the mmap lock.
+    pub fallbacks: u64,
+}
+
+/// Handles a fault at `va` (FL1–FL4).
+pub(crate) fn handle_mm_fault(
+    mm: &AddressSpace,
+    va: u64,
+    write: bool,
+    cache: &mut FrameCache,
+    stats: &mut FaultStats,
+) -> Result<Outcome, AccessError> {
+    let hw = mm.hw();
+    let out = match hw.strategy {
+        Strategy::MmapLock => fault_mmap_locked(mm, va, write, cache),
+        Strategy::VmaLock => {
+            let g = mm.domain().read();
+            let found = mm.vmas_tree().load(va, &g).filter(|e| !e.value.is_dead());
+            let Some(e) = found else {
+                // No VMA under RCU: Linux retries under the mmap lock (the
+                // stack may need expanding); so do we, for the errno.
+                drop(g);
+                stats.fallbacks += 1;
+                return count(fault_mmap_locked(mm, va, write, cache), stats);
+            };
+            let vma = e.to_arc();
+            let mut locked = strategy::vma_start_read(&vma, &hw.mm_lock_seq);
+            // The detached check: still the tree's VMA for `va`?
+            if locked && !mm.vmas_tree().load(va, &g).is_some_and(|e2| std::ptr::eq(e2.value, e.value)) {
+                strategy::vma_end_read(&vma);
+                locked = false;
+            }
+            drop(g);
+            if !locked {
+                stats.fallbacks += 1;
+                // A writer holds it: wait for the writer on the mmap lock.
+                return count(fault_mmap_locked(mm, va, write, cache), stats);
+            }
+            let r = do_fault(mm, &vma, va, write, cache, None);
+            strategy::vma_end_read(&vma);
+            r
+        }
+        Strategy::RcuSync | Strategy::RcuDead => {
+            let g = mm.domain().read();
+            // FL3: from here to the VMA, nothing shared is written.
+            let Some(e) = mm.vmas_tree().load(va, &g) else { return Err(AccessError::MapErr) };
+            if e.value.is_dead() {
+                return Err(AccessError::MapErr);
+            }
+            do_fault(
+                mm,
+                e.value,
+                va,
+                write,
+                cache,
+                Some(&|| mm.vmas_tree().load(va, &g).is_some_and(|e2| std::ptr::eq(e2.value, e.value))),
+            )
+        }
+        Strategy::RcuRefcount => {
+            let vma: Arc<Vma> = {
+                let g = mm.domain().read();
+                match mm.vmas_tree().load(va, &g) {
+                    Some(e) => e.to_arc(),
+                    None => return Err(AccessError::MapErr),
+                }
+            };
+            // S5: the counted reference "keeps the VMA valid"; no re-check.
+            do_fault(mm, &vma, va, write, cache, None)
+        }
+    };
+    count(out, stats)
+}
+
+fn count(r: Result<Outcome, AccessError>, stats: &mut FaultStats) -> Result<Outcome, AccessError> {
+    match r {
+        Ok(Outcome::Installed) => stats.faults += 1,
+        Ok(Outcome::Retry) => stats.retries += 1,
+        Err(_) => {}
+    }
+    r
+}
+
+/// The fault under the mmap read lock (S2, and `vma-lock`'s fallback).
+fn fault_mmap_locked(
+    mm: &AddressSpace,
+    va: u64,
+    write: bool,
+    cache: &mut FrameCache,
+) -> Result<Outcome, AccessError> {
+    let _r = mm.mmap_read();
+    let g = mm.domain().read();
+    match mm.vmas_tree().load(va, &g) {
+        Some(e) if !e.value.is_dead() => do_fault(mm, e.value, va, write, cache, None),
+        _ => Err(AccessError::MapErr),
+    }
+}
+
+/// `access_error()` for x86: writes need `VM_WRITE`; any right allows reads.
+fn access_ok(vma: &Vma, write: bool) -> bool {
+    if write {
+        vma.flags.contains(VmFlags::WRITE)
+    } else {
+        vma.flags.intersects(VmFlags::READ | VmFlags::WRITE | VmFlags::EXEC)
+    }
+}
+
+/// `__anon_vma_prepare()`: gives `vma` an anon_vma if it has none (FL4).
+fn anon_vma_prepare(mm: &AddressSpace, vma: &Vma) {
+    if vma.anon().is_some() {
+        return;
+    }
+    let id = find_mergeable_anon_vma(mm, vma)
+        .unwrap_or_else(|| AnonVmaId(NEXT_ANON_VMA.fetch_add(1, Ordering::Relaxed)));
+    // V4: set once; a racing fault may have set it first.
+    let _ = vma.rt.anon.compare_exchange(0, id.0, Ordering::AcqRel, Ordering::Acquire);
+}
+
+/// `find_mergeable_anon_vma()`: a neighbour's anon_vma that `vma` could
+/// share (`reusable_anon_vma` and `anon_vma_compatible`).
+fn find_mergeable_anon_vma(mm: &AddressSpace, vma: &Vma) -> Option<AnonVmaId> {
+    let g = mm.domain().read();
+    let compatible = |a: &Vma, b: &Vma| {
+        a.end == b.start
+            && a.backing == b.backing
+            && a.name == b.name
+            && (a.flags ^ b.flags)
+                .difference(VmFlags::READ | VmFlags::WRITE | VmFlags::EXEC | VmFlags::SOFTDIRTY)
+                .is_empty()
+            && a.pgoff + ((a.end - a.start) >> PAGE_SHIFT) == b.pgoff
+    };
+    let tree = mm.vmas_tree();
+    if let Some(n) = tree.load(vma.end, &g).filter(|n| !n.value.is_dead()) {
+        if compatible(vma, n.value) {
+            if let Some(id) = n.value.anon() {
+                return Some(id);
+            }
+        }
+    }
+    if vma.start > 0 {
+        if let Some(p) = tree.load(vma.start - 1, &g).filter(|p| !p.value.is_dead()) {
+            if compatible(p.value, vma) {
+                return p.value.anon();
+            }
+        }
+    }
+    None
+}
+
+/// The fault proper, once the VMA is held (FL1, FL4). `live` is the
+/// re-check of S4, run under the PTL.
+fn do_fault(
+    mm: &AddressSpace,
+    vma: &Vma,
+    va: u64,
+    write: bool,
+    cache: &mut FrameCache,
+    live: Option<&dyn Fn() -> bool>,
+) -> Result<Outcome, AccessError> {
+    if !access_ok(vma, write) {
+        return Err(AccessError::AccErr);
+    }
+    let hw = mm.hw();
+    let pm = &*hw.phys;
+    let page = va & !((1 << PAGE_SHIFT) - 1);
+    let seen = hw.pt.walk(page);
+    let writable_vma = vma.flags.contains(VmFlags::WRITE);
+    if seen.present() && (!write || seen.writable()) {
+        return Ok(Outcome::Retry); // another CPU got there first
+    }
+    let shared = vma.flags.contains(VmFlags::SHARED);
+    let pgoff = vma.pgoff_at(page);
+    // Decide the new PTE, allocating a frame when needed.
+    let mut fresh = None;
+    let new = match (&vma.backing, shared) {
+        (Backing::File(f), true) => {
+            let pfn = pm.page_cache(f, pgoff).ok_or(AccessError::Oom)?;
+            Pte::new(pfn, writable_vma)
+        }
+        // (A shared VMA without a file comes only from a snapshot: treated as private.)
+        (backing, _) => {
+            let reuse = seen.mapped() && matches!(pm.frame(seen.pfn()).owner(), Owner::Anon { .. });
+            if !write {
+                if seen.mapped() {
+                    // A PROT_NONE entry made accessible again by a racing
+                    // mprotect: map its frame as it is.
+                    Pte::new(seen.pfn(), reuse && writable_vma)
+                } else {
+                    match backing {
+                        Backing::Anon => Pte::new(pm.zero_pfn(), false),
+                        Backing::File(f) => Pte::new(pm.page_cache(f, pgoff).ok_or(AccessError::Oom)?, false),
+                    }
+                }
+            } else if reuse {
+                Pte::new(seen.pfn(), true) // do_wp_page: reuse our own page
+            } else {
+                anon_vma_prepare(mm, vma);
+                let pfn = cache
+                    .alloc(pm, Owner::Anon { mm: hw.id, vpn: page >> PAGE_SHIFT })
+                    .ok_or(AccessError::Oom)?;
+                fresh = Some(pfn);
+                let src = if seen.mapped() {
+                    Some(seen.pfn())
+                } else if let Backing::File(f) = backing {
+                    Some(pm.page_cache(f, pgoff).ok_or(AccessError::Oom)?)
+                } else {
+                    None
+                };
+                if let Some(s) = src.filter(|&s| s != pm.zero_pfn()) {
+                    pm.frame(pfn).copy_from(pm.frame(s));
+                }
+                Pte::new(pfn, true)
+            }
+        }
+    };
+    let t = hw.pt.pte_table(page, true).expect("allocating walk");
+    let i = PageTable::pte_index(page);
+    let ptl = t.lock();
+    let same = Pte(t.entry(i)) == seen;
+    if same && live.is_none_or(|f| f()) {
+        t.set(&ptl, i, new);
+        drop(ptl);
+        if seen.present() && seen.pfn() != new.pfn() {
+            // Copy-on-write replaced the frame of a present read-only entry
+            // that other CPUs may cache: they must stop reading the old
+            // frame (`ptep_clear_flush`). A permission upgrade of the same
+            // frame needs no flush (a stale read-only entry faults and is
+            // refilled). The old frame is the zero page or a page-cache
+            // page (an anonymous one is reused), so nothing is freed.
+            hw.tlb.flush(page, page + (1 << PAGE_SHIFT));
+        }
+        return Ok(Outcome::Installed);
+    }
+    drop(ptl);
+    if let Some(p) = fresh {
+        cache.unused(pm, p);
+    }
+    Ok(Outcome::Retry)
+}

@@ -1,0 +1,413 @@
+//! Physical memory: page frames, the zero page and the page cache.
+//!
+//! # Owns
+//! [`PhysMem`]: every frame of a simulated machine (4 KiB of data as 512
+//! words each), the free list, and the page cache (file pages keyed by file
+//! and page offset).
+//!
+//! # Invariants
+//! - F1. Frame memory is type-stable: a chunk of frames, once allocated, is
+//!   never deallocated while the `PhysMem` lives. A lagging reader that
+//!   still holds a pfn therefore reads valid atomics, never freed memory;
+//!   whether the frame was reused is told by its generation (F2), which is
+//!   what the checker's P3 relies on.
+//! - F2. A frame's `generation` is bumped every time the frame is freed. A frame is
+//!   freed only when no PTE and no TLB entry can reach it (the caller's
+//!   duty: munmap frees through [`crate::tlb::MmuGather`], after the TLB
+//!   shootdown was acknowledged).
+//! - F3. A frame handed out by [`PhysMem::alloc`] is zero-filled.
+//! - F4. Page-cache frames and the zero page are never freed while the
+//!   `PhysMem` lives; PTEs that map them hold no count (unmapping them
+//!   frees nothing).
+//!
+//! # Concurrency
+//! Everything here is callable from any thread. `frame()` is lock-free; the
+//! free list and the page cache take short mutexes (per-CPU caches in
+//! [`FrameCache`] keep the free list's mutex off most faults).
+//!
+//! # Linux
+//! `struct page`/`struct folio` reduced to data, a generation and an owner
+//! tag; the buddy allocator reduced to a free list with per-CPU caches
+//! (`pcp` lists); `mm/filemap.c`'s page cache reduced to a map. File
+//! contents are not read from disk: a file page's initial data is a
+//! deterministic function of the file and offset ([`file_word`]), so that a
+//! stale or cross-file mapping is visible in the data.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+
+use crate::vma::FileId;
+
+/// Words of 8 bytes in a frame.
+pub const WORDS: usize = 512;
+/// Frames in one allocation chunk (2 MiB of data).
+const CHUNK: usize = 512;
+
+/// A page frame number: index of a frame in its [`PhysMem`].
+pub type Pfn = u64;
+
+/// One page frame.
+pub struct Frame {
+    /// The page's data, as words (racy accesses are well defined).
+    pub data: [AtomicU64; WORDS],
+    /// Bumped on every free (F2).
+    pub generation: AtomicU64,
+    /// Who the frame belongs to while allocated: [`Owner`] packed.
+    pub owner: AtomicU64,
+}
+
+/// What a frame is used for, packed into [`Frame::owner`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Owner {
+    /// On the free list.
+    Free,
+    /// The shared zero page.
+    Zero,
+    /// An anonymous page of address space `mm`, faulted at `vpn`.
+    Anon {
+        /// The address space's id.
+        mm: u32,
+        /// Virtual page number at which it was first mapped.
+        vpn: u64,
+    },
+    /// A page-cache page (F4).
+    PageCache,
+}
+
+impl Owner {
+    fn pack(self) -> u64 {
+        match self {
+            Owner::Free => 0,
+            Owner::Zero => 1,
+            Owner::PageCache => 2,
+            Owner::Anon { mm, vpn } => 3 | (u64::from(mm) << 2) | (vpn << 24),
+        }
+    }
+
+    fn unpack(v: u64) -> Owner {
+        match v & 3 {
+            0 => Owner::Free,
+            1 => Owner::Zero,
+            2 => Owner::PageCache,
+            _ => Owner::Anon { mm: ((v >> 2) & 0x3f_ffff) as u32, vpn: v >> 24 },
+        }
+    }
+}
+
+impl Frame {
+    /// The frame's owner.
+    pub fn owner(&self) -> Owner {
+        Owner::unpack(self.owner.load(Ordering::Acquire))
+    }
+
+    fn zero(&self) {
+        for w in &self.data {
+            w.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Copies `src`'s data into this frame (copy-on-write).
+    pub fn copy_from(&self, src: &Frame) {
+        for (d, s) in self.data.iter().zip(src.data.iter()) {
+            d.store(s.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+    }
+}
+
+/// The initial value of word `i` of page `pgoff` of `file`: what "reading
+/// the file" gives. Anonymous shared memory (`/dev/zero`) reads zero.
+pub fn file_word(file: &FileId, pgoff: u64, i: usize) -> u64 {
+    if file.dev_major == 0 && file.dev_minor == 1 {
+        return 0;
+    }
+    // A cheap mix (splitmix64) of the file, offset and word: distinct files
+    // and offsets give distinct data.
+    let mut z = file.inode.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (pgoff << 9 | i as u64);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Counters of a [`PhysMem`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PhysStats {
+    /// Frames allocated and not freed (anonymous and page cache, not the
+    /// zero page).
+    pub in_use: usize,
+    /// Page-cache frames.
+    pub page_cache: usize,
+    /// Frames ever carved from chunks.
+    pub carved: usize,
+}
+
+/// A machine's physical memory (F1–F4).
+pub struct PhysMem {
+    chunks: Box<[AtomicPtr<[Frame; CHUNK]>]>,
+    /// Next never-used pfn.
+    next: AtomicU64,
+    free: Mutex<Vec<Pfn>>,
+    in_use: AtomicUsize,
+    page_cache: Mutex<HashMap<(u32, u32, u64, u64), Pfn>>,
+    zero: Pfn,
+}
+
+impl std::fmt::Debug for PhysMem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PhysMem").field("stats", &self.stats()).finish_non_exhaustive()
+    }
+}
+
+impl PhysMem {
+    /// Physical memory of up to `max_frames` frames (rounded up to whole
+    /// 2 MiB chunks), allocated lazily.
+    pub fn new(max_frames: usize) -> Self {
+        let n = max_frames.div_ceil(CHUNK).max(1);
+        let chunks = (0..n).map(|_| AtomicPtr::new(std::ptr::null_mut())).collect();
+        let mut pm = PhysMem {
+            chunks,
+            next: AtomicU64::new(0),
+            free: Mutex::new(Vec::new()),
+            in_use: AtomicUsize::new(0),
+            page_cache: Mutex::new(HashMap::new()),
+            zero: 0,
+        };
+        pm.zero = pm.carve().expect("room for the zero page");
+        pm.frame(pm.zero).owner.store(Owner::Zero.pack(), Ordering::Release);
+        pm
+    }
+
+    /// The shared zero page.
+    pub fn zero_pfn(&self) -> Pfn {
+        self.zero
+    }
+
+    /// The frame `pfn`.
+    ///
+    /// # Panics
+    /// If `pfn` was never handed out by this `PhysMem` (a bug in the caller:
+    /// pfns come only from page-table entries this `PhysMem` filled).
+    #[inline]
+    pub fn frame(&self, pfn: Pfn) -> &Frame {
+        let c = self.chunks[(pfn as usize) / CHUNK].load(Ordering::Acquire);
+        assert!(!c.is_null(), "pfn {pfn} was never allocated");
+        // SAFETY: F1: a published chunk is never freed while `self` lives,
+        // and it was fully initialised (zeroed atomics) before the Release
+        // store that published it, which the Acquire load above pairs with.
+        unsafe { &(*c)[(pfn as usize) % CHUNK] }
+    }
+
+    /// A never-used frame, carving a new chunk when needed.
+    fn carve(&self) -> Option<Pfn> {
+        let pfn = self.next.fetch_add(1, Ordering::Relaxed);
+        let ci = (pfn as usize) / CHUNK;
+        let slot = self.chunks.get(ci)?;
+        if slot.load(Ordering::Acquire).is_null() {
+            // All-zero bytes are valid `Frame`s (zeroed atomics), which is
+            // also F3 for fresh frames.
+            let layout = std::alloc::Layout::new::<[Frame; CHUNK]>();
+            // SAFETY: the layout has a non-zero size.
+            let p = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<[Frame; CHUNK]>();
+            if p.is_null() {
+                std::alloc::handle_alloc_error(layout);
+            }
+            // ORDERING: Release publishes the zeroed chunk to `frame()`'s
+            // Acquire load; AcqRel on failure sees the winner's chunk.
+            if slot.compare_exchange(std::ptr::null_mut(), p, Ordering::AcqRel, Ordering::Acquire).is_err() {
+                // SAFETY: `p` was allocated above with this layout and never
+                // published.
+                unsafe { std::alloc::dealloc(p.cast(), layout) };
+            }
+        }
+        Some(pfn)
+    }
+
+    /// Moves up to `n` free frames to `out` (a per-CPU cache refill).
+    fn take_free(&self, out: &mut Vec<Pfn>, n: usize) {
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        let k = free.len().saturating_sub(n);
+        out.extend(free.drain(k..));
+    }
+
+    /// A zero-filled frame owned by `owner` (F3), or `None` when physical
+    /// memory is exhausted.
+    pub fn alloc(&self, owner: Owner) -> Option<Pfn> {
+        let mut one = Vec::new();
+        self.take_free(&mut one, 1);
+        let pfn = match one.pop() {
+            Some(p) => {
+                self.frame(p).zero();
+                p
+            }
+            None => self.carve()?,
+        };
+        self.frame(pfn).owner.store(owner.pack(), Ordering::Release);
+        self.in_use.fetch_add(1, Ordering::Relaxed);
+        Some(pfn)
+    }
+
+    /// Frees frames that nothing can reach any more (F2). Page-cache frames
+    /// and the zero page in `pfns` are skipped (F4).
+    pub fn free(&self, pfns: impl IntoIterator<Item = Pfn>) {
+        let mut n = 0;
+        let mut batch = Vec::new();
+        for pfn in pfns {
+            let f = self.frame(pfn);
+            if !matches!(f.owner(), Owner::Anon { .. }) {
+                continue;
+            }
+            // ORDERING: Release: a reader that sees the new generation also
+            // sees the frame as free.
+            f.owner.store(Owner::Free.pack(), Ordering::Release);
+            f.generation.fetch_add(1, Ordering::Release);
+            batch.push(pfn);
+            n += 1;
+        }
+        if n > 0 {
+            self.in_use.fetch_sub(n, Ordering::Relaxed);
+            self.free.lock().unwrap_or_else(|e| e.into_inner()).extend(batch);
+        }
+    }
+
+    /// The page-cache frame for page `pgoff` of `file`, filled with the
+    /// file's data on first use (F4).
+    ///
+    /// # Errors
+    /// `None` when physical memory is exhausted.
+    pub fn page_cache(&self, file: &FileId, pgoff: u64) -> Option<Pfn> {
+        let key = (file.dev_major, file.dev_minor, file.inode, pgoff);
+        let mut pc = self.page_cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(&p) = pc.get(&key) {
+            return Some(p);
+        }
+        let pfn = self.alloc(Owner::PageCache)?;
+        let f = self.frame(pfn);
+        for (i, w) in f.data.iter().enumerate() {
+            w.store(file_word(file, pgoff, i), Ordering::Relaxed);
+        }
+        pc.insert(key, pfn);
+        Some(pfn)
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> PhysStats {
+        PhysStats {
+            in_use: self.in_use.load(Ordering::Relaxed),
+            page_cache: self.page_cache.lock().unwrap_or_else(|e| e.into_inner()).len(),
+            carved: self.next.load(Ordering::Relaxed) as usize,
+        }
+    }
+}
+
+impl Drop for PhysMem {
+    fn drop(&mut self) {
+        let layout = std::alloc::Layout::new::<[Frame; CHUNK]>();
+        for c in self.chunks.iter() {
+            let p = c.load(Ordering::Acquire);
+            if !p.is_null() {
+                // SAFETY: `&mut self`: no reference into the chunk remains;
+                // it was allocated in `carve` with this layout.
+                unsafe { std::alloc::dealloc(p.cast(), layout) };
+            }
+        }
+    }
+}
+
+/// A CPU's private stock of free frames, refilled from and spilled to the
+/// shared free list in batches so most faults take no shared lock.
+#[derive(Debug, Default)]
+pub struct FrameCache {
+    stock: Vec<Pfn>,
+}
+
+const CACHE_BATCH: usize = 32;
+
+impl FrameCache {
+    /// A zero-filled frame owned by `owner` (F3).
+    pub fn alloc(&mut self, pm: &PhysMem, owner: Owner) -> Option<Pfn> {
+        if self.stock.is_empty() {
+            pm.take_free(&mut self.stock, CACHE_BATCH);
+        }
+        let pfn = match self.stock.pop() {
+            Some(p) => {
+                pm.frame(p).zero();
+                p
+            }
+            None => pm.carve()?,
+        };
+        pm.frame(pfn).owner.store(owner.pack(), Ordering::Release);
+        pm.in_use.fetch_add(1, Ordering::Relaxed);
+        Some(pfn)
+    }
+
+    /// Gives back a frame this CPU allocated but never mapped.
+    pub fn unused(&mut self, pm: &PhysMem, pfn: Pfn) {
+        pm.free([pfn]);
+    }
+
+    /// Returns the stock to the shared list (a CPU going away).
+    pub fn drain(&mut self, pm: &PhysMem) {
+        pm.free.lock().unwrap_or_else(|e| e.into_inner()).append(&mut self.stock);
+    }
+}
+
+#[cfg(all(test, not(rcuvm_loom)))]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn file(inode: u64) -> FileId {
+        FileId { dev_major: 8, dev_minor: 1, inode, path: Arc::from("/f") }
+    }
+
+    #[test]
+    fn frames_are_zeroed_reused_and_generations_move() {
+        let pm = PhysMem::new(4096);
+        let a = pm.alloc(Owner::Anon { mm: 1, vpn: 5 }).unwrap();
+        pm.frame(a).data[3].store(7, Ordering::Relaxed);
+        assert_eq!(pm.frame(a).owner(), Owner::Anon { mm: 1, vpn: 5 });
+        let g = pm.frame(a).generation.load(Ordering::Relaxed);
+        pm.free([a]);
+        assert_eq!(pm.frame(a).generation.load(Ordering::Relaxed), g + 1);
+        assert_eq!(pm.frame(a).owner(), Owner::Free);
+        let b = pm.alloc(Owner::Anon { mm: 1, vpn: 6 }).unwrap();
+        assert_eq!(a, b, "the free list is reused");
+        assert_eq!(pm.frame(b).data[3].load(Ordering::Relaxed), 0, "F3");
+        assert_eq!(pm.stats().in_use, 1);
+    }
+
+    #[test]
+    fn page_cache_and_zero_page_are_never_freed() {
+        let pm = PhysMem::new(4096);
+        let p = pm.page_cache(&file(9), 3).unwrap();
+        assert_eq!(pm.page_cache(&file(9), 3), Some(p));
+        assert_ne!(pm.page_cache(&file(9), 4), Some(p));
+        assert_eq!(pm.frame(p).data[1].load(Ordering::Relaxed), file_word(&file(9), 3, 1));
+        pm.free([p, pm.zero_pfn()]);
+        assert_eq!(pm.frame(p).owner(), Owner::PageCache);
+        assert_eq!(pm.frame(pm.zero_pfn()).owner(), Owner::Zero);
+    }
+
+    #[test]
+    fn exhaustion_is_an_error_not_a_panic() {
+        let pm = PhysMem::new(1);
+        let mut got = 0;
+        while pm.alloc(Owner::Anon { mm: 0, vpn: 0 }).is_some() {
+            got += 1;
+        }
+        assert_eq!(got, CHUNK - 1, "one chunk, less the zero page");
+    }
+
+    #[test]
+    fn cpu_caches_refill_and_drain() {
+        let pm = PhysMem::new(8192);
+        let frames: Vec<_> = (0..100).map(|_| pm.alloc(Owner::Anon { mm: 0, vpn: 0 }).unwrap()).collect();
+        pm.free(frames);
+        let mut c = FrameCache::default();
+        let p = c.alloc(&pm, Owner::Anon { mm: 0, vpn: 1 }).unwrap();
+        assert_eq!(c.stock.len(), CACHE_BATCH - 1);
+        c.unused(&pm, p);
+        c.drain(&pm);
+        assert_eq!(pm.stats().in_use, 0);
+    }
+}

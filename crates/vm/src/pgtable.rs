@@ -1,0 +1,597 @@
+//! Software page tables: x86-64-style four-level radix tables (4 KiB pages,
+//! 512 entries per level), walked without locks.
+//!
+//! # Owns
+//! [`PageTable`]: the root table, the pool of table pages, and every table
+//! page hooked under the root.
+//!
+//! # Invariants
+//! - PT1. Table pages are type-stable: an unhooked table goes back to the
+//!   pool (its `generation` bumped), never to the allocator, while the `PageTable`
+//!   lives. A lagging lockless walker that still reads an unhooked table
+//!   reads valid atomics; the generation tells that it was freed (the
+//!   checker's P3).
+//! - PT2. An upper-level entry is 0 or `ptr | 1` to a child table; it
+//!   changes from 0 to a child only under the parent table's lock (`hook`),
+//!   and from a child to 0 only under the mmap write lock and the parent's
+//!   lock (`free_tables`).
+//! - PT3. A leaf entry ([`Pte`]) changes only under its table's lock (the
+//!   split page-table lock, PTL).
+//! - PT4. A zap that finds an upper entry empty takes that table's lock
+//!   before skipping it. A fault hooks a new table under the same lock, so
+//!   either the zap sees (and zaps) the new table, or the fault's later
+//!   re-check of the VMA, made under the PTL, happens after the writer's
+//!   tree update and sees the VMA gone. This is what makes the re-check
+//!   sound when munmap races a fault that allocates tables.
+//! - PT5. An unhooked table is freed (to the pool) only after the TLB
+//!   shootdown that follows the unhook was acknowledged and, for lockless
+//!   software walkers (faults, smaps), after an RCU grace period: the
+//!   caller's duty, through [`crate::tlb::MmuGather`].
+//!
+//! # Concurrency
+//! `walk`, `rss`: lock-free, any thread (under the caller's RCU guard or
+//! lock as the strategy requires). `install` and `pte_table`: any thread,
+//! they take table locks. `zap`, `change_prot`, `move_ptes`,
+//! `free_tables`: mmap write lock.
+//!
+//! # Linux
+//! `pgd_t`/`pud_t`/`pmd_t`/`pte_t` and `arch/x86/include/asm/pgtable_types.h`
+//! bit positions (`_PAGE_PRESENT`, `_PAGE_RW`, `_PAGE_PROTNONE`);
+//! `__pte_alloc`/`pmd_install` (hook under lock), `zap_pte_range`,
+//! `change_pte_range`, `move_ptes`, `free_pgd_range` (floor/ceiling),
+//! `pte_offset_map_lock`. No huge pages.
+
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::frame::Pfn;
+use crate::vma::PAGE_SHIFT;
+
+/// Entries per table.
+pub const PTRS: usize = 512;
+/// One past the highest address the tables map (48-bit).
+pub const VA_END: u64 = 1 << 48;
+
+/// A leaf page-table entry: `pfn << 12 | flags`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Pte(pub u64);
+
+impl Pte {
+    /// `_PAGE_PRESENT`.
+    pub const PRESENT: u64 = 1 << 0;
+    /// `_PAGE_RW`.
+    pub const WRITE: u64 = 1 << 1;
+    /// `_PAGE_USER`.
+    pub const USER: u64 = 1 << 2;
+    /// `_PAGE_PROTNONE`: mapped but inaccessible (`PROT_NONE`): not present
+    /// to the MMU, the frame stays.
+    pub const PROTNONE: u64 = 1 << 8;
+    const PFN_MASK: u64 = ((1 << 52) - 1) & !0xfff;
+
+    /// An entry mapping `pfn`, present, writable or not.
+    pub fn new(pfn: Pfn, write: bool) -> Pte {
+        Pte(pfn << PAGE_SHIFT | Pte::PRESENT | Pte::USER | if write { Pte::WRITE } else { 0 })
+    }
+    /// `pte_none`.
+    pub fn is_none(self) -> bool {
+        self.0 == 0
+    }
+    /// Present to the MMU.
+    pub fn present(self) -> bool {
+        self.0 & Pte::PRESENT != 0
+    }
+    /// Maps a frame (present or `PROT_NONE`).
+    pub fn mapped(self) -> bool {
+        self.0 & (Pte::PRESENT | Pte::PROTNONE) != 0
+    }
+    /// Writable.
+    pub fn writable(self) -> bool {
+        self.0 & Pte::WRITE != 0
+    }
+    /// The frame.
+    pub fn pfn(self) -> Pfn {
+        (self.0 & Pte::PFN_MASK) >> PAGE_SHIFT
+    }
+}
+
+/// One table page.
+pub struct Table {
+    entries: [AtomicU64; PTRS],
+    /// The split page-table lock (PTL) of this table (PT2, PT3).
+    lock: parking_lot::Mutex<()>,
+    /// Bumped each time the table goes back to the pool (PT1).
+    pub generation: AtomicU64,
+}
+
+impl Table {
+    fn new_boxed() -> Box<Table> {
+        Box::new(Table {
+            entries: std::array::from_fn(|_| AtomicU64::new(0)),
+            lock: parking_lot::Mutex::new(()),
+            generation: AtomicU64::new(0),
+        })
+    }
+
+    /// Entry `i`, read without a lock.
+    #[inline]
+    pub fn entry(&self, i: usize) -> u64 {
+        // ORDERING: Acquire pairs with the Release store that hooked a
+        // child (its zeroed entries are visible) or installed a PTE.
+        self.entries[i].load(Ordering::Acquire)
+    }
+
+    /// Takes this table's lock (the PTL for a leaf table).
+    pub fn lock(&self) -> parking_lot::MutexGuard<'_, ()> {
+        self.lock.lock()
+    }
+
+    /// Sets leaf entry `i`; the caller holds this table's lock (PT3).
+    pub fn set(&self, _ptl: &parking_lot::MutexGuard<'_, ()>, i: usize, pte: Pte) {
+        // ORDERING: Release publishes the frame's contents (zero-filled or
+        // copied) to walkers that Acquire the entry.
+        self.entries[i].store(pte.0, Ordering::Release);
+    }
+}
+
+/// An unhooked table awaiting its free (PT5): owned, so `Send`.
+#[derive(Debug)]
+pub struct UnhookedTable(NonNull<Table>);
+// SAFETY: an unhooked table is reachable only through this handle (and by
+// lagging walkers, which only read atomics); moving the handle between
+// threads moves that ownership.
+unsafe impl Send for UnhookedTable {}
+
+/// Index of `va` in a table of `level` (4 = PGD … 1 = PTE).
+#[inline]
+fn index(va: u64, level: u32) -> usize {
+    ((va >> (PAGE_SHIFT + 9 * (level - 1))) & 511) as usize
+}
+
+/// Bytes one entry of a `level` table covers.
+#[inline]
+fn entry_span(level: u32) -> u64 {
+    1 << (PAGE_SHIFT + 9 * (level - 1))
+}
+
+/// The child table an upper-level entry points to.
+///
+/// # Safety
+/// `e` was read from an entry of a table of a live `PageTable` (PT1: every
+/// table ever hooked stays allocated while its `PageTable` lives), and the
+/// returned reference does not outlive that `PageTable`.
+#[inline]
+unsafe fn child<'a>(e: u64) -> &'a Table {
+    debug_assert!(e & 1 == 1);
+    // SAFETY: per the contract, `e & !1` is the address of a live `Table`.
+    unsafe { &*((e & !1) as *const Table) }
+}
+
+/// The pool of free table pages (PT1).
+#[derive(Default)]
+pub(crate) struct TablePool {
+    free: Mutex<Vec<Box<Table>>>,
+    /// Tables handed out and not returned (hooked or awaiting their free).
+    live: AtomicUsize,
+}
+
+impl TablePool {
+    fn alloc(&self) -> Box<Table> {
+        self.live.fetch_add(1, Ordering::Relaxed);
+        let t = self.free.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        match t {
+            Some(t) => {
+                for e in &t.entries {
+                    e.store(0, Ordering::Relaxed);
+                }
+                t
+            }
+            None => Table::new_boxed(),
+        }
+    }
+
+    /// Returns `t` and every table under it (levels above 1) to the pool.
+    fn free_tree(&self, t: Box<Table>, level: u32, out: &mut Vec<Box<Table>>, leftover: &mut usize) {
+        for e in &t.entries {
+            let v = e.load(Ordering::Acquire);
+            if v == 0 {
+                continue;
+            }
+            if level > 1 {
+                // SAFETY: PT1/PT5: the subtree is unhooked and past its grace
+                // period; we are its only owner, so we reclaim the Box that
+                // `hook` leaked.
+                let c = unsafe { Box::from_raw((v & !1) as *mut Table) };
+                self.free_tree(c, level - 1, out, leftover);
+            } else {
+                *leftover += 1;
+            }
+        }
+        t.generation.fetch_add(1, Ordering::Release);
+        out.push(t);
+    }
+}
+
+/// A four-level page table (PT1–PT5).
+pub struct PageTable {
+    root: Box<Table>,
+    pool: Arc<TablePool>,
+}
+
+impl std::fmt::Debug for PageTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PageTable").field("tables", &self.tables()).finish_non_exhaustive()
+    }
+}
+
+impl Default for PageTable {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Something that collects what a page-table change frees: the range to
+/// flush, the frames and the unhooked tables ([`crate::tlb::MmuGather`]).
+pub(crate) trait Gather {
+    /// A mapped entry for `va` was cleared or lost rights: flush it.
+    fn flush_page(&mut self, va: u64);
+    /// A frame that was mapped at `va` is no longer mapped.
+    fn frame(&mut self, pfn: Pfn);
+    /// A table was unhooked; it covered `[lo, hi)`.
+    fn table(&mut self, t: UnhookedTable, level: u32, lo: u64, hi: u64);
+}
+
+impl PageTable {
+    /// An empty page table (just the root).
+    pub fn new() -> Self {
+        let pool = Arc::new(TablePool::default());
+        let root = pool.alloc();
+        PageTable { root, pool }
+    }
+
+    /// Table pages in use (hooked or awaiting their free), with the root.
+    pub fn tables(&self) -> usize {
+        self.pool.live.load(Ordering::Relaxed)
+    }
+
+    /// The PTE for `va`, read without locks (what the MMU's walk does).
+    #[inline]
+    pub fn walk(&self, va: u64) -> Pte {
+        let mut t: &Table = &self.root;
+        for level in (2..=4).rev() {
+            let e = t.entry(index(va, level));
+            if e == 0 {
+                return Pte(0);
+            }
+            // SAFETY: read from a table of `self` (PT1); the reference does
+            // not outlive `&self`.
+            t = unsafe { child(e) };
+        }
+        Pte(t.entry(index(va, 1)))
+    }
+
+    /// The leaf table for `va`, allocating missing levels when `alloc`
+    /// (each hooked under its parent's lock, PT2/PT4).
+    pub fn pte_table(&self, va: u64, alloc: bool) -> Option<&Table> {
+        let mut t: &Table = &self.root;
+        for level in (2..=4).rev() {
+            let i = index(va, level);
+            let mut e = t.entry(i);
+            if e == 0 {
+                if !alloc {
+                    return None;
+                }
+                let _g = t.lock();
+                e = t.entry(i);
+                if e == 0 {
+                    let new = Box::into_raw(self.pool.alloc());
+                    e = new as u64 | 1;
+                    // ORDERING: Release publishes the zeroed child (PT2).
+                    t.entries[i].store(e, Ordering::Release);
+                }
+            }
+            // SAFETY: read from a table of `self` (PT1).
+            t = unsafe { child(e) };
+        }
+        Some(t)
+    }
+
+    /// Index of `va` in its leaf table.
+    pub fn pte_index(va: u64) -> usize {
+        index(va, 1)
+    }
+
+    /// Clears every leaf entry in `[start, end)` (`zap_page_range`):
+    /// mapped frames and the pages to flush go to `g`. mmap write lock.
+    pub(crate) fn zap(&self, start: u64, end: u64, g: &mut impl Gather) {
+        self.for_leaves(&self.root, 4, 0, start, end, &mut |t, i, va| {
+            let _ptl = t.lock();
+            let old = Pte(t.entries[i].swap(0, Ordering::AcqRel));
+            if old.mapped() {
+                g.frame(old.pfn());
+            }
+            if old.present() {
+                g.flush_page(va);
+            }
+        });
+    }
+
+    /// Rewrites every mapped leaf entry in `[start, end)` with `f`
+    /// (`change_protection`); entries that lose rights are flushed.
+    pub(crate) fn change_prot(&self, start: u64, end: u64, f: &dyn Fn(u64, Pte) -> Pte, g: &mut impl Gather) {
+        self.for_leaves(&self.root, 4, 0, start, end, &mut |t, i, va| {
+            let ptl = t.lock();
+            let old = Pte(t.entry(i));
+            if !old.mapped() {
+                return;
+            }
+            let new = f(va, old);
+            if new != old {
+                t.set(&ptl, i, new);
+                if old.present() && (!new.present() || (old.writable() && !new.writable())) {
+                    g.flush_page(va);
+                }
+            }
+        });
+    }
+
+    /// Moves the leaf entries of `[from, from + len)` to `[to, to + len)`
+    /// (`move_ptes`); the destination must hold none. Source pages are
+    /// flushed. mmap write lock.
+    pub(crate) fn move_ptes(&self, from: u64, to: u64, len: u64, g: &mut impl Gather) {
+        let mut moved = Vec::new();
+        self.for_leaves(&self.root, 4, 0, from, from + len, &mut |t, i, va| {
+            let _ptl = t.lock();
+            let old = Pte(t.entries[i].swap(0, Ordering::AcqRel));
+            if old.mapped() {
+                moved.push((va - from + to, old));
+            }
+            if old.present() {
+                g.flush_page(va);
+            }
+        });
+        for (va, pte) in moved {
+            let t = self.pte_table(va, true).expect("allocating walk");
+            let ptl = t.lock();
+            t.set(&ptl, index(va, 1), pte);
+        }
+    }
+
+    /// Calls `f(table, index, va)` for each leaf slot in `[start, end)`
+    /// whose table exists, following PT4 for empty upper entries.
+    fn for_leaves(
+        &self,
+        t: &Table,
+        level: u32,
+        base: u64,
+        start: u64,
+        end: u64,
+        f: &mut dyn FnMut(&Table, usize, u64),
+    ) {
+        let span = entry_span(level);
+        let first = if start > base { ((start - base) / span) as usize } else { 0 };
+        for i in first..PTRS {
+            let lo = base + i as u64 * span;
+            if lo >= end {
+                break;
+            }
+            if level == 1 {
+                if t.entry(i) != 0 {
+                    f(t, i, lo);
+                }
+                continue;
+            }
+            let mut e = t.entry(i);
+            if e == 0 {
+                // PT4: serialise with a fault hooking a table here.
+                let _g = t.lock();
+                e = t.entry(i);
+                if e == 0 {
+                    continue;
+                }
+            }
+            // SAFETY: read from a table of `self` (PT1).
+            let c = unsafe { child(e) };
+            self.for_leaves(c, level - 1, lo, start.max(lo), end.min(lo + span), f);
+        }
+    }
+
+    /// Unhooks every table that maps only addresses in `[floor, ceiling)`
+    /// and overlaps `[start, end)` (`free_pgd_range`); they go to `g`
+    /// (PT2, PT5). mmap write lock.
+    pub(crate) fn free_tables(&self, floor: u64, ceiling: u64, start: u64, end: u64, g: &mut impl Gather) {
+        Self::unhook_in(&self.root, 4, 0, floor, ceiling, start, end, g);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn unhook_in(
+        t: &Table,
+        level: u32,
+        base: u64,
+        floor: u64,
+        ceiling: u64,
+        start: u64,
+        end: u64,
+        g: &mut impl Gather,
+    ) {
+        let span = entry_span(level);
+        let first = if start > base { ((start - base) / span) as usize } else { 0 };
+        for i in first..PTRS {
+            let lo = base + i as u64 * span;
+            if lo >= end {
+                break;
+            }
+            let e = t.entry(i);
+            if e == 0 {
+                continue;
+            }
+            if floor <= lo && lo + span <= ceiling {
+                let guard = t.lock();
+                // ORDERING: Release orders the unhook before the flush that
+                // follows (PT5); the Box was leaked by `pte_table`.
+                t.entries[i].store(0, Ordering::Release);
+                drop(guard);
+                let p = NonNull::new((e & !1) as *mut Table).expect("hooked table");
+                g.table(UnhookedTable(p), level - 1, lo, lo + span);
+            } else if level > 2 {
+                // SAFETY: read from a table of this page table (PT1).
+                let c = unsafe { child(e) };
+                Self::unhook_in(c, level - 1, lo, floor, ceiling, start.max(lo), end.min(lo + span), g);
+            }
+        }
+    }
+
+    /// A handle that frees unhooked tables later (PT5), usable from an RCU
+    /// callback without borrowing the page table.
+    pub(crate) fn freer(&self) -> TableFreer {
+        TableFreer { pool: self.pool.clone() }
+    }
+
+    /// Resident pages in `[start, end)`: `(anonymous, other)`, counted by a
+    /// lockless walk (smaps' `Rss`); `kind` says whether a frame is
+    /// anonymous, and `None` for frames Rss does not count (the zero page:
+    /// `vm_normal_page` is `NULL` for it).
+    pub fn rss(&self, start: u64, end: u64, kind: &dyn Fn(Pfn) -> Option<bool>) -> (u64, u64) {
+        let (mut a, mut f) = (0, 0);
+        let mut va = start;
+        while va < end {
+            // A lockless walk of one leaf table at a time.
+            let Some(t) = self.pte_table(va, false) else {
+                va = (va | (entry_span(2) - 1)) + 1;
+                continue;
+            };
+            let stop = end.min((va | (entry_span(2) - 1)) + 1);
+            while va < stop {
+                let p = Pte(t.entry(index(va, 1)));
+                if p.mapped() {
+                    match kind(p.pfn()) {
+                        Some(true) => a += 1,
+                        Some(false) => f += 1,
+                        None => {}
+                    }
+                }
+                va += 1 << PAGE_SHIFT;
+            }
+        }
+        (a, f)
+    }
+}
+
+/// Frees unhooked tables into their pool (PT5).
+#[derive(Clone)]
+pub(crate) struct TableFreer {
+    pool: Arc<TablePool>,
+}
+
+impl TableFreer {
+    /// Frees each table and the subtree under it. Returns how many leaf
+    /// entries were still set (0 unless a fault installed a PTE after the
+    /// zap: the bug the re-check under the PTL prevents).
+    pub(crate) fn free(&self, tables: Vec<(UnhookedTable, u32)>) -> usize {
+        let mut out = Vec::new();
+        let mut leftover = 0;
+        for (t, level) in tables {
+            // SAFETY: PT5: unhooked, flushed and past its grace period; this
+            // handle is its only owner and reclaims the Box `pte_table`
+            // leaked.
+            let b = unsafe { Box::from_raw(t.0.as_ptr()) };
+            self.pool.free_tree(b, level, &mut out, &mut leftover);
+        }
+        self.pool.live.fetch_sub(out.len(), Ordering::Relaxed);
+        self.pool.free.lock().unwrap_or_else(|e| e.into_inner()).extend(out);
+        leftover
+    }
+}
+
+impl Drop for PageTable {
+    fn drop(&mut self) {
+        // `&mut self`: no walker remains. Reclaim every hooked table.
+        let mut out = Vec::new();
+        let mut leftover = 0;
+        let root = std::mem::replace(&mut self.root, Table::new_boxed());
+        self.pool.free_tree(root, 4, &mut out, &mut leftover);
+        self.pool.live.fetch_sub(out.len(), Ordering::Relaxed);
+    }
+}
+
+#[cfg(all(test, not(rcuvm_loom)))]
+mod tests {
+    use super::*;
+
+    #[derive(Default)]
+    struct G {
+        flushed: Vec<u64>,
+        frames: Vec<Pfn>,
+        tables: Vec<(UnhookedTable, u32)>,
+    }
+    impl Gather for G {
+        fn flush_page(&mut self, va: u64) {
+            self.flushed.push(va);
+        }
+        fn frame(&mut self, pfn: Pfn) {
+            self.frames.push(pfn);
+        }
+        fn table(&mut self, t: UnhookedTable, level: u32, _lo: u64, _hi: u64) {
+            self.tables.push((t, level));
+        }
+    }
+
+    fn install(pt: &PageTable, va: u64, pfn: Pfn) {
+        let t = pt.pte_table(va, true).unwrap();
+        let ptl = t.lock();
+        t.set(&ptl, PageTable::pte_index(va), Pte::new(pfn, true));
+    }
+
+    #[test]
+    fn install_walk_zap_and_free() {
+        let pt = PageTable::new();
+        assert_eq!(pt.walk(0x40_0000), Pte(0));
+        install(&pt, 0x40_0000, 7);
+        install(&pt, 0x7fff_0000_1000, 9);
+        assert_eq!(pt.walk(0x40_0000).pfn(), 7);
+        assert!(pt.walk(0x40_0000).writable());
+        assert_eq!(pt.walk(0x7fff_0000_1000).pfn(), 9);
+        assert_eq!(pt.tables(), 1 + 3 + 3);
+        let mut g = G::default();
+        pt.zap(0x40_0000, 0x40_1000, &mut g);
+        assert_eq!(g.frames, vec![7]);
+        assert_eq!(g.flushed, vec![0x40_0000]);
+        assert!(pt.walk(0x40_0000).is_none());
+        // Unhook what maps only [0, 1 GiB): the PUD and below of the low half.
+        pt.free_tables(0, 0x7fff_0000_0000, 0x40_0000, 0x40_1000, &mut g);
+        assert_eq!(g.tables.len(), 1);
+        assert_eq!(g.tables[0].1, 3, "the whole PUD table under PGD entry 0");
+        let freed = pt.freer().free(std::mem::take(&mut g.tables));
+        assert_eq!(freed, 0);
+        assert_eq!(pt.tables(), 1 + 3);
+        assert_eq!(pt.walk(0x7fff_0000_1000).pfn(), 9, "the other half is untouched");
+    }
+
+    #[test]
+    fn tables_shared_with_a_neighbour_stay() {
+        let pt = PageTable::new();
+        install(&pt, 0x20_0000, 1);
+        install(&pt, 0x20_1000, 2);
+        let mut g = G::default();
+        pt.zap(0x20_1000, 0x20_2000, &mut g);
+        // A VMA still covers 0x20_0000: the ceiling keeps its tables.
+        pt.free_tables(0x20_1000, 1 << 40, 0x20_1000, 0x20_2000, &mut g);
+        assert!(g.tables.is_empty());
+        assert_eq!(pt.walk(0x20_0000).pfn(), 1);
+    }
+
+    #[test]
+    fn change_prot_and_move() {
+        let pt = PageTable::new();
+        install(&pt, 0x1000, 3);
+        install(&pt, 0x2000, 4);
+        let mut g = G::default();
+        pt.change_prot(0x1000, 0x3000, &|_, p| Pte(p.0 & !Pte::WRITE), &mut g);
+        assert!(!pt.walk(0x1000).writable());
+        assert_eq!(g.flushed.len(), 2);
+        pt.move_ptes(0x1000, 0x4000_0000, 0x2000, &mut g);
+        assert!(pt.walk(0x1000).is_none());
+        assert_eq!(pt.walk(0x4000_1000).pfn(), 4);
+        assert_eq!(pt.rss(0x4000_0000, 0x4000_2000, &|_| Some(true)), (2, 0));
+    }
+}

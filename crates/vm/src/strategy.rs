@@ -1,0 +1,176 @@
+//! The five ways to keep page faults and readers safe against mm calls,
+//! from the linux-mm thread "synchronize_rcu in munmap?" (February 2021)
+//! and what Linux shipped since.
+//!
+//! # Owns
+//! [`Strategy`], the per-VMA lock protocol ([`vma_start_read`],
+//! [`vma_start_write`]) and [`DeadRange`] (solution 3's dead entries).
+//!
+//! # Invariants
+//! - S1. In every strategy, writers (mm calls) serialise on the mmap write
+//!   lock, and a frame or table page is freed only after the TLB shootdown
+//!   (tlb.rs T3).
+//! - S2. `mmap-lock`: faults and smaps take the mmap lock for read; a
+//!   writer excludes them all.
+//! - S3. `vma-lock`: a fault finds the VMA under RCU and read-locks it
+//!   (`vma_start_read`); a writer write-locks every VMA it changes or
+//!   removes (`vma_start_write`: it marks the VMA with the mm's
+//!   `mm_lock_seq` and waits for its readers) before changing the tree; the
+//!   marks all drop when the writer releases the mmap lock (`mm_lock_seq`
+//!   moves on). A fault that cannot lock retries, then falls back to the
+//!   mmap lock.
+//! - S4. `rcu-sync`, `rcu-dead`: a fault runs entirely under the VMA
+//!   domain's RCU guard and installs its PTE only after re-checking, under
+//!   the PTL, that the tree still maps the address to the same VMA object
+//!   (pgtable.rs PT4 makes that re-check sound against a racing zap).
+//!   `rcu-sync`'s munmap waits for a grace period before returning, so the
+//!   range can be reused at once. `rcu-dead`'s munmap never waits for a
+//!   grace period: it leaves a dead entry (vma.rs V5) over the range, which
+//!   placement cannot use; the page tables under it are unhooked and the
+//!   entry erased only after a grace period (by the first mm call after the
+//!   RCU callback marked it expired); `MAP_FIXED` over a live dead entry
+//!   synchronises first.
+//! - S5. `rcu-refcount` (solution 2) is *unsafe by design*: a fault takes a
+//!   counted reference to the VMA and installs its PTE without re-checking.
+//!   A fault that found the VMA before a munmap can install a PTE after the
+//!   munmap's zap: the stale PTE problem of the thread. It exists so the
+//!   checker can prove it catches that. Never a default.
+//!
+//! # Linux
+//! `mmap_lock` (pre-6.4 faults), `lock_vma_under_rcu`, `vma_start_read`,
+//! `vma_start_write`, `vma_end_write_all` (6.4+ per-VMA locks). Solutions 1
+//! to 3 are from Matthew Wilcox's mail of 2021-02-08.
+
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+
+use crate::vma::Vma;
+
+/// How faults and readers are kept safe against mm calls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Strategy {
+    /// Faults and readers take the mmap lock for read (Linux before 6.4).
+    MmapLock,
+    /// Per-VMA locks found under RCU (Linux 6.4+). The default: Linux's
+    /// exact semantics, with faults that scale.
+    #[default]
+    VmaLock,
+    /// Solution 1: faults under RCU; munmap synchronises.
+    RcuSync,
+    /// Solution 3: faults under RCU; munmap leaves a dead entry and never
+    /// waits for a grace period.
+    RcuDead,
+    /// Solution 2: refcounted VMAs. Unsafe by design (S5); for the checker.
+    RcuRefcount,
+}
+
+impl Strategy {
+    /// Every strategy, in the thread's order of discussion.
+    pub const ALL: [Strategy; 5] =
+        [Strategy::MmapLock, Strategy::VmaLock, Strategy::RcuSync, Strategy::RcuDead, Strategy::RcuRefcount];
+
+    /// The name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Strategy::MmapLock => "mmap-lock",
+            Strategy::VmaLock => "vma-lock",
+            Strategy::RcuSync => "rcu-sync",
+            Strategy::RcuDead => "rcu-dead",
+            Strategy::RcuRefcount => "rcu-refcount",
+        }
+    }
+
+    /// The strategy named `s` ([`Strategy::name`]).
+    pub fn from_name(s: &str) -> Option<Strategy> {
+        Strategy::ALL.into_iter().find(|x| x.name() == s)
+    }
+
+    /// Whether it is correct (all but `rcu-refcount`, S5).
+    pub fn is_safe(self) -> bool {
+        self != Strategy::RcuRefcount
+    }
+}
+
+impl std::fmt::Display for Strategy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Strategy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Strategy::from_name(s).ok_or_else(|| {
+            let names: Vec<_> = Strategy::ALL.iter().map(|x| x.name()).collect();
+            format!("unknown strategy {s:?}; one of {}", names.join(", "))
+        })
+    }
+}
+
+/// The states of a dead entry (S4).
+const PENDING: u8 = 0;
+const EXPIRED: u8 = 1;
+const REAPED: u8 = 2;
+
+/// A range left dead by an `rcu-dead` munmap (vma.rs V5).
+#[derive(Debug, Default)]
+pub(crate) struct DeadRange {
+    state: AtomicU8,
+}
+
+impl DeadRange {
+    /// The grace period since the munmap has passed (the RCU callback).
+    pub(crate) fn expire(&self) {
+        let _ = self.state.compare_exchange(PENDING, EXPIRED, Ordering::AcqRel, Ordering::Acquire);
+    }
+    /// Whether the grace period has passed.
+    pub(crate) fn expired(&self) -> bool {
+        self.state.load(Ordering::Acquire) == EXPIRED
+    }
+    /// Claims the reaping (once).
+    pub(crate) fn claim(&self) -> bool {
+        self.state.swap(REAPED, Ordering::AcqRel) != REAPED
+    }
+}
+
+/// `vma_start_read()`: read-locks `vma` unless a writer has it
+/// write-locked in the current write cycle (S3). The caller re-checks that
+/// the VMA is still in the tree.
+pub(crate) fn vma_start_read(vma: &Vma, mm_lock_seq: &AtomicU64) -> bool {
+    // ORDERING: SeqCst on the reader count and both sequences: a Dekker
+    // pairing with `vma_start_write` (store seq, then load readers): either
+    // the writer sees this reader or this reader sees the mark.
+    if vma.rt.lock_seq.load(Ordering::SeqCst) == mm_lock_seq.load(Ordering::SeqCst) {
+        return false;
+    }
+    vma.rt.readers.fetch_add(1, Ordering::SeqCst);
+    if vma.rt.lock_seq.load(Ordering::SeqCst) == mm_lock_seq.load(Ordering::SeqCst) {
+        vma.rt.readers.fetch_sub(1, Ordering::SeqCst);
+        return false;
+    }
+    true
+}
+
+/// `vma_end_read()`.
+pub(crate) fn vma_end_read(vma: &Vma) {
+    // ORDERING: Release: the fault's work happens before a writer that
+    // sees the count drop.
+    vma.rt.readers.fetch_sub(1, Ordering::Release);
+}
+
+/// `vma_start_write()`: marks `vma` write-locked for this write cycle and
+/// waits for its readers to leave (S3). mmap write lock held.
+pub(crate) fn vma_start_write(vma: &Vma, mm_lock_seq: &AtomicU64) {
+    let seq = mm_lock_seq.load(Ordering::SeqCst);
+    if vma.rt.lock_seq.swap(seq, Ordering::SeqCst) == seq {
+        return;
+    }
+    let mut spins = 0u32;
+    while vma.rt.readers.load(Ordering::SeqCst) != 0 {
+        spins += 1;
+        if spins < 64 {
+            std::hint::spin_loop();
+        } else {
+            std::thread::yield_now();
+        }
+    }
+}

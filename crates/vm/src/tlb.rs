@@ -1,0 +1,319 @@
+//! TLBs and their shootdown: each simulated CPU caches translations; a
+//! writer that removes or weakens one flushes every CPU before it frees
+//! what the translation reached.
+//!
+//! # Owns
+//! [`Shootdown`] (per address space: the flush generation, the log of
+//! flushed ranges, and the TLB domain that plays the role of the IPI),
+//! [`Tlb`] (per CPU: the cached translations and the generation they are
+//! valid for), and [`MmuGather`] (per writer call: what to flush and free).
+//!
+//! # Invariants
+//! - T1. An access is one read-side section of the address space's *TLB
+//!   domain* (a `rcuvm_rcu::Domain` of its own): the CPU enters it, compares
+//!   its TLB's generation with `Shootdown::generation` and flushes what the log
+//!   says if it is behind, then looks up, walks and touches the frame, then
+//!   leaves. A fault is taken outside the section (it is an exception; the
+//!   access restarts).
+//! - T2. A flush: the writer has already changed the PTEs; it records the
+//!   range in the log slot of generation `g + 1`, publishes `generation = g + 1`
+//!   (Release), then waits for a grace period of the TLB domain
+//!   (`synchronize_expedited`: a `membarrier` IPI and a wait for CPUs inside
+//!   an access). After it, every access that could have used or cached the
+//!   old translation has ended, and every later access flushes first. This
+//!   is x86's `tlb_gen` scheme (`flush_tlb_mm_range`, `flush_tlb_func`).
+//! - T3. Frames and table pages that the old translations reached are freed
+//!   only after that acknowledgement (`MmuGather::finish`), tables only
+//!   after the VMA domain's grace period too (pgtable.rs PT5).
+//! - T4. A CPU that is behind by more than the log holds, or whose log
+//!   slot was overwritten while it read it, flushes everything.
+//!
+//! # Concurrency
+//! `Shootdown::flush`: any thread outside an access (writers, and faults
+//! that copy on write); flushers serialise on a mutex to write the log, then
+//! wait for the grace period outside it. `Tlb`: owned by its CPU's thread.
+//! The log is a per-slot seqlock.
+//!
+//! # Linux
+//! `arch/x86/mm/tlb.c` (`tlb_gen`, `flush_tlb_mm_range`, partial flushes
+//! under `tlb_single_page_flush_ceiling` = 33 pages), `include/asm-generic/tlb.h`
+//! (`struct mmu_gather`, `tlb_finish_mmu`, `tlb_remove_table`). The IPI is a
+//! grace period of a domain whose sections are single accesses, which is
+//! what an IPI waits for: every CPU to reach an instruction boundary.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crossbeam_utils::CachePadded;
+use rcuvm_rcu::Domain;
+
+use crate::frame::Pfn;
+use crate::pgtable::{Gather, Pte, UnhookedTable};
+use crate::vma::PAGE_SHIFT;
+
+/// Log slots of flushed ranges (T4).
+const LOG: usize = 16;
+/// Pages over which a flush is a full flush (`tlb_single_page_flush_ceiling`).
+pub const FLUSH_CEILING: u64 = 33;
+/// Entries of a CPU's TLB (direct-mapped).
+pub const TLB_ENTRIES: usize = 256;
+
+/// One log slot: `tag` is the generation it describes (seqlock: 0 while
+/// being written).
+#[derive(Default)]
+struct Slot {
+    tag: AtomicU64,
+    start: AtomicU64,
+    end: AtomicU64,
+}
+
+/// The address space's side of TLB shootdown (T2).
+pub struct Shootdown {
+    domain: Domain,
+    /// Serialises flushers (writers, and faults that copy on write).
+    writer: std::sync::Mutex<()>,
+    generation: CachePadded<AtomicU64>,
+    log: [Slot; LOG],
+    flushes: AtomicU64,
+}
+
+impl std::fmt::Debug for Shootdown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shootdown").field("generation", &self.generation()).finish_non_exhaustive()
+    }
+}
+
+impl Default for Shootdown {
+    fn default() -> Self {
+        Shootdown {
+            domain: Domain::new(),
+            writer: std::sync::Mutex::new(()),
+            generation: CachePadded::new(AtomicU64::new(0)),
+            log: Default::default(),
+            flushes: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Shootdown {
+    /// The TLB domain (T1): accesses are its read-side sections.
+    pub fn domain(&self) -> &Domain {
+        &self.domain
+    }
+
+    /// The current flush generation.
+    pub fn generation(&self) -> u64 {
+        // ORDERING: Acquire pairs with the Release in `flush`: a CPU that
+        // sees generation g sees the PTE changes made before it.
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Shootdowns done.
+    pub fn flushes(&self) -> u64 {
+        self.flushes.load(Ordering::Relaxed)
+    }
+
+    /// Flushes `[start, end)` from every CPU and waits for the
+    /// acknowledgement (T2). Any thread outside an access.
+    pub fn flush(&self, start: u64, end: u64) {
+        let lock = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let g = self.generation.load(Ordering::Relaxed) + 1;
+        let s = &self.log[(g as usize) % LOG];
+        s.tag.store(0, Ordering::Relaxed);
+        std::sync::atomic::fence(Ordering::Release);
+        s.start.store(start, Ordering::Relaxed);
+        s.end.store(end, Ordering::Relaxed);
+        // ORDERING: Release: a reader that sees the tag sees start and end.
+        s.tag.store(g, Ordering::Release);
+        // ORDERING: Release publishes the PTE changes and the slot (T2).
+        self.generation.store(g, Ordering::Release);
+        self.flushes.fetch_add(1, Ordering::Relaxed);
+        drop(lock);
+        self.domain.synchronize_expedited();
+    }
+
+    /// The range logged for generation `g`, if the slot still describes it.
+    fn logged(&self, g: u64) -> Option<(u64, u64)> {
+        let s = &self.log[(g as usize) % LOG];
+        // ORDERING: Acquire pairs with the tag's Release store.
+        if s.tag.load(Ordering::Acquire) != g {
+            return None;
+        }
+        let r = (s.start.load(Ordering::Relaxed), s.end.load(Ordering::Relaxed));
+        std::sync::atomic::fence(Ordering::Acquire);
+        (s.tag.load(Ordering::Relaxed) == g).then_some(r)
+    }
+}
+
+/// A CPU's TLB: a direct-mapped cache of leaf entries, tagged by virtual
+/// page number (T1, T4).
+pub struct Tlb {
+    /// `(vpn + 1, pte)`; tag 0 is an empty entry.
+    entries: Box<[(u64, Pte); TLB_ENTRIES]>,
+    /// The shootdown generation this TLB is valid for.
+    generation: u64,
+    /// Full and ranged flushes done, for statistics.
+    pub full_flushes: u64,
+    /// Ranged flushes done.
+    pub range_flushes: u64,
+}
+
+impl Default for Tlb {
+    fn default() -> Self {
+        Tlb {
+            entries: Box::new([(0, Pte(0)); TLB_ENTRIES]),
+            generation: 0,
+            full_flushes: 0,
+            range_flushes: 0,
+        }
+    }
+}
+
+impl std::fmt::Debug for Tlb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tlb").field("generation", &self.generation).finish_non_exhaustive()
+    }
+}
+
+impl Tlb {
+    /// Brings this TLB up to `sd`'s generation (T2, T4). Called at the start
+    /// of every access, inside the TLB domain's section.
+    #[inline]
+    pub fn sync(&mut self, sd: &Shootdown) {
+        let now = sd.generation();
+        if now != self.generation {
+            self.catch_up(sd, now);
+        }
+    }
+
+    #[cold]
+    fn catch_up(&mut self, sd: &Shootdown, now: u64) {
+        let behind = now - self.generation;
+        let mut full = behind as usize >= LOG;
+        if !full {
+            for g in self.generation + 1..=now {
+                match sd.logged(g) {
+                    Some((s, e)) if (e - s) >> PAGE_SHIFT <= FLUSH_CEILING => self.flush_range(s, e),
+                    _ => {
+                        full = true;
+                        break;
+                    }
+                }
+            }
+        }
+        if full {
+            self.entries.fill((0, Pte(0)));
+            self.full_flushes += 1;
+        } else {
+            self.range_flushes += 1;
+        }
+        self.generation = now;
+    }
+
+    fn flush_range(&mut self, s: u64, e: u64) {
+        let mut va = s;
+        while va < e {
+            let vpn = va >> PAGE_SHIFT;
+            let slot = &mut self.entries[(vpn as usize) % TLB_ENTRIES];
+            if slot.0 == vpn + 1 {
+                *slot = (0, Pte(0));
+            }
+            va += 1 << PAGE_SHIFT;
+        }
+    }
+
+    /// The cached entry for `va`.
+    #[inline]
+    pub fn lookup(&self, va: u64) -> Option<Pte> {
+        let vpn = va >> PAGE_SHIFT;
+        let (tag, pte) = self.entries[(vpn as usize) % TLB_ENTRIES];
+        (tag == vpn + 1).then_some(pte)
+    }
+
+    /// Caches `pte` for `va` (a fill after a walk).
+    #[inline]
+    pub fn fill(&mut self, va: u64, pte: Pte) {
+        let vpn = va >> PAGE_SHIFT;
+        self.entries[(vpn as usize) % TLB_ENTRIES] = (vpn + 1, pte);
+    }
+}
+
+/// What one writer call unmaps or changes: the range to flush, the frames
+/// and the tables to free after the flush (`struct mmu_gather`, T3).
+#[derive(Debug, Default)]
+pub struct MmuGather {
+    start: u64,
+    end: u64,
+    /// Frames no longer mapped; freed after the flush.
+    pub(crate) frames: Vec<Pfn>,
+    /// Tables unhooked, with their level; freed after the flush and a
+    /// grace period of the VMA domain.
+    pub(crate) tables: Vec<(UnhookedTable, u32)>,
+}
+
+impl Gather for MmuGather {
+    fn flush_page(&mut self, va: u64) {
+        if self.start >= self.end {
+            (self.start, self.end) = (va, va + (1 << PAGE_SHIFT));
+        } else {
+            self.start = self.start.min(va);
+            self.end = self.end.max(va + (1 << PAGE_SHIFT));
+        }
+    }
+    fn frame(&mut self, pfn: Pfn) {
+        self.frames.push(pfn);
+    }
+    fn table(&mut self, t: UnhookedTable, level: u32, lo: u64, hi: u64) {
+        // A hardware walker may have cached the path through it: flush
+        // the range it covered (`tlb_remove_table` + `tlb_flush_mmu`).
+        self.flush_page(lo);
+        self.flush_page(hi - (1 << PAGE_SHIFT));
+        self.tables.push((t, level));
+    }
+}
+
+impl MmuGather {
+    /// Whether anything needs a shootdown.
+    pub(crate) fn needs_flush(&self) -> bool {
+        self.start < self.end
+    }
+
+    /// The range to flush.
+    pub(crate) fn range(&self) -> (u64, u64) {
+        (self.start, self.end)
+    }
+}
+
+#[cfg(all(test, not(rcuvm_loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cpu_behind_flushes_the_logged_range_only() {
+        let sd = Shootdown::default();
+        let mut tlb = Tlb::default();
+        tlb.fill(0x1000, Pte::new(1, true));
+        tlb.fill(0x9000, Pte::new(2, true));
+        sd.flush(0x1000, 0x2000);
+        tlb.sync(&sd);
+        assert_eq!(tlb.lookup(0x1000), None);
+        assert_eq!(tlb.lookup(0x9000), Some(Pte::new(2, true)));
+        assert_eq!(tlb.range_flushes, 1);
+    }
+
+    #[test]
+    fn far_behind_or_large_flushes_everything() {
+        let sd = Shootdown::default();
+        let mut tlb = Tlb::default();
+        tlb.fill(0x9000, Pte::new(2, true));
+        for _ in 0..LOG + 1 {
+            sd.flush(0x1000, 0x2000);
+        }
+        tlb.sync(&sd);
+        assert_eq!(tlb.lookup(0x9000), None);
+        tlb.fill(0x9000, Pte::new(2, true));
+        sd.flush(0, 0x100_0000);
+        tlb.sync(&sd);
+        assert_eq!(tlb.lookup(0x9000), None);
+        assert_eq!(tlb.full_flushes, 2);
+    }
+}

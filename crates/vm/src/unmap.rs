@@ -1,0 +1,156 @@
+//! Tearing down the pages of a range a writer has unmapped: zap, unhook
+//! tables, shoot down TLBs, free, each as the strategy says.
+//!
+//! # Invariants
+//! - U1. Order: the tree stops mapping the range first (erase, or a dead
+//!   entry); then PTEs are zapped under their PTLs; then tables that map
+//!   only the gap are unhooked; then one TLB shootdown covers it all; then
+//!   frames are freed; tables are freed after a grace period of the VMA
+//!   domain (pgtable.rs PT5, tlb.rs T3).
+//! - U2. Under `rcu-dead`, munmap unhooks no table and waits for no grace
+//!   period: the dead entry keeps the range until an RCU callback marked it
+//!   expired; the next mm call then erases it and unhooks its tables (its
+//!   grace period has passed, so no fault or smaps reader can be in them;
+//!   only the MMU's walk can, and the shootdown covers that). An mm call
+//!   that needs the range earlier (`MAP_FIXED`) synchronises first.
+//! - U3. Under `rcu-sync`, munmap returns only after a grace period of the
+//!   VMA domain: no fault or reader that found an unmapped VMA is still
+//!   running when the range can be reused.
+//!
+//! # Concurrency
+//! mmap write lock (an [`MmCall`]).
+//!
+//! # Linux
+//! `mm/vma.c` `vms_complete_munmap_vmas` → `unmap_region` (`unmap_vmas`,
+//! `free_pgtables` with floor and ceiling, `tlb_finish_mmu`); solutions 1
+//! and 3 of the thread for the rest.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::mmap::MmCall;
+use crate::pgtable::VA_END;
+use crate::strategy::{self, DeadRange, Strategy};
+use crate::tlb::MmuGather;
+use crate::vma::Vma;
+
+impl MmCall<'_> {
+    /// `vma_start_write()` under the `vma-lock` strategy (strategy.rs S3).
+    pub(crate) fn vma_write_lock(&self, v: &Vma) {
+        if self.hw.strategy == Strategy::VmaLock {
+            strategy::vma_start_write(v, &self.hw.mm_lock_seq);
+        }
+    }
+
+    /// Removes `[start, end)` (whose VMAs are `hit`, remnants already
+    /// stored) from the tree: erased, or under `rcu-dead` replaced by dead
+    /// entries (U2). Returns whether dead entries were left.
+    pub(crate) fn bury(&mut self, hit: &[Arc<Vma>], start: u64, end: u64) -> bool {
+        if self.hw.strategy != Strategy::RcuDead {
+            self.w.erase(start..end).expect("non-empty range");
+            return false;
+        }
+        for v in hit {
+            let (s, e) = (v.start.max(start), v.end.min(end));
+            let d = Arc::new(DeadRange::default());
+            let mut tomb = v.slice(s, e);
+            tomb.rt.dead = Some(d.clone());
+            self.w.store(s..e, tomb).expect("non-empty range");
+            self.dead.push((s, e, d.clone()));
+            self.hw.dead.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // ORDERING: the callback runs after a grace period that began
+            // after the dead entry was published.
+            self.domain.call(move || d.expire());
+        }
+        true
+    }
+
+    /// The free gap around `[start, end)`: the end of the entry below and
+    /// the start of the entry above (`free_pgtables`' floor and ceiling).
+    fn gap_around(&self, start: u64, end: u64) -> (u64, u64) {
+        let g = self.domain.read();
+        let floor = self.tree.prev(start, &g).map_or(0, |e| e.range.end);
+        let ceiling = self.tree.next(end.saturating_sub(1), &g).map_or(VA_END, |e| e.range.start);
+        (floor, ceiling.min(VA_END))
+    }
+
+    /// Zaps `[start, end)`, unhooks the tables of the gap around it when
+    /// `free_tables`, and finishes (U1).
+    pub(crate) fn unmap_pages(&mut self, start: u64, end: u64, free_tables: bool) {
+        let mut g = MmuGather::default();
+        self.hw.pt.zap(start, end, &mut g);
+        if free_tables {
+            let (floor, ceiling) = self.gap_around(start, end);
+            self.hw.pt.free_tables(floor, ceiling, start, end.min(VA_END), &mut g);
+        }
+        self.finish(g, true);
+    }
+
+    /// `tlb_finish_mmu()`: one shootdown, then frames back at once and
+    /// tables after a grace period (`deferred`) or at once (U1, U2).
+    pub(crate) fn finish(&mut self, g: MmuGather, deferred: bool) {
+        if g.needs_flush() {
+            let (s, e) = g.range();
+            self.hw.tlb.flush(s, e);
+        }
+        self.hw.phys.free(g.frames);
+        if !g.tables.is_empty() {
+            let f = self.hw.pt.freer();
+            let tables = g.tables;
+            if deferred {
+                self.domain.call(move || {
+                    f.free(tables);
+                });
+            } else {
+                f.free(tables);
+            }
+        }
+    }
+
+    /// What munmap does last: `rcu-sync` waits for a grace period (U3).
+    pub(crate) fn after_unmap(&mut self) {
+        if self.hw.strategy == Strategy::RcuSync {
+            let t = Instant::now();
+            self.domain.synchronize();
+            let ns = t.elapsed().as_nanos() as u64;
+            self.hw.syncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.hw.sync_ns.fetch_add(ns, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Erases dead entries and unhooks their tables (U2): the expired ones,
+    /// and with `force` every one overlapping `[start, end)` after waiting
+    /// for a grace period.
+    pub(crate) fn reap_dead(&mut self, force: bool, start: u64, end: u64) {
+        if self.dead.is_empty() {
+            return;
+        }
+        let overlaps = |s: u64, e: u64| s < end && start < e;
+        if force && self.dead.iter().any(|(s, e, d)| overlaps(*s, *e) && !d.expired()) {
+            let t = Instant::now();
+            self.domain.synchronize();
+            self.hw.syncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.hw.sync_ns.fetch_add(t.elapsed().as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        let (reap, keep): (Vec<_>, Vec<_>) = std::mem::take(self.dead)
+            .into_iter()
+            .partition(|(s, e, d)| d.expired() || (force && overlaps(*s, *e)));
+        *self.dead = keep;
+        if reap.is_empty() {
+            return;
+        }
+        for (s, e, d) in &reap {
+            if d.claim() {
+                self.w.erase(*s..*e).expect("non-empty range");
+                self.hw.dead.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        // The grace period has passed: tables go back at once (U2).
+        let mut g = MmuGather::default();
+        for (s, e, _) in &reap {
+            let (floor, ceiling) = self.gap_around(*s, *e);
+            self.hw.pt.free_tables(floor, ceiling, *s, (*e).min(VA_END), &mut g);
+        }
+        self.finish(g, false);
+    }
+}

@@ -1,0 +1,271 @@
+//! The fault path, page tables and TLBs under every strategy: what an
+//! access sees after each mm call, and that teardown frees everything.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use rcuvm::frame::file_word;
+use rcuvm::uapi::{MREMAP_MAYMOVE, madv};
+use rcuvm::{AccessError, AddressSpace, FileId, MapFile, MapFlags, PhysMem, Prot, Strategy};
+
+const RW: Prot = Prot::READ.union(Prot::WRITE);
+const ANON: MapFlags = MapFlags::PRIVATE.union(MapFlags::ANONYMOUS);
+const P: u64 = 4096;
+
+fn mm(s: Strategy) -> Arc<AddressSpace> {
+    Arc::new(AddressSpace::with_strategy(s))
+}
+
+fn file(inode: u64, writable: bool) -> MapFile {
+    MapFile {
+        id: FileId { dev_major: 8, dev_minor: 1, inode, path: Arc::from("/data/f") },
+        readable: true,
+        writable,
+    }
+}
+
+#[test]
+fn anonymous_memory_faults_in_zeroes_and_keeps_writes() {
+    for s in Strategy::ALL {
+        let mm = mm(s);
+        let a = mm.mmap(0, 4 * P, RW, ANON, None, 0).unwrap();
+        let mut cpu = mm.cpu();
+        assert_eq!(cpu.read(a + 16), Ok(0), "{s}: a read maps the zero page");
+        assert!(mm.smaps().contains("Rss:                   0 kB"), "{s}: the zero page is not Rss");
+        cpu.write(a + 16, 7).unwrap();
+        cpu.write(a + 3 * P, 9).unwrap();
+        assert_eq!(cpu.read(a + 16), Ok(7), "{s}");
+        let mut other = mm.cpu();
+        assert_eq!(other.read(a + 3 * P), Ok(9), "{s}: another CPU sees the same page");
+        assert!(mm.smaps().contains("Rss:                   8 kB"), "{s}:\n{}", mm.smaps());
+        assert!(mm.smaps().contains("Anonymous:             8 kB"), "{s}");
+        assert_eq!(cpu.stats().fault.faults, 3, "{s}: zero page, then copy-on-write, then a new page");
+    }
+}
+
+#[test]
+fn bad_accesses_give_the_signal_linux_sends() {
+    for s in Strategy::ALL {
+        let mm = mm(s);
+        let mut cpu = mm.cpu();
+        assert_eq!(cpu.read(0x1000), Err(AccessError::MapErr), "{s}");
+        let a = mm.mmap(0, P, Prot::READ, ANON, None, 0).unwrap();
+        assert_eq!(cpu.write(a, 1), Err(AccessError::AccErr), "{s}");
+        assert_eq!(cpu.read(a + 3), Err(AccessError::Unaligned), "{s}");
+        let n = mm.mmap(0, P, Prot::empty(), ANON, None, 0).unwrap();
+        assert_eq!(cpu.read(n), Err(AccessError::AccErr), "{s}: PROT_NONE");
+        let w = mm.mmap(0, P, Prot::WRITE, ANON, None, 0).unwrap();
+        assert_eq!(cpu.read(w), Ok(0), "{s}: x86 cannot map write-only pages");
+    }
+}
+
+#[test]
+fn munmap_removes_the_translation_from_every_tlb_before_it_returns() {
+    for s in Strategy::ALL {
+        let mm = mm(s);
+        let a = mm.mmap(0, 2 * P, RW, ANON, None, 0).unwrap();
+        let (mut c1, mut c2) = (mm.cpu(), mm.cpu());
+        c1.write(a, 5).unwrap();
+        assert_eq!(c2.read(a), Ok(5), "{s}: c2 caches the translation");
+        let flushes = mm.shootdown().flushes();
+        mm.munmap(a, 2 * P).unwrap();
+        assert!(mm.shootdown().flushes() > flushes, "{s}: a shootdown");
+        assert_eq!(c2.read(a), Err(AccessError::MapErr), "{s}: no stale TLB entry");
+        // mmap(); munmap(); mmap() at once: fresh memory, no stale PTE.
+        let b = mm.mmap(a, 2 * P, RW, ANON | MapFlags::FIXED, None, 0).unwrap();
+        assert_eq!(b, a);
+        assert_eq!(c1.read(a), Ok(0), "{s}: the new mapping is fresh");
+        assert_eq!(mm.phys().stats().in_use, 0, "{s}: the old frame was freed, the new one not yet touched");
+    }
+}
+
+#[test]
+fn munmap_of_untouched_memory_needs_no_shootdown() {
+    let mm = mm(Strategy::VmaLock);
+    let a = mm.mmap(0, 16 * P, RW, ANON, None, 0).unwrap();
+    let before = mm.shootdown().flushes();
+    mm.munmap(a, 16 * P).unwrap();
+    assert_eq!(mm.shootdown().flushes(), before);
+}
+
+#[test]
+fn mprotect_changes_what_the_pages_allow_and_keeps_them() {
+    for s in Strategy::ALL {
+        let mm = mm(s);
+        let a = mm.mmap(0, 2 * P, RW, ANON, None, 0).unwrap();
+        let mut cpu = mm.cpu();
+        let mut other = mm.cpu();
+        cpu.write(a, 11).unwrap();
+        other.write(a, 12).unwrap(); // `other` caches a writable entry
+        mm.mprotect(a, P, Prot::READ).unwrap();
+        assert_eq!(other.write(a, 13), Err(AccessError::AccErr), "{s}: the writable entry was shot down");
+        assert_eq!(cpu.read(a), Ok(12), "{s}");
+        mm.mprotect(a, P, Prot::empty()).unwrap();
+        assert_eq!(cpu.read(a), Err(AccessError::AccErr), "{s}: PROT_NONE keeps the frame but denies");
+        mm.mprotect(a, 2 * P, RW).unwrap();
+        assert_eq!(cpu.read(a), Ok(12), "{s}: the data survived PROT_NONE");
+        other.write(a, 14).unwrap();
+        assert_eq!(cpu.read(a), Ok(14), "{s}: write permission came back through a fault");
+        assert_eq!(mm.map_count(), 1, "{s}: the pieces merged again");
+    }
+}
+
+#[test]
+fn madvise_dontneed_drops_the_pages() {
+    for s in Strategy::ALL {
+        let mm = mm(s);
+        let a = mm.mmap(0, 2 * P, RW, ANON, None, 0).unwrap();
+        let mut cpu = mm.cpu();
+        cpu.write(a, 1).unwrap();
+        cpu.write(a + P, 2).unwrap();
+        mm.madvise(a, P, madv::DONTNEED).unwrap();
+        assert_eq!(cpu.read(a), Ok(0), "{s}: zeroes again");
+        assert_eq!(cpu.read(a + P), Ok(2), "{s}: outside the range, kept");
+        assert_eq!(mm.phys().stats().in_use, 1, "{s}: the dropped frame was freed");
+    }
+}
+
+#[test]
+fn mremap_moves_the_pages_with_the_mapping() {
+    for s in Strategy::ALL {
+        let mm = mm(s);
+        let a = mm.mmap(0, 2 * P, RW, ANON, None, 0).unwrap();
+        // Something right above, so that growing must move.
+        mm.mmap(a + 2 * P, P, Prot::READ, ANON | MapFlags::FIXED, None, 0).unwrap();
+        let mut cpu = mm.cpu();
+        cpu.write(a + P + 8, 77).unwrap();
+        let b = mm.mremap(a, 2 * P, 64 * P, MREMAP_MAYMOVE, 0).unwrap();
+        assert_ne!(a, b, "{s}: it had to move");
+        assert_eq!(cpu.read(a + P + 8), Err(AccessError::MapErr), "{s}");
+        assert_eq!(cpu.read(b + P + 8), Ok(77), "{s}: the page moved");
+        assert_eq!(cpu.read(b + 40 * P), Ok(0), "{s}: the grown part is fresh");
+    }
+}
+
+#[test]
+fn private_file_mappings_copy_on_write_and_shared_ones_share() {
+    for s in Strategy::ALL {
+        let mm = mm(s);
+        let f = file(42, true);
+        let shared = MapFlags::SHARED;
+        let priv1 = mm.mmap(0, 2 * P, RW, MapFlags::PRIVATE, Some(&f), P).unwrap();
+        let sh1 = mm.mmap(0, 2 * P, RW, shared, Some(&f), 0).unwrap();
+        let sh2 = mm.mmap(0, 2 * P, Prot::READ, shared, Some(&f), 0).unwrap();
+        let mut cpu = mm.cpu();
+        assert_eq!(cpu.read(priv1 + 8), Ok(file_word(&f.id, 1, 1)), "{s}: the file's data");
+        cpu.write(priv1 + 8, 5).unwrap();
+        assert_eq!(cpu.read(priv1 + 8), Ok(5), "{s}");
+        assert_eq!(
+            cpu.read(sh1 + P + 8),
+            Ok(file_word(&f.id, 1, 1)),
+            "{s}: the private write stayed private"
+        );
+        cpu.write(sh1 + P + 8, 6).unwrap();
+        assert_eq!(cpu.read(sh2 + P + 8), Ok(6), "{s}: shared mappings share the page cache");
+        assert_eq!(cpu.read(priv1 + 8), Ok(5), "{s}");
+    }
+}
+
+#[test]
+fn first_anonymous_fault_gives_an_anon_vma_which_decides_merging() {
+    // Linux: an untouched VMA merges with a touched neighbour; two VMAs
+    // touched separately (distinct anon_vmas) do not merge.
+    for s in Strategy::ALL {
+        let mm = mm(s);
+        let a = mm.mmap(0, 3 * P, RW, ANON, None, 0).unwrap();
+        mm.mprotect(a + P, P, Prot::READ).unwrap();
+        assert_eq!(mm.map_count(), 3);
+        let mut cpu = mm.cpu();
+        cpu.write(a, 1).unwrap();
+        assert!(mm.query(a).unwrap().anon().is_some(), "{s}");
+        mm.mprotect(a + P, P, RW).unwrap();
+        assert_eq!(mm.map_count(), 1, "{s}: untouched pieces merge with the touched one");
+    }
+}
+
+#[test]
+fn teardown_frees_every_frame_and_table() {
+    let phys = Arc::new(PhysMem::new(1 << 16));
+    for s in Strategy::ALL {
+        let mm = Arc::new(AddressSpace::builder().strategy(s).phys(phys.clone()).build());
+        let mut cpu = mm.cpu();
+        let a = mm.mmap(0, 64 * P, RW, ANON, None, 0).unwrap();
+        let far = mm.mmap(0x10_0000_0000, 4 * P, RW, ANON, None, 0).unwrap();
+        for i in 0..64 {
+            cpu.write(a + i * P, i).unwrap();
+        }
+        cpu.write(far, 1).unwrap();
+        mm.munmap(a + 8 * P, 8 * P).unwrap();
+        assert!(mm.page_table().tables() > 1);
+        drop(cpu);
+        drop(mm);
+        assert_eq!(phys.stats().in_use, 0, "{s}: every anonymous frame is back");
+    }
+    let mm = AddressSpace::with_strategy(Strategy::RcuDead);
+    let a = mm.mmap(0, 4 * P, RW, ANON, None, 0).unwrap();
+    mm.munmap(a, 4 * P).unwrap();
+    let tables_seen = mm.page_table().tables();
+    drop(mm);
+    assert!(tables_seen >= 1);
+}
+
+#[test]
+fn unmapped_tables_are_unhooked_and_freed() {
+    for s in [Strategy::MmapLock, Strategy::VmaLock, Strategy::RcuSync] {
+        let mm = mm(s);
+        let a = mm.mmap(0x20_0000_0000, 4 * P, RW, ANON | MapFlags::FIXED, None, 0).unwrap();
+        let mut cpu = mm.cpu();
+        cpu.write(a, 1).unwrap();
+        assert_eq!(mm.page_table().tables(), 4, "{s}: root, PUD, PMD, PTE tables");
+        mm.munmap(a, 4 * P).unwrap();
+        mm.domain().barrier();
+        assert_eq!(mm.page_table().tables(), 1, "{s}: only the root is left");
+    }
+}
+
+#[test]
+fn rcu_dead_reserves_the_range_until_a_grace_period_passed() {
+    let mm = mm(Strategy::RcuDead);
+    let a = mm.mmap(0, 4 * P, RW, ANON, None, 0).unwrap();
+    let mut cpu = mm.cpu();
+    cpu.write(a, 1).unwrap();
+    let before = mm.munmap_syncs().0;
+    mm.munmap(a, 4 * P).unwrap();
+    assert_eq!(mm.munmap_syncs().0, before, "munmap never waits for a grace period");
+    assert_eq!(mm.map_count(), 0, "a dead entry is not a VMA");
+    assert!(mm.maps().is_empty(), "nor shown");
+    assert_eq!(cpu.read(a), Err(AccessError::MapErr));
+    // Whatever placement picks now, it is not the dead range (unless the
+    // callback already ran and an mm call reaped it).
+    let b = mm.mmap(0, 4 * P, RW, ANON, None, 0).unwrap();
+    mm.domain().barrier();
+    // MAP_FIXED over a (possibly still live) dead entry synchronises first
+    // and works.
+    let c = mm.mmap(a, 4 * P, RW, ANON | MapFlags::FIXED, None, 0).unwrap();
+    assert_eq!(c, a);
+    assert_eq!(cpu.read(a), Ok(0));
+    assert_ne!(b, a);
+    assert!(mm.query(a).is_some() && mm.query(b).is_some());
+}
+
+#[test]
+fn rcu_sync_munmap_waits_for_a_grace_period() {
+    let mm = mm(Strategy::RcuSync);
+    let a = mm.mmap(0, 4 * P, RW, ANON, None, 0).unwrap();
+    mm.munmap(a, 4 * P).unwrap();
+    assert_eq!(mm.munmap_syncs().0, 1);
+    assert_eq!(mm.mmap(0, 4 * P, RW, ANON, None, 0), Ok(a), "the range is reused at once");
+}
+
+#[test]
+fn the_phys_counters_track_frames() {
+    let mm = mm(Strategy::VmaLock);
+    let a = mm.mmap(0, 8 * P, RW, ANON, None, 0).unwrap();
+    let mut cpu = mm.cpu();
+    for i in 0..8 {
+        cpu.write(a + i * P, 1).unwrap();
+    }
+    assert_eq!(mm.phys().stats().in_use, 8);
+    let f = mm.phys().frame(mm.page_table().walk(a).pfn());
+    assert!(f.generation.load(Ordering::Relaxed) < u64::MAX);
+}
