@@ -46,6 +46,9 @@ pub mod uapi;
 mod unmap;
 pub mod vma;
 
+pub use rcuvm_maple as maple;
+pub use rcuvm_rcu as rcu;
+
 pub use cpu::Cpu;
 pub use fault::AccessError;
 pub use frame::PhysMem;

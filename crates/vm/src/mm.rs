@@ -95,6 +95,7 @@ pub struct MmBuilder {
     cfg: MmConfig,
     strategy: Strategy,
     phys: Option<Arc<PhysMem>>,
+    rcu: rcuvm_rcu::Config,
 }
 
 impl MmBuilder {
@@ -114,9 +115,14 @@ impl MmBuilder {
         self.phys = Some(p);
         self
     }
+    /// Tuning of the VMA domain (callback backlog bound, batching delay).
+    pub fn rcu_config(mut self, c: rcuvm_rcu::Config) -> Self {
+        self.rcu = c;
+        self
+    }
     /// The address space.
     pub fn build(self) -> AddressSpace {
-        let domain = Arc::new(Domain::new());
+        let domain = Arc::new(Domain::with_config(self.rcu));
         AddressSpace {
             vmas: MapleTree::new(domain.clone()),
             domain,
@@ -396,6 +402,11 @@ impl AddressSpace {
     /// Number of VMAs (`map_count`; dead entries are not VMAs).
     pub fn map_count(&self) -> usize {
         self.vmas.len() - self.hw.dead.load(Ordering::Relaxed)
+    }
+
+    /// Entries in the VMA tree: VMAs and (`rcu-dead`) dead entries.
+    pub fn vmas_in_tree(&self) -> usize {
+        self.vmas.len()
     }
 
     /// The mmap read lock, under the `mmap-lock` strategy only (S2).

@@ -13,6 +13,10 @@
 //!   grace period has passed, so no fault or smaps reader can be in them;
 //!   only the MMU's walk can, and the shootdown covers that). An mm call
 //!   that needs the range earlier (`MAP_FIXED`) synchronises first.
+//! - U4. The dead entries are bounded: past [`DEAD_LIMIT`], the munmap that
+//!   adds one waits for a grace period and reaps them all (the writer helps,
+//!   as callers of a full RCU callback queue do), so a munmap storm cannot
+//!   grow the tree without bound.
 //! - U3. Under `rcu-sync`, munmap returns only after a grace period of the
 //!   VMA domain: no fault or reader that found an unmapped VMA is still
 //!   running when the range can be reused.
@@ -30,7 +34,7 @@ use std::time::Instant;
 
 use crate::mmap::MmCall;
 use crate::pgtable::VA_END;
-use crate::strategy::{self, DeadRange, Strategy};
+use crate::strategy::{self, DEAD_LIMIT, DeadRange, Strategy};
 use crate::tlb::MmuGather;
 use crate::vma::Vma;
 
@@ -61,6 +65,9 @@ impl MmCall<'_> {
             // ORDERING: the callback runs after a grace period that began
             // after the dead entry was published.
             self.domain.call(move || d.expire());
+        }
+        if self.dead.len() > DEAD_LIMIT {
+            self.reap_dead(true, 0, u64::MAX);
         }
         true
     }
