@@ -6,6 +6,7 @@
 //! instead of pretending.
 
 mod args;
+mod fault_probe;
 mod main_job;
 mod maple_probe;
 mod rcu_probe;

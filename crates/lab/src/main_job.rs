@@ -7,8 +7,8 @@ const STATUS: &[(&str, &str)] = &[
     ("rcuvm-rcu: RCU domain (read, synchronize[_expedited], call/retire, barrier)", "built"),
     ("rcuvm-maple: RCU-safe range B-tree with gap tracking", "built"),
     ("rcuvm: VMAs, maps, mmap/munmap/mprotect/mremap/brk/madvise (kernel-diff)", "built"),
-    ("rcuvm: mlock, multi-VMA mremap, page effects; replay and capture", "not yet"),
-    ("rcuvm: page tables, TLBs, faults, the five strategies", "not yet"),
+    ("rcuvm: mlock, multi-VMA mremap; replay and capture", "not yet"),
+    ("rcuvm: page tables, TLBs, faults, the five strategies", "built"),
     ("rcuvm check: concurrency checker", "not yet"),
     ("lab: workload suite side by side with Linux, HTML report", "not yet"),
 ];
@@ -20,14 +20,16 @@ pub fn main_job(a: &RunArgs) {
         println!("  [{state:>7}] {what}");
     }
     println!();
-    println!("The workload suite is not built yet; measuring the RCU domain and the maple tree instead.");
+    println!("The workload suite is not built yet; measuring the RCU domain, the maple tree and the fault path.");
     let secs = a.seconds.clamp(0.05, 60.0);
     crate::rcu_probe::run(secs);
     crate::maple_probe::run(secs);
+    crate::fault_probe::run(secs);
     println!();
     println!("Criterion benchmarks, side by side with their peers:");
     println!("  cargo bench -p rcuvm-rcu     (crossbeam-epoch, parking_lot)");
     println!("  cargo bench -p rcuvm-maple   (RwLock<BTreeMap>, scc::TreeIndex, crossbeam SkipMap)");
+    println!("  cargo bench -p rcuvm --bench fault   (each strategy beside the host kernel)");
     println!("Figures and how they were measured: docs/benchmarks.md");
 }
 
