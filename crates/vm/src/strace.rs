@@ -86,6 +86,36 @@ pub enum MmOp {
     },
 }
 
+impl fmt::Display for MmOp {
+    /// The call in strace's shape, numbers in hex, flags as bits.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MmOp::Brk { addr } => write!(f, "brk({addr:#x})"),
+            MmOp::Mmap { addr, len, prot, flags, fd, offset } => {
+                write!(f, "mmap({addr:#x}, {len:#x}, {:#x}, {:#x}, ", prot.bits(), flags.bits())?;
+                match fd {
+                    Some((n, Some(p))) => write!(f, "{n}<{p}>")?,
+                    Some((n, None)) => write!(f, "{n}")?,
+                    None => f.write_str("-1")?,
+                }
+                write!(f, ", {offset:#x})")
+            }
+            MmOp::Munmap { addr, len } => write!(f, "munmap({addr:#x}, {len:#x})"),
+            MmOp::Mprotect { addr, len, prot } => {
+                write!(f, "mprotect({addr:#x}, {len:#x}, {:#x})", prot.bits())
+            }
+            MmOp::Madvise { addr, len, advice } => write!(f, "madvise({addr:#x}, {len:#x}, {advice})"),
+            MmOp::Mremap { old_addr, old_len, new_len, flags, new_addr } => {
+                write!(f, "mremap({old_addr:#x}, {old_len:#x}, {new_len:#x}, {flags:#x}")?;
+                match new_addr {
+                    Some(a) => write!(f, ", {a:#x})"),
+                    None => f.write_str(")"),
+                }
+            }
+        }
+    }
+}
+
 /// A call and what the kernel returned.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TraceCall {
