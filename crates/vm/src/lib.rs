@@ -21,6 +21,7 @@ mod mm;
 mod mmap;
 mod mprotect;
 mod mremap;
+pub mod replay;
 pub mod strace;
 pub mod uapi;
 pub mod vma;
