@@ -333,6 +333,10 @@ pub struct Comparison {
     pub lines_end: usize,
     /// Lines of the replay.
     pub lines_ours: usize,
+    /// Lines only `end.maps` has, in address order.
+    pub only_end: Vec<String>,
+    /// Lines only the replay has, in address order.
+    pub only_ours: Vec<String>,
     /// Pages the `[stack]` grew by faults between the snapshots (accepted).
     pub stack_growth_pages: u64,
 }
@@ -390,7 +394,10 @@ pub fn compare(ours: &[Vma], theirs: &[Vma]) -> Comparison {
     let our_lines: Vec<String> = ours.iter().map(maps::render_line).collect();
     let their_lines: Vec<String> = theirs.iter().map(maps::render_line).collect();
     let set: BTreeSet<&str> = our_lines.iter().map(String::as_str).collect();
-    c.lines_identical = their_lines.iter().filter(|l| set.contains(l.as_str())).count();
+    let their_set: BTreeSet<&str> = their_lines.iter().map(String::as_str).collect();
+    c.only_end = their_lines.iter().filter(|l| !set.contains(l.as_str())).cloned().collect();
+    c.only_ours = our_lines.iter().filter(|l| !their_set.contains(l.as_str())).cloned().collect();
+    c.lines_identical = their_lines.len() - c.only_end.len();
     c.lines_end = their_lines.len();
     c.lines_ours = our_lines.len();
 
@@ -472,6 +479,7 @@ mod tests {
         let c = compare(&same, &end);
         assert!(c.page_exact(), "{c:?}");
         assert_eq!((c.lines_identical, c.lines_end, c.lines_ours), (2, 3, 4));
+        assert_eq!((c.only_end.len(), c.only_ours.len()), (1, 2));
         assert_eq!(c.stack_growth_pages, 1);
         assert!(!c.lines_exact());
 
