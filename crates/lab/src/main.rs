@@ -6,9 +6,11 @@
 //! instead of pretending.
 
 mod args;
+mod capture;
 mod main_job;
 mod maple_probe;
 mod rcu_probe;
+mod replay;
 
 use clap::Parser;
 
@@ -16,5 +18,7 @@ fn main() {
     let cli = args::Cli::parse();
     match cli.command.unwrap_or_default() {
         args::Command::Run(a) => main_job::main_job(&a),
+        args::Command::Replay(a) => std::process::exit(replay::run(&a)),
+        args::Command::Capture(a) => std::process::exit(capture::run(&a)),
     }
 }
