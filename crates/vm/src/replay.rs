@@ -282,6 +282,13 @@ fn apply(mm: &AddressSpace, c: &TraceCall, ids: &HashMap<Arc<str>, FileId>) -> R
             mm.mmap(addr, *len, *prot, flags, file.as_ref(), *offset)
         }
         MmOp::Mremap { old_addr, old_len, new_len, flags, new_addr } => {
+            // Y4: mremap.rs adds `addr + old_len` unchecked (a panic in debug
+            // builds when a trace's old range wraps past 2^64). Until it
+            // checks, such a call is answered ENOSYS ("not modelled"), which
+            // the kernel never returns, so it counts as a disagreement.
+            if old_addr.checked_add(old_len.saturating_add(PAGE_SIZE - 1) & !(PAGE_SIZE - 1)).is_none() {
+                return Err(Errno::Enosys);
+            }
             let moved = match c.result {
                 Ok(to) if to != *old_addr && flags & (MREMAP_FIXED | MREMAP_MAYMOVE) == MREMAP_MAYMOVE => {
                     Some(to)
@@ -566,6 +573,18 @@ mod tests {
         assert_eq!((r.kernel_failed, r.errno_agreed), (1, 0));
         // The file mapping is still there, untouched.
         assert!(r.mm.maps().contains("/bin/x"));
+    }
+
+    #[test]
+    fn wrapping_mremap_is_a_disagreement_not_a_panic() {
+        let trace = "\
+1  mmap(0x7f0000000000, 8192, PROT_READ, MAP_PRIVATE|MAP_ANONYMOUS|MAP_FIXED, -1, 0) = 0x7f0000000000
+1  mremap(0x7f0000000000, 18446744073709547520, 4096, 0) = -1 EINVAL (Invalid argument)
+1  mremap(0x7f0000000000, 18446744073709547520, 4096, MREMAP_MAYMOVE|MREMAP_FIXED, 0x1000) = -1 EINVAL (Invalid argument)
+";
+        let r = replay(&case(START, trace, START)).unwrap();
+        assert_eq!(r.disagreements.len(), 2);
+        assert!(r.disagreements.iter().all(|d| d.rcuvm == Err(Errno::Enosys)));
     }
 
     #[test]
