@@ -2,8 +2,9 @@
 //!
 //! With no arguments it runs the main job. Today that job reports what
 //! exists and measures the RCU domain on this machine; the workload suite,
-//! checker, replay and report arrive with their issues, and the job says so
-//! instead of pretending.
+//! checker and report arrive with their issues, and the job says so
+//! instead of pretending. `replay` and `capture` check the address space
+//! against real programs (replay.rs, capture.rs).
 
 mod args;
 mod capture;
