@@ -16,7 +16,7 @@
 
 use std::path::Path;
 
-use rcuvm::replay::{Case, Comparison, Replay, compare, replay};
+use rcuvm::replay::{Case, Comparison, Replay, replay};
 use rcuvm::uapi::Errno;
 
 use crate::args::ReplayArgs;
@@ -48,8 +48,7 @@ pub fn run(a: &ReplayArgs) -> i32 {
             return 2;
         }
     };
-    let ours: Vec<_> = r.mm.vmas().iter().map(|v| (**v).clone()).collect();
-    let cmp = compare(&ours, &case.end);
+    let cmp = r.compare(&case.end);
     report(dir, &r, &cmp, a.exact)
 }
 

@@ -164,6 +164,14 @@ pub struct Replay {
     pub brk_from_trace: bool,
 }
 
+impl Replay {
+    /// The replayed address space beside `end` (see [`compare`]).
+    pub fn compare(&self, end: &[Vma]) -> Comparison {
+        let ours: Vec<Vma> = self.mm.vmas().iter().map(|v| (**v).clone()).collect();
+        compare(&ours, end)
+    }
+}
+
 /// Paths to file identities (Y3).
 fn file_ids(start: &[Vma], end: &[Vma]) -> HashMap<Arc<str>, FileId> {
     let mut ids = HashMap::new();
@@ -551,7 +559,7 @@ mod tests {
         assert_eq!((r.applied, r.kernel_failed, r.errno_agreed), (8, 5, 5), "{:?}", r.disagreements);
         assert!(r.disagreements.is_empty());
         assert!(r.brk_from_trace);
-        let cmp = compare(&r.mm.vmas().iter().map(|v| (**v).clone()).collect::<Vec<_>>(), &c.end);
+        let cmp = r.compare(&c.end);
         assert!(cmp.page_exact() && cmp.lines_exact(), "{cmp:?}");
         assert!(r.unidentified.is_empty());
     }

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use rcuvm::replay::{Case, compare, replay};
+use rcuvm::replay::{Case, replay};
 
 #[test]
 fn shared_traces_replay_page_exact() {
@@ -19,7 +19,7 @@ fn shared_traces_replay_page_exact() {
         let name = case.file_name().unwrap().to_string_lossy().into_owned();
         let c = Case::load(case).unwrap_or_else(|e| panic!("{e}"));
         let r = replay(&c).unwrap();
-        let cmp = compare(&r.mm.vmas().iter().map(|v| (**v).clone()).collect::<Vec<_>>(), &c.end);
+        let cmp = r.compare(&c.end);
         println!(
             "{name}: {} calls applied, results {}/{} agree, errno {}/{}, pages {} of {} differ, lines: {}/{} identical",
             r.applied,
