@@ -194,9 +194,17 @@ pub fn capture(dir: &Path, cmd: &[std::ffi::OsString]) -> Result<Option<i32>, Ca
     }
     let trace = dir.join("trace.strace");
     std::fs::write(&trace, &cut.trace).map_err(|e| io("cannot write", &trace, e))?;
+    if !cut.root {
+        eprintln!(
+            "rcuvm capture: note: the command's own process made no end marker (it ended by _exit(), \
+             a signal or an execve that failed?); captured a descendant, process {}, instead",
+            cut.pid
+        );
+    }
     println!(
-        "captured process {} ({} lines between its markers) into {}",
+        "captured process {} ({}; {} lines between its markers) into {}",
         cut.pid,
+        cut.program.as_deref().unwrap_or("program unknown"),
         cut.trace.lines().count(),
         dir.display()
     );
@@ -210,6 +218,11 @@ pub struct Cut {
     pub pid: u32,
     /// Its lines between the markers, each ending in a newline.
     pub trace: String,
+    /// It is the process strace started (C3), not a fallback.
+    pub root: bool,
+    /// The program it ran: the path of its last successful `execve` before
+    /// the start marker, as strace printed it (quoted).
+    pub program: Option<String>,
 }
 
 /// One log line: its thread id and the rest.
@@ -336,7 +349,14 @@ pub fn cut(log: &str) -> Result<Cut, String> {
             let _ = writeln!(trace, "{l}");
         }
     }
-    Ok(Cut { pid, trace })
+    let program = lines[..s]
+        .iter()
+        .rev()
+        .filter_map(|l| split_line(l))
+        .filter(|(tid, rest)| *tid == pid && rest.starts_with("execve(") && rest.ends_with("= 0"))
+        .filter_map(|(_, rest)| rest["execve(".len()..].split(", [").next().map(str::to_string))
+        .next();
+    Ok(Cut { pid, trace, root: root == Some(pid), program })
 }
 
 /// Where the snapshot library puts a process's snapshot.
@@ -370,7 +390,7 @@ mod tests {
 100  +++ exited with 0 +++
 ";
         let c = cut(log).unwrap();
-        assert_eq!(c.pid, 100);
+        assert_eq!((c.pid, c.root, c.program.as_deref()), (100, true, Some("\"/bin/p\"")));
         let want = "\
 100  mmap(NULL, 4096, PROT_READ, MAP_PRIVATE|MAP_ANONYMOUS, -1, 0) = 0x7f0000000000
 101  mmap(NULL, 8192, PROT_READ, MAP_PRIVATE|MAP_ANONYMOUS, -1, 0 <unfinished ...>
@@ -395,7 +415,7 @@ mod tests {
 201  munmap(0x2000, 0)                 = -1 EINVAL (Invalid argument)
 ";
         let c = cut(log).unwrap();
-        assert_eq!(c.pid, 201);
+        assert_eq!((c.pid, c.root, c.program.as_deref()), (201, false, Some("\"/bin/r\"")));
         assert_eq!(c.trace, "201  brk(NULL)                         = 0x3000000\n");
         assert!(cut("1  brk(NULL) = 0x1000\n").unwrap_err().contains("both markers"));
         assert_eq!(snapshot_path(Path::new("/d"), "end", 7), PathBuf::from("/d/end.7.maps"));
