@@ -17,8 +17,9 @@
 //!   moved without `MREMAP_FIXED` is replayed with `MREMAP_FIXED` to the
 //!   returned address after checking that the destination is free. If the
 //!   model's state has diverged (the kernel's address is taken here), the
-//!   call fails (`EEXIST`, or a refused move) instead of clobbering: a
-//!   divergence shows up at the first call it touches. Failed calls are
+//!   call fails with `EEXIST` (from `mmap` itself, or from replay for a
+//!   move) instead of clobbering: a divergence shows up at the first call
+//!   it touches. Failed calls are
 //!   replayed exactly as made, so rcuvm's own checks must give the errno.
 //! - Y3. A file's identity comes from the maps: `dev`/`inode` of the first
 //!   line with the same path in `start.maps`, else in `end.maps` (what
@@ -572,12 +573,17 @@ mod tests {
         let trace = "\
 1  mmap(NULL, 4096, PROT_READ, MAP_PRIVATE|MAP_ANONYMOUS, -1, 0) = 0x400000
 1  munmap(0x500000, 4096)            = -1 EINVAL (Invalid argument)
+1  mmap(NULL, 8192, PROT_READ, MAP_PRIVATE|MAP_ANONYMOUS, -1, 0) = 0x7f0000000000
+1  mremap(0x7f0000000000, 8192, 16384, MREMAP_MAYMOVE) = 0x3ff000
 ";
         let c = case(START, trace, START);
         let r = replay(&c).unwrap();
-        assert_eq!(r.disagreements.len(), 2);
+        assert_eq!(r.disagreements.len(), 3, "{:?}", r.disagreements);
         assert_eq!(r.disagreements[0].rcuvm, Err(Errno::Eexist));
         assert_eq!((r.disagreements[1].line, r.disagreements[1].rcuvm), (2, Ok(0)));
+        // The move's destination overlaps /bin/x here: refused, not moved.
+        assert_eq!((r.disagreements[2].line, r.disagreements[2].rcuvm), (4, Err(Errno::Eexist)));
+        assert!(r.mm.query(0x7f0000000000).is_some());
         assert_eq!((r.kernel_failed, r.errno_agreed), (1, 0));
         // The file mapping is still there, untouched.
         assert!(r.mm.maps().contains("/bin/x"));
