@@ -19,8 +19,8 @@
 //!   model's state has diverged (the kernel's address is taken here), the
 //!   call fails with `EEXIST` (from `mmap` itself, or from replay for a
 //!   move) instead of clobbering: a divergence shows up at the first call
-//!   it touches. Failed calls are
-//!   replayed exactly as made, so rcuvm's own checks must give the errno.
+//!   it touches. Failed calls are replayed exactly as made, so rcuvm's own
+//!   checks must give the errno.
 //! - Y3. A file's identity comes from the maps: `dev`/`inode` of the first
 //!   line with the same path in `start.maps`, else in `end.maps` (what
 //!   `/proc/pid/maps` showed for it). A path in neither (a file mapped and
@@ -31,7 +31,13 @@
 //!   `PATH` when it was mapped, and the unlink is not a memory call, so a
 //!   path found only with ` (deleted)` takes that identity and name.
 //! - Y4. A case's input never panics the replay: unreadable files and
-//!   malformed lines are errors naming the file (and line).
+//!   malformed lines are errors naming the file (and line); a call rcuvm
+//!   cannot take yet (an `mremap` whose old range wraps past 2^64, on which
+//!   mremap.rs overflows) is answered `ENOSYS` and counted as a disagreement.
+//!
+//! # Concurrency
+//! None of its own: [`replay`] makes an [`AddressSpace`] and calls it from
+//! one thread (each call takes the mmap write lock as usual).
 //!
 //! # Linux
 //! What strace cannot show is inferred as follows, and each inference is
