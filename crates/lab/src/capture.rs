@@ -300,7 +300,7 @@ pub fn cut(log: &str) -> Result<Cut, String> {
         .or_else(|| order.iter().copied().filter(|p| ends.contains_key(p)).min_by_key(|p| ends[p].0))
         .ok_or_else(|| {
             "no process made both markers (munmap(0x1000, 0) at start, munmap(0x2000, 0) at exit): \
-             did the program end by exit()?"
+             did the program end by exit()? (LD_PRELOAD does not reach static or setuid programs)"
                 .to_string()
         })?;
     let (s, e) = ends[&pid];
