@@ -186,7 +186,8 @@ pub fn capture(dir: &Path, cmd: &[std::ffi::OsString]) -> Result<Option<i32>, Ca
         .map_err(|e| CaptureError(format!("cannot run strace: {e}")))?;
     let text = std::fs::read_to_string(&log)
         .map_err(|e| io("strace wrote no log (is ptrace allowed here?):", &log, e))?;
-    let cut = cut(&text).map_err(|e| CaptureError(format!("{}: {e}", log.display())))?;
+    let cut =
+        cut(&text).map_err(|e| CaptureError(format!("in the strace log of `{}`: {e}", cmd_line(cmd))))?;
     for (kind, name) in [("start", "start.maps"), ("end", "end.maps")] {
         let from = snapshot_path(work, kind, cut.pid);
         let to = dir.join(name);
@@ -209,6 +210,11 @@ pub fn capture(dir: &Path, cmd: &[std::ffi::OsString]) -> Result<Option<i32>, Ca
         dir.display()
     );
     Ok(status.code())
+}
+
+/// The command as one line, for messages.
+fn cmd_line(cmd: &[std::ffi::OsString]) -> String {
+    cmd.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ")
 }
 
 /// The captured process's part of a log (C2, C3).
