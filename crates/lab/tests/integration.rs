@@ -124,8 +124,9 @@ fn capture_needs_strace_and_says_so() {
     assert!(err.contains("strace"), "{err}");
 }
 
-/// Maps, unmaps, changes protection and advice, moves, fails twice, maps
-/// a file shared and private, and grows the heap.
+/// Maps, unmaps, changes protection and advice, moves, maps a file shared
+/// (read-write and read-only descriptors) and private, fails in nine ways,
+/// and grows the heap.
 const PROGRAM: &str = r#"
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -153,6 +154,17 @@ int main(int argc, char **argv) {
     char *g = mmap(0, 4 * pg, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 4 * pg);
     g[0] = f[0];
     munmap(f, 2 * pg);
+    /* Failures the kernel and rcuvm must answer alike. */
+    mmap(a, pg, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0); /* EEXIST */
+    mmap(0, 0, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);                        /* EINVAL */
+    mmap(0, pg, PROT_READ, MAP_PRIVATE, 99, 0);                                        /* EBADF */
+    mprotect(f + 2 * pg, pg, PROT_READ | PROT_WRITE); /* 0: fd is O_RDWR */
+    int ro = open(argv[1], O_RDONLY);
+    char *r = mmap(0, pg, PROT_READ, MAP_SHARED, ro, 0);
+    mprotect(r, pg, PROT_READ | PROT_WRITE);                                           /* EACCES */
+    mremap((void *)0x10000, pg, 2 * pg, MREMAP_MAYMOVE);                               /* EFAULT */
+    madvise(a, 12 * pg, MADV_DONTFORK);                                                /* ENOMEM */
+    madvise(f + 2 * pg, pg, MADV_FREE);                                                /* EINVAL */
     sbrk(16 * pg);
     return 0;
 }
@@ -172,8 +184,7 @@ fn capture_then_replay_is_page_exact() {
     let trace = std::fs::read_to_string(case.join("trace.strace")).unwrap();
     // The markers are cut off; the program's own calls are all there.
     assert!(!trace.contains("munmap(0x1000, 0)") && !trace.contains("munmap(0x2000, 0)"), "{trace}");
-    for call in ["mremap(", "MADV_DONTFORK", "MAP_SHARED|MAP_ANONYMOUS", "= -1 ENOMEM", "= -1 EINVAL", "brk("]
-    {
+    for call in ["mremap(", "MADV_DONTFORK", "MAP_SHARED|MAP_ANONYMOUS", "brk("] {
         assert!(trace.contains(call), "{call} missing from\n{trace}");
     }
     assert!(trace.contains(&format!("<{}>", file.display())), "{trace}");
@@ -181,5 +192,9 @@ fn capture_then_replay_is_page_exact() {
     let (out, err) = text(&o);
     println!("{out}");
     assert_eq!(o.status.code(), Some(0), "{out}{err}\n{trace}");
-    assert!(out.contains("(page-exact)") && out.contains("errno: 2/2"), "{out}");
+    let failed = trace.lines().filter(|l| l.contains("= -1 E")).count();
+    for e in ["ENOMEM", "EINVAL", "EEXIST", "EBADF", "EACCES", "EFAULT"] {
+        assert!(trace.contains(&format!("= -1 {e} ")), "no {e} in\n{trace}");
+    }
+    assert!(out.contains("(page-exact)") && out.contains(&format!("errno: {failed}/{failed} ")), "{out}");
 }

@@ -46,10 +46,11 @@
 //!   descriptor, so a non-anonymous `mmap` whose descriptor has no path (or
 //!   is negative) gets `EBADF`, as `ksys_mmap_pgoff()` answers after the
 //!   offset check;
-//! - the descriptor's open mode: readable; writable only if a successful
-//!   `MAP_SHARED` mapping asked for `PROT_WRITE` (which needs it). A read-only
-//!   shared mapping therefore lacks `VM_MAYWRITE`, as it does for the usual
-//!   `O_RDONLY` descriptor;
+//! - the descriptor's open mode (it decides `VM_MAYWRITE` of a shared file
+//!   mapping): readable; writable if the trace shows the mapping made
+//!   writable, by `PROT_WRITE` at `mmap` or by a later `mprotect` the kernel
+//!   let through before anything replaced the range; else read-only (the
+//!   usual `O_RDONLY` descriptor, and what a later `EACCES` shows);
 //! - `start_brk` when `start.maps` has no `[heap]` line: the break the first
 //!   `brk` call reports, if that call is a query or a refused move (glibc
 //!   starts with `brk(NULL)`);
@@ -217,7 +218,7 @@ pub fn replay(case: &Case) -> Result<Replay, MapsError> {
     };
     let mut paths = BTreeSet::new();
     let mut brk_seen = false;
-    for c in &case.calls {
+    for (i, c) in case.calls.iter().enumerate() {
         if let MmOp::Brk { addr } = c.op {
             // start_brk from the first brk when no [heap] line gave it.
             if !brk_seen && r.mm.brk_range().0 == 0 {
@@ -238,7 +239,7 @@ pub fn replay(case: &Case) -> Result<Replay, MapsError> {
                 }
             }
         }
-        let got = apply(&r.mm, c, &ids);
+        let got = apply(&r.mm, &case.calls, i, &ids);
         r.applied += 1;
         if c.result.is_err() {
             r.kernel_failed += 1;
@@ -259,13 +260,76 @@ pub fn replay(case: &Case) -> Result<Replay, MapsError> {
     Ok(r)
 }
 
+fn page_align(x: u64) -> u64 {
+    x.saturating_add(PAGE_SIZE - 1) & !(PAGE_SIZE - 1)
+}
+
+/// The range a call replaced or removed, as the kernel's result shows it
+/// (`mprotect` and `madvise` only change a mapping, so they have none).
+fn replaced(c: &TraceCall) -> Vec<(u64, u64)> {
+    let span = |a: u64, l: u64| (a, a.saturating_add(page_align(l)));
+    match (&c.op, c.result) {
+        (MmOp::Munmap { addr, len }, Ok(_)) => vec![span(*addr, *len)],
+        (MmOp::Mmap { len, .. }, Ok(at)) => vec![span(at, *len)],
+        (MmOp::Mremap { old_addr, old_len, new_len, .. }, Ok(to)) => {
+            vec![span(*old_addr, *old_len), span(to, *new_len)]
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// Whether the descriptor behind the shared file mapping made by
+/// `calls[i]` was open for writing, as far as the trace shows: the mapping
+/// was made writable (`PROT_WRITE` at `mmap`, or a later `mprotect` adding
+/// it that the kernel let through, before anything replaced the range), or
+/// else not (a later `EACCES`, or no sign: the usual `O_RDONLY` descriptor).
+fn fd_writable(calls: &[TraceCall], i: usize) -> bool {
+    let (MmOp::Mmap { len, prot, .. }, Ok(at)) = (&calls[i].op, calls[i].result) else {
+        return false;
+    };
+    if prot.contains(Prot::WRITE) {
+        return true;
+    }
+    // The parts of the mapping nothing has replaced yet.
+    let mut live = vec![(at, at.saturating_add(page_align(*len)))];
+    let overlaps = |live: &[(u64, u64)], (s, e): (u64, u64)| live.iter().any(|&(ls, le)| s < le && ls < e);
+    for c in &calls[i + 1..] {
+        if let MmOp::Mprotect { addr, len, prot } = &c.op {
+            if prot.contains(Prot::WRITE) && overlaps(&live, (*addr, addr.saturating_add(page_align(*len)))) {
+                match c.result {
+                    Ok(_) => return true,
+                    Err(Errno::Eacces) => return false,
+                    Err(_) => {}
+                }
+            }
+        }
+        for (s, e) in replaced(c) {
+            live = live
+                .into_iter()
+                .flat_map(|(ls, le)| [(ls, le.min(s)), (ls.max(e), le)])
+                .filter(|(a, b)| a < b)
+                .collect();
+        }
+        if live.is_empty() {
+            return false;
+        }
+    }
+    false
+}
+
 /// Whether no VMA of `mm` overlaps `[start, end)`.
 fn is_free(mm: &AddressSpace, start: u64, end: u64) -> bool {
     !mm.vmas().iter().any(|v| v.start < end && start < v.end)
 }
 
 /// Applies one call (Y2) and returns rcuvm's result in the trace's terms.
-fn apply(mm: &AddressSpace, c: &TraceCall, ids: &HashMap<Arc<str>, FileId>) -> Result<u64, Errno> {
+fn apply(
+    mm: &AddressSpace,
+    calls: &[TraceCall],
+    i: usize,
+    ids: &HashMap<Arc<str>, FileId>,
+) -> Result<u64, Errno> {
+    let c = &calls[i];
     match &c.op {
         MmOp::Brk { addr } => Ok(mm.brk(*addr)),
         MmOp::Munmap { addr, len } => mm.munmap(*addr, *len).map(|()| 0),
@@ -282,7 +346,7 @@ fn apply(mm: &AddressSpace, c: &TraceCall, ids: &HashMap<Arc<str>, FileId>) -> R
                         path: Arc::from(path.as_str()),
                     });
                     let shared = flags.bits() & MapFlags::SHARED_VALIDATE.bits() != MapFlags::PRIVATE.bits();
-                    let writable = shared && prot.contains(Prot::WRITE) && c.result.is_ok();
+                    let writable = shared && fd_writable(calls, i);
                     Some(MapFile { id, readable: true, writable })
                 }
                 // ksys_mmap_pgoff(): no open file behind the descriptor.
@@ -301,7 +365,8 @@ fn apply(mm: &AddressSpace, c: &TraceCall, ids: &HashMap<Arc<str>, FileId>) -> R
             // builds when a trace's old range wraps past 2^64). Until it
             // checks, such a call is answered ENOSYS ("not modelled"), which
             // the kernel never returns, so it counts as a disagreement.
-            if old_addr.checked_add(old_len.saturating_add(PAGE_SIZE - 1) & !(PAGE_SIZE - 1)).is_none() {
+            let mremap_align = old_len.checked_add(PAGE_SIZE - 1).map_or(0, |l| l & !(PAGE_SIZE - 1));
+            if old_addr.checked_add(mremap_align).is_none() {
                 return Err(Errno::Enosys);
             }
             let moved = match c.result {
@@ -312,7 +377,7 @@ fn apply(mm: &AddressSpace, c: &TraceCall, ids: &HashMap<Arc<str>, FileId>) -> R
             };
             match moved {
                 Some(to) => {
-                    let len = new_len.checked_add(PAGE_SIZE - 1).map_or(0, |l| l & !(PAGE_SIZE - 1));
+                    let len = page_align(*new_len);
                     if len == 0 || !is_free(mm, to, to.saturating_add(len)) {
                         // The kernel's destination is taken here: the model
                         // has diverged; refuse instead of clobbering (Y2).
@@ -593,6 +658,37 @@ mod tests {
         assert_eq!((r.kernel_failed, r.errno_agreed), (1, 0));
         // The file mapping is still there, untouched.
         assert!(r.mm.maps().contains("/bin/x"));
+    }
+
+    #[test]
+    fn a_shared_mapping_is_writable_when_the_trace_shows_it() {
+        // Made read-only from a descriptor the kernel later let become
+        // writable (O_RDWR; after part of it was unmapped), and one it
+        // refused (O_RDONLY).
+        let trace = "\
+1  mmap(NULL, 8192, PROT_READ, MAP_SHARED, 3</data/rw>, 0) = 0x7f0000000000
+1  mmap(NULL, 4096, PROT_READ, MAP_SHARED, 4</data/ro>, 0) = 0x7f0000004000
+1  mprotect(0x7f0000004000, 4096, PROT_READ|PROT_WRITE) = -1 EACCES (Permission denied)
+1  munmap(0x7f0000000000, 4096)      = 0
+1  mprotect(0x7f0000001000, 4096, PROT_READ|PROT_WRITE) = 0
+1  munmap(0x7f0000004000, 4096)      = 0
+1  mmap(NULL, 4096, PROT_READ, MAP_SHARED, 4</data/ro>, 0) = 0x7f0000004000
+1  munmap(0x7f0000004000, 4096)      = 0
+1  mprotect(0x7f0000004000, 4096, PROT_READ|PROT_WRITE) = -1 ENOMEM (Cannot allocate memory)
+";
+        let end = "00400000-00401000 r--p 00000000 fe:00 7                                  /bin/x
+7f0000001000-7f0000002000 rw-s 00001000 fe:00 8                          /data/rw
+7ffd00000000-7ffd00004000 rw-p 00000000 00:00 0                          [stack]
+";
+        let c = case(START, trace, end);
+        assert!(fd_writable(&c.calls, 0));
+        assert!(!fd_writable(&c.calls, 1));
+        // Unmapped before anything showed its mode: read-only by default.
+        assert!(!fd_writable(&c.calls, 6));
+        let r = replay(&c).unwrap();
+        assert!(r.disagreements.is_empty(), "{:?}", r.disagreements);
+        assert!(r.compare(&c.end).lines_exact());
+        assert_eq!(r.unidentified.iter().collect::<Vec<_>>(), ["/data/ro"]);
     }
 
     #[test]
