@@ -25,6 +25,10 @@
 //!   without both markers of one process is an error that says so; nothing
 //!   is installed.
 //!
+//! # Concurrency
+//! One thread; it waits for strace, which runs the program and its
+//! children.
+//!
 //! # Linux
 //! `strace -f -y -e trace=memory,execve,clone,clone3` output; the
 //! destructor runs at `exit()`, so a program that ends by `_exit()`, a
