@@ -12,6 +12,17 @@ fn text(o: &Output) -> (String, String) {
     (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
 }
 
+/// `rcuvm replay DIR [--exact]`: exit code, stdout, stderr.
+fn replay(dir: &Path, exact: bool) -> (Option<i32>, String, String) {
+    let mut args: Vec<&std::ffi::OsStr> = vec!["replay".as_ref(), dir.as_os_str()];
+    if exact {
+        args.push("--exact".as_ref());
+    }
+    let o = rcuvm(&args);
+    let (out, err) = text(&o);
+    (o.status.code(), out, err)
+}
+
 fn traces() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/traces");
     assert!(dir.is_dir(), "{} is missing: the shared traces sit beside the repository", dir.display());
@@ -28,9 +39,8 @@ fn copy_case(from: &Path, to: &Path) {
 #[test]
 fn replay_shared_trace_is_page_exact() {
     let case = traces().join("node-map");
-    let o = rcuvm(&["replay".as_ref(), case.as_os_str()]);
-    let (out, err) = text(&o);
-    assert_eq!(o.status.code(), Some(0), "{out}{err}");
+    let (code, out, err) = replay(&case, false);
+    assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.contains("(page-exact)") && out.contains("lines: "), "{out}");
     println!("{out}");
 }
@@ -59,12 +69,10 @@ fn exact_demands_the_same_lines() {
     }
     assert!(split, "no anonymous line of two pages in node-map's end.maps");
     std::fs::write(tmp.path().join("end.maps"), out).unwrap();
-    let o = rcuvm(&["replay".as_ref(), tmp.path().as_os_str()]);
-    let (out, err) = text(&o);
-    assert_eq!(o.status.code(), Some(0), "{out}{err}");
-    let o = rcuvm(&["replay".as_ref(), tmp.path().as_os_str(), "--exact".as_ref()]);
-    let (out, _) = text(&o);
-    assert_eq!(o.status.code(), Some(1), "{out}");
+    let (code, out, err) = replay(tmp.path(), false);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let (code, out, _) = replay(tmp.path(), true);
+    assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("lines that differ") && out.contains("(page-exact)"), "{out}");
 }
 
@@ -79,9 +87,8 @@ fn replay_reports_a_divergence_with_exit_1() {
     let i = lines.iter().rposition(|l| l.contains("munmap(")).unwrap();
     lines.remove(i);
     std::fs::write(tmp.path().join("trace.strace"), lines.join("\n") + "\n").unwrap();
-    let o = rcuvm(&["replay".as_ref(), tmp.path().as_os_str()]);
-    let (out, err) = text(&o);
-    assert_eq!(o.status.code(), Some(1), "{out}{err}");
+    let (code, out, err) = replay(tmp.path(), false);
+    assert_eq!(code, Some(1), "{out}{err}");
     assert!(out.contains("DIVERGED") && out.contains("end.maps: (unmapped)"), "{out}");
 }
 
@@ -89,9 +96,8 @@ fn replay_reports_a_divergence_with_exit_1() {
 fn replay_input_errors_exit_2_naming_file_and_line() {
     let tmp = tempfile::tempdir().unwrap();
     let missing = tmp.path().join("nope");
-    let o = rcuvm(&["replay".as_ref(), missing.as_os_str()]);
-    let (_, err) = text(&o);
-    assert_eq!(o.status.code(), Some(2), "{err}");
+    let (code, _, err) = replay(&missing, false);
+    assert_eq!(code, Some(2), "{err}");
     assert!(err.contains(&missing.join("start.maps").display().to_string()), "{err}");
 
     copy_case(&traces().join("java-churn"), tmp.path());
@@ -102,9 +108,8 @@ fn replay_input_errors_exit_2_naming_file_and_line() {
         "7078  mmap(NULL, 4096, PROT_BOGUS, MAP_PRIVATE, -1, 0) = 0x1000\n",
     );
     std::fs::write(&trace, t).unwrap();
-    let o = rcuvm(&["replay".as_ref(), tmp.path().as_os_str()]);
-    let (_, err) = text(&o);
-    assert_eq!(o.status.code(), Some(2), "{err}");
+    let (code, _, err) = replay(tmp.path(), false);
+    assert_eq!(code, Some(2), "{err}");
     assert!(err.contains(&format!("{}:2: ", trace.display())) && err.contains("PROT_BOGUS"), "{err}");
 
     let o = rcuvm(&["replay".as_ref()]);
@@ -188,10 +193,9 @@ fn capture_then_replay_is_page_exact() {
         assert!(trace.contains(call), "{call} missing from\n{trace}");
     }
     assert!(trace.contains(&format!("<{}>", file.display())), "{trace}");
-    let o = rcuvm(&["replay".as_ref(), case.as_os_str()]);
-    let (out, err) = text(&o);
+    let (code, out, err) = replay(&case, false);
     println!("{out}");
-    assert_eq!(o.status.code(), Some(0), "{out}{err}\n{trace}");
+    assert_eq!(code, Some(0), "{out}{err}\n{trace}");
     let failed = trace.lines().filter(|l| l.contains("= -1 E")).count();
     for e in ["ENOMEM", "EINVAL", "EEXIST", "EBADF", "EACCES", "EFAULT"] {
         assert!(trace.contains(&format!("= -1 {e} ")), "no {e} in\n{trace}");
