@@ -8,9 +8,6 @@
 //! `mmap`, `munmap`, `mprotect`, `brk` and the flag-changing `madvise`
 //! advices follow Linux's checks, placement and merging.
 //!
-//! [`replay`] applies a real program's `strace` log to its starting
-//! `/proc/pid/maps` and compares the result with its final one, page by page.
-//!
 //! Not yet: `mremap`, `mlock`, what `madvise` does to pages, page tables,
 //! CPUs and TLBs, the fault path and the strategies. Each has its issue.
 
