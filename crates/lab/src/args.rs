@@ -1,5 +1,8 @@
 //! Command-line arguments (clap).
 
+use std::ffi::OsString;
+use std::path::PathBuf;
+
 use clap::{Args, Parser, Subcommand};
 
 /// rcuvm: an RCU-protected address-space manager and the lab that measures it.
@@ -16,6 +19,11 @@ pub struct Cli {
 pub enum Command {
     /// The main job: status of the system and measurements of what exists.
     Run(RunArgs),
+    /// Replay a case (DIR/start.maps, trace.strace, end.maps) and compare
+    /// with DIR/end.maps. Exit 0: page-exact; 1: diverged; 2: bad input.
+    Replay(ReplayArgs),
+    /// Run CMD under strace and make a replay case of it in DIR.
+    Capture(CaptureArgs),
 }
 
 impl Default for Command {
@@ -36,4 +44,24 @@ impl Default for RunArgs {
     fn default() -> Self {
         Self { seconds: 1.0 }
     }
+}
+
+/// Options of `rcuvm replay`.
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// The case directory.
+    pub dir: PathBuf,
+    /// Also demand the same VMA lines, not only the same pages.
+    #[arg(long)]
+    pub exact: bool,
+}
+
+/// Options of `rcuvm capture`.
+#[derive(Debug, Args)]
+pub struct CaptureArgs {
+    /// Where to write start.maps, trace.strace and end.maps (created).
+    pub dir: PathBuf,
+    /// The program and its arguments.
+    #[arg(last = true, required = true, num_args = 1..)]
+    pub cmd: Vec<OsString>,
 }

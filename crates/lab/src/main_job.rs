@@ -7,7 +7,8 @@ const STATUS: &[(&str, &str)] = &[
     ("rcuvm-rcu: RCU domain (read, synchronize[_expedited], call/retire, barrier)", "built"),
     ("rcuvm-maple: RCU-safe range B-tree with gap tracking", "built"),
     ("rcuvm: VMAs, maps, mmap/munmap/mprotect/mremap/brk/madvise (kernel-diff)", "built"),
-    ("rcuvm: mlock, multi-VMA mremap; replay and capture", "not yet"),
+    ("rcuvm replay / capture: real programs' traces, page-exact", "built"),
+    ("rcuvm: mlock, multi-VMA mremap", "not yet"),
     ("rcuvm: page tables, TLBs, faults, the five strategies", "built"),
     ("rcuvm check: concurrency checker", "not yet"),
     ("lab: workload suite side by side with Linux, HTML report", "not yet"),
@@ -20,7 +21,9 @@ pub fn main_job(a: &RunArgs) {
         println!("  [{state:>7}] {what}");
     }
     println!();
-    println!("The workload suite is not built yet; measuring the RCU domain, the maple tree and the fault path.");
+    println!(
+        "The workload suite is not built yet; measuring the RCU domain, the maple tree and the fault path."
+    );
     let secs = a.seconds.clamp(0.05, 60.0);
     crate::rcu_probe::run(secs);
     crate::maple_probe::run(secs);

@@ -39,6 +39,7 @@ mod mmap;
 mod mprotect;
 mod mremap;
 pub mod pgtable;
+pub mod replay;
 pub mod strace;
 pub mod strategy;
 pub mod tlb;

@@ -10,8 +10,10 @@
 //!   line number. A call split by another thread into `<unfinished ...>` and
 //!   `<... NAME resumed>` halves is joined by thread id.
 //! - S2. Lines that are not calls (`--- SIG… ---`, `+++ exited … +++`) are
-//!   skipped; calls that never returned (`= ?`) are dropped. Anything else
-//!   that cannot be parsed is an error naming the source and the line.
+//!   skipped; calls that never returned (`= ?`) are dropped, and so are
+//!   memory calls that are not replayed (`mlock`, `mbind`, `msync`…),
+//!   whatever their result. Anything else that cannot be parsed is an error
+//!   naming the source and the line.
 //!
 //! # Linux
 //! strace's output format: `PID  name(args) = result`, failures as
@@ -84,6 +86,36 @@ pub enum MmOp {
         /// With `MREMAP_FIXED`.
         new_addr: Option<u64>,
     },
+}
+
+impl fmt::Display for MmOp {
+    /// The call in strace's shape, numbers in hex, flags as bits.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MmOp::Brk { addr } => write!(f, "brk({addr:#x})"),
+            MmOp::Mmap { addr, len, prot, flags, fd, offset } => {
+                write!(f, "mmap({addr:#x}, {len:#x}, {:#x}, {:#x}, ", prot.bits(), flags.bits())?;
+                match fd {
+                    Some((n, Some(p))) => write!(f, "{n}<{p}>")?,
+                    Some((n, None)) => write!(f, "{n}")?,
+                    None => f.write_str("-1")?,
+                }
+                write!(f, ", {offset:#x})")
+            }
+            MmOp::Munmap { addr, len } => write!(f, "munmap({addr:#x}, {len:#x})"),
+            MmOp::Mprotect { addr, len, prot } => {
+                write!(f, "mprotect({addr:#x}, {len:#x}, {:#x})", prot.bits())
+            }
+            MmOp::Madvise { addr, len, advice } => write!(f, "madvise({addr:#x}, {len:#x}, {advice})"),
+            MmOp::Mremap { old_addr, old_len, new_len, flags, new_addr } => {
+                write!(f, "mremap({old_addr:#x}, {old_len:#x}, {new_len:#x}, {flags:#x}")?;
+                match new_addr {
+                    Some(a) => write!(f, ", {a:#x})"),
+                    None => f.write_str(")"),
+                }
+            }
+        }
+    }
 }
 
 /// A call and what the kernel returned.
@@ -369,10 +401,14 @@ pub fn parse(text: &str, source: &str) -> Result<Vec<TraceCall>, TraceError> {
             let (c, res) = call_and_result(rest).ok_or_else(|| err(format!("no result in {rest:?}")))?;
             (name.to_string(), c[open + 1..].to_string(), res.to_string())
         };
-        let Some(result) = result(&res).map_err(err)? else { continue };
-        if let Some(op) = op(&name, &args).map_err(err)? {
-            out.push(TraceCall { line: lineno, tid, op, result });
+        if res.trim() == "?" {
+            continue; // S2: never returned
         }
+        // S2: a call that is not replayed is skipped before its result is
+        // read: it may fail with an errno no mm call returns (mbind's EIO).
+        let Some(op) = op(&name, &args).map_err(err)? else { continue };
+        let Some(result) = result(&res).map_err(err)? else { continue };
+        out.push(TraceCall { line: lineno, tid, op, result });
     }
     Ok(out)
 }
@@ -394,6 +430,7 @@ mod tests {
 6968  mremap(0x7f213c893000, 139264, 155648, MREMAP_MAYMOVE) = 0x7f213b66d000
 6968  madvise(0x7f8f016ff000, 1024000, MADV_DONTNEED) = 0
 7001  mprotect(0x1000, 4096, PROT_NONE)  = ?
+7001  mbind(0x7f8f016ff000, 4096, MPOL_BIND, [0x1], 2, 0) = -1 EIO (Input/output error)
 6968  +++ exited with 0 +++
 ";
         let calls = parse(log, "t.strace").unwrap();

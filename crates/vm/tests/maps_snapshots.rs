@@ -52,6 +52,20 @@ fn query_finds_the_vma_and_nothing_in_holes() {
 }
 
 #[test]
+fn a_heap_split_in_three_keeps_its_name_on_every_line() {
+    // mprotect inside the heap splits it; Linux names every piece [heap]
+    // (start_brk is the first line's start, brk the last line's end).
+    let text = "00400000-00401000 r--p 00000000 fe:00 7                                  /bin/x
+01000000-01001000 rw-p 00000000 00:00 0                                  [heap]
+01001000-01002000 r--p 00000000 00:00 0                                  [heap]
+01002000-01003000 rw-p 00000000 00:00 0                                  [heap]
+";
+    let mm = AddressSpace::from_maps(text, "inline").unwrap();
+    assert_eq!(mm.maps(), text);
+    assert_eq!(mm.brk_range(), (0x1000000, 0x1003000));
+}
+
+#[test]
 fn a_malformed_snapshot_names_file_and_line() {
     let text = "00400000-00402000 r-xp 00000000 fe:00 42 /bin/x\n00402000-00401000 r--p 0 00:00 0 \n";
     let e = AddressSpace::from_maps(text, "bad.maps").unwrap_err();
