@@ -16,8 +16,18 @@
 //! - C3. Bad accesses return an [`AccessError`] (the signal Linux would
 //!   send); they never panic.
 //!
+//! - C5. Each access re-reads its frame's generation at its end: a change
+//!   means the frame was freed while in use (a broken shootdown); it is
+//!   counted ([`AddressSpace::use_after_free_accesses`]) and reported in
+//!   [`Touched`], never silent.
+//! - C4. A CPU caches an entry only after its bit is in it
+//!   (`PageTable::walk_for`, pgtable.rs PT3), and it belongs to the thread
+//!   that made it (`!Send`), so a writer on that thread knows its CPUs are
+//!   between accesses (tlb.rs T5).
+//!
 //! # Concurrency
-//! A `Cpu` is `Send` but not `Sync`: it belongs to one thread at a time.
+//! A `Cpu` is neither `Send` nor `Sync`: it belongs to the thread that made
+//! it (make one per thread with [`AddressSpace::cpu`] inside the thread).
 //!
 //! # Linux
 //! The MMU: x86-64's TLB lookup, hardware page walk and `#PF` with its
@@ -37,6 +47,10 @@ pub struct Cpu {
     tlb: crate::tlb::Tlb,
     frames: FrameCache,
     stats: CpuStats,
+    /// This CPU's bit in the PTEs it caches (C4).
+    bit: u64,
+    /// C4: bound to its thread.
+    _not_send: std::marker::PhantomData<*const ()>,
 }
 
 impl std::fmt::Debug for Cpu {
@@ -61,8 +75,12 @@ pub struct CpuStats {
 pub struct Touched {
     /// The frame accessed.
     pub pfn: u64,
-    /// Its generation during the access.
+    /// Its generation when the access began.
     pub generation: u64,
+    /// The frame was freed while the access used it (its generation moved
+    /// between the lookup and the end of the access): a use after free
+    /// that a correct shootdown makes impossible (C5).
+    pub freed_during: bool,
 }
 
 /// Faults one access may take before it is declared livelocked; a safe
@@ -73,7 +91,15 @@ const MAX_FAULTS: u32 = 1 << 16;
 impl Cpu {
     /// A CPU for `mm`.
     pub fn new(mm: Arc<AddressSpace>) -> Cpu {
-        Cpu { mm, tlb: Default::default(), frames: FrameCache::default(), stats: CpuStats::default() }
+        let bit = mm.hw().tlb.claim_cpu();
+        Cpu {
+            mm,
+            tlb: Default::default(),
+            frames: FrameCache::default(),
+            stats: CpuStats::default(),
+            bit,
+            _not_send: std::marker::PhantomData,
+        }
     }
 
     /// The address space.
@@ -128,7 +154,7 @@ impl Cpu {
                     Some(p) if !write || p.writable() => Some(p),
                     _ => {
                         self.stats.tlb_misses += 1;
-                        let p = hw.pt.walk(va);
+                        let p = hw.pt.walk_for(va, self.bit);
                         if p.present() {
                             self.tlb.fill(va, p);
                         }
@@ -139,14 +165,21 @@ impl Cpu {
                     let f = hw.phys.frame(p.pfn());
                     let generation = f.generation.load(Ordering::Acquire);
                     op(&f.data[((va >> 3) & 511) as usize]);
+                    // C5: still the same frame at the end of the access?
+                    let freed_during = f.generation.load(Ordering::Acquire) != generation;
+                    if freed_during {
+                        hw.use_after_free.fetch_add(1, Ordering::Relaxed);
+                    }
                     self.stats.accesses += 1;
-                    return Ok(Touched { pfn: p.pfn(), generation });
+                    return Ok(Touched { pfn: p.pfn(), generation, freed_during });
                 }
             }
             // C2: the fault runs outside the section.
             fault::handle_mm_fault(mm, va, write, &mut self.frames, &mut self.stats.fault)?;
         }
-        panic!("an access at {va:#x} faulted {MAX_FAULTS} times: the fault path livelocks");
+        // C3: never a panic; a fault path that livelocks is a bug the
+        // checker reports, the access gives up as a machine would hang.
+        Err(AccessError::Livelock)
     }
 
     /// Drops every cached translation (a context switch to another mm).
@@ -161,5 +194,6 @@ impl Cpu {
 impl Drop for Cpu {
     fn drop(&mut self) {
         self.frames.drain(&self.mm.hw().phys);
+        self.mm.hw().tlb.release_cpu(self.bit);
     }
 }

@@ -55,6 +55,9 @@ pub enum AccessError {
     Unaligned,
     /// Out of physical memory (`VM_FAULT_OOM`).
     Oom,
+    /// The access faulted over and over without progress: a bug of the
+    /// fault path (reported, not hidden in a hang).
+    Livelock,
 }
 
 impl std::fmt::Display for AccessError {
@@ -64,6 +67,7 @@ impl std::fmt::Display for AccessError {
             AccessError::AccErr => "SIGSEGV (SEGV_ACCERR)",
             AccessError::Unaligned => "SIGBUS (BUS_ADRALN)",
             AccessError::Oom => "out of memory",
+            AccessError::Livelock => "livelock in the fault path",
         })
     }
 }
@@ -306,9 +310,15 @@ fn do_fault(
     let t = hw.pt.pte_table(page, true).expect("allocating walk");
     let i = PageTable::pte_index(page);
     let ptl = t.lock();
-    let same = Pte(t.entry(i)) == seen;
+    // pte_same (CPU bits aside: a walk may have added one since, PT3).
+    let same = Pte(t.entry(i)).sans_cpus() == seen.sans_cpus();
     if same && live.is_none_or(|f| f()) {
-        t.set(&ptl, i, new);
+        let old = t.set(&ptl, i, new);
+        if old.present() && old.pfn() == new.pfn() {
+            // An upgrade in place: CPUs may still cache the read-only
+            // entry of the same frame, and a later zap must wait for them.
+            t.keep_cpus(&ptl, i, old.cpus());
+        }
         drop(ptl);
         if seen.present() && seen.pfn() != new.pfn() {
             // Copy-on-write replaced the frame of a present read-only entry
@@ -317,7 +327,7 @@ fn do_fault(
             // frame needs no flush (a stale read-only entry faults and is
             // refilled). The old frame is the zero page or a page-cache
             // page (an anonymous one is reused), so nothing is freed.
-            hw.tlb.flush(page, page + (1 << PAGE_SHIFT));
+            hw.tlb.flush(page, page + (1 << PAGE_SHIFT), old.cpus());
         }
         return Ok(Outcome::Installed);
     }

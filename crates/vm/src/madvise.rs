@@ -122,7 +122,7 @@ impl MmCall<'_> {
                 self.vma_write_lock(&v);
                 let mut g = MmuGather::default();
                 self.hw.pt.zap(s, e, &mut g);
-                self.finish(g, true);
+                self.finish(g, false);
             }
             at = e;
         }

@@ -85,6 +85,8 @@ pub(crate) struct Hw {
     pub(crate) sync_ns: AtomicU64,
     /// Grace periods munmap waited for.
     pub(crate) syncs: AtomicU64,
+    /// Accesses whose frame was freed while they used it (cpu.rs C5).
+    pub(crate) use_after_free: AtomicU64,
 }
 
 static NEXT_MM_ID: AtomicU32 = AtomicU32::new(1);
@@ -139,6 +141,7 @@ impl MmBuilder {
                 dead: AtomicUsize::new(0),
                 sync_ns: AtomicU64::new(0),
                 syncs: AtomicU64::new(0),
+                use_after_free: AtomicU64::new(0),
             },
         }
     }
@@ -231,6 +234,12 @@ impl AddressSpace {
     /// Grace periods munmap waited for, and the nanoseconds it spent.
     pub fn munmap_syncs(&self) -> (u64, u64) {
         (self.hw.syncs.load(Ordering::Relaxed), self.hw.sync_ns.load(Ordering::Relaxed))
+    }
+
+    /// Accesses that used a frame while it was freed (cpu.rs C5): always 0
+    /// unless the shootdown is broken.
+    pub fn use_after_free_accesses(&self) -> u64 {
+        self.hw.use_after_free.load(Ordering::Relaxed)
     }
 
     pub(crate) fn hw(&self) -> &Hw {
@@ -489,7 +498,9 @@ impl Drop for AddressSpace {
             c.reap_dead(true, 0, u64::MAX);
             let _ = c.munmap_range(0, all);
         });
+        // Tables wait for the VMA domain, then the TLB domain (tlb.rs T6).
         self.domain.barrier();
+        self.hw.tlb.domain().barrier();
     }
 }
 

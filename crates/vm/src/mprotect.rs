@@ -151,6 +151,6 @@ impl MmCall<'_> {
             },
             &mut g,
         );
-        self.finish(g, true);
+        self.finish(g, false);
     }
 }

@@ -180,7 +180,7 @@ impl MmCall<'_> {
         self.vma_write_lock(vma);
         let mut g = crate::tlb::MmuGather::default();
         self.hw.pt.move_ptes(addr, to, old_len, &mut g);
-        self.finish(g, true);
+        self.finish(g, false);
         self.insert_merged(moved);
         if flags & MREMAP_DONTUNMAP == 0 {
             self.munmap_range(addr, addr + old_len)?;

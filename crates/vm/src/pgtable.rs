@@ -16,7 +16,14 @@
 //!   and from a child to 0 only under the mmap write lock and the parent's
 //!   lock (`free_tables`).
 //! - PT3. A leaf entry ([`Pte`]) changes only under its table's lock (the
-//!   split page-table lock, PTL).
+//!   split page-table lock, PTL), by swaps that return what was there;
+//!   the one exception is a CPU's bit ([`Pte::cpus`]), which the MMU's walk
+//!   sets by compare-and-swap on the exact entry it read, as x86 sets the
+//!   Accessed bit. So a writer's swap returns every CPU that may cache the
+//!   entry: a CPU caches an entry only after its bit is in it (PT6).
+//! - PT6. A CPU bit once set stays until the entry is swapped out; a zap,
+//!   a rights change or a move reports the bits of what it swapped out,
+//!   and the shootdown waits only for those CPUs (tlb.rs T5).
 //! - PT4. A zap that finds an upper entry empty takes that table's lock
 //!   before skipping it. A fault hooks a new table under the same lock, so
 //!   either the zap sees (and zaps) the new table, or the fault's later
@@ -68,6 +75,14 @@ impl Pte {
     /// to the MMU, the frame stays.
     pub const PROTNONE: u64 = 1 << 8;
     const PFN_MASK: u64 = ((1 << 52) - 1) & !0xfff;
+    /// First of the CPU bits (x86 leaves bits 52–62 to software).
+    pub const CPU_SHIFT: u32 = 52;
+    /// CPUs with a bit of their own; others share [`Pte::CPU_OTHER`].
+    pub const CPU_SLOTS: u32 = 10;
+    /// The bit shared by CPUs beyond the first [`Pte::CPU_SLOTS`].
+    pub const CPU_OTHER: u64 = 1 << 62;
+    /// Every CPU bit.
+    pub const CPU_MASK: u64 = 0x7ff << 52;
 
     /// An entry mapping `pfn`, present, writable or not.
     pub fn new(pfn: Pfn, write: bool) -> Pte {
@@ -93,6 +108,14 @@ impl Pte {
     pub fn pfn(self) -> Pfn {
         (self.0 & Pte::PFN_MASK) >> PAGE_SHIFT
     }
+    /// The CPUs that may cache this entry (PT3, PT6).
+    pub fn cpus(self) -> u64 {
+        self.0 & Pte::CPU_MASK
+    }
+    /// The entry without its CPU bits.
+    pub fn sans_cpus(self) -> Pte {
+        Pte(self.0 & !Pte::CPU_MASK)
+    }
 }
 
 /// One table page.
@@ -105,6 +128,12 @@ pub struct Table {
 }
 
 impl Table {
+    /// Adds CPU bits to leaf entry `i` (PT6: they stay until a swap takes
+    /// them); the caller holds this table's lock.
+    pub fn keep_cpus(&self, _ptl: &parking_lot::MutexGuard<'_, ()>, i: usize, cpus: u64) {
+        self.entries[i].fetch_or(cpus & Pte::CPU_MASK, Ordering::AcqRel);
+    }
+
     fn new_boxed() -> Box<Table> {
         Box::new(Table {
             entries: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -126,11 +155,13 @@ impl Table {
         self.lock.lock()
     }
 
-    /// Sets leaf entry `i`; the caller holds this table's lock (PT3).
-    pub fn set(&self, _ptl: &parking_lot::MutexGuard<'_, ()>, i: usize, pte: Pte) {
-        // ORDERING: Release publishes the frame's contents (zero-filled or
-        // copied) to walkers that Acquire the entry.
-        self.entries[i].store(pte.0, Ordering::Release);
+    /// Sets leaf entry `i` and returns what it held, with the CPU bits
+    /// set until that instant (PT3); the caller holds this table's lock.
+    pub fn set(&self, _ptl: &parking_lot::MutexGuard<'_, ()>, i: usize, pte: Pte) -> Pte {
+        // ORDERING: AcqRel: Release publishes the frame's contents
+        // (zero-filled or copied) to walkers that Acquire the entry; the
+        // swap orders against the walkers' bit-setting CAS (PT3).
+        Pte(self.entries[i].swap(pte.0, Ordering::AcqRel))
     }
 }
 
@@ -233,8 +264,9 @@ impl Default for PageTable {
 /// Something that collects what a page-table change frees: the range to
 /// flush, the frames and the unhooked tables ([`crate::tlb::MmuGather`]).
 pub(crate) trait Gather {
-    /// A mapped entry for `va` was cleared or lost rights: flush it.
-    fn flush_page(&mut self, va: u64);
+    /// A mapped entry for `va`, which the CPUs `cpus` may cache (PT6), was
+    /// cleared or lost rights: flush it.
+    fn flush_page(&mut self, va: u64, cpus: u64);
     /// A frame that was mapped at `va` is no longer mapped.
     fn frame(&mut self, pfn: Pfn);
     /// A table was unhooked; it covered `[lo, hi)`.
@@ -254,20 +286,47 @@ impl PageTable {
         self.pool.live.load(Ordering::Relaxed)
     }
 
-    /// The PTE for `va`, read without locks (what the MMU's walk does).
+    /// The PTE for `va`, read without locks.
     #[inline]
     pub fn walk(&self, va: u64) -> Pte {
+        self.leaf_table(va).map_or(Pte(0), |t| Pte(t.entry(index(va, 1))))
+    }
+
+    /// The leaf table for `va`, if every level exists (lockless).
+    #[inline]
+    fn leaf_table(&self, va: u64) -> Option<&Table> {
         let mut t: &Table = &self.root;
         for level in (2..=4).rev() {
             let e = t.entry(index(va, level));
             if e == 0 {
-                return Pte(0);
+                return None;
             }
             // SAFETY: read from a table of `self` (PT1); the reference does
             // not outlive `&self`.
             t = unsafe { child(e) };
         }
-        Pte(t.entry(index(va, 1)))
+        Some(t)
+    }
+
+    /// The MMU's walk for a TLB fill by the CPU whose bit is `cpu`: the PTE
+    /// for `va`, with `cpu` set in it (PT3) when it is present. The caller
+    /// may cache what this returns until a shootdown that names `cpu`.
+    #[inline]
+    pub fn walk_for(&self, va: u64, cpu: u64) -> Pte {
+        let Some(t) = self.leaf_table(va) else { return Pte(0) };
+        let slot = &t.entries[index(va, 1)];
+        // ORDERING: Acquire pairs with the installer's Release (the frame's
+        // contents); the CAS is AcqRel against writers' swaps (PT3).
+        let mut e = slot.load(Ordering::Acquire);
+        loop {
+            if e & Pte::PRESENT == 0 || e & cpu != 0 {
+                return Pte(e);
+            }
+            match slot.compare_exchange_weak(e, e | cpu, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return Pte(e | cpu),
+                Err(now) => e = now,
+            }
+        }
     }
 
     /// The leaf table for `va`, allocating missing levels when `alloc`
@@ -311,7 +370,7 @@ impl PageTable {
                 g.frame(old.pfn());
             }
             if old.present() {
-                g.flush_page(va);
+                g.flush_page(va, old.cpus());
             }
         });
     }
@@ -326,10 +385,11 @@ impl PageTable {
                 return;
             }
             let new = f(va, old);
-            if new != old {
-                t.set(&ptl, i, new);
+            if new != old.sans_cpus() {
+                // PT3: the swap returns the bits set up to now.
+                let old = t.set(&ptl, i, new);
                 if old.present() && (!new.present() || (old.writable() && !new.writable())) {
-                    g.flush_page(va);
+                    g.flush_page(va, old.cpus());
                 }
             }
         });
@@ -347,13 +407,14 @@ impl PageTable {
                 moved.push((va - from + to, old));
             }
             if old.present() {
-                g.flush_page(va);
+                g.flush_page(va, old.cpus());
             }
         });
         for (va, pte) in moved {
             let t = self.pte_table(va, true).expect("allocating walk");
             let ptl = t.lock();
-            t.set(&ptl, index(va, 1), pte);
+            // The old bits named TLB entries of the old address, flushed.
+            t.set(&ptl, index(va, 1), pte.sans_cpus());
         }
     }
 
@@ -525,7 +586,7 @@ mod tests {
         tables: Vec<(UnhookedTable, u32)>,
     }
     impl Gather for G {
-        fn flush_page(&mut self, va: u64) {
+        fn flush_page(&mut self, va: u64, _cpus: u64) {
             self.flushed.push(va);
         }
         fn frame(&mut self, pfn: Pfn) {

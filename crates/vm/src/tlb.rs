@@ -27,6 +27,17 @@
 //!   after the VMA domain's grace period too (pgtable.rs PT5).
 //! - T4. A CPU that is behind by more than the log holds, or whose log
 //!   slot was overwritten while it read it, flushes everything.
+//! - T5. The wait of T2 is skipped when every CPU that may cache the old
+//!   entries (their CPU bits, pgtable.rs PT6) belongs to the calling
+//!   thread, which is not inside an access: those CPUs flush by
+//!   generation before their next access, and no other CPU can hold the
+//!   entries. A writer that unmaps what only its own threads touched sends
+//!   no IPI (Linux sends one to every CPU in `mm_cpumask`). CPUs beyond the
+//!   first [`Pte::CPU_SLOTS`] share one bit, which always waits.
+//! - T6. Unhooked tables need no TLB flush (TLBs cache leaf entries only):
+//!   they are freed after a grace period of the TLB domain (no MMU walk is
+//!   still inside them) that follows one of the VMA domain (no fault or
+//!   smaps walk is), both asynchronous.
 //!
 //! # Concurrency
 //! `Shootdown::flush`: any thread outside an access (writers, and faults
@@ -41,6 +52,8 @@
 //! grace period of a domain whose sections are single accesses, which is
 //! what an IPI waits for: every CPU to reach an instruction boundary.
 
+use std::cell::RefCell;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crossbeam_utils::CachePadded;
@@ -68,12 +81,22 @@ struct Slot {
 
 /// The address space's side of TLB shootdown (T2).
 pub struct Shootdown {
-    domain: Domain,
+    domain: Arc<Domain>,
+    /// Free CPU slots (bit i: slot i free), for [`Shootdown::claim_cpu`].
+    free_slots: AtomicU64,
     /// Serialises flushers (writers, and faults that copy on write).
     writer: std::sync::Mutex<()>,
     generation: CachePadded<AtomicU64>,
     log: [Slot; LOG],
     flushes: AtomicU64,
+    /// Flushes that waited for other CPUs (the rest were local, T5).
+    remote: AtomicU64,
+}
+
+thread_local! {
+    /// CPU bits of the `Cpu`s owned by this thread, per shootdown (by the
+    /// TLB domain's id): T5's "the calling thread's CPUs".
+    static LOCAL_CPUS: RefCell<Vec<(u64, u64)>> = const { RefCell::new(Vec::new()) };
 }
 
 impl std::fmt::Debug for Shootdown {
@@ -85,19 +108,80 @@ impl std::fmt::Debug for Shootdown {
 impl Default for Shootdown {
     fn default() -> Self {
         Shootdown {
-            domain: Domain::new(),
+            domain: Arc::new(Domain::new()),
+            free_slots: AtomicU64::new((1 << Pte::CPU_SLOTS) - 1),
             writer: std::sync::Mutex::new(()),
             generation: CachePadded::new(AtomicU64::new(0)),
             log: Default::default(),
             flushes: AtomicU64::new(0),
+            remote: AtomicU64::new(0),
         }
     }
 }
 
 impl Shootdown {
     /// The TLB domain (T1): accesses are its read-side sections.
-    pub fn domain(&self) -> &Domain {
+    pub fn domain(&self) -> &Arc<Domain> {
         &self.domain
+    }
+
+    /// A CPU bit for a new CPU of the calling thread (T5): a slot of its
+    /// own while one is free, else the shared [`Pte::CPU_OTHER`].
+    pub(crate) fn claim_cpu(&self) -> u64 {
+        let mut free = self.free_slots.load(Ordering::Relaxed);
+        let bit = loop {
+            if free == 0 {
+                break Pte::CPU_OTHER;
+            }
+            let slot = free.trailing_zeros();
+            match self.free_slots.compare_exchange_weak(
+                free,
+                free & !(1 << slot),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break 1 << (Pte::CPU_SHIFT + slot),
+                Err(now) => free = now,
+            }
+        };
+        let id = self.domain.id();
+        LOCAL_CPUS.with(|l| {
+            let mut l = l.borrow_mut();
+            match l.iter_mut().find(|(d, _)| *d == id) {
+                Some((_, bits)) => *bits |= bit & !Pte::CPU_OTHER,
+                None => l.push((id, bit & !Pte::CPU_OTHER)),
+            }
+        });
+        bit
+    }
+
+    /// Gives back the bit of a CPU of the calling thread that goes away.
+    /// Entries may still carry the bit: a later owner of the slot waits
+    /// for them like any other CPU's (conservative).
+    pub(crate) fn release_cpu(&self, bit: u64) {
+        let id = self.domain.id();
+        LOCAL_CPUS.with(|l| {
+            if let Some((_, bits)) = l.borrow_mut().iter_mut().find(|(d, _)| *d == id) {
+                *bits &= !bit;
+            }
+        });
+        if bit != Pte::CPU_OTHER {
+            let slot = bit.trailing_zeros() - Pte::CPU_SHIFT;
+            // ORDERING: Release: the slot's next owner starts after this
+            // CPU's last access.
+            self.free_slots.fetch_or(1 << slot, Ordering::Release);
+        }
+    }
+
+    /// The CPU bits owned by the calling thread (T5).
+    fn local_cpus(&self) -> u64 {
+        let id = self.domain.id();
+        LOCAL_CPUS.with(|l| l.borrow().iter().find(|(d, _)| *d == id).map_or(0, |(_, b)| *b))
+    }
+
+    /// Shootdowns that waited for other CPUs (T5).
+    pub fn remote_flushes(&self) -> u64 {
+        self.remote.load(Ordering::Relaxed)
     }
 
     /// The current flush generation.
@@ -112,9 +196,11 @@ impl Shootdown {
         self.flushes.load(Ordering::Relaxed)
     }
 
-    /// Flushes `[start, end)` from every CPU and waits for the
-    /// acknowledgement (T2). Any thread outside an access.
-    pub fn flush(&self, start: u64, end: u64) {
+    /// Flushes `[start, end)` from every CPU, and waits for the
+    /// acknowledgement of the CPUs in `cpus` (the bits of the entries
+    /// removed) unless they are all the calling thread's (T2, T5). Any
+    /// thread outside an access.
+    pub fn flush(&self, start: u64, end: u64, cpus: u64) {
         let lock = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let g = self.generation.load(Ordering::Relaxed) + 1;
         let s = &self.log[(g as usize) % LOG];
@@ -128,6 +214,12 @@ impl Shootdown {
         self.generation.store(g, Ordering::Release);
         self.flushes.fetch_add(1, Ordering::Relaxed);
         drop(lock);
+        // T5. (Inside an access, synchronize below panics with a clear
+        // message: an access must not make mm calls.)
+        if cpus & !self.local_cpus() == 0 && !self.domain.in_read_section() {
+            return;
+        }
+        self.remote.fetch_add(1, Ordering::Relaxed);
         self.domain.synchronize_expedited();
     }
 
@@ -243,6 +335,8 @@ impl Tlb {
 pub struct MmuGather {
     start: u64,
     end: u64,
+    /// The CPUs that may cache what is flushed (PT6).
+    cpus: u64,
     /// Frames no longer mapped; freed after the flush.
     pub(crate) frames: Vec<Pfn>,
     /// Tables unhooked, with their level; freed after the flush and a
@@ -251,7 +345,8 @@ pub struct MmuGather {
 }
 
 impl Gather for MmuGather {
-    fn flush_page(&mut self, va: u64) {
+    fn flush_page(&mut self, va: u64, cpus: u64) {
+        self.cpus |= cpus;
         if self.start >= self.end {
             (self.start, self.end) = (va, va + (1 << PAGE_SHIFT));
         } else {
@@ -262,11 +357,8 @@ impl Gather for MmuGather {
     fn frame(&mut self, pfn: Pfn) {
         self.frames.push(pfn);
     }
-    fn table(&mut self, t: UnhookedTable, level: u32, lo: u64, hi: u64) {
-        // A hardware walker may have cached the path through it: flush
-        // the range it covered (`tlb_remove_table` + `tlb_flush_mmu`).
-        self.flush_page(lo);
-        self.flush_page(hi - (1 << PAGE_SHIFT));
+    fn table(&mut self, t: UnhookedTable, level: u32, _lo: u64, _hi: u64) {
+        // T6: no flush; freed after both grace periods.
         self.tables.push((t, level));
     }
 }
@@ -277,9 +369,9 @@ impl MmuGather {
         self.start < self.end
     }
 
-    /// The range to flush.
-    pub(crate) fn range(&self) -> (u64, u64) {
-        (self.start, self.end)
+    /// The range to flush and the CPUs that may cache it.
+    pub(crate) fn range(&self) -> (u64, u64, u64) {
+        (self.start, self.end, self.cpus)
     }
 }
 
@@ -293,7 +385,7 @@ mod tests {
         let mut tlb = Tlb::default();
         tlb.fill(0x1000, Pte::new(1, true));
         tlb.fill(0x9000, Pte::new(2, true));
-        sd.flush(0x1000, 0x2000);
+        sd.flush(0x1000, 0x2000, Pte::CPU_OTHER);
         tlb.sync(&sd);
         assert_eq!(tlb.lookup(0x1000), None);
         assert_eq!(tlb.lookup(0x9000), Some(Pte::new(2, true)));
@@ -306,12 +398,12 @@ mod tests {
         let mut tlb = Tlb::default();
         tlb.fill(0x9000, Pte::new(2, true));
         for _ in 0..LOG + 1 {
-            sd.flush(0x1000, 0x2000);
+            sd.flush(0x1000, 0x2000, 0);
         }
         tlb.sync(&sd);
         assert_eq!(tlb.lookup(0x9000), None);
         tlb.fill(0x9000, Pte::new(2, true));
-        sd.flush(0, 0x100_0000);
+        sd.flush(0, 0x100_0000, 0);
         tlb.sync(&sd);
         assert_eq!(tlb.lookup(0x9000), None);
         assert_eq!(tlb.full_flushes, 2);

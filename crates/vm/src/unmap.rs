@@ -90,26 +90,31 @@ impl MmCall<'_> {
             let (floor, ceiling) = self.gap_around(start, end);
             self.hw.pt.free_tables(floor, ceiling, start, end.min(VA_END), &mut g);
         }
-        self.finish(g, true);
+        self.finish(g, false);
     }
 
-    /// `tlb_finish_mmu()`: one shootdown, then frames back at once and
-    /// tables after a grace period (`deferred`) or at once (U1, U2).
-    pub(crate) fn finish(&mut self, g: MmuGather, deferred: bool) {
+    /// `tlb_finish_mmu()`: one shootdown, then frames back at once; tables
+    /// after a grace period of the VMA domain (unless `vma_gp_passed`) and
+    /// then one of the TLB domain (U1, U2, tlb.rs T6).
+    pub(crate) fn finish(&mut self, g: MmuGather, vma_gp_passed: bool) {
         if g.needs_flush() {
-            let (s, e) = g.range();
-            self.hw.tlb.flush(s, e);
+            let (s, e, cpus) = g.range();
+            self.hw.tlb.flush(s, e, cpus);
         }
         self.hw.phys.free(g.frames);
         if !g.tables.is_empty() {
             let f = self.hw.pt.freer();
             let tables = g.tables;
-            if deferred {
-                self.domain.call(move || {
+            let tlb = self.hw.tlb.domain().clone();
+            let free_after_walks = move || {
+                tlb.call(move || {
                     f.free(tables);
-                });
+                })
+            };
+            if vma_gp_passed {
+                free_after_walks();
             } else {
-                f.free(tables);
+                self.domain.call(free_after_walks);
             }
         }
     }
@@ -158,6 +163,6 @@ impl MmCall<'_> {
             let (floor, ceiling) = self.gap_around(*s, *e);
             self.hw.pt.free_tables(floor, ceiling, *s, (*e).min(VA_END), &mut g);
         }
-        self.finish(g, false);
+        self.finish(g, true);
     }
 }

@@ -7,6 +7,9 @@
 //! that returns a value of another address is a cross-mapping leak: a
 //! stale TLB entry or PTE that reached a frame freed and reused elsewhere.
 //! At the end every frame must be back (no leak, nothing freed twice).
+//! One of the CPUs makes slow accesses (a few microseconds between the TLB
+//! lookup and the store), which widens the window in which a shootdown
+//! that did not wait for it would let the frame be freed and reused.
 //!
 //! `RCUVM_STRESS_MS` sets the time per strategy (default 600 ms).
 
@@ -45,6 +48,7 @@ struct Outcome {
     accesses: u64,
     mm_calls: u64,
     leaks: u64,
+    use_after_free: u64,
     maps_reads: u64,
     maps_anomalies: u64,
 }
@@ -65,7 +69,15 @@ fn run(s: Strategy, ms: u64, seed: u64) -> (Outcome, usize) {
             let mut n = 0;
             while !stop.load(Ordering::Relaxed) {
                 let va = BASE + r.below(PAGES) * P + r.below(512) * 8;
-                if r.below(2) == 0 {
+                if tid == 2 && r.below(8) == 0 {
+                    let _ = cpu.access(va, true, |w| {
+                        let t = Instant::now();
+                        while t.elapsed() < Duration::from_micros(3) {
+                            std::hint::spin_loop();
+                        }
+                        w.store(va << 8 | tid, Ordering::Relaxed);
+                    });
+                } else if r.below(2) == 0 {
                     let _ = cpu.write(va, va << 8 | tid);
                 } else if let Ok(v) = cpu.read(va) {
                     if !check(v, va) {
@@ -135,11 +147,13 @@ fn run(s: Strategy, ms: u64, seed: u64) -> (Outcome, usize) {
     }
     let (maps_reads, maps_anomalies) = maps_reader.join().unwrap();
     drop(cpu);
+    let use_after_free = mm.use_after_free_accesses();
     drop(mm);
     let out = Outcome {
         accesses: accesses.load(Ordering::Relaxed),
         mm_calls: calls,
         leaks: leaks.load(Ordering::Relaxed),
+        use_after_free,
         maps_reads,
         maps_anomalies,
     };
@@ -157,6 +171,7 @@ fn safe_strategies_never_leak_a_frame_across_mappings() {
             "{s}: the stress did not run: {o:?}"
         );
         assert_eq!(o.leaks, 0, "{s}: a value of another address was read: {o:?}");
+        assert_eq!(o.use_after_free, 0, "{s}: an access used a frame while it was freed: {o:?}");
         assert_eq!(o.maps_anomalies, 0, "{s}: maps went backwards or overlapped: {o:?}");
         assert_eq!(in_use, 0, "{s}: frames leaked at teardown");
     }

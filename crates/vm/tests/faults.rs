@@ -80,6 +80,25 @@ fn munmap_removes_the_translation_from_every_tlb_before_it_returns() {
 }
 
 #[test]
+fn a_shootdown_waits_only_for_cpus_that_may_cache_the_entries() {
+    for s in Strategy::ALL {
+        let mm = mm(s);
+        let a = mm.mmap(0, 2 * P, RW, ANON, None, 0).unwrap();
+        let mut mine = mm.cpu();
+        mine.write(a, 1).unwrap();
+        let remote = mm.shootdown().remote_flushes();
+        mm.munmap(a, P).unwrap();
+        assert_eq!(mm.shootdown().remote_flushes(), remote, "{s}: only this thread's CPU cached it");
+        assert_eq!(mine.read(a), Err(AccessError::MapErr), "{s}: and it flushed by generation");
+        // Another thread's CPU reads the second page: now it must wait.
+        let mm2 = mm.clone();
+        std::thread::spawn(move || assert_eq!(mm2.cpu().read(a + P), Ok(0))).join().unwrap();
+        mm.munmap(a + P, P).unwrap();
+        assert_eq!(mm.shootdown().remote_flushes(), remote + 1, "{s}");
+    }
+}
+
+#[test]
 fn munmap_of_untouched_memory_needs_no_shootdown() {
     let mm = mm(Strategy::VmaLock);
     let a = mm.mmap(0, 16 * P, RW, ANON, None, 0).unwrap();
@@ -219,6 +238,7 @@ fn unmapped_tables_are_unhooked_and_freed() {
         assert_eq!(mm.page_table().tables(), 4, "{s}: root, PUD, PMD, PTE tables");
         mm.munmap(a, 4 * P).unwrap();
         mm.domain().barrier();
+        mm.shootdown().domain().barrier();
         assert_eq!(mm.page_table().tables(), 1, "{s}: only the root is left");
     }
 }
