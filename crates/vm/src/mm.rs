@@ -65,8 +65,9 @@ pub struct AddressSpace {
 #[derive(Debug, Default)]
 pub(crate) struct MmState {
     next_shmem_ino: u64,
-    /// Dead entries in the tree (`rcu-dead`), in no order.
-    pub(crate) dead: Vec<(u64, u64, Arc<DeadRange>)>,
+    /// Dead entries in the tree (`rcu-dead`), oldest first: the order in
+    /// which their callbacks expire them (RCU callbacks run in order).
+    pub(crate) dead: std::collections::VecDeque<(u64, u64, Arc<DeadRange>)>,
 }
 
 /// The hardware half of an address space (A3).
@@ -130,7 +131,10 @@ impl MmBuilder {
             domain,
             cfg: self.cfg,
             layout: Layout::default(),
-            mmap_lock: parking_lot::RwLock::new(MmState { next_shmem_ino: 0x10_0000, dead: Vec::new() }),
+            mmap_lock: parking_lot::RwLock::new(MmState {
+                next_shmem_ino: 0x10_0000,
+                dead: Default::default(),
+            }),
             hw: Hw {
                 strategy: self.strategy,
                 pt: PageTable::new(),

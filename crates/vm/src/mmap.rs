@@ -101,7 +101,7 @@ pub(crate) struct MmCall<'a> {
     /// Inode numbers for shared anonymous mappings (`/dev/zero (deleted)`).
     pub(crate) next_shmem_ino: &'a mut u64,
     /// Dead entries (`rcu-dead`, strategy.rs S4).
-    pub(crate) dead: &'a mut Vec<(u64, u64, Arc<crate::strategy::DeadRange>)>,
+    pub(crate) dead: &'a mut std::collections::VecDeque<(u64, u64, Arc<crate::strategy::DeadRange>)>,
 }
 
 impl MmCall<'_> {

@@ -60,7 +60,7 @@ impl MmCall<'_> {
             let mut tomb = v.slice(s, e);
             tomb.rt.dead = Some(d.clone());
             self.w.store(s..e, tomb).expect("non-empty range");
-            self.dead.push((s, e, d.clone()));
+            self.dead.push_back((s, e, d.clone()));
             self.hw.dead.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             // ORDERING: the callback runs after a grace period that began
             // after the dead entry was published.
@@ -133,21 +133,32 @@ impl MmCall<'_> {
     /// Erases dead entries and unhooks their tables (U2): the expired ones,
     /// and with `force` every one overlapping `[start, end)` after waiting
     /// for a grace period.
+    ///
+    /// Cost: the expired ones come off the front of the queue (their
+    /// callbacks run in order); the forced path scans the queue only when
+    /// the tree shows a dead entry in the range.
     pub(crate) fn reap_dead(&mut self, force: bool, start: u64, end: u64) {
         if self.dead.is_empty() {
             return;
         }
-        let overlaps = |s: u64, e: u64| s < end && start < e;
-        if force && self.dead.iter().any(|(s, e, d)| overlaps(*s, *e) && !d.expired()) {
-            let t = Instant::now();
-            self.domain.synchronize();
-            self.hw.syncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.hw.sync_ns.fetch_add(t.elapsed().as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
+        let mut reap = Vec::new();
+        while self.dead.front().is_some_and(|(_, _, d)| d.expired()) {
+            reap.extend(self.dead.pop_front());
         }
-        let (reap, keep): (Vec<_>, Vec<_>) = std::mem::take(self.dead)
-            .into_iter()
-            .partition(|(s, e, d)| d.expired() || (force && overlaps(*s, *e)));
-        *self.dead = keep;
+        if force && self.entries_in(start, end).iter().any(|v| v.is_dead()) {
+            let overlaps = |s: u64, e: u64| s < end && start < e;
+            if self.dead.iter().any(|(s, e, d)| overlaps(*s, *e) && !d.expired()) {
+                let t = Instant::now();
+                self.domain.synchronize();
+                self.hw.syncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.hw
+                    .sync_ns
+                    .fetch_add(t.elapsed().as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+            for x in std::mem::take(self.dead) {
+                if overlaps(x.0, x.1) { reap.push(x) } else { self.dead.push_back(x) }
+            }
+        }
         if reap.is_empty() {
             return;
         }
