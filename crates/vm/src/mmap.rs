@@ -375,7 +375,7 @@ impl MmCall<'_> {
             self.w.store(end..last.end, last.slice(end, last.end)).expect("non-empty range");
         }
         let dead = self.bury(&hit, start, end);
-        self.unmap_pages(start, end, !dead);
+        self.unmap_pages(start, end, !dead, &hit);
         self.after_unmap();
         Ok(())
     }

@@ -172,6 +172,9 @@ pub struct UnhookedTable(NonNull<Table>);
 // lagging walkers, which only read atomics); moving the handle between
 // threads moves that ownership.
 unsafe impl Send for UnhookedTable {}
+// SAFETY: a shared reference to the handle gives no access to the table
+// (no method takes `&self`), so sharing it shares nothing.
+unsafe impl Sync for UnhookedTable {}
 
 /// Index of `va` in a table of `level` (4 = PGD … 1 = PTE).
 #[inline]

@@ -38,6 +38,24 @@ use crate::strategy::{self, DEAD_LIMIT, DeadRange, Strategy};
 use crate::tlb::MmuGather;
 use crate::vma::Vma;
 
+/// Tables that `rcu-refcount` frees on the last put of the VMAs that
+/// mapped them (strategy.rs S5); the MMU's walks are still waited for (a
+/// grace period of the TLB domain, tlb.rs T6).
+pub(crate) struct TablesOnPut {
+    tables: Vec<(crate::pgtable::UnhookedTable, u32)>,
+    freer: crate::pgtable::TableFreer,
+    tlb: Arc<rcuvm_rcu::Domain>,
+}
+
+impl Drop for TablesOnPut {
+    fn drop(&mut self) {
+        let (tables, f) = (std::mem::take(&mut self.tables), self.freer.clone());
+        self.tlb.call(move || {
+            f.free(tables);
+        });
+    }
+}
+
 impl MmCall<'_> {
     /// `vma_start_write()` under the `vma-lock` strategy (strategy.rs S3).
     pub(crate) fn vma_write_lock(&self, v: &Vma) {
@@ -82,13 +100,24 @@ impl MmCall<'_> {
     }
 
     /// Zaps `[start, end)`, unhooks the tables of the gap around it when
-    /// `free_tables`, and finishes (U1).
-    pub(crate) fn unmap_pages(&mut self, start: u64, end: u64, free_tables: bool) {
+    /// `free_tables`, and finishes (U1). Under `rcu-refcount` the tables
+    /// are freed on the last put of the unmapped VMAs `hit` instead (S5).
+    pub(crate) fn unmap_pages(&mut self, start: u64, end: u64, free_tables: bool, hit: &[Arc<Vma>]) {
         let mut g = MmuGather::default();
         self.hw.pt.zap(start, end, &mut g);
         if free_tables {
             let (floor, ceiling) = self.gap_around(start, end);
             self.hw.pt.free_tables(floor, ceiling, start, end.min(VA_END), &mut g);
+        }
+        if self.hw.strategy == Strategy::RcuRefcount && !g.tables.is_empty() {
+            let holder = Arc::new(TablesOnPut {
+                tables: std::mem::take(&mut g.tables),
+                freer: self.hw.pt.freer(),
+                tlb: self.hw.tlb.domain().clone(),
+            });
+            for v in hit {
+                let _ = v.rt.on_last_put.set(holder.clone());
+            }
         }
         self.finish(g, false);
     }

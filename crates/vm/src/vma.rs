@@ -169,6 +169,9 @@ pub(crate) struct VmaRt {
     pub(crate) anon: AtomicU64,
     /// Set on a dead entry (V5).
     pub(crate) dead: Option<Arc<crate::strategy::DeadRange>>,
+    /// `rcu-refcount`: the tables its munmap unhooked, freed when the last
+    /// reference to this VMA object goes (strategy.rs S5).
+    pub(crate) on_last_put: std::sync::OnceLock<Arc<crate::unmap::TablesOnPut>>,
 }
 
 impl Clone for VmaRt {
@@ -178,6 +181,7 @@ impl Clone for VmaRt {
             readers: AtomicU32::new(0),
             anon: AtomicU64::new(self.anon.load(Ordering::Acquire)),
             dead: self.dead.clone(),
+            on_last_put: std::sync::OnceLock::new(),
         }
     }
 }

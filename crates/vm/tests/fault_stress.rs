@@ -160,16 +160,22 @@ fn run(s: Strategy, ms: u64, seed: u64) -> (Outcome, usize) {
     (out, phys.stats().in_use)
 }
 
+/// One test, so the strategies run one after the other (each has the
+/// machine's two cores). `rcu-refcount` is unsafe by design (a fault that
+/// took its reference before a munmap installs a stale PTE after it): it
+/// runs for what it shows, asserting only that it neither panics nor
+/// hangs; the checker (`rcuvm check`) is what proves it wrong.
 #[test]
-fn safe_strategies_never_leak_a_frame_across_mappings() {
+fn every_strategy_under_stress() {
     let ms = std::env::var("RCUVM_STRESS_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(600);
-    for s in Strategy::ALL.into_iter().filter(|s| s.is_safe()) {
+    for s in Strategy::ALL {
         let (o, in_use) = run(s, ms, 0x5eed ^ s as u64);
-        println!("{s}: {o:?}");
-        assert!(
-            o.accesses > 1000 && o.mm_calls > 100 && o.maps_reads > 10,
-            "{s}: the stress did not run: {o:?}"
-        );
+        println!("{s}: {o:?}, frames in use at teardown: {in_use}");
+        assert!(o.accesses > 1000 && o.mm_calls > 100, "{s}: the stress did not run: {o:?}");
+        if !s.is_safe() {
+            continue;
+        }
+        assert!(o.maps_reads > 10, "{s}: the maps reader did not run: {o:?}");
         assert_eq!(o.leaks, 0, "{s}: a value of another address was read: {o:?}");
         assert_eq!(o.use_after_free, 0, "{s}: an access used a frame while it was freed: {o:?}");
         assert_eq!(o.maps_anomalies, 0, "{s}: maps went backwards or overlapped: {o:?}");
