@@ -10,11 +10,19 @@
 //! - FL2. The VMA is found and held as the strategy says (strategy.rs
 //!   S2–S5): under the mmap read lock, a per-VMA read lock, an RCU guard
 //!   of the VMA domain, or a counted reference.
-//! - FL3. Under the `rcu-*` strategies, the path from the TLB miss to the
-//!   VMA found writes no shared cache line: the RCU read lock writes only
-//!   the thread's own reader slot, the tree walk only reads, and nothing
-//!   else is written before the VMA is in hand (the per-fault counters are
-//!   the CPU's own).
+//! - FL3. Under `rcu-sync` and `rcu-dead`, the path from the TLB miss to
+//!   the VMA found writes no shared cache line. The argument, step by step
+//!   (`Cpu::access` then `handle_mm_fault`): leaving the TLB domain's
+//!   section and entering the VMA domain's writes only this thread's
+//!   reader slots (rcu crate R2: per-thread, cache-padded, no
+//!   read-modify-write); the TLB and the fault counters are the CPU's own
+//!   (`&mut self`); the MMU walk and the maple walk (`MapleTree::load`)
+//!   only load; the strategy, the tree's root and the domain are read
+//!   through `&self`. The first shared write is the frame allocation,
+//!   after the VMA is in hand. `rcu-refcount` is the exception by design:
+//!   taking the counted reference is an atomic increment on the VMA's
+//!   shared count, the cache-line bouncing that solution 2 also costs.
+//!   `vma-lock` increments the VMA's reader count, as Linux does.
 //! - FL4. Anonymous private memory: a read fault maps the zero page
 //!   read-only; a write fault maps a new zeroed frame, or reuses the
 //!   frame in place when it is already this VMA's own anonymous page, or
