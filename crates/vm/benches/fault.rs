@@ -38,6 +38,35 @@ fn fault_rcuvm(s: Strategy, iters: u64) -> Duration {
     total
 }
 
+/// A fresh private anonymous read-write mapping of the host kernel.
+fn linux_map(len: usize) -> *mut u8 {
+    // SAFETY: asks for new memory; touches nothing that exists.
+    let a = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(a, libc::MAP_FAILED);
+    a.cast()
+}
+
+/// Writes `v` to page `i` of a mapping from `linux_map` (a page fault the
+/// first time), then unmaps nothing.
+fn linux_touch(a: *mut u8, i: u64, v: u64) {
+    // SAFETY: callers pass a page index inside the mapping `a`.
+    unsafe { std::ptr::write_volatile(a.add((i * P) as usize).cast::<u64>(), v) }
+}
+
+fn linux_unmap(a: *mut u8, len: usize) {
+    // SAFETY: `a` came from `linux_map(len)` and is not used afterwards.
+    unsafe { libc::munmap(a.cast(), len) };
+}
+
 /// The same on the host kernel: real page faults of this process.
 fn fault_linux(iters: u64) -> Duration {
     let mut total = Duration::ZERO;
@@ -45,25 +74,13 @@ fn fault_linux(iters: u64) -> Duration {
     while left > 0 {
         let n = left.min(CHUNK);
         let len = (n * P) as usize;
-        // SAFETY: a fresh private anonymous mapping, written only inside
-        // its bounds and unmapped before the next one.
-        unsafe {
-            let a = libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            );
-            assert_ne!(a, libc::MAP_FAILED);
-            let t = Instant::now();
-            for i in 0..n {
-                std::ptr::write_volatile((a as *mut u8).add((i * P) as usize).cast::<u64>(), i);
-            }
-            total += t.elapsed();
-            libc::munmap(a, len);
+        let a = linux_map(len);
+        let t = Instant::now();
+        for i in 0..n {
+            linux_touch(a, i, i);
         }
+        total += t.elapsed();
+        linux_unmap(a, len);
         left -= n;
     }
     total
@@ -108,22 +125,11 @@ fn cycle(c: &mut Criterion) {
     g.bench_function("linux (this process)", |b| {
         b.iter(|| {
             let len = (16 * P) as usize;
-            // SAFETY: as in `fault_linux`.
-            unsafe {
-                let a = libc::mmap(
-                    std::ptr::null_mut(),
-                    len,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                    -1,
-                    0,
-                );
-                assert_ne!(a, libc::MAP_FAILED);
-                for i in 0..16 {
-                    std::ptr::write_volatile((a as *mut u8).add(i * P as usize).cast::<u64>(), i as u64);
-                }
-                libc::munmap(a, len);
+            let a = linux_map(len);
+            for i in 0..16 {
+                linux_touch(a, i, i);
             }
+            linux_unmap(a, len);
         })
     });
     g.finish();

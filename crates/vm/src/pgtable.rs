@@ -188,6 +188,14 @@ fn entry_span(level: u32) -> u64 {
     1 << (PAGE_SHIFT + 9 * (level - 1))
 }
 
+/// The slots of a `level` table that maps from `base` which overlap
+/// `[start, end)`, with the first address each maps.
+fn slots(level: u32, base: u64, start: u64, end: u64) -> impl Iterator<Item = (usize, u64)> {
+    let span = entry_span(level);
+    let first = if start > base { ((start - base) / span) as usize } else { 0 };
+    (first..PTRS).map(move |i| (i, base + i as u64 * span)).take_while(move |&(_, lo)| lo < end)
+}
+
 /// The child table an upper-level entry points to.
 ///
 /// # Safety
@@ -433,12 +441,7 @@ impl PageTable {
         f: &mut dyn FnMut(&Table, usize, u64),
     ) {
         let span = entry_span(level);
-        let first = if start > base { ((start - base) / span) as usize } else { 0 };
-        for i in first..PTRS {
-            let lo = base + i as u64 * span;
-            if lo >= end {
-                break;
-            }
+        for (i, lo) in slots(level, base, start, end) {
             if level == 1 {
                 if t.entry(i) != 0 {
                     f(t, i, lo);
@@ -479,12 +482,7 @@ impl PageTable {
         g: &mut impl Gather,
     ) {
         let span = entry_span(level);
-        let first = if start > base { ((start - base) / span) as usize } else { 0 };
-        for i in first..PTRS {
-            let lo = base + i as u64 * span;
-            if lo >= end {
-                break;
-            }
+        for (i, lo) in slots(level, base, start, end) {
             let e = t.entry(i);
             if e == 0 {
                 continue;
