@@ -118,6 +118,10 @@ impl MmCall<'_> {
             for v in hit {
                 let _ = v.rt.on_last_put.set(holder.clone());
             }
+            // The tree's own references to `hit` go to RCU now rather than
+            // with the writer's next batch, so the last put comes after one
+            // grace period at most (or when a fault drops its reference).
+            self.w.flush();
         }
         self.finish(g, false);
     }
