@@ -5,10 +5,11 @@
 //! that keeps its VMAs in an RCU-safe [`MapleTree`](rcuvm_maple::MapleTree)
 //! and serves lock-free readers (`maps`, `query`).
 //!
-//! `mmap`, `munmap`, `mprotect`, `brk` and the flag-changing `madvise`
+//! `mmap`, `munmap`, `mprotect`, `mremap`, `brk`, `mlock` (and `mlock2`,
+//! `munlock`, `mlockall`, `munlockall`) and the flag-changing `madvise`
 //! advices follow Linux's checks, placement and merging.
 //!
-//! Not yet: `mremap`, `mlock`, what `madvise` does to pages, page tables,
+//! Not yet: what `madvise` and `mlock` do to pages, page tables,
 //! CPUs and TLBs, the fault path and the strategies. Each has its issue.
 
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -17,6 +18,7 @@
 mod brk;
 mod madvise;
 pub mod maps;
+mod mlock;
 mod mm;
 mod mmap;
 mod mprotect;

@@ -9,6 +9,9 @@
 //!   refused for one VMA stops the walk there, VMAs before it changed.
 //! - D2. Flag changes go through `set_flags` (mprotect.rs Q2): new VMAs,
 //!   merged with their neighbours in one store.
+//! - D3. A split refused by `max_map_count` (mprotect.rs Q4) is `EAGAIN`,
+//!   as `madvise_vma_behavior()` turns `ENOMEM` into it; the walk stops
+//!   there, earlier VMAs changed.
 //!
 //! # Linux
 //! `do_madvise()`, `madvise_walk_vmas()`, `madvise_vma_behavior()`,
@@ -110,7 +113,12 @@ impl MmCall<'_> {
             let (s, e) = (at.max(v.start), end.min(v.end));
             let newflags = advise(&v, advice)?;
             if newflags != v.flags {
-                self.set_flags(&v, s, e, newflags)?;
+                // madvise_vma_behavior(): a split refused for want of
+                // resources (`max_map_count`) is EAGAIN, not ENOMEM (D3).
+                self.set_flags(&v, s, e, newflags).map_err(|e| match e {
+                    Errno::Enomem => Errno::Eagain,
+                    e => e,
+                })?;
             }
             at = e;
         }

@@ -30,14 +30,14 @@ use rcuvm_rcu::Domain;
 use crate::maps::{self, MapsError};
 use crate::mmap::{MapFile, MmCall, MmConfig};
 use crate::uapi::{Errno, MapFlags, Prot};
-use crate::vma::{Backing, Vma};
+use crate::vma::{Backing, VmFlags, Vma};
 
 /// A process's address space.
 ///
-/// **Status:** storage, snapshots, readers, `mmap`, `munmap` and
-/// `mprotect` and the flag advices of `madvise` are built; `mremap`, `brk`
-/// and `mlock` are not yet (see the
-/// issue "the address space with Linux's exact mm semantics").
+/// **Status:** storage, snapshots, readers, `mmap`, `munmap`,
+/// `mprotect`, `mremap`, `brk`, `mlock` and the flag advices of `madvise`
+/// are built (see the issue "the address space with Linux's exact mm
+/// semantics").
 pub struct AddressSpace {
     domain: Arc<Domain>,
     vmas: MapleTree<Vma>,
@@ -49,9 +49,11 @@ pub struct AddressSpace {
 }
 
 /// State behind the mmap lock.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct MmState {
     next_shmem_ino: u64,
+    /// `mm->def_flags` (mlock.rs L4).
+    def_flags: VmFlags,
 }
 
 /// `start_brk`, `brk` and `start_stack`: written under the mmap lock, read
@@ -106,7 +108,7 @@ impl AddressSpace {
             domain,
             cfg,
             layout: Layout::default(),
-            mmap_lock: Mutex::new(MmState { next_shmem_ino: 0x10_0000 }),
+            mmap_lock: Mutex::new(MmState { next_shmem_ino: 0x10_0000, def_flags: VmFlags::empty() }),
         }
     }
 
@@ -116,12 +118,14 @@ impl AddressSpace {
     }
 
     fn call<R>(&self, f: impl FnOnce(&mut MmCall<'_>) -> R) -> R {
-        let mut st = self.mmap_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut lock = self.mmap_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let st = &mut *lock;
         let mut c = MmCall {
             w: self.vmas.write(),
             cfg: &self.cfg,
             layout: &self.layout,
             next_shmem_ino: &mut st.next_shmem_ino,
+            def_flags: &mut st.def_flags,
         };
         f(&mut c)
     }
@@ -206,6 +210,51 @@ impl AddressSpace {
     /// when punching a hole would pass `max_map_count`.
     pub fn munmap(&self, addr: u64, len: u64) -> Result<(), Errno> {
         self.call(|c| c.munmap(addr, len))
+    }
+
+    /// `mlock(2)`: locks the VMAs over `[addr, addr + len)` (`addr` rounded
+    /// down to its page), splitting and merging them; stops with `ENOMEM` at
+    /// a hole, keeping what it locked before it, as Linux does.
+    ///
+    /// # Errors
+    /// `EINVAL` when the range wraps; `ENOMEM` for a hole, a split past
+    /// `max_map_count`, or a VMA that cannot be faulted in (`PROT_NONE`),
+    /// after locking it (see mlock.rs).
+    pub fn mlock(&self, addr: u64, len: u64) -> Result<(), Errno> {
+        self.call(|c| c.mlock(addr, len, VmFlags::LOCKED))
+    }
+
+    /// `mlock2(2)`: `mlock` with `MLOCK_ONFAULT` (`VM_LOCKONFAULT`: no page
+    /// is faulted in, so `PROT_NONE` memory locks without error).
+    ///
+    /// # Errors
+    /// `EINVAL` for a flag other than [`MLOCK_ONFAULT`](crate::uapi::MLOCK_ONFAULT),
+    /// then as [`mlock`](Self::mlock).
+    pub fn mlock2(&self, addr: u64, len: u64, flags: u32) -> Result<(), Errno> {
+        self.call(|c| c.mlock2(addr, len, flags))
+    }
+
+    /// `munlock(2)`: clears `VM_LOCKED` and `VM_LOCKONFAULT` over the range.
+    ///
+    /// # Errors
+    /// `EINVAL` when the range wraps; `ENOMEM` for a hole or a split past
+    /// `max_map_count`.
+    pub fn munlock(&self, addr: u64, len: u64) -> Result<(), Errno> {
+        self.call(|c| c.munlock(addr, len))
+    }
+
+    /// `mlockall(2)` with `MCL_CURRENT`, `MCL_FUTURE` and `MCL_ONFAULT`
+    /// ([`uapi`](crate::uapi)).
+    ///
+    /// # Errors
+    /// `EINVAL` for no flag, an unknown flag, or `MCL_ONFAULT` alone.
+    pub fn mlockall(&self, flags: u32) -> Result<(), Errno> {
+        self.call(|c| c.mlockall(flags))
+    }
+
+    /// `munlockall(2)`: unlocks every VMA and clears `MCL_FUTURE`.
+    pub fn munlockall(&self) {
+        self.call(|c| c.munlockall());
     }
 
     /// An address space holding the VMAs of a `/proc/pid/maps` snapshot;
