@@ -23,12 +23,9 @@
 //! `MERGEABLE`, `COLD`, `PAGEOUT`, `POPULATE_*`, `COLLAPSE`, guards,
 //! `HWPOISON`): those return `ENOSYS`, which Linux never does here.
 
-use crate::mmap::MmCall;
+use crate::mmap::{MmCall, VM_SPECIAL};
 use crate::uapi::{Errno, madv};
 use crate::vma::{Backing, PAGE_SIZE, VmFlags, Vma};
-
-const VM_SPECIAL: VmFlags =
-    VmFlags::IO.union(VmFlags::DONTEXPAND).union(VmFlags::PFNMAP).union(VmFlags::MIXEDMAP);
 
 /// Every advice Linux accepts (`madvise_behavior_valid`, x86-64 with THP
 /// and KSM).

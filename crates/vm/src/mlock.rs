@@ -46,15 +46,12 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::mmap::MmCall;
+use crate::mmap::{MmCall, VM_SPECIAL};
 use crate::uapi::{Errno, MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT, MLOCK_ONFAULT};
 use crate::vma::{AnonVmaId, PAGE_SHIFT, PAGE_SIZE, VmFlags, Vma};
 
 /// `VM_LOCKED_MASK`.
-const LOCK_BITS: VmFlags = VmFlags::LOCKED.union(VmFlags::LOCKONFAULT);
-
-const VM_SPECIAL: VmFlags =
-    VmFlags::IO.union(VmFlags::DONTEXPAND).union(VmFlags::PFNMAP).union(VmFlags::MIXEDMAP);
+pub(crate) const LOCK_BITS: VmFlags = VmFlags::LOCKED.union(VmFlags::LOCKONFAULT);
 
 /// `anon_vma` identities: only equality matters (vma.rs `AnonVmaId`), so
 /// one counter for every address space keeps them distinct.

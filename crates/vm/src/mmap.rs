@@ -78,7 +78,8 @@ pub struct MapFile {
     pub writable: bool,
 }
 
-const VM_SPECIAL: VmFlags =
+/// `VM_SPECIAL`: VMAs that never merge (and that mlock skips, madvise DODUMP refuses).
+pub(crate) const VM_SPECIAL: VmFlags =
     VmFlags::IO.union(VmFlags::DONTEXPAND).union(VmFlags::PFNMAP).union(VmFlags::MIXEDMAP);
 
 fn page_align(x: u64) -> Option<u64> {

@@ -40,6 +40,7 @@
 //! with their own `get_unmapped_area`, which rcuvm does not model).
 //! Not modelled: `RLIMIT_AS`, `RLIMIT_MEMLOCK`, userfaultfd, mseal.
 
+use crate::mlock::LOCK_BITS;
 use crate::mmap::MmCall;
 use crate::uapi::{Errno, MREMAP_DONTUNMAP, MREMAP_FIXED, MREMAP_MAYMOVE, MapFlags};
 use crate::vma::{Backing, PAGE_SHIFT, PAGE_SIZE, VmFlags, Vma};
@@ -246,7 +247,7 @@ impl MmCall<'_> {
         let Some(src) = self.vma_at(addr) else { return };
         let merged_with_new = src.start <= to && to < src.end;
         let whole = src.start == addr && src.end == addr + len && !merged_with_new;
-        let flags = src.flags - (VmFlags::LOCKED | VmFlags::LOCKONFAULT);
+        let flags = src.flags - LOCK_BITS;
         let anon_vma = if whole { None } else { src.anon_vma };
         if flags != src.flags || anon_vma != src.anon_vma {
             let v = Vma { flags, anon_vma, ..(*src).clone() };

@@ -39,46 +39,17 @@ impl Rng {
     }
 }
 
-/// One call; every address is an offset from the arena start.
+/// One call; every address is an offset from the arena start. `Mlock`
+/// is `mlock` with `flags: None`, else `mlock2`.
 #[derive(Clone, Debug)]
 enum Op {
-    Mmap {
-        addr: u64,
-        len: u64,
-        prot: Prot,
-        flags: MapFlags,
-    },
-    Munmap {
-        addr: u64,
-        len: u64,
-    },
-    Mprotect {
-        addr: u64,
-        len: u64,
-        prot: Prot,
-    },
-    Madvise {
-        addr: u64,
-        len: u64,
-        advice: i32,
-    },
-    Mremap {
-        addr: u64,
-        old_len: u64,
-        new_len: u64,
-        flags: u32,
-        new_addr: u64,
-    },
-    /// `mlock` (`flags: None`) or `mlock2`.
-    Mlock {
-        addr: u64,
-        len: u64,
-        flags: Option<u32>,
-    },
-    Munlock {
-        addr: u64,
-        len: u64,
-    },
+    Mmap { addr: u64, len: u64, prot: Prot, flags: MapFlags },
+    Munmap { addr: u64, len: u64 },
+    Mprotect { addr: u64, len: u64, prot: Prot },
+    Madvise { addr: u64, len: u64, advice: i32 },
+    Mremap { addr: u64, old_len: u64, new_len: u64, flags: u32, new_addr: u64 },
+    Mlock { addr: u64, len: u64, flags: Option<u32> },
+    Munlock { addr: u64, len: u64 },
 }
 
 fn errno() -> Errno {
