@@ -29,6 +29,10 @@
 //!   `ENOMEM`; measured against the host kernel at 65530 VMAs.
 //! - R6. A locked VMA that grows is populated over its new part (mlock.rs
 //!   L3), errors ignored.
+//! - R7. Growing in place merges the VMA with the next one when they are
+//!   compatible, never with the previous one (`vma_merge_extend()`): two
+//!   compatible VMAs left apart (by `MREMAP_DONTUNMAP`, R4) stay apart
+//!   (found by the kernel-differential test).
 //!
 //! # Linux
 //! `SYSCALL_DEFINE5(mremap)`, `check_mremap_params()`, `remap_move()`,
@@ -111,8 +115,13 @@ impl MmCall<'_> {
             let delta = new_len - old_len;
             if let Some(end) = vma.end.checked_add(delta) {
                 if end <= self.cfg.task_size && self.overlapping(vma.end, end).is_empty() {
-                    let grown = Vma { end, ..(*vma).clone() };
-                    self.insert_merged(grown);
+                    // R7: vma_merge_extend() merges the grown VMA with the
+                    // next one only, never with the one before it.
+                    let mut grown = Vma { end, ..(*vma).clone() };
+                    if let Some(n) = self.vma_at(end).filter(|n| Self::mergeable(&grown, n)) {
+                        grown = Vma { end: n.end, anon_vma: grown.anon_vma.or(n.anon_vma), ..grown };
+                    }
+                    self.w.store(grown.start..grown.end, grown).expect("a VMA's range is never empty");
                     if vma.flags.contains(VmFlags::LOCKED) {
                         let _ = self.populate(addr + old_len, addr + new_len, true); // R6
                     }

@@ -1,6 +1,7 @@
 //! Differential test against the host kernel: the same random `mmap`,
 //! `munmap`, `mprotect`, `madvise`, `mremap` (in place, moves across
-//! several VMAs, `MREMAP_DONTUNMAP`), `mlock`, `mlock2` and `munlock` calls,
+//! several VMAs, `MREMAP_DONTUNMAP`), `mlock`, `mlock2`, `munlock`,
+//! `mlockall` and `munlockall` calls,
 //! run for real (libc) inside a reserved arena of this process and on an
 //! `AddressSpace`, must return the same results and leave the same
 //! `/proc/self/maps` lines over the arena after every call, and the same
@@ -11,7 +12,8 @@
 //!
 //! The arena is a private anonymous `PROT_NONE` reservation between two
 //! shared anonymous guard pages (a shmem file each, which nothing private
-//! can merge with). Sequences: `RCUVM_DIFF_SEQS` (default 200). A
+//! can merge with). Sequences: `RCUVM_DIFF_SEQS` (default 200), seeds from
+//! `0x5eed0000 + RCUVM_DIFF_SEED` (default 0). A
 //! divergence is shrunk to a minimal sequence (ops removed while it still
 //! diverges, each candidate replayed on a fresh arena) and printed with its
 //! seed; addresses in ops are offsets from the arena start.
@@ -21,7 +23,9 @@
 
 #![cfg(target_os = "linux")]
 
-use rcuvm::uapi::{MLOCK_ONFAULT, MREMAP_DONTUNMAP, MREMAP_FIXED, MREMAP_MAYMOVE, madv};
+use rcuvm::uapi::{
+    MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT, MLOCK_ONFAULT, MREMAP_DONTUNMAP, MREMAP_FIXED, MREMAP_MAYMOVE, madv,
+};
 use rcuvm::{AddressSpace, Errno, MapFlags, PAGE_SIZE, Prot, VmFlags, Vma};
 
 const ARENA_PAGES: u64 = 64;
@@ -40,7 +44,9 @@ impl Rng {
 }
 
 /// One call; every address is an offset from the arena start. `Mlock`
-/// is `mlock` with `flags: None`, else `mlock2`.
+/// is `mlock` with `flags: None`, else `mlock2`. `Mlockall` locks the whole
+/// test process (only the arena is compared); the arena's `Drop` calls
+/// `munlockall` so that no sequence inherits `MCL_FUTURE`.
 #[derive(Clone, Debug)]
 enum Op {
     Mmap { addr: u64, len: u64, prot: Prot, flags: MapFlags },
@@ -50,6 +56,8 @@ enum Op {
     Mremap { addr: u64, old_len: u64, new_len: u64, flags: u32, new_addr: u64 },
     Mlock { addr: u64, len: u64, flags: Option<u32> },
     Munlock { addr: u64, len: u64 },
+    Mlockall { flags: u32 },
+    Munlockall,
 }
 
 fn errno() -> Errno {
@@ -102,6 +110,10 @@ fn kernel(op: &Op, lo: u64) -> Result<u64, Errno> {
             // SAFETY: as for mlock.
             ok_or_errno(unsafe { libc::munlock(at(addr), len as usize) })
         }
+        // SAFETY: locking the process only changes residency.
+        Op::Mlockall { flags } => ok_or_errno(unsafe { libc::mlockall(flags as i32) }),
+        // SAFETY: as for mlockall.
+        Op::Munlockall => ok_or_errno(unsafe { libc::munlockall() }),
     }
 }
 
@@ -118,6 +130,11 @@ fn model(mm: &AddressSpace, op: &Op, lo: u64) -> Result<u64, Errno> {
         Op::Mlock { addr, len, flags: None } => unit(mm.mlock(lo + addr, len)),
         Op::Mlock { addr, len, flags: Some(f) } => unit(mm.mlock2(lo + addr, len, f)),
         Op::Munlock { addr, len } => unit(mm.munlock(lo + addr, len)),
+        Op::Mlockall { flags } => unit(mm.mlockall(flags)),
+        Op::Munlockall => {
+            mm.munlockall();
+            Ok(0)
+        }
     }
 }
 
@@ -195,6 +212,21 @@ fn random_op(r: &mut Rng, lo: u64, mm: &AddressSpace) -> Op {
     }
     if r.below(5) == 0 {
         return random_mremap(r, lo, mm, addr, len);
+    }
+    if r.below(40) == 0 {
+        // MCL_ONFAULT alone and no flag are EINVAL.
+        let all = [
+            MCL_CURRENT,
+            MCL_FUTURE,
+            MCL_CURRENT | MCL_FUTURE,
+            MCL_CURRENT | MCL_ONFAULT,
+            MCL_FUTURE | MCL_ONFAULT,
+            MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT,
+            MCL_ONFAULT,
+            0,
+        ];
+        let i = r.below(all.len() as u64 + 2) as usize;
+        return all.get(i).map_or(Op::Munlockall, |&flags| Op::Mlockall { flags });
     }
     if r.below(5) == 0 {
         // Unaligned starts and lengths (mlock and munlock round them),
@@ -334,8 +366,12 @@ impl Arena {
 
 impl Drop for Arena {
     fn drop(&mut self) {
-        // SAFETY: unmaps only the guards and arena.
-        unsafe { libc::munmap(self.base, TOTAL as usize) };
+        // SAFETY: unlocks the process (a sequence may have locked it) and
+        // unmaps only the guards and arena.
+        unsafe {
+            libc::munlockall();
+            libc::munmap(self.base, TOTAL as usize)
+        };
     }
 }
 
@@ -379,6 +415,7 @@ struct Seen {
     multi_vma_moves: u64,
     dontunmap_ok: u64,
     dontunmap_hint: u64,
+    mlockall_ok: u64,
 }
 
 impl Seen {
@@ -392,6 +429,7 @@ impl Seen {
                 self.dontunmap_hint += u64::from(flags & MREMAP_FIXED == 0);
             }
             Op::Mremap { .. } if ok && multi => self.multi_vma_moves += 1,
+            Op::Mlockall { .. } if ok => self.mlockall_ok += 1,
             _ => {}
         }
     }
@@ -430,16 +468,16 @@ fn run_sequence(seed: u64, ops: usize, seen: &mut Seen) {
 #[test]
 fn random_mm_call_sequences_match_the_kernel() {
     let seqs: u64 = std::env::var("RCUVM_DIFF_SEQS").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
+    // Other seeds than CI's: RCUVM_DIFF_SEED (added to the first seed).
+    let base: u64 = std::env::var("RCUVM_DIFF_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
     let mut seen = Seen::default();
     for s in 0..seqs {
-        run_sequence(0x5EED_0000 + s, 40, &mut seen);
+        run_sequence(0x5EED_0000 + base + s, 40, &mut seen);
     }
     eprintln!("{seqs} sequences agreed with the kernel; calls of interest: {seen:?}");
-    let Seen { mlock_ok, mlock_err, munlock_ok, multi_vma_moves, dontunmap_ok, dontunmap_hint } = seen;
-    assert!(
-        [mlock_ok, mlock_err, munlock_ok, multi_vma_moves, dontunmap_ok, dontunmap_hint]
-            .iter()
-            .all(|&n| n > 0),
-        "the draws no longer exercise every call: {seen:?}"
-    );
+    let Seen { mlock_ok, mlock_err, munlock_ok, multi_vma_moves, dontunmap_ok, dontunmap_hint, mlockall_ok } =
+        seen;
+    let counts =
+        [mlock_ok, mlock_err, munlock_ok, multi_vma_moves, dontunmap_ok, dontunmap_hint, mlockall_ok];
+    assert!(counts.iter().all(|&n| n > 0), "the draws no longer exercise every call: {seen:?}");
 }

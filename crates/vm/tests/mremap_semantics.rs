@@ -93,6 +93,11 @@ fn dontunmap_keeps_the_source_and_unlocks_all_of_its_vma_in_place() {
     assert_eq!(mm.mremap(A + 30 * P, 2 * P, 2 * P, MOVE | MREMAP_DONTUNMAP, A + 40 * P), Ok(A + 40 * P));
     assert_eq!(layout(&mm), vec![(0, 30, 0), (30, 34, 0), (34, 40, 0), (40, 42, 0), (42, 64, 0)]);
     assert!(mm.vmas().iter().all(|v| v.flags.contains(VmFlags::LOCKED) == (v.start == A + 40 * P)));
+    // Growing [34, 36) in place merges it with nothing before it (R7), even
+    // though [30, 34) is now compatible with it.
+    mm.munmap(A + 36 * P, 4 * P).unwrap();
+    assert_eq!(mm.mremap(A + 34 * P, 2 * P, 4 * P, 0, 0), Ok(A + 34 * P));
+    assert_eq!(layout(&mm), vec![(0, 30, 0), (30, 34, 0), (34, 38, 0), (40, 42, 0), (42, 64, 0)]);
 }
 
 #[test]
