@@ -76,14 +76,15 @@ impl MmCall<'_> {
             return Err(Errno::Einval);
         }
         let (old_len, new_len) = (align(old_len), align(new_len));
-        if new_len == 0 {
+        let task = self.cfg.task_size;
+        // check_mremap_params(): a new length past TASK_SIZE is refused
+        // whatever the flags, before any VMA is looked up.
+        if new_len == 0 || new_len > task {
             return Err(Errno::Einval);
         }
         if flags & (MREMAP_FIXED | MREMAP_DONTUNMAP) != 0 {
-            // check_mremap_params(): the destination is checked before any
-            // VMA is looked up.
-            let task = self.cfg.task_size;
-            if new_addr % PAGE_SIZE != 0 || new_len > task || new_addr > task - new_len {
+            // The destination too is checked before any VMA is looked up.
+            if new_addr % PAGE_SIZE != 0 || new_addr > task - new_len {
                 return Err(Errno::Einval);
             }
             if addr.wrapping_add(old_len) > new_addr && new_addr + new_len > addr {
@@ -97,15 +98,18 @@ impl MmCall<'_> {
         if flags & MREMAP_FIXED != 0 && old_len == new_len {
             return self.remap_move(addr, old_len, flags, new_addr);
         }
-        if self.vma_at(addr).is_none() {
-            return Err(Errno::Efault);
+        let Some(vma) = self.vma_at(addr) else { return Err(Errno::Efault) };
+        // check_prep_vma(): old_len 0 duplicates a shared mapping; a private
+        // one would get a fresh, unrelated copy, which Linux refuses.
+        if old_len == 0 && !vma.flags.intersects(VmFlags::SHARED | VmFlags::MAYSHARE) {
+            return Err(Errno::Einval);
         }
         if flags & (MREMAP_FIXED | MREMAP_DONTUNMAP) != 0 {
             return self.mremap_to(addr, old_len, new_len, flags, new_addr);
         }
         if old_len >= new_len {
             if old_len > new_len {
-                self.munmap_range(addr + new_len, addr + old_len)?;
+                self.shrink(addr, old_len, new_len)?;
             }
             return Ok(addr);
         }
@@ -134,6 +138,12 @@ impl MmCall<'_> {
         }
         let to = self.get_unmapped_area(0, new_len, MapFlags::empty())?;
         self.move_vma(&vma, addr, old_len, new_len, to, flags)
+    }
+
+    /// `shrink_vma()`: unmaps the tail `[addr + new_len, addr + old_len)`
+    /// with munmap's checks (`EINVAL` for a tail past `TASK_SIZE`).
+    fn shrink(&mut self, addr: u64, old_len: u64, new_len: u64) -> Result<(), Errno> {
+        self.munmap(addr + new_len, old_len - new_len)
     }
 
     /// `check_prep_vma()` (R2): the VMA holding `[addr, addr + old_len)`,
@@ -204,7 +214,7 @@ impl MmCall<'_> {
         }
         let mut old_len = old_len;
         if old_len > new_len {
-            self.munmap_range(addr + new_len, addr + old_len)?;
+            self.shrink(addr, old_len, new_len)?;
             old_len = new_len;
         }
         let vma = self.vma_to_resize(addr, old_len, new_len, true)?;

@@ -289,6 +289,10 @@ fn random_mremap(r: &mut Rng, lo: u64, mm: &AddressSpace, addr: u64, len: u64) -
     let grow = (new_pages * PAGE_SIZE).min((ARENA_PAGES - page) * PAGE_SIZE);
     let fixed = MREMAP_FIXED | MREMAP_MAYMOVE;
     let dontunmap = MREMAP_DONTUNMAP | MREMAP_MAYMOVE;
+    if r.below(16) == 0 {
+        // old_len 0 on private memory: EINVAL once the VMA is found.
+        return Op::Mremap { addr, old_len: 0, new_len: len, flags: MREMAP_MAYMOVE, new_addr: 0 };
+    }
     let (flags, new_len, new_addr) = match r.below(8) {
         0..=2 => (0, grow, 0),
         3 => (fixed, new_pages * PAGE_SIZE, dest(r, new_pages)),

@@ -48,14 +48,65 @@ fn mremap_parameter_errno_paths() {
         (mm.mremap(0x7000_0000, P, P, MREMAP_DONTUNMAP | MREMAP_MAYMOVE, 0), Errno::Efault),
         // Growing a range that runs past its VMA.
         (mm.mremap(A, 5 * P, 6 * P, MREMAP_MAYMOVE, 0), Errno::Efault),
-        // Growing in place into a mapped page without MAYMOVE.
+        // A new length past TASK_SIZE, whatever the flags, before the lookup.
+        (mm.mremap(A, P, task + P, MREMAP_MAYMOVE, 0), Errno::Einval),
+        (mm.mremap(0x7000_0000, P, task + P, 0, 0), Errno::Einval),
+        // Shrinking with a tail past TASK_SIZE (munmap's check).
+        (mm.mremap(A, u64::MAX - 2 * P, P, 0, 0), Errno::Einval),
+        (mm.mremap(A, task, P, 0, 0), Errno::Einval),
+        // old_len 0 "duplicates" only shared mappings.
+        (mm.mremap(A, 0, P, MREMAP_MAYMOVE, 0), Errno::Einval),
+        (mm.mremap(A, 0, P, MOVE, A + 8 * P), Errno::Einval),
     ];
     for (i, (got, want)) in cases.into_iter().enumerate() {
         assert_eq!(got, Err(want), "case {i}");
     }
     assert_eq!(mm.maps(), before);
+    // Growing in place into a mapped page without MAYMOVE.
     mm.mmap(A + 4 * P, P, Prot::READ, fixed(), None, 0).unwrap();
     assert_eq!(mm.mremap(A, 4 * P, 5 * P, 0, 0), Err(Errno::Enomem));
+    // A shrink may name a tail past its VMA: all of it is unmapped.
+    assert_eq!(mm.mremap(A, 8 * P, P, 0, 0), Ok(A));
+    assert_eq!(layout(&mm), vec![(0, 1, 3)]);
+    // old_len 0 on a shared mapping makes a second mapping of it.
+    let s = mm.mmap(0, 2 * P, rw(), MapFlags::SHARED | MapFlags::ANONYMOUS, None, 0).unwrap();
+    let d = mm.mremap(s, 0, P, MREMAP_MAYMOVE, 0).unwrap();
+    assert_ne!(d, s);
+    assert_eq!(mm.query(d).unwrap().backing, mm.query(s).unwrap().backing);
+    assert_eq!(mm.query(s).unwrap().end, s + 2 * P);
+}
+
+#[test]
+fn extreme_arguments_never_panic() {
+    // Every call with lengths and addresses at the edges of u64 and
+    // TASK_SIZE returns an answer (no overflow panics), and the address
+    // space stays well formed.
+    let mm = AddressSpace::new();
+    let task = mm.config().task_size;
+    let vals = [0, 1, P - 1, P, A, task - P, task, task + P, 1 << 63, u64::MAX - P + 1, u64::MAX];
+    for &a in &vals {
+        for &l in &vals {
+            mm.mmap(A, 8 * P, rw(), fixed(), None, 0).unwrap();
+            let _ = mm.mmap(a, l, rw(), fixed(), None, 0);
+            let _ = mm.mmap(a, l, rw(), MapFlags::PRIVATE | MapFlags::ANONYMOUS, None, 0);
+            let _ = mm.mprotect(a, l, Prot::READ);
+            let _ = mm.madvise(a, l, rcuvm::uapi::madv::DONTDUMP);
+            let _ = mm.mlock(a, l);
+            let _ = mm.mlock2(a, l, 1);
+            let _ = mm.munlock(a, l);
+            let _ = mm.munmap(a, l);
+            for &n in &vals[..6] {
+                for flags in 0..8 {
+                    mm.mmap(A, 8 * P, rw(), fixed(), None, 0).unwrap();
+                    let _ = mm.mremap(a, l, n, flags, a ^ n);
+                    let _ = mm.mremap(A, l, n, flags, A + 16 * P);
+                }
+            }
+        }
+    }
+    let vmas = mm.vmas();
+    assert!(vmas.windows(2).all(|w| w[0].end <= w[1].start));
+    assert!(vmas.iter().all(|v| v.start < v.end && v.end <= task && v.start % P == 0 && v.end % P == 0));
 }
 
 #[test]
