@@ -33,6 +33,11 @@
 //!   compatible, never with the previous one (`vma_merge_extend()`): two
 //!   compatible VMAs left apart (by `MREMAP_DONTUNMAP`, R4) stay apart
 //!   (found by the kernel-differential test).
+//! - R8. Before any VMA is looked up, a new length past `TASK_SIZE` is
+//!   `EINVAL` whatever the flags; after, `old_len == 0` is `EINVAL` unless
+//!   the VMA is shared (then the call maps it a second time); a shrink
+//!   unmaps its tail with munmap's checks (`EINVAL` past `TASK_SIZE`).
+//!   All probed on the host kernel.
 //!
 //! # Linux
 //! `SYSCALL_DEFINE5(mremap)`, `check_mremap_params()`, `remap_move()`,
@@ -77,7 +82,7 @@ impl MmCall<'_> {
         }
         let (old_len, new_len) = (align(old_len), align(new_len));
         let task = self.cfg.task_size;
-        // check_mremap_params(): a new length past TASK_SIZE is refused
+        // R8, check_mremap_params(): a new length past TASK_SIZE is refused
         // whatever the flags, before any VMA is looked up.
         if new_len == 0 || new_len > task {
             return Err(Errno::Einval);
@@ -99,7 +104,7 @@ impl MmCall<'_> {
             return self.remap_move(addr, old_len, flags, new_addr);
         }
         let Some(vma) = self.vma_at(addr) else { return Err(Errno::Efault) };
-        // check_prep_vma(): old_len 0 duplicates a shared mapping; a private
+        // R8, check_prep_vma(): old_len 0 duplicates a shared mapping; a private
         // one would get a fresh, unrelated copy, which Linux refuses.
         if old_len == 0 && !vma.flags.intersects(VmFlags::SHARED | VmFlags::MAYSHARE) {
             return Err(Errno::Einval);
