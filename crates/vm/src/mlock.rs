@@ -202,8 +202,10 @@ impl MmCall<'_> {
 
     /// `anon_vma_prepare()`: gives `v` (in the tree) an `anon_vma`, a
     /// compatible neighbour's if it has one (next, then prev), else a new
-    /// one. The VMA is replaced in place, never merged (V1).
-    fn anon_vma_prepare(&mut self, v: &Vma) {
+    /// one. The VMA is replaced in place, never merged (V1). The one place
+    /// that makes `anon_vma`s, so that their identities stay distinct: the
+    /// fault path should call it too.
+    pub(crate) fn anon_vma_prepare(&mut self, v: &Vma) {
         let next = self.vma_at(v.end).filter(|n| anon_vma_compatible(v, n)).and_then(|n| n.anon_vma);
         let prev = || {
             let p = if v.start > 0 { self.vma_at(v.start - 1) } else { None };
