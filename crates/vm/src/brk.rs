@@ -64,7 +64,8 @@ impl MmCall<'_> {
             | VmFlags::MAYREAD
             | VmFlags::MAYWRITE
             | VmFlags::MAYEXEC
-            | VmFlags::ACCOUNT;
+            | VmFlags::ACCOUNT
+            | *self.def_flags;
         let prev = if oldbrk > 0 { self.vma_at(oldbrk - 1) } else { None };
         let v = match prev {
             // do_brk_flags: expand the brk VMA (one at or above start_brk).
@@ -82,6 +83,10 @@ impl MmCall<'_> {
         let (s, e) = (v.start, v.end);
         self.w.store(s..e, v).expect("non-empty range");
         l.brk.store(brk, Ordering::Relaxed);
+        // After mlockall(MCL_FUTURE) the new heap is faulted in (mlock.rs L3).
+        if self.def_flags.contains(VmFlags::LOCKED) {
+            let _ = self.populate(oldbrk, newbrk, true);
+        }
         brk
     }
 }

@@ -43,13 +43,13 @@
 //! NUMA, huge pages, swap.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
 use crate::frame::{FrameCache, Owner};
 use crate::mm::AddressSpace;
 use crate::pgtable::{PageTable, Pte};
 use crate::strategy::{self, Strategy};
-use crate::vma::{AnonVmaId, Backing, PAGE_SHIFT, VmFlags, Vma};
+use crate::vma::{AnonVmaId, Backing, PAGE_SHIFT, VmFlags, Vma, anon_vma_compatible};
 
 /// Why an access failed: the signal Linux would send.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -81,9 +81,6 @@ impl std::fmt::Display for AccessError {
 }
 
 impl std::error::Error for AccessError {}
-
-/// Source of anon_vma identities.
-static NEXT_ANON_VMA: AtomicU64 = AtomicU64::new(1);
 
 /// What one fault did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -212,8 +209,7 @@ fn anon_vma_prepare(mm: &AddressSpace, vma: &Vma) {
     if vma.anon().is_some() {
         return;
     }
-    let id = find_mergeable_anon_vma(mm, vma)
-        .unwrap_or_else(|| AnonVmaId(NEXT_ANON_VMA.fetch_add(1, Ordering::Relaxed)));
+    let id = find_mergeable_anon_vma(mm, vma).unwrap_or_else(AnonVmaId::fresh);
     // V4: set once; a racing fault may have set it first.
     let _ = vma.rt.anon.compare_exchange(0, id.0, Ordering::AcqRel, Ordering::Acquire);
 }
@@ -222,15 +218,7 @@ fn anon_vma_prepare(mm: &AddressSpace, vma: &Vma) {
 /// share (`reusable_anon_vma` and `anon_vma_compatible`).
 fn find_mergeable_anon_vma(mm: &AddressSpace, vma: &Vma) -> Option<AnonVmaId> {
     let g = mm.domain().read();
-    let compatible = |a: &Vma, b: &Vma| {
-        a.end == b.start
-            && a.backing == b.backing
-            && a.name == b.name
-            && (a.flags ^ b.flags)
-                .difference(VmFlags::READ | VmFlags::WRITE | VmFlags::EXEC | VmFlags::SOFTDIRTY)
-                .is_empty()
-            && a.pgoff + ((a.end - a.start) >> PAGE_SHIFT) == b.pgoff
-    };
+    let compatible = anon_vma_compatible;
     let tree = mm.vmas_tree();
     if let Some(n) = tree.load(vma.end, &g).filter(|n| !n.value.is_dead()) {
         if compatible(vma, n.value) {

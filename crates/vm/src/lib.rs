@@ -5,6 +5,10 @@
 //! (`maps`, `smaps`, `query`). `mmap`, `munmap`, `mprotect`, `mremap`,
 //! `brk` and `madvise` follow Linux's checks, placement and merging.
 //!
+//! `mmap`, `munmap`, `mprotect`, `mremap`, `brk`, `mlock` (and `mlock2`,
+//! `munlock`, `mlockall`, `munlockall`) and `madvise` follow Linux's
+//! checks, placement and merging.
+//!
 //! Below the VMAs sit software page tables ([`PageTable`]), physical
 //! memory ([`PhysMem`]) and simulated CPUs ([`Cpu`]) with TLBs that writers
 //! shoot down. Page faults run under one of the five [`Strategy`]s of the
@@ -23,7 +27,8 @@
 //! assert!(cpu.read(a + 8).is_err());      // SIGSEGV: the old translation is gone
 //! ```
 //!
-//! Not yet: `mlock`, the checker (`rcuvm check`). Each has its issue.
+//! Not yet: the checker (`rcuvm check`), populated pages of `mlock` and
+//! `MAP_POPULATE` (faulted in through the fault path). Each has its issue.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs, clippy::undocumented_unsafe_blocks)]
@@ -34,6 +39,7 @@ pub mod fault;
 pub mod frame;
 mod madvise;
 pub mod maps;
+mod mlock;
 mod mm;
 mod mmap;
 mod mprotect;

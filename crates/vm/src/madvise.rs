@@ -9,6 +9,9 @@
 //!   refused for one VMA stops the walk there, VMAs before it changed.
 //! - D2. Flag changes go through `set_flags` (mprotect.rs Q2): new VMAs,
 //!   merged with their neighbours in one store.
+//! - D3. A split refused by `max_map_count` (mprotect.rs Q4) is `EAGAIN`,
+//!   as `madvise_vma_behavior()` turns `ENOMEM` into it; the walk stops
+//!   there, earlier VMAs changed.
 //!
 //! # Linux
 //! `do_madvise()`, `madvise_walk_vmas()`, `madvise_vma_behavior()`,
@@ -24,13 +27,10 @@
 //! `MERGEABLE`, `COLD`, `PAGEOUT`, `POPULATE_*`, `COLLAPSE`, guards,
 //! `HWPOISON`): those return `ENOSYS`, which Linux never does here.
 
-use crate::mmap::MmCall;
+use crate::mmap::{MmCall, VM_SPECIAL};
 use crate::tlb::MmuGather;
 use crate::uapi::{Errno, madv};
 use crate::vma::{Backing, PAGE_SIZE, VmFlags, Vma};
-
-const VM_SPECIAL: VmFlags =
-    VmFlags::IO.union(VmFlags::DONTEXPAND).union(VmFlags::PFNMAP).union(VmFlags::MIXEDMAP);
 
 /// Every advice Linux accepts (`madvise_behavior_valid`, x86-64 with THP
 /// and KSM).
@@ -115,7 +115,12 @@ impl MmCall<'_> {
             let (s, e) = (at.max(v.start), end.min(v.end));
             let newflags = advise(&v, advice)?;
             if newflags != v.flags {
-                self.set_flags(&v, s, e, newflags)?;
+                // madvise_vma_behavior(): a split refused for want of
+                // resources (`max_map_count`) is EAGAIN, not ENOMEM (D3).
+                self.set_flags(&v, s, e, newflags).map_err(|e| match e {
+                    Errno::Enomem => Errno::Eagain,
+                    e => e,
+                })?;
             }
             if matches!(advice, madv::DONTNEED | madv::DONTNEED_LOCKED | madv::FREE) {
                 // D3: the VMA stays; its pages go.

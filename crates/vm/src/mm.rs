@@ -44,7 +44,7 @@ use crate::pgtable::PageTable;
 use crate::strategy::{DeadRange, Strategy};
 use crate::tlb::Shootdown;
 use crate::uapi::{Errno, MapFlags, Prot};
-use crate::vma::{Backing, PAGE_SHIFT, Vma};
+use crate::vma::{Backing, PAGE_SHIFT, VmFlags, Vma};
 
 /// A process's address space.
 ///
@@ -62,9 +62,11 @@ pub struct AddressSpace {
 }
 
 /// State behind the mmap lock.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct MmState {
     next_shmem_ino: u64,
+    /// `mm->def_flags` (mlock.rs L4).
+    def_flags: VmFlags,
     /// Dead entries in the tree (`rcu-dead`), oldest first: the order in
     /// which their callbacks expire them (RCU callbacks run in order).
     pub(crate) dead: std::collections::VecDeque<(u64, u64, Arc<DeadRange>)>,
@@ -133,6 +135,7 @@ impl MmBuilder {
             layout: Layout::default(),
             mmap_lock: parking_lot::RwLock::new(MmState {
                 next_shmem_ino: 0x10_0000,
+                def_flags: VmFlags::empty(),
                 dead: Default::default(),
             }),
             hw: Hw {
@@ -275,6 +278,7 @@ impl AddressSpace {
             hw: &self.hw,
             next_shmem_ino: &mut st.next_shmem_ino,
             dead: &mut st.dead,
+            def_flags: &mut st.def_flags,
         };
         c.reap_dead(false, 0, u64::MAX);
         let r = f(&mut c);
@@ -364,6 +368,51 @@ impl AddressSpace {
     /// when punching a hole would pass `max_map_count`.
     pub fn munmap(&self, addr: u64, len: u64) -> Result<(), Errno> {
         self.call(|c| c.munmap(addr, len))
+    }
+
+    /// `mlock(2)`: locks the VMAs over `[addr, addr + len)` (`addr` rounded
+    /// down to its page), splitting and merging them; stops with `ENOMEM` at
+    /// a hole, keeping what it locked before it, as Linux does.
+    ///
+    /// # Errors
+    /// `EINVAL` when the range wraps; `ENOMEM` for a hole, a split past
+    /// `max_map_count`, or a VMA that cannot be faulted in (`PROT_NONE`),
+    /// after locking it (see mlock.rs).
+    pub fn mlock(&self, addr: u64, len: u64) -> Result<(), Errno> {
+        self.call(|c| c.mlock(addr, len, VmFlags::LOCKED))
+    }
+
+    /// `mlock2(2)`: `mlock` with `MLOCK_ONFAULT` (`VM_LOCKONFAULT`: no page
+    /// is faulted in, so `PROT_NONE` memory locks without error).
+    ///
+    /// # Errors
+    /// `EINVAL` for a flag other than [`MLOCK_ONFAULT`](crate::uapi::MLOCK_ONFAULT),
+    /// then as [`mlock`](Self::mlock).
+    pub fn mlock2(&self, addr: u64, len: u64, flags: u32) -> Result<(), Errno> {
+        self.call(|c| c.mlock2(addr, len, flags))
+    }
+
+    /// `munlock(2)`: clears `VM_LOCKED` and `VM_LOCKONFAULT` over the range.
+    ///
+    /// # Errors
+    /// `EINVAL` when the range wraps; `ENOMEM` for a hole or a split past
+    /// `max_map_count`.
+    pub fn munlock(&self, addr: u64, len: u64) -> Result<(), Errno> {
+        self.call(|c| c.munlock(addr, len))
+    }
+
+    /// `mlockall(2)` with `MCL_CURRENT`, `MCL_FUTURE` and `MCL_ONFAULT`
+    /// ([`uapi`](crate::uapi)).
+    ///
+    /// # Errors
+    /// `EINVAL` for no flag, an unknown flag, or `MCL_ONFAULT` alone.
+    pub fn mlockall(&self, flags: u32) -> Result<(), Errno> {
+        self.call(|c| c.mlockall(flags))
+    }
+
+    /// `munlockall(2)`: unlocks every VMA and clears `MCL_FUTURE`.
+    pub fn munlockall(&self) {
+        self.call(|c| c.munlockall());
     }
 
     /// An address space holding the VMAs of a `/proc/pid/maps` snapshot;

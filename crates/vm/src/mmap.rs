@@ -79,7 +79,8 @@ pub struct MapFile {
     pub writable: bool,
 }
 
-const VM_SPECIAL: VmFlags =
+/// `VM_SPECIAL`: VMAs that never merge (and that mlock skips, madvise DODUMP refuses).
+pub(crate) const VM_SPECIAL: VmFlags =
     VmFlags::IO.union(VmFlags::DONTEXPAND).union(VmFlags::PFNMAP).union(VmFlags::MIXEDMAP);
 
 fn page_align(x: u64) -> Option<u64> {
@@ -100,6 +101,9 @@ pub(crate) struct MmCall<'a> {
     pub(crate) hw: &'a crate::mm::Hw,
     /// Inode numbers for shared anonymous mappings (`/dev/zero (deleted)`).
     pub(crate) next_shmem_ino: &'a mut u64,
+    /// `mm->def_flags`: `VM_LOCKED` (and `VM_LOCKONFAULT`) after
+    /// `mlockall(MCL_FUTURE)`, given to every new mapping (mlock.rs).
+    pub(crate) def_flags: &'a mut VmFlags,
     /// Dead entries (`rcu-dead`, strategy.rs S4).
     pub(crate) dead: &'a mut std::collections::VecDeque<(u64, u64, Arc<crate::strategy::DeadRange>)>,
 }
@@ -190,7 +194,11 @@ impl MmCall<'_> {
             return Err(Errno::Eexist);
         }
 
-        let mut vm = VmFlags::from_prot(prot) | VmFlags::MAYREAD | VmFlags::MAYWRITE | VmFlags::MAYEXEC;
+        let mut vm = VmFlags::from_prot(prot)
+            | *self.def_flags
+            | VmFlags::MAYREAD
+            | VmFlags::MAYWRITE
+            | VmFlags::MAYEXEC;
         if flags.contains(MapFlags::GROWSDOWN) {
             vm |= VmFlags::GROWSDOWN;
         }
@@ -245,6 +253,12 @@ impl MmCall<'_> {
         self.munmap_range(addr, addr + len)?;
         let v = Vma::new(addr, addr + len, vm, pgoff, backing, None, None);
         self.insert_merged(v);
+        // vm_mmap_pgoff(): locked (or MAP_POPULATE) mappings are faulted
+        // in, errors ignored (mlock.rs L3).
+        let populate = MapFlags::POPULATE | MapFlags::NONBLOCK;
+        if vm.contains(VmFlags::LOCKED) || flags & populate == MapFlags::POPULATE {
+            let _ = self.populate(addr, addr + len, true);
+        }
         Ok(addr)
     }
 
@@ -304,7 +318,7 @@ impl MmCall<'_> {
     }
 
     /// Whether `a` (below) and `b` (above, adjacent) may become one VMA (P3).
-    fn mergeable(a: &Vma, b: &Vma) -> bool {
+    pub(crate) fn mergeable(a: &Vma, b: &Vma) -> bool {
         let special = |v: &Vma| {
             v.flags.intersects(VM_SPECIAL) || v.name.as_deref().is_some_and(|n| !n.starts_with("[anon:"))
         };

@@ -11,7 +11,15 @@
 //! - Q2. Each changed piece is a new `Vma`: the unchanged remnants of a VMA
 //!   are written first, then the piece, merged with its neighbours in one
 //!   tree store (mmap.rs P2, P3), so readers never see the range unmapped.
-//! - Q4. When the access rights change, the present PTEs follow, after the
+//! - Q4. `set_flags` (shared with madvise and mlock) splits as
+//!   `vma_modify()`: a piece at an edge that merges into its neighbour
+//!   needs no split and no `max_map_count` room; each split needs
+//!   `map_count < max_map_count` (`split_vma()`), else `ENOMEM`, with the
+//!   splits already made kept.
+//! - Q5. A private `VM_LOCKED` VMA that becomes writable is populated
+//!   (`populate_vma_page_range()`), which gives it an `anon_vma` (mlock.rs
+//!   L3).
+//! - Q6. When the access rights change, the present PTEs follow, after the
 //!   tree (`change_protection`); rights removed are shot down before the
 //!   call returns (tlb.rs T2). Under `vma-lock`, the VMA is write-locked
 //!   first (strategy.rs S3).
@@ -97,6 +105,12 @@ impl MmCall<'_> {
                 newflags.remove(VmFlags::ACCOUNT);
             }
             self.set_flags(&v, s, e, newflags)?;
+            // Q5: mprotect_fixup() breaks COW of a locked private VMA that
+            // becomes writable (its result is ignored).
+            let locked_ro = v.flags & (VmFlags::WRITE | VmFlags::SHARED | VmFlags::LOCKED) == VmFlags::LOCKED;
+            if locked_ro && newflags.contains(VmFlags::WRITE) {
+                let _ = self.populate_vma(s, e);
+            }
         }
         if tmp < end {
             return Err(Errno::Enomem);
@@ -104,24 +118,39 @@ impl MmCall<'_> {
         Ok(())
     }
 
-    /// Gives `[s, e)` of `v` the flags `newflags`: remnants first, then the
-    /// piece merged with its neighbours in one store (Q2). Refuses with
-    /// `ENOMEM` when the split would pass `max_map_count`.
+    /// Gives `[s, e)` of `v` the flags `newflags`, as `vma_modify_flags`
+    /// does (Q2, Q4): a piece at an edge of `v` whose neighbour there can
+    /// take it merges into it without a split; otherwise `v` is split at
+    /// `s`, then at `e`, each split refused with `ENOMEM` once `map_count`
+    /// has reached `max_map_count` (a refused second split leaves the
+    /// first one made, as Linux does), and the piece merges with its
+    /// neighbours in one store.
     pub(crate) fn set_flags(&mut self, v: &Vma, s: u64, e: u64, newflags: VmFlags) -> Result<(), Errno> {
-        // Splitting adds a VMA per cut edge.
-        let cuts = usize::from(v.start < s) + usize::from(e < v.end);
-        if cuts > 0 && self.map_count() + cuts > self.cfg.max_map_count {
-            return Err(Errno::Enomem);
-        }
         self.vma_write_lock(v);
-        if v.start < s {
-            self.w.store(v.start..s, v.slice(v.start, s)).expect("non-empty range");
-        }
-        if e < v.end {
-            self.w.store(e..v.end, v.slice(e, v.end)).expect("non-empty range");
-        }
         let mut piece = v.slice(s, e);
         piece.flags = newflags;
+        // vma_merge_existing_range(): only a piece touching an edge of `v`
+        // can merge, and only with the neighbour at that edge.
+        let prev = if s == v.start && s > 0 { self.vma_at(s - 1) } else { None };
+        let next = if e == v.end { self.vma_at(e) } else { None };
+        let merges = prev.is_some_and(|p| Self::mergeable(&p, &piece))
+            || next.is_some_and(|n| Self::mergeable(&piece, &n));
+        if v.start < s {
+            // Q4: split_vma() checks `map_count >= max_map_count`.
+            if !merges && self.map_count() >= self.cfg.max_map_count {
+                return Err(Errno::Enomem);
+            }
+            self.w.store(v.start..s, v.slice(v.start, s)).expect("non-empty range");
+            if !merges {
+                self.w.store(s..v.end, v.slice(s, v.end)).expect("non-empty range");
+            }
+        }
+        if e < v.end {
+            if !merges && self.map_count() >= self.cfg.max_map_count {
+                return Err(Errno::Enomem);
+            }
+            self.w.store(e..v.end, v.slice(e, v.end)).expect("non-empty range");
+        }
         self.insert_merged(piece);
         let access = VmFlags::READ | VmFlags::WRITE | VmFlags::EXEC;
         if (v.flags ^ newflags).intersects(access) {
@@ -130,7 +159,7 @@ impl MmCall<'_> {
         Ok(())
     }
 
-    /// `change_protection()` (Q4): present entries of `[s, e)` follow
+    /// `change_protection()` (Q6): present entries of `[s, e)` follow
     /// `newflags`. Write permission is only ever removed here; a write
     /// fault grants it back (reusing an exclusive anonymous page, fault.rs
     /// FL4). No access right at all makes the entry `PROT_NONE`, keeping

@@ -70,6 +70,15 @@ pub const MREMAP_FIXED: u32 = 2;
 /// `MREMAP_DONTUNMAP`.
 pub const MREMAP_DONTUNMAP: u32 = 4;
 
+/// `MLOCK_ONFAULT`, the one `mlock2` flag.
+pub const MLOCK_ONFAULT: u32 = 1;
+/// `MCL_CURRENT`: `mlockall` locks every current VMA.
+pub const MCL_CURRENT: u32 = 1;
+/// `MCL_FUTURE`: `mlockall` locks every future mapping (`mm->def_flags`).
+pub const MCL_FUTURE: u32 = 2;
+/// `MCL_ONFAULT`: with the others, lock pages only as they are faulted in.
+pub const MCL_ONFAULT: u32 = 4;
+
 /// An errno value, as the kernel returns it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]

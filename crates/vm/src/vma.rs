@@ -203,6 +203,28 @@ impl fmt::Debug for VmaRt {
     }
 }
 
+/// Source of anon_vma identities: only equality matters, so one counter
+/// for every address space keeps them distinct.
+static NEXT_ANON_VMA: AtomicU64 = AtomicU64::new(1);
+
+impl AnonVmaId {
+    /// A new identity, distinct from every other (`anon_vma_alloc`).
+    pub(crate) fn fresh() -> AnonVmaId {
+        AnonVmaId(NEXT_ANON_VMA.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+/// `anon_vma_compatible()`: `b` directly above `a`, same file, same flags
+/// but the access bits, contiguous `pgoff`, so `b` may share `a`'s
+/// anon_vma (`find_mergeable_anon_vma`).
+pub(crate) fn anon_vma_compatible(a: &Vma, b: &Vma) -> bool {
+    let access = VmFlags::READ | VmFlags::WRITE | VmFlags::EXEC | VmFlags::SOFTDIRTY;
+    a.end == b.start
+        && a.backing == b.backing
+        && (a.flags ^ b.flags).difference(access).is_empty()
+        && b.pgoff == a.pgoff + ((b.start - a.start) >> PAGE_SHIFT)
+}
+
 impl Vma {
     /// A VMA (V1–V3) with no run-time state yet.
     pub fn new(
@@ -224,6 +246,13 @@ impl Vma {
             0 => None,
             id => Some(AnonVmaId(id)),
         })
+    }
+
+    /// Sets the anon_vma, forgetting one a fault gave (V4): for a VMA
+    /// being built, not yet published.
+    pub(crate) fn set_anon(&mut self, a: Option<AnonVmaId>) {
+        self.anon_vma = a;
+        self.rt.anon = AtomicU64::new(0);
     }
 
     /// Whether this is a dead entry (V5).

@@ -1,21 +1,31 @@
 //! Differential test against the host kernel: the same random `mmap`,
-//! `munmap`, `mprotect`, `madvise` and `mremap` calls, run for real (libc) inside a reserved arena of this
-//! process and on an `AddressSpace`, must return the same results and leave
-//! the same `/proc/self/maps` lines over the arena after every call, and
-//! the same `VM_*` flags (`/proc/self/smaps`' `VmFlags`, for the flags rcuvm
-//! models: maps cannot show `VM_ACCOUNT` or `VM_NORESERVE`, which decide
-//! merging).
+//! `munmap`, `mprotect`, `madvise`, `mremap` (in place, moves across
+//! several VMAs, `MREMAP_DONTUNMAP`), `mlock`, `mlock2`, `munlock`,
+//! `mlockall` and `munlockall` calls,
+//! run for real (libc) inside a reserved arena of this process and on an
+//! `AddressSpace`, must return the same results and leave the same
+//! `/proc/self/maps` lines over the arena after every call, and the same
+//! `VM_*` flags (`/proc/self/smaps`' `VmFlags`, for the flags rcuvm models:
+//! maps cannot show `VM_ACCOUNT` or `VM_NORESERVE`, which decide merging).
+//! The kernel's `mlock` faults pages in, which gives VMAs `anon_vma`s that
+//! decide later merges: the model must follow that too (mlock.rs L3).
 //!
 //! The arena is a private anonymous `PROT_NONE` reservation between two
 //! shared anonymous guard pages (a shmem file each, which nothing private
-//! can merge with). Sequences: `RCUVM_DIFF_SEQS` (default 200); the seed of
-//! a failing sequence is printed with the first divergence.
+//! can merge with). Sequences: `RCUVM_DIFF_SEQS` (default 200), seeds from
+//! `0x5eed0000 + RCUVM_DIFF_SEED` (default 0). A
+//! divergence is shrunk to a minimal sequence (ops removed while it still
+//! diverges, each candidate replayed on a fresh arena) and printed with its
+//! seed; addresses in ops are offsets from the arena start.
 //!
 //! Its own test binary with a single test, so no other test thread maps
 //! memory into the arena's holes.
 
 #![cfg(target_os = "linux")]
 
+use rcuvm::uapi::{
+    MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT, MLOCK_ONFAULT, MREMAP_DONTUNMAP, MREMAP_FIXED, MREMAP_MAYMOVE, madv,
+};
 use rcuvm::{AddressSpace, Errno, MapFlags, PAGE_SIZE, Prot, VmFlags, Vma};
 
 const ARENA_PAGES: u64 = 64;
@@ -33,6 +43,10 @@ impl Rng {
     }
 }
 
+/// One call; every address is an offset from the arena start. `Mlock`
+/// is `mlock` with `flags: None`, else `mlock2`. `Mlockall` locks the whole
+/// test process (only the arena is compared); the arena's `Drop` calls
+/// `munlockall` so that no sequence inherits `MCL_FUTURE`.
 #[derive(Clone, Debug)]
 enum Op {
     Mmap { addr: u64, len: u64, prot: Prot, flags: MapFlags },
@@ -40,6 +54,10 @@ enum Op {
     Mprotect { addr: u64, len: u64, prot: Prot },
     Madvise { addr: u64, len: u64, advice: i32 },
     Mremap { addr: u64, old_len: u64, new_len: u64, flags: u32, new_addr: u64 },
+    Mlock { addr: u64, len: u64, flags: Option<u32> },
+    Munlock { addr: u64, len: u64 },
+    Mlockall { flags: u32 },
+    Munlockall,
 }
 
 fn errno() -> Errno {
@@ -47,62 +65,81 @@ fn errno() -> Errno {
     Errno::from_code(c).unwrap_or_else(|| panic!("kernel returned errno {c}, which rcuvm does not model"))
 }
 
-fn kernel(op: &Op) -> Result<u64, Errno> {
+fn ok_or_errno(r: i32) -> Result<u64, Errno> {
+    if r != 0 { Err(errno()) } else { Ok(0) }
+}
+
+fn kernel(op: &Op, lo: u64) -> Result<u64, Errno> {
+    let at = |a: u64| (lo + a) as *mut libc::c_void;
     match *op {
         Op::Mmap { addr, len, prot, flags } => {
             // SAFETY: only ever MAP_FIXED inside the arena this test owns (or
             // refused calls), never over memory Rust uses.
-            let p = unsafe {
-                libc::mmap(addr as *mut _, len as usize, prot.bits() as i32, flags.bits() as i32, -1, 0)
-            };
+            let p =
+                unsafe { libc::mmap(at(addr), len as usize, prot.bits() as i32, flags.bits() as i32, -1, 0) };
             if p == libc::MAP_FAILED { Err(errno()) } else { Ok(p as u64) }
         }
-        Op::Munmap { addr, len } => {
-            // SAFETY: inside the arena this test owns.
-            let r = unsafe { libc::munmap(addr as *mut _, len as usize) };
-            if r != 0 { Err(errno()) } else { Ok(0) }
-        }
+        // SAFETY: inside the arena this test owns.
+        Op::Munmap { addr, len } => ok_or_errno(unsafe { libc::munmap(at(addr), len as usize) }),
         Op::Mprotect { addr, len, prot } => {
             // SAFETY: inside the arena this test owns.
-            let r = unsafe { libc::mprotect(addr as *mut _, len as usize, prot.bits() as i32) };
-            if r != 0 { Err(errno()) } else { Ok(0) }
+            ok_or_errno(unsafe { libc::mprotect(at(addr), len as usize, prot.bits() as i32) })
         }
         Op::Madvise { addr, len, advice } => {
-            // SAFETY: inside the arena this test owns; no page is populated,
-            // so no advice here discards data.
-            let r = unsafe { libc::madvise(addr as *mut _, len as usize, advice) };
-            if r != 0 { Err(errno()) } else { Ok(0) }
+            // SAFETY: inside the arena this test owns; its pages were only
+            // ever faulted in by mlock, never written, so no advice discards
+            // data.
+            ok_or_errno(unsafe { libc::madvise(at(addr), len as usize, advice) })
         }
         Op::Mremap { addr, old_len, new_len, flags, new_addr } => {
             // SAFETY: source and destination inside the arena this test owns.
             let p = unsafe {
-                libc::mremap(
-                    addr as *mut _,
-                    old_len as usize,
-                    new_len as usize,
-                    flags as i32,
-                    new_addr as *mut libc::c_void,
-                )
+                libc::mremap(at(addr), old_len as usize, new_len as usize, flags as i32, at(new_addr))
             };
             if p == libc::MAP_FAILED { Err(errno()) } else { Ok(p as u64) }
         }
+        Op::Mlock { addr, len, flags: None } => {
+            // SAFETY: locking only changes residency, inside the arena.
+            ok_or_errno(unsafe { libc::mlock(at(addr), len as usize) })
+        }
+        Op::Mlock { addr, len, flags: Some(f) } => {
+            // SAFETY: as for mlock.
+            ok_or_errno(unsafe { libc::mlock2(at(addr), len as usize, f) })
+        }
+        Op::Munlock { addr, len } => {
+            // SAFETY: as for mlock.
+            ok_or_errno(unsafe { libc::munlock(at(addr), len as usize) })
+        }
+        // SAFETY: locking the process only changes residency.
+        Op::Mlockall { flags } => ok_or_errno(unsafe { libc::mlockall(flags as i32) }),
+        // SAFETY: as for mlockall.
+        Op::Munlockall => ok_or_errno(unsafe { libc::munlockall() }),
     }
 }
 
-fn model(mm: &AddressSpace, op: &Op) -> Result<u64, Errno> {
+fn model(mm: &AddressSpace, op: &Op, lo: u64) -> Result<u64, Errno> {
+    let unit = |r: Result<(), Errno>| r.map(|()| 0);
     match *op {
-        Op::Mmap { addr, len, prot, flags } => mm.mmap(addr, len, prot, flags, None, 0),
-        Op::Munmap { addr, len } => mm.munmap(addr, len).map(|()| 0),
-        Op::Mprotect { addr, len, prot } => mm.mprotect(addr, len, prot).map(|()| 0),
-        Op::Madvise { addr, len, advice } => mm.madvise(addr, len, advice).map(|()| 0),
+        Op::Mmap { addr, len, prot, flags } => mm.mmap(lo + addr, len, prot, flags, None, 0),
+        Op::Munmap { addr, len } => unit(mm.munmap(lo + addr, len)),
+        Op::Mprotect { addr, len, prot } => unit(mm.mprotect(lo + addr, len, prot)),
+        Op::Madvise { addr, len, advice } => unit(mm.madvise(lo + addr, len, advice)),
         Op::Mremap { addr, old_len, new_len, flags, new_addr } => {
-            mm.mremap(addr, old_len, new_len, flags, new_addr)
+            mm.mremap(lo + addr, old_len, new_len, flags, lo + new_addr)
+        }
+        Op::Mlock { addr, len, flags: None } => unit(mm.mlock(lo + addr, len)),
+        Op::Mlock { addr, len, flags: Some(f) } => unit(mm.mlock2(lo + addr, len, f)),
+        Op::Munlock { addr, len } => unit(mm.munlock(lo + addr, len)),
+        Op::Mlockall { flags } => unit(mm.mlockall(flags)),
+        Op::Munlockall => {
+            mm.munlockall();
+            Ok(0)
         }
     }
 }
 
 /// The smaps `VmFlags` mnemonics rcuvm models, in the kernel's order.
-const MNEMONICS: [(&str, VmFlags); 19] = [
+const MNEMONICS: [(&str, VmFlags); 20] = [
     ("rd", VmFlags::READ),
     ("wr", VmFlags::WRITE),
     ("ex", VmFlags::EXEC),
@@ -116,6 +153,7 @@ const MNEMONICS: [(&str, VmFlags); 19] = [
     ("sr", VmFlags::SEQ_READ),
     ("rr", VmFlags::RAND_READ),
     ("dc", VmFlags::DONTCOPY),
+    ("lf", VmFlags::LOCKONFAULT),
     ("ac", VmFlags::ACCOUNT),
     ("nr", VmFlags::NORESERVE),
     ("wf", VmFlags::WIPEONFORK),
@@ -159,7 +197,9 @@ fn kernel_lines(lo: u64, hi: u64) -> Vec<String> {
 fn random_op(r: &mut Rng, lo: u64, mm: &AddressSpace) -> Op {
     let page = r.below(ARENA_PAGES);
     let pages = 1 + r.below(8.min(ARENA_PAGES - page));
-    let (addr, len) = (lo + page * PAGE_SIZE, pages * PAGE_SIZE);
+    let (addr, len) = (page * PAGE_SIZE, pages * PAGE_SIZE);
+    // Up to two more pages, often across holes and several VMAs.
+    let extra = r.below(3).min(ARENA_PAGES - page - pages) * PAGE_SIZE;
     let prot =
         [Prot::empty(), Prot::READ, Prot::READ | Prot::WRITE, Prot::READ | Prot::EXEC][r.below(4) as usize];
     let mut flags = MapFlags::PRIVATE | MapFlags::ANONYMOUS;
@@ -167,33 +207,44 @@ fn random_op(r: &mut Rng, lo: u64, mm: &AddressSpace) -> Op {
     if r.below(3) == 0 {
         flags |= MapFlags::NORESERVE;
     }
+    if r.below(6) == 0 {
+        flags |= MapFlags::LOCKED;
+    }
     if r.below(5) == 0 {
-        use rcuvm::uapi::{MREMAP_FIXED, MREMAP_MAYMOVE};
-        // In place (shrink or grow) or to a fixed place inside the arena;
-        // never MREMAP_MAYMOVE alone, whose destination is chosen among the
-        // whole process's mappings, which the model does not have.
-        let new_pages = 1 + r.below(8);
-        let dest = r.below(ARENA_PAGES - new_pages + 1);
-        // MREMAP_DONTUNMAP is left out: rcuvm's version diverges from the
-        // kernel (first seen with seed 0x5eed0382 once DONTUNMAP is drawn
-        // as one call in four); see mremap.rs.
-        let (flags, new_len) = match r.below(3) {
-            0 | 1 => (0, new_pages * PAGE_SIZE),
-            _ => (MREMAP_FIXED | MREMAP_MAYMOVE, new_pages * PAGE_SIZE),
+        return random_mremap(r, lo, mm, addr, len);
+    }
+    if r.below(40) == 0 {
+        // MCL_ONFAULT alone and no flag are EINVAL.
+        let all = [
+            MCL_CURRENT,
+            MCL_FUTURE,
+            MCL_CURRENT | MCL_FUTURE,
+            MCL_CURRENT | MCL_ONFAULT,
+            MCL_FUTURE | MCL_ONFAULT,
+            MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT,
+            MCL_ONFAULT,
+            0,
+        ];
+        let i = r.below(all.len() as u64 + 2) as usize;
+        return all.get(i).map_or(Op::Munlockall, |&flags| Op::Mlockall { flags });
+    }
+    if r.below(5) == 0 {
+        // Unaligned starts and lengths (mlock and munlock round them),
+        // still ending inside the arena.
+        let (addr, len) = if r.below(4) == 0 {
+            let o = 1 + r.below(PAGE_SIZE - 1);
+            (addr + o, len - o - r.below(PAGE_SIZE.min(len - o)))
+        } else {
+            (addr, len)
         };
-        let new_len = new_len.min((ARENA_PAGES - page) * PAGE_SIZE);
-        let op = Op::Mremap { addr, old_len: len, new_len, flags, new_addr: lo + dest * PAGE_SIZE };
-        // rcuvm does not model Linux 6.17+'s multi-VMA moves (mremap.rs):
-        // only ask for moves whose source lies in one VMA.
-        let in_one_vma = mm.vmas().iter().any(|v| v.start <= addr && addr + len <= v.end);
-        if flags & MREMAP_FIXED == 0 || len != new_len || in_one_vma {
-            return op;
-        }
-        // Ask for the same resize in place instead.
-        return Op::Mremap { addr, old_len: len, new_len, flags: 0, new_addr: 0 };
+        return match r.below(6) {
+            0 | 1 => Op::Mlock { addr, len: len + extra, flags: None },
+            2 => Op::Mlock { addr, len: len + extra, flags: Some(MLOCK_ONFAULT) },
+            3 => Op::Mlock { addr, len, flags: Some([0, 2][r.below(2) as usize]) },
+            _ => Op::Munlock { addr, len: len + extra },
+        };
     }
     if r.below(4) == 0 {
-        use rcuvm::uapi::madv;
         let advices = [
             madv::NORMAL,
             madv::RANDOM,
@@ -210,18 +261,13 @@ fn random_op(r: &mut Rng, lo: u64, mm: &AddressSpace) -> Op {
             madv::FREE,
             5, // not an advice: EINVAL
         ];
-        let extra = r.below(3).min(ARENA_PAGES - page - pages);
         let advice = advices[r.below(advices.len() as u64) as usize];
-        return Op::Madvise { addr, len: len + extra * PAGE_SIZE, advice };
+        return Op::Madvise { addr, len: len + extra, advice };
     }
     match r.below(16) {
         0..=5 => Op::Mmap { addr, len, prot, flags },
         6..=8 => Op::Munmap { addr, len },
-        // mprotect, often across holes and several VMAs.
-        9..=12 => {
-            let extra = r.below(3).min(ARENA_PAGES - page - pages);
-            Op::Mprotect { addr, len: len + extra * PAGE_SIZE, prot }
-        }
+        9..=12 => Op::Mprotect { addr, len: len + extra, prot },
         // Refused calls: both must refuse, the same way, changing nothing
         // (or, for mprotect over a hole, changing what Linux changes).
         13 => Op::Munmap { addr: addr + 1, len },
@@ -230,67 +276,212 @@ fn random_op(r: &mut Rng, lo: u64, mm: &AddressSpace) -> Op {
     }
 }
 
-fn run_sequence(seed: u64, ops: usize) {
+/// An `mremap` whose destination stays inside the arena: in place (shrink
+/// or grow), a fixed move with or without resizing (without, the source may
+/// span several VMAs and holes), `MREMAP_DONTUNMAP` to a fixed place or to
+/// a free hint. Never `MREMAP_MAYMOVE` to a place of the kernel's choosing,
+/// which is chosen among the whole process's mappings, which the model
+/// does not have.
+fn random_mremap(r: &mut Rng, lo: u64, mm: &AddressSpace, addr: u64, len: u64) -> Op {
+    let page = addr / PAGE_SIZE;
+    let new_pages = 1 + r.below(8);
+    let dest = |r: &mut Rng, pages: u64| r.below(ARENA_PAGES - pages + 1) * PAGE_SIZE;
+    let grow = (new_pages * PAGE_SIZE).min((ARENA_PAGES - page) * PAGE_SIZE);
+    let fixed = MREMAP_FIXED | MREMAP_MAYMOVE;
+    let dontunmap = MREMAP_DONTUNMAP | MREMAP_MAYMOVE;
+    if r.below(16) == 0 {
+        // old_len 0 on private memory: EINVAL once the VMA is found.
+        return Op::Mremap { addr, old_len: 0, new_len: len, flags: MREMAP_MAYMOVE, new_addr: 0 };
+    }
+    let (flags, new_len, new_addr) = match r.below(8) {
+        0..=2 => (0, grow, 0),
+        3 => (fixed, new_pages * PAGE_SIZE, dest(r, new_pages)),
+        4 | 5 => (fixed, len, dest(r, len / PAGE_SIZE)),
+        // One in four with a resize, which DONTUNMAP refuses (EINVAL).
+        6 => (dontunmap | MREMAP_FIXED, if r.below(4) == 0 { grow } else { len }, dest(r, len / PAGE_SIZE)),
+        _ => {
+            // DONTUNMAP to a hint: only a free one (both then use it).
+            let to = dest(r, len / PAGE_SIZE);
+            let free = mm.vmas().iter().all(|v| v.end <= lo + to || v.start >= lo + to + len);
+            (if free { dontunmap } else { dontunmap | MREMAP_FIXED }, len, to)
+        }
+    };
+    Op::Mremap { addr, old_len: len, new_len, flags, new_addr }
+}
+
+/// The guards and arena, in the kernel and in a fresh `AddressSpace`.
+struct Arena {
+    base: *mut libc::c_void,
+    lo: u64,
+    mm: AddressSpace,
+}
+
+const TOTAL: u64 = (ARENA_PAGES + 2) * PAGE_SIZE;
+
+impl Arena {
+    fn new() -> Arena {
+        // SAFETY: a fresh shared anonymous mapping for the guards and arena.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                TOTAL as usize,
+                libc::PROT_NONE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(base, libc::MAP_FAILED);
+        let lo = base as u64 + PAGE_SIZE;
+        let arena = Op::Mmap {
+            addr: 0,
+            len: ARENA_PAGES * PAGE_SIZE,
+            prot: Prot::empty(),
+            flags: MapFlags::PRIVATE | MapFlags::ANONYMOUS | MapFlags::NORESERVE | MapFlags::FIXED,
+        };
+        let mm = AddressSpace::new();
+        assert_eq!(kernel(&arena, lo), Ok(lo));
+        assert_eq!(model(&mm, &arena, lo), Ok(lo));
+        Arena { base, lo, mm }
+    }
+
+    /// Runs `op` on both: the result they agree on, or the divergence,
+    /// described.
+    fn step(&self, op: &Op) -> Result<Result<u64, Errno>, String> {
+        let (lo, hi) = (self.lo, self.lo + ARENA_PAGES * PAGE_SIZE);
+        let (k, m) = (kernel(op, lo), model(&self.mm, op, lo));
+        let vmas: Vec<Vma> = self.mm.vmas().iter().map(|v| (**v).clone()).collect();
+        let (kl, ml) = (kernel_lines(lo, hi), window(&vmas, lo, hi));
+        if k == m && kl == ml {
+            return Ok(k);
+        }
+        Err(format!(
+            "last call {op:?}\nkernel: {k:?}\nrcuvm:  {m:?}\nkernel lines:\n{}\nrcuvm lines:\n{}\n\
+             rcuvm (offset, anon_vma): {:?}",
+            kl.join("\n"),
+            ml.join("\n"),
+            vmas.iter()
+                .filter(|v| v.start < hi && v.end > lo)
+                .map(|v| (v.start - lo, v.anon_vma))
+                .collect::<Vec<_>>(),
+        ))
+    }
+}
+
+impl Drop for Arena {
+    fn drop(&mut self) {
+        // SAFETY: unlocks the process (a sequence may have locked it) and
+        // unmaps only the guards and arena.
+        unsafe {
+            libc::munlockall();
+            libc::munmap(self.base, TOTAL as usize)
+        };
+    }
+}
+
+/// Replays `ops` on a fresh arena: the index of the first divergent op and
+/// its description.
+fn replay(ops: &[Op]) -> Option<(usize, String)> {
+    let arena = Arena::new();
+    ops.iter().enumerate().find_map(|(i, op)| arena.step(op).err().map(|d| (i, d)))
+}
+
+/// Delta debugging: drops chunks of ops (halving the chunk size down to
+/// one) while the rest still diverges, and cuts after the divergent op.
+fn shrink(mut ops: Vec<Op>) -> (Vec<Op>, String) {
+    let (k, mut why) = replay(&ops).expect("the sequence diverged once; divergences are deterministic");
+    ops.truncate(k + 1);
+    let mut chunk = ops.len().div_ceil(2);
+    while chunk > 0 {
+        let mut i = 0;
+        while i < ops.len() {
+            let cand: Vec<Op> = ops[..i].iter().chain(&ops[(i + chunk).min(ops.len())..]).cloned().collect();
+            match replay(&cand) {
+                Some((k, d)) => {
+                    ops = cand[..=k].to_vec();
+                    why = d;
+                }
+                None => i += chunk,
+            }
+        }
+        chunk /= 2;
+    }
+    (ops, why)
+}
+
+/// How often the calls this test exists for happened, so that a change to
+/// the draws that stops exercising them fails the test.
+#[derive(Debug, Default)]
+struct Seen {
+    mlock_ok: u64,
+    mlock_err: u64,
+    munlock_ok: u64,
+    multi_vma_moves: u64,
+    dontunmap_ok: u64,
+    dontunmap_hint: u64,
+    mlockall_ok: u64,
+}
+
+impl Seen {
+    fn count(&mut self, op: &Op, multi: bool, ok: bool) {
+        match *op {
+            Op::Mlock { .. } if ok => self.mlock_ok += 1,
+            Op::Mlock { .. } => self.mlock_err += 1,
+            Op::Munlock { .. } if ok => self.munlock_ok += 1,
+            Op::Mremap { flags, .. } if ok && flags & MREMAP_DONTUNMAP != 0 => {
+                self.dontunmap_ok += 1;
+                self.dontunmap_hint += u64::from(flags & MREMAP_FIXED == 0);
+            }
+            Op::Mremap { .. } if ok && multi => self.multi_vma_moves += 1,
+            Op::Mlockall { .. } if ok => self.mlockall_ok += 1,
+            _ => {}
+        }
+    }
+}
+
+/// Whether a call's range meets more than one VMA.
+fn spans_vmas(mm: &AddressSpace, op: &Op, lo: u64) -> bool {
+    let Op::Mremap { addr, old_len, .. } = *op else { return false };
+    mm.vmas().iter().filter(|v| v.start < lo + addr + old_len && v.end > lo + addr).count() > 1
+}
+
+fn run_sequence(seed: u64, ops: usize, seen: &mut Seen) {
     let mut r = Rng(seed | 1);
-    let total = (ARENA_PAGES + 2) * PAGE_SIZE;
-    // SAFETY: a fresh shared anonymous mapping for the guards and arena.
-    let base = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            total as usize,
-            libc::PROT_NONE,
-            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    assert_ne!(base, libc::MAP_FAILED);
-    let lo = base as u64 + PAGE_SIZE;
-    let hi = lo + ARENA_PAGES * PAGE_SIZE;
-    let arena = Op::Mmap {
-        addr: lo,
-        len: hi - lo,
-        prot: Prot::empty(),
-        flags: MapFlags::PRIVATE | MapFlags::ANONYMOUS | MapFlags::NORESERVE | MapFlags::FIXED,
-    };
-    let mm = AddressSpace::new();
-    assert_eq!(kernel(&arena), Ok(lo));
-    assert_eq!(model(&mm, &arena), Ok(lo));
-    let mut history = vec![arena];
+    let arena = Arena::new();
+    let mut history = Vec::new();
     for _ in 0..ops {
-        let op = random_op(&mut r, lo, &mm);
+        let op = random_op(&mut r, arena.lo, &arena.mm);
         history.push(op.clone());
-        let (k, m) = (kernel(&op), model(&mm, &op));
-        let (kl, ml) = (
-            kernel_lines(lo, hi),
-            window(&mm.vmas().iter().map(|v| (**v).clone()).collect::<Vec<_>>(), lo, hi),
-        );
-        if k != m || kl != ml {
-            // SAFETY: unmaps only the guards and arena.
-            unsafe { libc::munmap(base, total as usize) };
+        let multi = spans_vmas(&arena.mm, &op, arena.lo);
+        let res = arena.step(&op);
+        if let Ok(agreed) = res {
+            seen.count(&op, multi, agreed.is_ok());
+        }
+        if let Err(first) = res {
+            drop(arena);
+            let (min, why) = shrink(history);
             panic!(
-                "seed {seed:#x}: divergence after {} calls\nlast call {op:?}\nkernel: {k:?}\nrcuvm:  {m:?}\n\
-                 kernel lines:\n{}\nrcuvm lines:\n{}\nrcuvm flags: {:?}\nsequence (offsets from arena start {lo:#x}):\n{:#?}",
-                history.len(),
-                kl.join("\n"),
-                ml.join("\n"),
-                mm.vmas()
-                    .iter()
-                    .filter(|v| v.start < hi && v.end > lo)
-                    .map(|v| (v.start - lo, v.flags))
-                    .collect::<Vec<_>>(),
-                history
+                "seed {seed:#x}: divergence\n{first}\n\nshrunk to {} calls (offsets from the arena start):\n\
+                 {min:#?}\n{why}",
+                min.len()
             );
         }
     }
-    // SAFETY: unmaps only the guards and arena.
-    unsafe { libc::munmap(base, total as usize) };
 }
 
 #[test]
 fn random_mm_call_sequences_match_the_kernel() {
     let seqs: u64 = std::env::var("RCUVM_DIFF_SEQS").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
+    // Other seeds than CI's: RCUVM_DIFF_SEED (added to the first seed).
+    let base: u64 = std::env::var("RCUVM_DIFF_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let mut seen = Seen::default();
     for s in 0..seqs {
-        run_sequence(0x5EED_0000 + s, 40);
+        run_sequence(0x5EED_0000 + base + s, 40, &mut seen);
     }
+    eprintln!("{seqs} sequences agreed with the kernel; calls of interest: {seen:?}");
+    let Seen { mlock_ok, mlock_err, munlock_ok, multi_vma_moves, dontunmap_ok, dontunmap_hint, mlockall_ok } =
+        seen;
+    let counts =
+        [mlock_ok, mlock_err, munlock_ok, multi_vma_moves, dontunmap_ok, dontunmap_hint, mlockall_ok];
+    assert!(counts.iter().all(|&n| n > 0), "the draws no longer exercise every call: {seen:?}");
 }

@@ -295,3 +295,18 @@ fn mremap_shrinks_grows_moves_and_refuses() {
     assert_eq!(mm.query(c).unwrap().end, c + 2 * P);
     assert!(mm.query(c).unwrap().flags.contains(VmFlags::WRITE));
 }
+
+#[test]
+fn mmap_without_room_is_enomem() {
+    // A small address space: [mmap_min_addr, TASK_SIZE) = [64 KiB, 1 MiB).
+    let mut cfg = MmConfig::default();
+    (cfg.task_size, cfg.mmap_base) = (0x10_0000, 0x10_0000);
+    let mm = AddressSpace::with_config(cfg);
+    mm.mmap(0x8_0000, P, rw(), anon() | MapFlags::FIXED, None, 0).unwrap();
+    let before = mm.maps();
+    // No hole of 512 KiB is left on either side of the page at 512 KiB.
+    assert_eq!(mm.mmap(0, 0x8_0000, rw(), anon(), None, 0), Err(Errno::Enomem));
+    assert_eq!(mm.maps(), before);
+    // A smaller one fits, top-down from mmap_base.
+    assert_eq!(mm.mmap(0, 0x4_0000, rw(), anon(), None, 0), Ok(0xc_0000));
+}

@@ -1,0 +1,210 @@
+//! `mlock`, `mlock2`, `munlock`, `mlockall`, `munlockall`: `VM_LOCKED` and
+//! `VM_LOCKONFAULT` on VMAs, with Linux's checks, splits and merges, and
+//! what faulting pages in does to VMAs (`anon_vma`).
+//!
+//! # Owns
+//! The `VM_LOCKED`/`VM_LOCKONFAULT` bits of `vm_flags`, `mm->def_flags`
+//! (`MmCall::def_flags`), and the assignment of `anon_vma`s by population.
+//!
+//! # Invariants
+//! - L1. `mlock`/`munlock` round the start down to its page and the length
+//!   up (`len + offset_in_page(start)`); a range that wraps is `EINVAL`, an
+//!   empty one succeeds. VMAs are changed in address order and a hole stops
+//!   the walk with `ENOMEM`, the VMAs before it changed (as `mprotect`,
+//!   mprotect.rs Q1; the host kernel confirmed it: no whole-range check
+//!   first).
+//! - L2. A VMA whose lock bits already match, or that is `VM_SPECIAL` or
+//!   hugetlb, is left alone (`mlock_fixup()`); others go through
+//!   `set_flags` (mprotect.rs Q2, Q4), so a refused split is `ENOMEM` with
+//!   the splits made before it kept.
+//! - L3. Population (`__mm_populate()`) runs after the flags are set and
+//!   faults pages in, which rcuvm models only by its effect on VMAs: a
+//!   write fault (private, writable VMA) gives a VMA without an `anon_vma`
+//!   one, reusing a compatible neighbour's as `find_mergeable_anon_vma()`
+//!   does (next first, then prev). `VM_LOCKONFAULT` VMAs fault nothing; a
+//!   VMA with no access bit cannot be faulted (`EFAULT`, which `mlock`
+//!   returns as `ENOMEM` after locking it, and which stops the walk).
+//! - L4. `mlockall(MCL_FUTURE)` puts `VM_LOCKED` (and with `MCL_ONFAULT`
+//!   `VM_LOCKONFAULT`) into `def_flags`, which every later `mmap` and `brk`
+//!   VMA takes; any other `mlockall` and `munlockall` clear it first.
+//!   `mlockall` ignores a VMA it cannot change (a refused split).
+//!
+//! # Concurrency
+//! mmap write lock (taken by the `AddressSpace` methods).
+//!
+//! # Linux
+//! `mm/mlock.c`: `do_mlock()`, `apply_vma_lock_flags()`, `mlock_fixup()`,
+//! `apply_mlockall_flags()`, the syscalls; `__mm_populate()` and
+//! `populate_vma_page_range()` in `mm/gup.c`; `anon_vma_prepare()` and
+//! `find_mergeable_anon_vma()` in `mm/rmap.c`, `mm/vma.c`.
+//!
+//! Not modelled: population through the page tables (nothing is faulted
+//! in, kept resident or counted in `locked_vm`; only the effect on VMAs);
+//! `RLIMIT_MEMLOCK` (rcuvm acts as a process with `CAP_IPC_LOCK`, as root
+//! is); population errors other than an inaccessible VMA (a file shorter
+//! than its mapping, out of memory: `EAGAIN`).
+
+use crate::mmap::{MmCall, VM_SPECIAL};
+use crate::uapi::{Errno, MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT, MLOCK_ONFAULT};
+use crate::vma::{AnonVmaId, PAGE_SIZE, VmFlags, Vma, anon_vma_compatible};
+
+/// `VM_LOCKED_MASK`.
+pub(crate) const LOCK_BITS: VmFlags = VmFlags::LOCKED.union(VmFlags::LOCKONFAULT);
+
+impl MmCall<'_> {
+    /// `do_mlock()` with `VM_LOCKED` or `VM_LOCKED | VM_LOCKONFAULT` (L1–L3).
+    pub(crate) fn mlock(&mut self, start: u64, len: u64, lock: VmFlags) -> Result<(), Errno> {
+        let (start, len) = round(start, len);
+        self.apply_vma_lock_flags(start, len, lock)?;
+        // __mlock_posix_error_return()
+        self.populate(start, start.wrapping_add(len), false).map_err(|e| match e {
+            Errno::Efault => Errno::Enomem,
+            Errno::Enomem => Errno::Eagain,
+            e => e,
+        })
+    }
+
+    /// `mlock2(2)`.
+    pub(crate) fn mlock2(&mut self, start: u64, len: u64, flags: u32) -> Result<(), Errno> {
+        if flags & !MLOCK_ONFAULT != 0 {
+            return Err(Errno::Einval);
+        }
+        let lock = if flags & MLOCK_ONFAULT != 0 { LOCK_BITS } else { VmFlags::LOCKED };
+        self.mlock(start, len, lock)
+    }
+
+    /// `munlock(2)`.
+    pub(crate) fn munlock(&mut self, start: u64, len: u64) -> Result<(), Errno> {
+        let (start, len) = round(start, len);
+        self.apply_vma_lock_flags(start, len, VmFlags::empty())
+    }
+
+    /// `apply_vma_lock_flags()` (L1, L2).
+    fn apply_vma_lock_flags(&mut self, start: u64, len: u64, lock: VmFlags) -> Result<(), Errno> {
+        let Some(end) = start.checked_add(len) else { return Err(Errno::Einval) };
+        if end == start {
+            return Ok(());
+        }
+        let Some(first) = self.vma_at(start) else { return Err(Errno::Enomem) };
+        let mut tmp = first.start;
+        for v in self.overlapping(start, end) {
+            if v.start != tmp {
+                return Err(Errno::Enomem); // L1: a hole
+            }
+            let (s, e) = (start.max(v.start), end.min(v.end));
+            self.mlock_fixup(&v, s, e, (v.flags - LOCK_BITS) | lock)?;
+            tmp = e;
+        }
+        if tmp < end {
+            return Err(Errno::Enomem);
+        }
+        Ok(())
+    }
+
+    /// `mlock_fixup()` (L2).
+    fn mlock_fixup(&mut self, v: &Vma, s: u64, e: u64, newflags: VmFlags) -> Result<(), Errno> {
+        if newflags == v.flags || v.flags.intersects(VM_SPECIAL | VmFlags::HUGETLB) {
+            return Ok(());
+        }
+        self.set_flags(v, s, e, newflags)
+    }
+
+    /// `mlockall(2)` (L4).
+    pub(crate) fn mlockall(&mut self, flags: u32) -> Result<(), Errno> {
+        let known = MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT;
+        if flags == 0 || flags & !known != 0 || flags == MCL_ONFAULT {
+            return Err(Errno::Einval);
+        }
+        self.apply_mlockall_flags(flags);
+        if flags & MCL_CURRENT != 0 {
+            let _ = self.populate(0, self.cfg.task_size, true);
+        }
+        Ok(())
+    }
+
+    /// `munlockall(2)` (L4).
+    pub(crate) fn munlockall(&mut self) {
+        self.apply_mlockall_flags(0);
+    }
+
+    /// `apply_mlockall_flags()` (L4).
+    fn apply_mlockall_flags(&mut self, flags: u32) {
+        let onfault = if flags & MCL_ONFAULT != 0 { VmFlags::LOCKONFAULT } else { VmFlags::empty() };
+        self.def_flags.remove(LOCK_BITS);
+        if flags & MCL_FUTURE != 0 {
+            *self.def_flags |= VmFlags::LOCKED | onfault;
+            if flags & MCL_CURRENT == 0 {
+                return;
+            }
+        }
+        let add = if flags & MCL_CURRENT != 0 { VmFlags::LOCKED | onfault } else { VmFlags::empty() };
+        for v in self.overlapping(0, u64::MAX) {
+            // A VMA merged into its predecessor in this walk is stale here,
+            // but then its flags already match and it is skipped (L2).
+            // Errors are ignored, as Linux does.
+            let _ = self.mlock_fixup(&v, v.start, v.end, (v.flags - LOCK_BITS) | add);
+        }
+    }
+
+    /// `__mm_populate()` over `[start, end)` (L3): each VMA in turn, holes
+    /// skipped; the first error stops the walk unless `ignore_errors`.
+    pub(crate) fn populate(&mut self, start: u64, end: u64, ignore_errors: bool) -> Result<(), Errno> {
+        let mut at = start;
+        while at < end {
+            let Some(v) = self.overlapping(at, end).into_iter().next() else { break };
+            let (s, e) = (at.max(v.start), end.min(v.end));
+            at = e;
+            if v.flags.intersects(VmFlags::IO | VmFlags::PFNMAP) {
+                continue;
+            }
+            if let Err(err) = self.populate_vma(s, e) {
+                if !ignore_errors {
+                    return Err(err);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `populate_vma_page_range()` for `[s, e)`, inside one VMA (L3).
+    pub(crate) fn populate_vma(&mut self, s: u64, e: u64) -> Result<(), Errno> {
+        debug_assert!(s < e && s % PAGE_SIZE == 0);
+        let Some(v) = self.vma_at(s) else { return Err(Errno::Efault) };
+        if v.flags.contains(VmFlags::LOCKONFAULT) {
+            return Ok(());
+        }
+        if !v.flags.intersects(VmFlags::READ | VmFlags::WRITE | VmFlags::EXEC) {
+            // check_vma_flags(): no FOLL_FORCE for an inaccessible VMA.
+            return Err(Errno::Efault);
+        }
+        let write_fault = v.flags & (VmFlags::WRITE | VmFlags::SHARED) == VmFlags::WRITE;
+        if write_fault && v.anon().is_none() {
+            self.anon_vma_prepare(&v);
+        }
+        Ok(())
+    }
+
+    /// `anon_vma_prepare()`: gives `v` (in the tree) an `anon_vma`, a
+    /// compatible neighbour's if it has one (next, then prev), else a new
+    /// one. The VMA is replaced in place, never merged (V1). The one place
+    /// that makes `anon_vma`s, so that their identities stay distinct: the
+    /// fault path should call it too.
+    pub(crate) fn anon_vma_prepare(&mut self, v: &Vma) {
+        let next = self.vma_at(v.end).filter(|n| anon_vma_compatible(v, n)).and_then(|n| n.anon());
+        let prev = || {
+            let p = if v.start > 0 { self.vma_at(v.start - 1) } else { None };
+            p.filter(|p| anon_vma_compatible(p, v)).and_then(|p| p.anon())
+        };
+        let id = next.or_else(prev).unwrap_or_else(AnonVmaId::fresh);
+        let with = Vma { anon_vma: Some(id), ..v.clone() };
+        self.w.store(v.start..v.end, with).expect("a VMA's range is never empty");
+    }
+}
+
+/// `start` rounded down to its page, `len + offset_in_page(start)` rounded
+/// up, wrapping as the kernel's `size_t` arithmetic does (L1).
+fn round(start: u64, len: u64) -> (u64, u64) {
+    let off = start % PAGE_SIZE;
+    let len = len.wrapping_add(off).wrapping_add(PAGE_SIZE - 1) & !(PAGE_SIZE - 1);
+    (start - off, len)
+}
