@@ -9,6 +9,11 @@
 //! maps cannot show `VM_ACCOUNT` or `VM_NORESERVE`, which decide merging).
 //! The kernel's `mlock` faults pages in, which gives VMAs `anon_vma`s that
 //! decide later merges: the model must follow that too (mlock.rs L3).
+//! Sequences also write to pages (`Touch`): a real store in the arena, and
+//! a store through an rcuvm `Cpu`, whose page fault gives the VMA its
+//! `anon_vma` (fault.rs FL4), so merging after faults is compared too. A
+//! touch is made only where the VMA is writable (in both, as they agree up
+//! to that call); elsewhere it is skipped on both sides.
 //!
 //! The arena is a private anonymous `PROT_NONE` reservation between two
 //! shared anonymous guard pages (a shmem file each, which nothing private
@@ -26,7 +31,10 @@
 use rcuvm::uapi::{
     MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT, MLOCK_ONFAULT, MREMAP_DONTUNMAP, MREMAP_FIXED, MREMAP_MAYMOVE, madv,
 };
-use rcuvm::{AddressSpace, Errno, MapFlags, PAGE_SIZE, Prot, VmFlags, Vma};
+use std::cell::RefCell;
+use std::sync::Arc;
+
+use rcuvm::{AddressSpace, Cpu, Errno, MapFlags, PAGE_SIZE, Prot, VmFlags, Vma};
 
 const ARENA_PAGES: u64 = 64;
 
@@ -49,15 +57,50 @@ impl Rng {
 /// `munlockall` so that no sequence inherits `MCL_FUTURE`.
 #[derive(Clone, Debug)]
 enum Op {
-    Mmap { addr: u64, len: u64, prot: Prot, flags: MapFlags },
-    Munmap { addr: u64, len: u64 },
-    Mprotect { addr: u64, len: u64, prot: Prot },
-    Madvise { addr: u64, len: u64, advice: i32 },
-    Mremap { addr: u64, old_len: u64, new_len: u64, flags: u32, new_addr: u64 },
-    Mlock { addr: u64, len: u64, flags: Option<u32> },
-    Munlock { addr: u64, len: u64 },
-    Mlockall { flags: u32 },
+    Mmap {
+        addr: u64,
+        len: u64,
+        prot: Prot,
+        flags: MapFlags,
+    },
+    Munmap {
+        addr: u64,
+        len: u64,
+    },
+    Mprotect {
+        addr: u64,
+        len: u64,
+        prot: Prot,
+    },
+    Madvise {
+        addr: u64,
+        len: u64,
+        advice: i32,
+    },
+    Mremap {
+        addr: u64,
+        old_len: u64,
+        new_len: u64,
+        flags: u32,
+        new_addr: u64,
+    },
+    Mlock {
+        addr: u64,
+        len: u64,
+        flags: Option<u32>,
+    },
+    Munlock {
+        addr: u64,
+        len: u64,
+    },
+    Mlockall {
+        flags: u32,
+    },
     Munlockall,
+    /// A one-word store at this offset (a write fault the first time).
+    Touch {
+        addr: u64,
+    },
 }
 
 fn errno() -> Errno {
@@ -114,6 +157,13 @@ fn kernel(op: &Op, lo: u64) -> Result<u64, Errno> {
         Op::Mlockall { flags } => ok_or_errno(unsafe { libc::mlockall(flags as i32) }),
         // SAFETY: as for mlockall.
         Op::Munlockall => ok_or_errno(unsafe { libc::munlockall() }),
+        Op::Touch { addr } => {
+            // SAFETY: `Arena::step` touches only a page of the arena that
+            // is mapped writable (the model says so, and agrees with the
+            // kernel up to this call).
+            unsafe { std::ptr::write_volatile((lo + addr) as *mut u64, 1) };
+            Ok(0)
+        }
     }
 }
 
@@ -135,6 +185,7 @@ fn model(mm: &AddressSpace, op: &Op, lo: u64) -> Result<u64, Errno> {
             mm.munlockall();
             Ok(0)
         }
+        Op::Touch { .. } => unreachable!("Arena::step runs touches through its Cpu"),
     }
 }
 
@@ -198,6 +249,9 @@ fn random_op(r: &mut Rng, lo: u64, mm: &AddressSpace) -> Op {
     let page = r.below(ARENA_PAGES);
     let pages = 1 + r.below(8.min(ARENA_PAGES - page));
     let (addr, len) = (page * PAGE_SIZE, pages * PAGE_SIZE);
+    if r.below(4) == 0 {
+        return Op::Touch { addr: addr + 8 * r.below(512) };
+    }
     // Up to two more pages, often across holes and several VMAs.
     let extra = r.below(3).min(ARENA_PAGES - page - pages) * PAGE_SIZE;
     let prot =
@@ -313,7 +367,8 @@ fn random_mremap(r: &mut Rng, lo: u64, mm: &AddressSpace, addr: u64, len: u64) -
 struct Arena {
     base: *mut libc::c_void,
     lo: u64,
-    mm: AddressSpace,
+    mm: Arc<AddressSpace>,
+    cpu: RefCell<Cpu>,
 }
 
 const TOTAL: u64 = (ARENA_PAGES + 2) * PAGE_SIZE;
@@ -339,17 +394,30 @@ impl Arena {
             prot: Prot::empty(),
             flags: MapFlags::PRIVATE | MapFlags::ANONYMOUS | MapFlags::NORESERVE | MapFlags::FIXED,
         };
-        let mm = AddressSpace::new();
+        let mm = Arc::new(AddressSpace::new());
         assert_eq!(kernel(&arena, lo), Ok(lo));
         assert_eq!(model(&mm, &arena, lo), Ok(lo));
-        Arena { base, lo, mm }
+        let cpu = RefCell::new(mm.cpu());
+        Arena { base, lo, mm, cpu }
     }
 
     /// Runs `op` on both: the result they agree on, or the divergence,
     /// described.
     fn step(&self, op: &Op) -> Result<Result<u64, Errno>, String> {
         let (lo, hi) = (self.lo, self.lo + ARENA_PAGES * PAGE_SIZE);
-        let (k, m) = (kernel(op, lo), model(&self.mm, op, lo));
+        let (k, m) = match *op {
+            Op::Touch { addr } => {
+                let writable = self.mm.query(lo + addr).is_some_and(|v| v.flags.contains(VmFlags::WRITE));
+                if !writable {
+                    return Ok(Ok(0)); // skipped on both sides
+                }
+                let m = self.cpu.borrow_mut().write(lo + addr, 1).map(|()| 0).map_err(|e| {
+                    panic!("rcuvm refused a store the kernel allows at {addr:#x}: {e}");
+                });
+                (kernel(op, lo), m)
+            }
+            _ => (kernel(op, lo), model(&self.mm, op, lo)),
+        };
         let vmas: Vec<Vma> = self.mm.vmas().iter().map(|v| (**v).clone()).collect();
         let (kl, ml) = (kernel_lines(lo, hi), window(&vmas, lo, hi));
         if k == m && kl == ml {
@@ -362,7 +430,7 @@ impl Arena {
             ml.join("\n"),
             vmas.iter()
                 .filter(|v| v.start < hi && v.end > lo)
-                .map(|v| (v.start - lo, v.anon_vma))
+                .map(|v| (v.start - lo, v.anon()))
                 .collect::<Vec<_>>(),
         ))
     }
@@ -420,6 +488,8 @@ struct Seen {
     dontunmap_ok: u64,
     dontunmap_hint: u64,
     mlockall_ok: u64,
+    /// Stores made (write faults the first time on a page).
+    touches: u64,
 }
 
 impl Seen {
@@ -453,6 +523,10 @@ fn run_sequence(seed: u64, ops: usize, seen: &mut Seen) {
         let op = random_op(&mut r, arena.lo, &arena.mm);
         history.push(op.clone());
         let multi = spans_vmas(&arena.mm, &op, arena.lo);
+        if let Op::Touch { addr } = op {
+            seen.touches +=
+                u64::from(arena.mm.query(arena.lo + addr).is_some_and(|v| v.flags.contains(VmFlags::WRITE)));
+        }
         let res = arena.step(&op);
         if let Ok(agreed) = res {
             seen.count(&op, multi, agreed.is_ok());
@@ -479,9 +553,25 @@ fn random_mm_call_sequences_match_the_kernel() {
         run_sequence(0x5EED_0000 + base + s, 40, &mut seen);
     }
     eprintln!("{seqs} sequences agreed with the kernel; calls of interest: {seen:?}");
-    let Seen { mlock_ok, mlock_err, munlock_ok, multi_vma_moves, dontunmap_ok, dontunmap_hint, mlockall_ok } =
-        seen;
-    let counts =
-        [mlock_ok, mlock_err, munlock_ok, multi_vma_moves, dontunmap_ok, dontunmap_hint, mlockall_ok];
+    let Seen {
+        mlock_ok,
+        mlock_err,
+        munlock_ok,
+        multi_vma_moves,
+        dontunmap_ok,
+        dontunmap_hint,
+        mlockall_ok,
+        touches,
+    } = seen;
+    let counts = [
+        mlock_ok,
+        mlock_err,
+        munlock_ok,
+        multi_vma_moves,
+        dontunmap_ok,
+        dontunmap_hint,
+        mlockall_ok,
+        touches,
+    ];
     assert!(counts.iter().all(|&n| n > 0), "the draws no longer exercise every call: {seen:?}");
 }
