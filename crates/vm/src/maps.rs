@@ -86,9 +86,20 @@ impl std::error::Error for MapsError {}
 /// `VM_*` flags for a line's permission letters, as Linux sets them for an
 /// ordinary mapping: every `VM_MAY*` bit (what `mmap` gives anonymous memory
 /// and files opened read-write), `VM_MAYSHARE | VM_SHARED` for `s`,
-/// `VM_ACCOUNT` for private writable memory, `VM_GROWSDOWN` for `[stack]`.
+/// `VM_ACCOUNT` for private writable memory, `VM_GROWSDOWN` for `[stack]`;
+/// and for the kernel's special mappings the flags Linux 6.18 gives them
+/// (read from this machine's smaps): `[vvar]`/`[vvar_vclock]` `VM_PFNMAP |
+/// VM_IO | VM_DONTEXPAND | VM_DONTDUMP` and only `VM_MAYREAD`, `[vdso]`
+/// `VM_DONTEXPAND`, `[vsyscall]` (the gate area) its access bits alone.
 fn flags_from_perms(p: &[u8], name: Option<&str>) -> VmFlags {
-    let mut f = VmFlags::MAYREAD | VmFlags::MAYWRITE | VmFlags::MAYEXEC;
+    let mut f = match name {
+        Some("[vvar]" | "[vvar_vclock]") => {
+            VmFlags::MAYREAD | VmFlags::PFNMAP | VmFlags::IO | VmFlags::DONTEXPAND | VmFlags::DONTDUMP
+        }
+        Some("[vsyscall]") => VmFlags::empty(),
+        Some("[vdso]") => VmFlags::MAYREAD | VmFlags::MAYWRITE | VmFlags::MAYEXEC | VmFlags::DONTEXPAND,
+        _ => VmFlags::MAYREAD | VmFlags::MAYWRITE | VmFlags::MAYEXEC,
+    };
     if p[0] == b'r' {
         f |= VmFlags::READ;
     }

@@ -1,0 +1,35 @@
+//! The kernel's special mappings in a snapshot carry the flags Linux gives
+//! them, which decide two errno paths no `mmap` can reach: `mremap` cannot
+//! grow a `VM_DONTEXPAND`/`VM_PFNMAP` VMA (`EFAULT`), and `mlock` leaves
+//! `VM_SPECIAL` VMAs alone (no error, no change).
+
+use rcuvm::uapi::MREMAP_MAYMOVE;
+use rcuvm::{AddressSpace, Errno, VmFlags};
+
+const SNAPSHOT: &str = "\
+7f3c5ba6a000-7f3c5ba6e000 r--p 00000000 00:00 0                          [vvar]
+7f3c5ba6e000-7f3c5ba70000 r--p 00000000 00:00 0                          [vvar_vclock]
+7f3c5ba70000-7f3c5ba72000 r-xp 00000000 00:00 0                          [vdso]
+";
+
+#[test]
+fn growing_the_vdso_or_vvar_is_efault() {
+    let mm = AddressSpace::from_maps(SNAPSHOT, "snapshot").unwrap();
+    let vdso = 0x7f3c5ba70000;
+    assert_eq!(mm.mremap(vdso, 0x2000, 0x3000, MREMAP_MAYMOVE, 0), Err(Errno::Efault));
+    assert_eq!(mm.mremap(0x7f3c5ba6a000, 0x4000, 0x8000, MREMAP_MAYMOVE, 0), Err(Errno::Efault));
+    // Shrinking is allowed (it only unmaps the tail), as in Linux.
+    assert_eq!(mm.mremap(vdso, 0x2000, 0x1000, 0, 0), Ok(vdso));
+}
+
+#[test]
+fn mlock_leaves_special_mappings_alone() {
+    let mm = AddressSpace::from_maps(SNAPSHOT, "snapshot").unwrap();
+    let before = mm.vmas();
+    mm.mlock(0x7f3c5ba6a000, 0x6000).unwrap();
+    let after = mm.vmas();
+    assert_eq!(before, after, "VM_SPECIAL VMAs are skipped by mlock_fixup");
+    assert!(after.iter().all(|v| !v.flags.contains(VmFlags::LOCKED)));
+    assert!(after[0].flags.contains(VmFlags::PFNMAP | VmFlags::IO | VmFlags::DONTEXPAND | VmFlags::DONTDUMP));
+    assert!(after[2].flags.contains(VmFlags::DONTEXPAND));
+}
