@@ -1,6 +1,6 @@
 //! `madvise`: the advices that change `vm_flags` (and so split and merge
-//! VMAs), the validity checks of `MADV_DONTNEED`/`MADV_FREE`, and Linux's
-//! treatment of holes.
+//! VMAs), what `MADV_DONTNEED`/`MADV_FREE` do to pages, the residency
+//! hints, and Linux's treatment of holes.
 //!
 //! # Invariants
 //! - D1. Holes do not stop the walk: every VMA in the range is advised and
@@ -12,20 +12,25 @@
 //! - D3. A split refused by `max_map_count` (mprotect.rs Q4) is `EAGAIN`,
 //!   as `madvise_vma_behavior()` turns `ENOMEM` into it; the walk stops
 //!   there, earlier VMAs changed.
-//!
-//! # Linux
-//! `do_madvise()`, `madvise_walk_vmas()`, `madvise_vma_behavior()`,
-//! `madvise_update_vma()` in `mm/madvise.c`; `hugepage_madvise()`.
-//!
-//! - D3. `MADV_DONTNEED`, `MADV_DONTNEED_LOCKED` and `MADV_FREE` zap the
+//! - D4. `MADV_DONTNEED`, `MADV_DONTNEED_LOCKED` and `MADV_FREE` zap the
 //!   pages of each VMA in the range (`zap_page_range_single`), shot down
 //!   before the call returns; the next access faults in zeroes (anonymous)
 //!   or the file's data. `MADV_FREE` frees at once (no lazy reclaim).
+//! - D5. `MADV_WILLNEED`, `MADV_COLD` and `MADV_PAGEOUT` leave VMAs and
+//!   pages as they are (rcuvm has no swap or LRU); `MADV_MERGEABLE` and
+//!   `MADV_UNMERGEABLE` set and clear `VM_MERGEABLE` (KSM never merges
+//!   pages here). All drawn by the kernel-differential test.
+//!
+//! # Linux
+//! `do_madvise()`, `madvise_walk_vmas()`, `madvise_vma_behavior()`,
+//! `madvise_update_vma()` in `mm/madvise.c`; `hugepage_madvise()`,
+//! `ksm_madvise()`, `can_madv_lru_vma()`.
 //!
 //! Not modelled yet: the advices that
-//! only act on pages or need other subsystems (`WILLNEED`, `REMOVE`,
-//! `MERGEABLE`, `COLD`, `PAGEOUT`, `POPULATE_*`, `COLLAPSE`, guards,
-//! `HWPOISON`): those return `ENOSYS`, which Linux never does here.
+//! need other subsystems (`REMOVE`: shmem hole punching, `POPULATE_*`,
+//! `COLLAPSE`, guard regions, `HWPOISON`, `SOFT_OFFLINE`): those return
+//! `ENOSYS`, which Linux never does here, so that a replay that meets one
+//! says so.
 
 use crate::mmap::{MmCall, VM_SPECIAL};
 use crate::tlb::MmuGather;
@@ -81,6 +86,29 @@ fn advise(v: &Vma, advice: i32) -> Result<VmFlags, Errno> {
             }
             f
         }
+        // Hints about residency: no change to the VMA; the LRU ones refuse
+        // what `can_madv_lru_vma()` refuses.
+        madv::WILLNEED => f,
+        madv::COLD | madv::PAGEOUT => {
+            if f.intersects(VmFlags::LOCKED | VmFlags::PFNMAP | VmFlags::HUGETLB) {
+                return Err(Errno::Einval);
+            }
+            f
+        }
+        // ksm_madvise(): an incompatible VMA ignores the advice
+        // (`vma_ksm_compatible()`).
+        madv::MERGEABLE => {
+            let incompatible = VmFlags::MERGEABLE
+                | VmFlags::SHARED
+                | VmFlags::MAYSHARE
+                | VmFlags::PFNMAP
+                | VmFlags::IO
+                | VmFlags::DONTEXPAND
+                | VmFlags::HUGETLB
+                | VmFlags::MIXEDMAP;
+            if f.intersects(incompatible) { f } else { f | VmFlags::MERGEABLE }
+        }
+        madv::UNMERGEABLE => f - VmFlags::MERGEABLE,
         _ => return Err(Errno::Enosys),
     })
 }
@@ -123,7 +151,7 @@ impl MmCall<'_> {
                 })?;
             }
             if matches!(advice, madv::DONTNEED | madv::DONTNEED_LOCKED | madv::FREE) {
-                // D3: the VMA stays; its pages go.
+                // D4: the VMA stays; its pages go.
                 self.vma_write_lock(&v);
                 let mut g = MmuGather::default();
                 self.hw.pt.zap(s, e, &mut g);

@@ -190,7 +190,7 @@ fn model(mm: &AddressSpace, op: &Op, lo: u64) -> Result<u64, Errno> {
 }
 
 /// The smaps `VmFlags` mnemonics rcuvm models, in the kernel's order.
-const MNEMONICS: [(&str, VmFlags); 20] = [
+const MNEMONICS: [(&str, VmFlags); 21] = [
     ("rd", VmFlags::READ),
     ("wr", VmFlags::WRITE),
     ("ex", VmFlags::EXEC),
@@ -211,6 +211,7 @@ const MNEMONICS: [(&str, VmFlags); 20] = [
     ("dd", VmFlags::DONTDUMP),
     ("hg", VmFlags::HUGEPAGE),
     ("nh", VmFlags::NOHUGEPAGE),
+    ("mg", VmFlags::MERGEABLE),
 ];
 
 fn mnemonics(f: VmFlags) -> String {
@@ -313,6 +314,11 @@ fn random_op(r: &mut Rng, lo: u64, mm: &AddressSpace) -> Op {
             madv::NOHUGEPAGE,
             madv::DONTNEED,
             madv::FREE,
+            madv::WILLNEED,
+            madv::COLD,
+            madv::PAGEOUT,
+            madv::MERGEABLE,
+            madv::UNMERGEABLE,
             5, // not an advice: EINVAL
         ];
         let advice = advices[r.below(advices.len() as u64) as usize];
