@@ -25,11 +25,12 @@
 //!   a rights change or a move reports the bits of what it swapped out,
 //!   and the shootdown waits only for those CPUs (tlb.rs T5).
 //! - PT4. A zap that finds an upper entry empty takes that table's lock
-//!   before skipping it. A fault hooks a new table under the same lock, so
-//!   either the zap sees (and zaps) the new table, or the fault's later
-//!   re-check of the VMA, made under the PTL, happens after the writer's
-//!   tree update and sees the VMA gone. This is what makes the re-check
-//!   sound when munmap races a fault that allocates tables.
+//!   before skipping it, and scans a leaf table's entries holding its PTL.
+//!   A fault hooks a new table under the parent's lock and installs a PTE
+//!   under the PTL, so either the zap sees (and zaps) the new table or
+//!   entry, or the fault's later re-check of the VMA, made under the PTL,
+//!   happens after the writer's tree update and sees the VMA gone. This is
+//!   what makes the re-check sound when munmap races a fault.
 //! - PT5. An unhooked table is freed (to the pool) only after the TLB
 //!   shootdown that follows the unhook was acknowledged and, for lockless
 //!   software walkers (faults, smaps), after an RCU grace period: the
@@ -374,8 +375,7 @@ impl PageTable {
     /// Clears every leaf entry in `[start, end)` (`zap_page_range`):
     /// mapped frames and the pages to flush go to `g`. mmap write lock.
     pub(crate) fn zap(&self, start: u64, end: u64, g: &mut impl Gather) {
-        self.for_leaves(&self.root, 4, 0, start, end, &mut |t, i, va| {
-            let _ptl = t.lock();
+        self.for_leaves(&self.root, 4, 0, start, end, &mut |t, _ptl, i, va| {
             let old = Pte(t.entries[i].swap(0, Ordering::AcqRel));
             if old.mapped() {
                 g.frame(old.pfn());
@@ -389,8 +389,7 @@ impl PageTable {
     /// Rewrites every mapped leaf entry in `[start, end)` with `f`
     /// (`change_protection`); entries that lose rights are flushed.
     pub(crate) fn change_prot(&self, start: u64, end: u64, f: &dyn Fn(u64, Pte) -> Pte, g: &mut impl Gather) {
-        self.for_leaves(&self.root, 4, 0, start, end, &mut |t, i, va| {
-            let ptl = t.lock();
+        self.for_leaves(&self.root, 4, 0, start, end, &mut |t, ptl, i, va| {
             let old = Pte(t.entry(i));
             if !old.mapped() {
                 return;
@@ -398,7 +397,7 @@ impl PageTable {
             let new = f(va, old);
             if new != old.sans_cpus() {
                 // PT3: the swap returns the bits set up to now.
-                let old = t.set(&ptl, i, new);
+                let old = t.set(ptl, i, new);
                 if old.present() && (!new.present() || (old.writable() && !new.writable())) {
                     g.flush_page(va, old.cpus());
                 }
@@ -411,8 +410,7 @@ impl PageTable {
     /// flushed. mmap write lock.
     pub(crate) fn move_ptes(&self, from: u64, to: u64, len: u64, g: &mut impl Gather) {
         let mut moved = Vec::new();
-        self.for_leaves(&self.root, 4, 0, from, from + len, &mut |t, i, va| {
-            let _ptl = t.lock();
+        self.for_leaves(&self.root, 4, 0, from, from + len, &mut |t, _ptl, i, va| {
             let old = Pte(t.entries[i].swap(0, Ordering::AcqRel));
             if old.mapped() {
                 moved.push((va - from + to, old));
@@ -429,8 +427,10 @@ impl PageTable {
         }
     }
 
-    /// Calls `f(table, index, va)` for each leaf slot in `[start, end)`
-    /// whose table exists, following PT4 for empty upper entries.
+    /// Calls `f(table, ptl, index, va)` for each non-empty leaf slot in
+    /// `[start, end)`, with the leaf table's lock held for the whole scan
+    /// of that table (so a fault cannot install behind the scan: PT4 at
+    /// the last level), following PT4 for empty upper entries.
     fn for_leaves(
         &self,
         t: &Table,
@@ -438,16 +438,19 @@ impl PageTable {
         base: u64,
         start: u64,
         end: u64,
-        f: &mut dyn FnMut(&Table, usize, u64),
+        f: &mut dyn FnMut(&Table, &parking_lot::MutexGuard<'_, ()>, usize, u64),
     ) {
         let span = entry_span(level);
-        for (i, lo) in slots(level, base, start, end) {
-            if level == 1 {
+        if level == 1 {
+            let ptl = t.lock();
+            for (i, lo) in slots(level, base, start, end) {
                 if t.entry(i) != 0 {
-                    f(t, i, lo);
+                    f(t, &ptl, i, lo);
                 }
-                continue;
             }
+            return;
+        }
+        for (i, lo) in slots(level, base, start, end) {
             let mut e = t.entry(i);
             if e == 0 {
                 // PT4: serialise with a fault hooking a table here.
