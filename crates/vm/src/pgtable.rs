@@ -210,6 +210,10 @@ unsafe fn child<'a>(e: u64) -> &'a Table {
     unsafe { &*((e & !1) as *const Table) }
 }
 
+/// What `PageTable::for_leaves` calls for each leaf slot: the table, its
+/// held PTL, the index and the address.
+type LeafFn<'a> = dyn FnMut(&Table, &parking_lot::MutexGuard<'_, ()>, usize, u64) + 'a;
+
 /// The pool of free table pages (PT1).
 #[derive(Default)]
 pub(crate) struct TablePool {
@@ -438,7 +442,7 @@ impl PageTable {
         base: u64,
         start: u64,
         end: u64,
-        f: &mut dyn FnMut(&Table, &parking_lot::MutexGuard<'_, ()>, usize, u64),
+        f: &mut LeafFn<'_>,
     ) {
         let span = entry_span(level);
         if level == 1 {
