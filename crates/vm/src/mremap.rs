@@ -40,7 +40,8 @@
 //!   All probed on the host kernel.
 //! - R9. A move carries the pages: the PTEs move to the destination
 //!   (`move_page_tables`, the source shot down) before the new VMA is
-//!   published. Under `vma-lock` the source VMA is write-locked first.
+//!   published, after any dead entry at the destination was reaped (its
+//!   tables are freed by the reaping). Under `vma-lock` the source VMA is write-locked first.
 //!   Under the `rcu-*` strategies a fault that raced into the source
 //!   between the move and the source's unmap loses its page (the access
 //!   overlapped the mremap; the write is not carried over).
@@ -258,7 +259,12 @@ impl MmCall<'_> {
             vma.pgoff_at(addr)
         };
         let moved = Vma { start: to, end: to + new_len, pgoff, ..vma.clone() };
-        // R9: the pages move first (move_page_tables), then the VMA.
+        // R9: the pages move first (move_page_tables), then the VMA. A
+        // dead entry left at the destination (by this call's own unmap of
+        // it, under rcu-dead) is reaped before: reaping frees the tables
+        // under it, which would take the moved entries with them (found by
+        // `rcuvm check`).
+        self.reap_dead(true, to, to + new_len);
         self.vma_write_lock(vma);
         let mut g = crate::tlb::MmuGather::default();
         self.hw.pt.move_ptes(addr, to, old_len, &mut g);
