@@ -67,8 +67,9 @@ pub struct RunArgs {
     /// `all`, or strategies and `linux` (the host kernel), comma-separated.
     #[arg(long, default_value = "all")]
     pub strategy: String,
-    /// Seconds of each measured phase (a workload has one to three).
-    #[arg(long, default_value_t = 1.0, value_parser = seconds)]
+    /// Seconds of each measured phase (a workload has one or two; the
+    /// default makes the whole suite take about two minutes).
+    #[arg(long, default_value_t = 1.5, value_parser = seconds)]
     pub seconds: f64,
     /// Threads (default: the CPUs of this machine).
     #[arg(long, value_parser = threads)]
@@ -86,7 +87,7 @@ impl Default for RunArgs {
         RunArgs {
             workload: None,
             strategy: "all".into(),
-            seconds: 1.0,
+            seconds: 1.5,
             threads: None,
             out: PathBuf::from("rcuvm-report"),
             list: false,

@@ -16,7 +16,7 @@ fn esc(s: &str) -> String {
 const STYLE: &str = "body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}\
 table{border-collapse:collapse;margin:.5em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}\
 td:first-child,th:first-child{text-align:left}.met{background:#dfd}.missed{background:#fdd;font-weight:bold}\
-img{max-width:100%;border:1px solid #eee;margin:.3em 0}.note{color:#555;font-size:13px}code{background:#f4f4f4}";
+img{width:49%;border:1px solid #eee;margin:.3em 0}.note{color:#555;font-size:13px}code{background:#f4f4f4}";
 
 /// The page.
 pub fn render(run: &Run, plots: &[(&'static str, Vec<Plot>)]) -> String {

@@ -55,13 +55,15 @@ fn bars(
     names: &[String],
     series: &[(String, Vec<Option<f64>>)],
     target: Option<f64>,
+    unit: &str,
 ) -> std::io::Result<()> {
     let k = series.len() as i32;
     let per = k + 1;
     let slots = names.len() as i32 * per;
     let top =
         series.iter().flat_map(|(_, v)| v.iter().flatten()).copied().chain(target).fold(0.0f64, f64::max);
-    let ymax = if top > 0.0 { top * 1.2 } else { 1.0 };
+    // Headroom above the tallest bar for the legend.
+    let ymax = if top > 0.0 { top * 1.4 } else { 1.0 };
     let root = SVGBackend::new(path, (W, H)).into_drawing_area();
     root.fill(&WHITE).map_err(io)?;
     let mut chart = ChartBuilder::on(&root)
@@ -113,7 +115,7 @@ fn bars(
                 RED.stroke_width(2),
             ))
             .map_err(io)?
-            .label(format!("target {}", si(t)))
+            .label(format!("target {}{unit}", si(t)))
             .legend(|(x, y)| PathElement::new([(x, y), (x + 12, y)], RED.stroke_width(2)));
     }
     chart
@@ -169,7 +171,7 @@ pub fn write_all(run: &Run, dir: &Path) -> std::io::Result<Vec<(&'static str, Ve
                 .collect();
             let file = format!("{w}-{i}.svg");
             let y = format!("{y} ({unit})");
-            bars(&dir.join(&file), &title, &y, &names, &series, if i == 0 { target } else { None })?;
+            bars(&dir.join(&file), &title, &y, &names, &series, if i == 0 { target } else { None }, unit)?;
             plots.push(Plot { file, title });
         }
         out.push((w, plots));
