@@ -68,8 +68,8 @@ pub struct RunArgs {
     #[arg(long, default_value = "all")]
     pub strategy: String,
     /// Seconds of each measured phase (a workload has one or two; the
-    /// default makes the whole suite take about two minutes).
-    #[arg(long, default_value_t = 1.5, value_parser = seconds)]
+    /// default makes the whole suite take about two and a half minutes).
+    #[arg(long, default_value_t = 2.0, value_parser = seconds)]
     pub seconds: f64,
     /// Threads (default: the CPUs of this machine).
     #[arg(long, value_parser = threads)]
@@ -87,7 +87,7 @@ impl Default for RunArgs {
         RunArgs {
             workload: None,
             strategy: "all".into(),
-            seconds: 1.5,
+            seconds: 2.0,
             threads: None,
             out: PathBuf::from("rcuvm-report"),
             list: false,

@@ -15,6 +15,7 @@
 //! - SU3. Bad arguments (an unknown workload or strategy) are an error
 //!   message and exit code 2 before anything runs.
 
+use std::io::Write as _;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Instant;
 
@@ -202,10 +203,11 @@ pub fn run(a: &RunArgs) -> i32 {
         wall_seconds: t0.elapsed().as_secs_f64(),
         cells,
     };
-    print!("{}", crate::report::table::render(&run));
+    // A closed stdout (`| head`) must not stop the report from being written.
+    let _ = std::io::stdout().write_all(crate::report::table::render(&run).as_bytes());
     match crate::report::write(&run, &a.out) {
         Ok(()) => {
-            println!("report: {}", a.out.join("index.html").display());
+            let _ = writeln!(std::io::stdout(), "report: {}", a.out.join("index.html").display());
             0
         }
         Err(e) => {

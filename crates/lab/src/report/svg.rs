@@ -59,7 +59,8 @@ fn bars(
 ) -> std::io::Result<()> {
     let k = series.len() as i32;
     let per = k + 1;
-    let slots = names.len() as i32 * per;
+    // No gap after the last group.
+    let slots = names.len() as i32 * per - 1;
     let top =
         series.iter().flat_map(|(_, v)| v.iter().flatten()).copied().chain(target).fold(0.0f64, f64::max);
     // Headroom above the tallest bar for the legend.
@@ -84,6 +85,7 @@ fn bars(
     chart
         .configure_mesh()
         .disable_x_mesh()
+        .light_line_style(RGBColor(238, 238, 238))
         .x_labels(slots as usize + 1)
         .x_label_formatter(&fmt_x)
         .x_label_offset((slot_px * f64::from(k - 1) / 2.0) as i32)

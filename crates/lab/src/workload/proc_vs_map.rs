@@ -11,7 +11,7 @@
 //!
 //! # Invariants
 //! - PM1. Both phases run on the same address space with the same 2000
-//!   VMAs; only the readers differ.
+//!   VMAs and the same helper threads; only the readers differ.
 //! - PM2. Target (issue): at most 2× for the strategies whose readers do
 //!   not take the mmap lock (every one but `mmap-lock`, which is Linux
 //!   before 6.4 and shown for reference). The host is context (about 5×
@@ -49,10 +49,11 @@ pub fn run(b: Backend, p: &Params) -> Result<Outcome, String> {
     for i in 0..VMAS {
         must("mprotect", sp.mprotect(base + (2 * i + 1) * P, P, Prot::READ))?;
     }
+    // PM1: the sampler runs in both phases, so it disturbs both alike.
+    let mon = Monitor::start(&sp);
     let alone = writer(&sp, p.seconds);
     let stop = AtomicBool::new(false);
     let scans = AtomicU64::new(0);
-    let mon = Monitor::start(&sp);
     let with = thread::scope(|s| {
         for _ in 0..p.threads.saturating_sub(1).max(1) {
             s.spawn(|| {
