@@ -41,7 +41,7 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rcuvm::{Errno, MapFlags, Prot, Strategy};
 
@@ -52,8 +52,8 @@ use super::{Backend, Metric, Outcome, Params, must};
 const VMAS: u64 = 129;
 /// Pages per VMA.
 const PAGES: u64 = 3;
-/// How often an in-place expand may be refused before the run fails.
-const REFUSALS: u64 = 1_000_000;
+/// How long one in-place expand may be refused before the run fails.
+const REFUSED_FOR: Duration = Duration::from_secs(2);
 
 /// A maps line's range and permissions.
 type Line = (u64, u64, String);
@@ -109,14 +109,23 @@ impl Vma {
         match (race, to_b) {
             (0, _) => must("mprotect", sp.mprotect(mid, P, prot)),
             (1, true) => must("mremap", sp.mremap(s, 3 * P, P)).map(drop),
-            (1, false) => loop {
-                match sp.mremap(s, P, 3 * P) {
-                    Err(Errno::Enomem) if refused.fetch_add(1, Ordering::Relaxed) < REFUSALS => {
-                        thread::yield_now()
+            (1, false) => {
+                let t0 = Instant::now();
+                loop {
+                    match sp.mremap(s, P, 3 * P) {
+                        Err(Errno::Enomem) if t0.elapsed() < REFUSED_FOR => {
+                            refused.fetch_add(1, Ordering::Relaxed);
+                            thread::yield_now();
+                        }
+                        Err(Errno::Enomem) => {
+                            break Err(format!(
+                                "mremap: expanding in place refused (ENOMEM) for {REFUSED_FOR:?}"
+                            ));
+                        }
+                        r => break must("mremap", r).map(drop),
                     }
-                    r => break must("mremap", r).map(drop),
                 }
-            },
+            }
             _ => must("mmap", sp.mmap(mid, P, prot, MapFlags::FIXED)).map(drop),
         }
     }
