@@ -69,6 +69,10 @@ pub struct Run {
     pub params: Params,
     /// Wall time of the whole run, seconds.
     pub wall_seconds: f64,
+    /// /proc/loadavg when the run ended: beside `load_at_start`, whether
+    /// something else kept the machine busy (the suite keeps about two
+    /// threads runnable).
+    pub load_at_end: String,
     /// Every cell (SU1).
     pub cells: Vec<Cell>,
 }
@@ -201,6 +205,7 @@ pub fn run(a: &RunArgs) -> i32 {
         machine,
         params,
         wall_seconds: t0.elapsed().as_secs_f64(),
+        load_at_end: read("/proc/loadavg"),
         cells,
     };
     // A closed stdout (`| head`) must not stop the report from being written.

@@ -29,7 +29,7 @@ pub fn render(run: &Run, plots: &[(&'static str, Vec<Plot>)]) -> String {
          the same loop with real mmap/munmap/mprotect and real page faults in the lab's own process), one after the other \
          in one run: compare ratios within a row, not absolute times across machines.</p>\
          <table><tr><th>date</th><td>{}</td></tr><tr><th>command</th><td><code>{}</code></td></tr>\
-         <tr><th>machine</th><td>{} CPUs, {}, {} GiB, Linux {}</td></tr><tr><th>load average at start</th><td>{}</td></tr>\
+         <tr><th>machine</th><td>{} CPUs, {}, {} GiB, Linux {}</td></tr><tr><th>load average at start, at end</th><td>{}; {}</td></tr>\
          <tr><th>seconds per phase, threads</th><td>{}, {}</td></tr><tr><th>wall time</th><td>{:.0} s</td></tr></table>",
         esc(&run.date),
         esc(&run.command),
@@ -38,6 +38,7 @@ pub fn render(run: &Run, plots: &[(&'static str, Vec<Plot>)]) -> String {
         m.memory_gib,
         esc(&m.kernel),
         esc(&m.load_at_start),
+        esc(&run.load_at_end),
         run.params.seconds,
         run.params.threads,
         run.wall_seconds

@@ -82,6 +82,10 @@ pub fn render(run: &Run) -> String {
     let (n, ms) = rcu_sync_cost(run);
     let _ =
         writeln!(out, "  rcu-sync munmap waited for {n} grace periods, {ms:.1} ms in all (shown, no target)");
-    let _ = writeln!(out, "wall time: {:.0} s", run.wall_seconds);
+    let _ = writeln!(
+        out,
+        "wall time: {:.0} s; load average at start {}, at end {}",
+        run.wall_seconds, run.machine.load_at_start, run.load_at_end
+    );
     out
 }
