@@ -11,6 +11,7 @@ use std::path::Path;
 
 use plotters::coord::ranged1d::SegmentValue;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use crate::suite::Run;
 
@@ -37,8 +38,9 @@ const PAIRS: &[(&str, &str, &str, &[&str])] = &[
 fn si(v: f64) -> String {
     match v.abs() {
         a if a >= 1e6 => format!("{:.1}M", v / 1e6),
-        a if a >= 1e3 => format!("{:.0}k", v / 1e3),
-        a if a >= 10.0 => format!("{v:.0}"),
+        a if a >= 1e4 => format!("{:.0}k", v / 1e3),
+        a if a >= 1e3 => format!("{:.1}k", v / 1e3),
+        a if a >= 10.0 || v == v.round() => format!("{v:.0}"),
         _ => format!("{v:.1}"),
     }
 }
@@ -54,21 +56,25 @@ fn bars(
     y_desc: &str,
     names: &[String],
     series: &[(String, Vec<Option<f64>>)],
-    target: Option<f64>,
+    target: Option<(f64, String)>,
     unit: &str,
 ) -> std::io::Result<()> {
     let k = series.len() as i32;
     let per = k + 1;
     // No gap after the last group.
     let slots = names.len() as i32 * per - 1;
-    let top =
-        series.iter().flat_map(|(_, v)| v.iter().flatten()).copied().chain(target).fold(0.0f64, f64::max);
+    let top = series
+        .iter()
+        .flat_map(|(_, v)| v.iter().flatten())
+        .copied()
+        .chain(target.as_ref().map(|t| t.0))
+        .fold(0.0f64, f64::max);
     // Headroom above the tallest bar for the legend.
     let ymax = if top > 0.0 { top * 1.4 } else { 1.0 };
     let root = SVGBackend::new(path, (W, H)).into_drawing_area();
     root.fill(&WHITE).map_err(io)?;
     let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 20))
+        .caption(title, ("sans-serif", 22))
         .margin(12)
         .x_label_area_size(48)
         .y_label_area_size(72)
@@ -92,8 +98,8 @@ fn bars(
         .y_label_formatter(&|v| si(*v))
         .x_desc("backend")
         .y_desc(y_desc)
-        .label_style(("sans-serif", 13))
-        .axis_desc_style(("sans-serif", 14))
+        .label_style(("sans-serif", 14))
+        .axis_desc_style(("sans-serif", 15))
         .draw()
         .map_err(io)?;
     for (si_, (label, vals)) in series.iter().enumerate() {
@@ -109,15 +115,22 @@ fn bars(
             .map_err(io)?
             .label(label.as_str())
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], c.filled()));
+        // The value above each bar, so that a zero is seen as a zero.
+        let values = vals.iter().enumerate().filter_map(|(i, v)| {
+            let j = i as i32 * per + si_ as i32;
+            let style = TextStyle::from(("sans-serif", 12)).pos(Pos::new(HPos::Center, VPos::Bottom));
+            v.map(|v| Text::new(si(v), (SegmentValue::CenterOf(j), v), style))
+        });
+        chart.draw_series(values).map_err(io)?;
     }
-    if let Some(t) = target {
+    if let Some((t, whom)) = target {
         chart
             .draw_series(LineSeries::new(
                 [(SegmentValue::Exact(0), t), (SegmentValue::Exact(slots), t)],
                 RED.stroke_width(2),
             ))
             .map_err(io)?
-            .label(format!("target {}{unit}", si(t)))
+            .label(format!("target{whom}: {}{unit}", si(t)))
             .legend(|(x, y)| PathElement::new([(x, y), (x + 12, y)], RED.stroke_width(2)));
     }
     chart
@@ -149,8 +162,21 @@ pub fn write_all(run: &Run, dir: &Path) -> std::io::Result<Vec<(&'static str, Ve
             out.push((w, Vec::new()));
             continue;
         };
-        let target =
-            cells.iter().filter_map(|c| c.outcome.as_ref()?.metrics.first()?.target.as_ref()?.line).next();
+        // The target line, and whom it is for when not for every backend.
+        let judged: Vec<(&str, f64)> = cells
+            .iter()
+            .filter_map(|c| {
+                Some((c.backend.as_str(), c.outcome.as_ref()?.metrics.first()?.target.as_ref()?.line?))
+            })
+            .collect();
+        let target = judged.first().map(|&(_, t)| {
+            let whom = if judged.len() == cells.len() {
+                String::new()
+            } else {
+                format!(" ({})", judged.iter().map(|j| j.0).collect::<Vec<_>>().join(", "))
+            };
+            (t, whom)
+        });
         let mut plots = Vec::new();
         let mut charts = vec![(format!("{w}: {}", head.label), head.label, vec![head.key])];
         for (_, title, y, keys) in PAIRS.iter().filter(|p| p.0 == w) {
@@ -171,9 +197,28 @@ pub fn write_all(run: &Run, dir: &Path) -> std::io::Result<Vec<(&'static str, Ve
                     (label, metric(k))
                 })
                 .collect();
+            // Latencies of many milliseconds read better in ms.
+            let (series, unit) =
+                if unit == "us" && series.iter().flat_map(|s| s.1.iter().flatten()).any(|v| *v >= 1e4) {
+                    let ms = series
+                        .into_iter()
+                        .map(|(l, v)| (l, v.into_iter().map(|v| v.map(|v| v / 1e3)).collect()))
+                        .collect();
+                    (ms, "ms")
+                } else {
+                    (series, unit)
+                };
             let file = format!("{w}-{i}.svg");
             let y = format!("{y} ({unit})");
-            bars(&dir.join(&file), &title, &y, &names, &series, if i == 0 { target } else { None }, unit)?;
+            bars(
+                &dir.join(&file),
+                &title,
+                &y,
+                &names,
+                &series,
+                if i == 0 { target.clone() } else { None },
+                unit,
+            )?;
             plots.push(Plot { file, title });
         }
         out.push((w, plots));
