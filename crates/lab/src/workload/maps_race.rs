@@ -303,3 +303,58 @@ pub fn run(b: Backend, p: &Params) -> Result<Outcome, String> {
         costs,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 0x40_0000;
+
+    fn text(lines: &[(u64, u64, &str)]) -> String {
+        lines
+            .iter()
+            .map(|(a, e, p)| format!("{:08x}-{:08x} {p} 00000000 00:00 0\n", S + a * P, S + e * P))
+            .collect()
+    }
+
+    fn judge(race: usize, inner: &[(u64, u64, &str)]) -> Result<Shown, String> {
+        let v = Vma { s: S, prot: RW };
+        let prev: Line = (S - 3 * P, S, "r--p".into());
+        let next: Line = (S + 3 * P, S + 6 * P, "r--p".into());
+        // Pages relative to S; the neighbours are pages -3..0 and 3..6.
+        let mut t = format!("{:08x}-{:08x} r--p 00000000 00:00 0\n", S - 3 * P, S);
+        t += &text(inner);
+        t += &format!("{:08x}-{:08x} r--p 00000000 00:00 0\n", S + 3 * P, S + 6 * P);
+        check(&t, v, &prev, &next, RACES[race].1)
+    }
+
+    #[test]
+    fn either_state_is_consistent() {
+        assert!(judge(0, &[(0, 3, "rw-p")]) == Ok(Shown::Once));
+        assert!(judge(0, &[(0, 1, "rw-p"), (1, 2, "rwxp"), (2, 3, "rw-p")]) == Ok(Shown::Once));
+        assert!(judge(1, &[(0, 1, "rw-p")]) == Ok(Shown::Once));
+    }
+
+    #[test]
+    fn the_vma_shown_again_whole_is_what_the_selftest_accepts() {
+        assert!(judge(0, &[(0, 1, "rw-p"), (0, 3, "rw-p")]) == Ok(Shown::Twice));
+        assert!(judge(1, &[(0, 1, "rw-p"), (0, 3, "rw-p")]) == Ok(Shown::Twice));
+    }
+
+    #[test]
+    fn torn_reads_holes_and_missing_neighbours_are_anomalies() {
+        // The new first piece beside the old VMA's remainder.
+        assert!(judge(0, &[(0, 1, "rw-p"), (1, 3, "rw-p")]).is_err());
+        // The middle page with its old protection.
+        assert!(judge(2, &[(0, 1, "rw-p"), (1, 2, "rw-p"), (2, 3, "rw-p")]).is_err());
+        // A hole that split/merge never makes.
+        assert!(judge(0, &[(0, 1, "rw-p")]).is_err());
+        // Shown twice the other way round.
+        assert!(judge(0, &[(0, 3, "rw-p"), (0, 1, "rw-p")]).is_err());
+        let v = Vma { s: S, prot: RW };
+        let prev: Line = (S - 3 * P, S, "r--p".into());
+        let next: Line = (S + 3 * P, S + 6 * P, "r--p".into());
+        assert!(check(&text(&[(0, 3, "rw-p")]), v, &prev, &next, RACES[0].1).is_err(), "no neighbours");
+        assert!(check("garbage\n", v, &prev, &next, RACES[0].1).is_err());
+    }
+}
