@@ -12,8 +12,9 @@
 //! - SU2. Targets are judged from the figures of this run (workload/mod.rs
 //!   W1); this file adds only the munmap verdict (`rcu-dead` never waits
 //!   for a grace period), from the counters of the same run.
-//! - SU3. Bad arguments (an unknown workload or strategy) are an error
-//!   message and exit code 2 before anything runs.
+//! - SU3. Bad arguments (an unknown workload or strategy, a report
+//!   directory that cannot be made) are an error message and exit code 2
+//!   before anything runs.
 
 use std::io::Write as _;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -155,6 +156,10 @@ pub fn run(a: &RunArgs) -> i32 {
         }
     };
     let (workloads, backends) = plan;
+    if let Err(e) = std::fs::create_dir_all(&a.out) {
+        eprintln!("rcuvm run: cannot create {}: {e}", a.out.display());
+        return 2;
+    }
     let params = Params {
         seconds: a.seconds,
         threads: a.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),

@@ -277,12 +277,18 @@ fn bad_run_arguments_are_clear_errors() {
         (&["--seconds", "abc"][..], "--seconds"),
         (&["--seconds=-1"][..], "between 0.01 and 600"),
         (&["--threads", "0"][..], "--threads"),
+        (&["--threads", "65"][..], "between 1 and 64"),
     ] {
         let (code, out, err) = run(args, tmp.path());
         assert_eq!(code, Some(2), "{args:?}: {out}{err}");
         assert!(err.contains(says) && !err.contains("panicked"), "{args:?}: {err}");
     }
     assert!(!tmp.path().join("index.html").exists(), "nothing ran");
+    let file = tmp.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let (code, _, err) = run(&["--workload", "mmap"], &file.join("report"));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("cannot create"), "{err}");
     let o = rcuvm(&["check".as_ref()]);
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o).1.contains("not built yet"));
