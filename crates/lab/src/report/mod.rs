@@ -32,6 +32,7 @@ pub fn fmt(v: f64, unit: &str) -> String {
         "%" => format!("{v:.1}%"),
         "x" => format!("{v:.2}x"),
         "count" => format!("{v:.0}"),
+        "us" if v >= 1e3 => format!("{:.1} ms", v / 1e3),
         _ if v.abs() >= 1e6 => format!("{:.2} M{unit}", v / 1e6),
         _ if v.abs() >= 1e4 => format!("{:.1} k{unit}", v / 1e3),
         _ if v.abs() >= 100.0 => format!("{v:.0} {unit}"),
