@@ -1,4 +1,5 @@
-//! Command-line arguments (clap).
+//! Command-line arguments (clap): the subcommands and their options, each
+//! checked here so that bad input is a clear error before anything runs.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -9,21 +10,30 @@ use clap::{Args, Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None)]
 pub struct Cli {
-    /// What to do; `run` when omitted.
+    /// What to do; `run` (the whole suite) when omitted.
     #[command(subcommand)]
     pub command: Option<Command>,
 }
 
-/// Subcommands. Only what exists is listed.
+/// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// The main job: status of the system and measurements of what exists.
+    /// Run the workload suite (or one workload) under every strategy and on
+    /// the host kernel; print the table, write the report.
     Run(RunArgs),
+    /// Not built yet: the concurrency checker has its own issue.
+    Check,
     /// Replay a case (DIR/start.maps, trace.strace, end.maps) and compare
     /// with DIR/end.maps. Exit 0: page-exact; 1: diverged; 2: bad input.
     Replay(ReplayArgs),
     /// Run CMD under strace and make a replay case of it in DIR.
     Capture(CaptureArgs),
+    /// Print rcuvm's maps (or smaps) of a snapshot file or of a replay
+    /// case's end state.
+    Maps(MapsArgs),
+    /// Measure the RCU domain and the maple tree alone (the figures of
+    /// docs/benchmarks.md).
+    Probe(ProbeArgs),
 }
 
 impl Default for Command {
@@ -32,17 +42,57 @@ impl Default for Command {
     }
 }
 
+fn seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.01..=600.0).contains(&v) => Ok(v),
+        Ok(_) => Err("must be between 0.01 and 600".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn threads(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        // 64 threads of page-fault hold 8 GiB on the host at once.
+        Ok(v) if (1..=64).contains(&v) => Ok(v),
+        Ok(_) => Err("must be between 1 and 64".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Options of `rcuvm run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Seconds spent on each measurement.
-    #[arg(long, default_value_t = 1.0)]
+    /// One workload (default: all of them). `rcuvm run --list` names them.
+    #[arg(long)]
+    pub workload: Option<String>,
+    /// `all`, or strategies and `linux` (the host kernel), comma-separated.
+    #[arg(long, default_value = "all")]
+    pub strategy: String,
+    /// Seconds of each measured phase (a workload has one or two; the
+    /// default makes the whole suite take about two and a half minutes).
+    #[arg(long, default_value_t = 2.0, value_parser = seconds)]
     pub seconds: f64,
+    /// Threads (default: the CPUs of this machine).
+    #[arg(long, value_parser = threads)]
+    pub threads: Option<usize>,
+    /// Where to write index.html, results.json and the plots.
+    #[arg(long, default_value = "rcuvm-report")]
+    pub out: PathBuf,
+    /// List the workloads and exit.
+    #[arg(long)]
+    pub list: bool,
 }
 
 impl Default for RunArgs {
     fn default() -> Self {
-        Self { seconds: 1.0 }
+        RunArgs {
+            workload: None,
+            strategy: "all".into(),
+            seconds: 2.0,
+            threads: None,
+            out: PathBuf::from("rcuvm-report"),
+            list: false,
+        }
     }
 }
 
@@ -64,4 +114,23 @@ pub struct CaptureArgs {
     /// The program and its arguments.
     #[arg(last = true, required = true, num_args = 1..)]
     pub cmd: Vec<OsString>,
+}
+
+/// Options of `rcuvm maps`.
+#[derive(Debug, Args)]
+pub struct MapsArgs {
+    /// A `/proc/pid/maps` snapshot, or a replay case directory (its state
+    /// after the trace is shown).
+    pub path: PathBuf,
+    /// Print smaps (sizes, Rss, VmFlags) instead of maps.
+    #[arg(long)]
+    pub smaps: bool,
+}
+
+/// Options of `rcuvm probe`.
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    /// Seconds spent on each measurement.
+    #[arg(long, default_value_t = 1.0, value_parser = seconds)]
+    pub seconds: f64,
 }

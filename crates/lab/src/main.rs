@@ -1,26 +1,40 @@
 //! `rcuvm`: the lab's command-line front door.
 //!
-//! With no arguments it runs the main job. Today that job reports what
-//! exists and measures the RCU domain on this machine; the workload suite,
-//! checker and report arrive with their issues, and the job says so
-//! instead of pretending. `replay` and `capture` check the address space
-//! against real programs (replay.rs, capture.rs).
+//! With no arguments it runs the workload suite (suite.rs): every workload
+//! under every strategy and on the host kernel, a table, and a report in
+//! `rcuvm-report/`. `replay` and `capture` check the address space against
+//! real programs (replay.rs, capture.rs); `maps` prints what rcuvm shows
+//! for a snapshot or a case (maps_cmd.rs); `probe` measures the RCU domain
+//! and the maple tree alone.
 
 mod args;
 mod capture;
-mod fault_probe;
-mod main_job;
 mod maple_probe;
+mod maps_cmd;
 mod rcu_probe;
 mod replay;
+mod report;
+mod suite;
+mod workload;
 
 use clap::Parser;
 
 fn main() {
     let cli = args::Cli::parse();
-    match cli.command.unwrap_or_default() {
-        args::Command::Run(a) => main_job::main_job(&a),
-        args::Command::Replay(a) => std::process::exit(replay::run(&a)),
-        args::Command::Capture(a) => std::process::exit(capture::run(&a)),
-    }
+    let code = match cli.command.unwrap_or_default() {
+        args::Command::Run(a) => suite::run(&a),
+        args::Command::Check => {
+            eprintln!("rcuvm check: not built yet (the concurrency checker has its own issue)");
+            2
+        }
+        args::Command::Replay(a) => replay::run(&a),
+        args::Command::Capture(a) => capture::run(&a),
+        args::Command::Maps(a) => maps_cmd::run(&a),
+        args::Command::Probe(a) => {
+            rcu_probe::run(a.seconds);
+            maple_probe::run(a.seconds);
+            0
+        }
+    };
+    std::process::exit(code);
 }

@@ -1,4 +1,4 @@
-//! The main job's look at the maple tree: a VMA-like tree of 10^4 entries,
+//! `rcuvm probe`: a look at the maple tree: a VMA-like tree of 10^4 entries,
 //! measured beside a `std::sync::RwLock<BTreeMap>` in the same run.
 
 use std::collections::BTreeMap;
@@ -9,7 +9,7 @@ use std::time::Instant;
 use rcuvm_maple::MapleTree;
 use rcuvm_rcu::Domain;
 
-use crate::main_job::row;
+use crate::rcu_probe::row;
 
 const N: u64 = 10_000;
 

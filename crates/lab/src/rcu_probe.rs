@@ -1,4 +1,4 @@
-//! The main job's look at the RCU domain: the read-side pair, grace-period
+//! `rcuvm probe`: a look at the RCU domain: the read-side pair, grace-period
 //! medians with and without a busy reader, and a retire storm's backlog.
 
 use std::hint::black_box;
@@ -9,8 +9,6 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use rcuvm_rcu::{Config, Domain};
-
-use crate::main_job::row;
 
 /// Runs the measurements and prints their rows.
 pub fn run(secs: f64) {
@@ -116,4 +114,9 @@ fn retire_storm(secs: f64) -> (f64, u64, usize) {
     d.barrier();
     let rate = n as f64 / t0.elapsed().as_secs_f64();
     (rate, d.stats().callbacks_pending_max, limit)
+}
+
+/// One row of the probes' table.
+pub(crate) fn row(what: &str, fig: String, target: &str) {
+    println!("{what:<46} {fig:>12} {target:>12}");
 }

@@ -202,3 +202,111 @@ fn capture_then_replay_is_page_exact() {
     }
     assert!(out.contains("(page-exact)") && out.contains(&format!("errno: {failed}/{failed} ")), "{out}");
 }
+
+/// `rcuvm run` with `args` and `--out DIR`: exit code, stdout, stderr.
+fn run(args: &[&str], out: &Path) -> (Option<i32>, String, String) {
+    let mut a: Vec<&std::ffi::OsStr> = vec!["run".as_ref()];
+    a.extend(args.iter().map(|s| std::ffi::OsStr::new(*s)));
+    a.extend(["--out".as_ref(), out.as_os_str()]);
+    let o =
+        Command::new(env!("CARGO_BIN_EXE_rcuvm")).args(&a).env("RCUVM_TRACES", traces()).output().unwrap();
+    let (out, err) = text(&o);
+    (o.status.code(), out, err)
+}
+
+#[test]
+fn every_workload_runs_on_a_strategy_and_on_the_host_and_the_report_is_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (code, list, _) = run(&["--list"], tmp.path());
+    assert_eq!(code, Some(0));
+    let names: Vec<&str> = list.lines().filter_map(|l| l.split_whitespace().next()).collect();
+    assert!(names.len() >= 9, "{list}");
+    let dir = tmp.path().join("report");
+    let (code, out, err) =
+        run(&["--strategy", "rcu-dead,linux", "--seconds", "0.05", "--threads", "2"], &dir);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("targets:") && out.contains("wall time:"), "{out}");
+
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("results.json")).unwrap()).unwrap();
+    let cells = json["cells"].as_array().unwrap();
+    assert_eq!(cells.len(), names.len() * 2, "every workload on both backends");
+    for c in cells {
+        let (w, b) = (c["workload"].as_str().unwrap(), c["backend"].as_str().unwrap());
+        assert!(names.contains(&w) && (b == "rcu-dead" || b == "linux"), "{c}");
+        if w == "replay" && b == "linux" {
+            assert!(c["error"].as_str().unwrap().starts_with("n/a: "), "{c}");
+            continue;
+        }
+        assert!(c["error"].is_null(), "{w} on {b}: {}", c["error"]);
+        let metrics = c["outcome"]["metrics"].as_array().unwrap();
+        assert!(!metrics.is_empty(), "{c}");
+        for m in metrics {
+            assert!(m["value"].as_f64().is_some_and(f64::is_finite), "{w} on {b}: {m}");
+        }
+    }
+    // The headline figure of a throughput workload is a real measurement.
+    let ops = |w: &str, b: &str| {
+        cells.iter().find(|c| c["workload"] == w && c["backend"] == b).unwrap()["outcome"]["metrics"][0]["value"]
+            .as_f64()
+            .unwrap()
+    };
+    assert!(ops("vmlocal", "rcu-dead") > 0.0 && ops("vmlocal", "linux") > 0.0);
+
+    let html = std::fs::read_to_string(dir.join("index.html")).unwrap();
+    assert!(html.starts_with("<!DOCTYPE html>") && html.trim_end().ends_with("</html>"));
+    assert_eq!(html.matches("<table>").count(), html.matches("</table>").count(), "tables closed");
+    for w in &names {
+        assert!(html.contains(&format!("<h2 id=\"{w}\">")), "{w} missing from the page");
+    }
+    let imgs: Vec<&str> = html.split("<img src=\"").skip(1).map(|s| &s[..s.find('"').unwrap()]).collect();
+    assert!(imgs.len() >= names.len(), "one plot per workload at least: {imgs:?}");
+    for f in imgs {
+        let svg = std::fs::read_to_string(dir.join(f)).unwrap();
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"), "{f}");
+        assert!(svg.contains("<text") && svg.contains("backend"), "{f} has labelled axes");
+    }
+}
+
+#[test]
+fn bad_run_arguments_are_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (args, says) in [
+        (&["--workload", "nope"][..], "unknown workload 'nope'"),
+        (&["--strategy", "rcu-dead,nope"][..], "unknown strategy 'nope'"),
+        (&["--seconds", "abc"][..], "--seconds"),
+        (&["--seconds=-1"][..], "between 0.01 and 600"),
+        (&["--threads", "0"][..], "--threads"),
+        (&["--threads", "65"][..], "between 1 and 64"),
+    ] {
+        let (code, out, err) = run(args, tmp.path());
+        assert_eq!(code, Some(2), "{args:?}: {out}{err}");
+        assert!(err.contains(says) && !err.contains("panicked"), "{args:?}: {err}");
+    }
+    assert!(!tmp.path().join("index.html").exists(), "nothing ran");
+    let file = tmp.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let (code, _, err) = run(&["--workload", "mmap"], &file.join("report"));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("cannot create"), "{err}");
+    let o = rcuvm(&["check".as_ref()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).1.contains("not built yet"));
+}
+
+#[test]
+fn maps_prints_a_snapshot_and_a_replayed_case() {
+    let case = traces().join("node-map");
+    let start = std::fs::read_to_string(case.join("start.maps")).unwrap();
+    let o = rcuvm(&["maps".as_ref(), case.join("start.maps").as_os_str()]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert_eq!(out, start, "a snapshot round-trips byte for byte");
+    let o = rcuvm(&["maps".as_ref(), case.as_os_str(), "--smaps".as_ref()]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(out.contains("Rss:") && out.contains("VmFlags:") && err.contains("VMAs"), "{out}");
+    let o = rcuvm(&["maps".as_ref(), "/nonexistent/maps".as_ref()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).1.contains("/nonexistent/maps"));
+}
