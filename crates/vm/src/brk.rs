@@ -46,7 +46,8 @@ impl MmCall<'_> {
         }
         // K2: stay clear of the next VMA (and its guard gap if it grows down).
         let limit = newbrk.saturating_add(PAGE_SIZE);
-        if let Some(next) = self.entries_in(oldbrk, limit.saturating_add(self.cfg.stack_guard_gap)).first() {
+        // A dead entry (`rcu-dead`) is no mapping: it is reaped below.
+        if let Some(next) = self.overlapping(oldbrk, limit.saturating_add(self.cfg.stack_guard_gap)).first() {
             let gap_start = if next.flags.contains(VmFlags::GROWSDOWN) {
                 next.start.saturating_sub(self.cfg.stack_guard_gap)
             } else {
@@ -59,6 +60,7 @@ impl MmCall<'_> {
         if self.map_count() > self.cfg.max_map_count {
             return orig;
         }
+        self.reap_dead(true, oldbrk, newbrk);
         let flags = VmFlags::READ
             | VmFlags::WRITE
             | VmFlags::MAYREAD

@@ -19,6 +19,19 @@
 //!   frees what they reached (tlb.rs T2–T3, strategy.rs S1–S5).
 //! - A4. `mm_lock_seq` moves on when a writer releases the mmap lock
 //!   (`vma_end_write_all`): every VMA it write-locked is unlocked at once.
+//! - A5. Lockless readers (`maps`, `smaps`, `query`, `vmas`) see each
+//!   stretch of the address space in one state: `write_seq` is odd while
+//!   an mm call may change the tree (from its start; `munmap` closes it
+//!   before `rcu-sync`'s grace period, when its tree is final), and a
+//!   reader reads each entry between two loads of it, again if a call ran
+//!   meanwhile; an entry that begins below the previous line's end is a
+//!   newer merge, and the lines it covers are taken back. So no line mixes
+//!   two states of a VMA and the lines at a boundary show the VMAs before
+//!   or after a call, never a half-done split, merge or `MAP_FIXED`
+//!   replacement (what the kernel selftest `proc-maps-race` checks). A
+//!   reader torn [`READ_RETRIES`] times on one entry takes the mmap lock
+//!   for read to read it, as Linux 6.17's lock-free reading falls back to
+//!   the lock, so writers cannot starve it.
 //!
 //! # Concurrency
 //! `maps`, `smaps`, `query`, `vmas`: RCU read side, lock-free (under the
@@ -90,7 +103,18 @@ pub(crate) struct Hw {
     pub(crate) syncs: AtomicU64,
     /// Accesses whose frame was freed while they used it (cpu.rs C5).
     pub(crate) use_after_free: AtomicU64,
+    /// Odd while an mm call may be changing the tree (A5).
+    pub(crate) write_seq: AtomicU64,
+    /// Grace periods waited for by calls that reused a dead range
+    /// (`rcu-dead`: `MAP_FIXED`, a move or a growth over a dead entry).
+    pub(crate) reuse_syncs: AtomicU64,
+    /// Nanoseconds spent in them.
+    pub(crate) reuse_sync_ns: AtomicU64,
 }
+
+/// Torn reads of one entry before a lockless reader takes the mmap lock
+/// for read (A5).
+const READ_RETRIES: u32 = 8;
 
 static NEXT_MM_ID: AtomicU32 = AtomicU32::new(1);
 
@@ -149,6 +173,9 @@ impl MmBuilder {
                 sync_ns: AtomicU64::new(0),
                 syncs: AtomicU64::new(0),
                 use_after_free: AtomicU64::new(0),
+                write_seq: AtomicU64::new(0),
+                reuse_syncs: AtomicU64::new(0),
+                reuse_sync_ns: AtomicU64::new(0),
             },
         }
     }
@@ -238,9 +265,18 @@ impl AddressSpace {
         &self.hw.tlb
     }
 
-    /// Grace periods munmap waited for, and the nanoseconds it spent.
+    /// Grace periods munmap waited for, and the nanoseconds it spent
+    /// (`rcu-sync`'s every munmap; `rcu-dead`'s only past the dead-entry
+    /// bound).
     pub fn munmap_syncs(&self) -> (u64, u64) {
         (self.hw.syncs.load(Ordering::Relaxed), self.hw.sync_ns.load(Ordering::Relaxed))
+    }
+
+    /// Grace periods waited for by calls that reused a range unmapped less
+    /// than a grace period before (`rcu-dead`: `MAP_FIXED`, an mremap move
+    /// or growth, a brk growth over a dead entry), and the nanoseconds.
+    pub fn reuse_syncs(&self) -> (u64, u64) {
+        (self.hw.reuse_syncs.load(Ordering::Relaxed), self.hw.reuse_sync_ns.load(Ordering::Relaxed))
     }
 
     /// Accesses that used a frame while it was freed (cpu.rs C5): always 0
@@ -279,10 +315,16 @@ impl AddressSpace {
             next_shmem_ino: &mut st.next_shmem_ino,
             dead: &mut st.dead,
             def_flags: &mut st.def_flags,
+            tree_final: false,
         };
+        // A5: odd while the tree may change.
+        self.hw.write_seq.fetch_add(1, Ordering::SeqCst);
         c.reap_dead(false, 0, u64::MAX);
         let r = f(&mut c);
         drop(c);
+        if self.hw.write_seq.load(Ordering::Relaxed) & 1 == 1 {
+            self.hw.write_seq.fetch_add(1, Ordering::SeqCst);
+        }
         // A4: vma_end_write_all(), before the mmap lock is released.
         self.hw.mm_lock_seq.fetch_add(1, Ordering::SeqCst);
         r
@@ -480,13 +522,76 @@ impl AddressSpace {
 
     /// `/proc/pid/maps`, read under RCU without the mmap lock (A2).
     pub fn maps(&self) -> String {
-        let _l = self.reader_lock();
-        let g = self.domain.read();
+        let lines = self.read_stable(0, usize::MAX, |e| Some(maps::render_line(&view(e, &self.layout))));
         let mut out = String::new();
-        for e in self.vmas.iter_from(0, &g).filter(|e| !e.value.is_dead()) {
-            let _ = writeln!(out, "{}", maps::render_line(&view(&e, &self.layout)));
+        for l in lines {
+            let _ = writeln!(out, "{l}");
         }
         out
+    }
+
+    /// Calls `collect` on each VMA from `from` up, in address order, and
+    /// returns what it made, each from a state of the tree with no mm call
+    /// in the middle of changing it (A5). `collect` runs under the VMA
+    /// domain's guard; it returns `None` to stop.
+    ///
+    /// An entry is read between two loads of `write_seq`; if a writer's
+    /// call was running or ran meanwhile, the entry is read again (from
+    /// outside the read-side section: the writer may be waiting for a
+    /// grace period). An entry that begins below the end of the previous
+    /// one is newer (a merge over what was read): the lines it covers are
+    /// taken back, so lines never overlap and each stretch shows one state.
+    /// After [`READ_RETRIES`] torn reads of one entry, the reader takes
+    /// the mmap lock for read to read it (Linux 6.17's fallback), so a
+    /// stream of writers cannot starve it.
+    fn read_stable<T>(
+        &self,
+        from: u64,
+        limit: usize,
+        mut collect: impl FnMut(&Entry<'_, Vma>) -> Option<T>,
+    ) -> Vec<T> {
+        let whole = self.reader_lock();
+        let mut out: Vec<(u64, u64, T)> = Vec::new();
+        let mut at = from;
+        let mut torn = 0;
+        loop {
+            let fallback = (whole.is_none() && torn >= READ_RETRIES).then(|| self.mmap_lock.read());
+            let locked = whole.is_some() || fallback.is_some();
+            // ORDERING: SeqCst loads pair with the writer's SeqCst bumps
+            // around its tree changes (a seqcount read side).
+            let s1 = self.hw.write_seq.load(Ordering::SeqCst);
+            if !locked && s1 & 1 == 1 {
+                torn += 1;
+                while self.hw.write_seq.load(Ordering::SeqCst) == s1 {
+                    std::thread::yield_now();
+                }
+                continue;
+            }
+            let g = self.domain.read();
+            let mut next = self.vmas.find(at, &g);
+            while let Some(e) = next.as_ref().filter(|e| e.value.is_dead()) {
+                next = self.vmas.find(e.range.end, &g);
+            }
+            let item = next.map(|e| (e.range.clone(), collect(&e)));
+            drop(g);
+            if !locked && self.hw.write_seq.load(Ordering::SeqCst) != s1 {
+                torn += 1;
+                continue;
+            }
+            torn = 0;
+            let Some((range, Some(t))) = item else { break };
+            if !out.is_empty() {
+                while out.last().is_some_and(|l| l.1 > range.start) {
+                    out.pop();
+                }
+            }
+            at = range.end;
+            out.push((range.start, range.end, t));
+            if out.len() == limit {
+                break;
+            }
+        }
+        out.into_iter().map(|(_, _, t)| t).collect()
     }
 
     /// `/proc/pid/smaps`: each maps line followed by its sizes, `Rss` from a
@@ -494,18 +599,17 @@ impl AddressSpace {
     /// the tables: pgtable.rs PT5), and `VmFlags`. Fields rcuvm does not
     /// model (dirty/clean, swap, huge pages) are left out.
     pub fn smaps(&self) -> String {
-        let _l = self.reader_lock();
-        let g = self.domain.read();
-        let mut out = String::new();
         let pm = &*self.hw.phys;
         let kind = |pfn| match pm.frame(pfn).owner() {
             Owner::Anon { .. } => Some(true),
             Owner::PageCache => Some(false),
             Owner::Zero | Owner::Free => None,
         };
-        for e in self.vmas.iter_from(0, &g).filter(|e| !e.value.is_dead()) {
-            let v = view(&e, &self.layout);
+        let entries = self.read_stable(0, usize::MAX, |e| {
+            // The walk runs under the guard, which keeps the tables (PT5).
+            let v = view(e, &self.layout);
             let (a, f) = self.hw.pt.rss(v.start, v.end, &kind);
+            let mut out = String::new();
             let kb = |pages: u64| pages << (PAGE_SHIFT - 10);
             let _ = writeln!(out, "{}", maps::render_line(&v));
             for (name, val) in [
@@ -518,26 +622,21 @@ impl AddressSpace {
                 let _ = writeln!(out, "{name:<16}{val:>8} kB");
             }
             let _ = writeln!(out, "VmFlags: {}", maps::vm_flags_mnemonics(v.flags));
-        }
-        out
+            Some(out)
+        });
+        entries.concat()
     }
 
     /// The VMA containing `addr`, like `PROCMAP_QUERY` without flags.
     pub fn query(&self, addr: u64) -> Option<Arc<Vma>> {
-        let _l = self.reader_lock();
-        let g = self.domain.read();
-        self.vmas.load(addr, &g).filter(|e| !e.value.is_dead()).map(|e| Arc::new(view(&e, &self.layout)))
+        let found = self
+            .read_stable(addr, 1, |e| Some((e.range.start <= addr).then(|| Arc::new(view(e, &self.layout)))));
+        found.into_iter().next().flatten()
     }
 
     /// A snapshot of every VMA, in address order.
     pub fn vmas(&self) -> Vec<Arc<Vma>> {
-        let _l = self.reader_lock();
-        let g = self.domain.read();
-        self.vmas
-            .iter_from(0, &g)
-            .filter(|e| !e.value.is_dead())
-            .map(|e| Arc::new(view(&e, &self.layout)))
-            .collect()
+        self.read_stable(0, usize::MAX, |e| Some(Arc::new(view(e, &self.layout))))
     }
 }
 

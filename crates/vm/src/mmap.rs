@@ -104,6 +104,10 @@ pub(crate) struct MmCall<'a> {
     /// `mm->def_flags`: `VM_LOCKED` (and `VM_LOCKONFAULT`) after
     /// `mlockall(MCL_FUTURE)`, given to every new mapping (mlock.rs).
     pub(crate) def_flags: &'a mut VmFlags,
+    /// The call will not change the tree after its unmap (the `munmap`
+    /// syscall): readers may stop waiting before `rcu-sync`'s grace
+    /// period (mm.rs A5).
+    pub(crate) tree_final: bool,
     /// Dead entries (`rcu-dead`, strategy.rs S4).
     pub(crate) dead: &'a mut std::collections::VecDeque<(u64, u64, Arc<crate::strategy::DeadRange>)>,
 }
@@ -360,6 +364,7 @@ impl MmCall<'_> {
         if len == 0 {
             return Err(Errno::Einval);
         }
+        self.tree_final = true;
         self.munmap_range(start, start + len)
     }
 
@@ -367,17 +372,13 @@ impl MmCall<'_> {
     /// (P2), then tears down its pages as the strategy says (mm.rs A3).
     pub(crate) fn munmap_range(&mut self, start: u64, end: u64) -> Result<(), Errno> {
         let hit = self.overlapping(start, end);
-        let Some(first) = hit.first() else {
-            // Only dead entries (or nothing): MAP_FIXED over a dead entry
-            // waits for its grace period (S4).
-            self.reap_dead(true, start, end);
-            return Ok(());
-        };
+        // Dead entries in the range stay: they are unmapped already. A
+        // call that maps over them reaps them first (`insert_merged`).
+        let Some(first) = hit.first() else { return Ok(()) };
         // vms_gather_munmap_vmas: a hole punched inside one VMA adds one.
         if first.start < start && end < first.end && self.map_count() >= self.cfg.max_map_count {
             return Err(Errno::Enomem);
         }
-        self.reap_dead(true, start, end);
         for v in &hit {
             self.vma_write_lock(v);
         }

@@ -130,7 +130,9 @@ impl MmCall<'_> {
         if old_len == vma.end - addr {
             let delta = new_len - old_len;
             if let Some(end) = vma.end.checked_add(delta) {
-                if end <= self.cfg.task_size && self.unoccupied(vma.end, end) {
+                if end <= self.cfg.task_size && self.overlapping(vma.end, end).is_empty() {
+                    // A dead entry there is no mapping (S4): reap it first.
+                    self.reap_dead(true, vma.end, end);
                     // R7: vma_merge_extend() merges the grown VMA with the
                     // next one only, never with the one before it.
                     let mut grown = Vma { end, ..(*vma).clone() };

@@ -435,15 +435,7 @@ impl PageTable {
     /// `[start, end)`, with the leaf table's lock held for the whole scan
     /// of that table (so a fault cannot install behind the scan: PT4 at
     /// the last level), following PT4 for empty upper entries.
-    fn for_leaves(
-        &self,
-        t: &Table,
-        level: u32,
-        base: u64,
-        start: u64,
-        end: u64,
-        f: &mut LeafFn<'_>,
-    ) {
+    fn for_leaves(&self, t: &Table, level: u32, base: u64, start: u64, end: u64, f: &mut LeafFn<'_>) {
         let span = entry_span(level);
         if level == 1 {
             let ptl = t.lock();

@@ -155,6 +155,11 @@ impl MmCall<'_> {
     /// What munmap does last: `rcu-sync` waits for a grace period (U3).
     pub(crate) fn after_unmap(&mut self) {
         if self.hw.strategy == Strategy::RcuSync {
+            if self.tree_final && self.hw.write_seq.load(std::sync::atomic::Ordering::Relaxed) & 1 == 1 {
+                // mm.rs A5: the tree is final; readers need not wait for
+                // the grace period.
+                self.hw.write_seq.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
             let t = Instant::now();
             self.domain.synchronize();
             let ns = t.elapsed().as_nanos() as u64;
@@ -181,12 +186,17 @@ impl MmCall<'_> {
         if force && self.entries_in(start, end).iter().any(|v| v.is_dead()) {
             let overlaps = |s: u64, e: u64| s < end && start < e;
             if self.dead.iter().any(|(s, e, d)| overlaps(*s, *e) && !d.expired()) {
+                // Who waits: a munmap past the bound (U4), or a call that
+                // reuses a dead range (S4), counted apart.
+                let (n, ns) = if (start, end) == (0, u64::MAX) {
+                    (&self.hw.syncs, &self.hw.sync_ns)
+                } else {
+                    (&self.hw.reuse_syncs, &self.hw.reuse_sync_ns)
+                };
                 let t = Instant::now();
                 self.domain.synchronize();
-                self.hw.syncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                self.hw
-                    .sync_ns
-                    .fetch_add(t.elapsed().as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
+                n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                ns.fetch_add(t.elapsed().as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
             }
             for x in std::mem::take(self.dead) {
                 if overlaps(x.0, x.1) { reap.push(x) } else { self.dead.push_back(x) }
