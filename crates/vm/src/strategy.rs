@@ -108,7 +108,7 @@ impl std::str::FromStr for Strategy {
 
 /// Dead entries an address space keeps before a munmap waits for a grace
 /// period and reaps them all (unmap.rs U4).
-pub const DEAD_LIMIT: usize = 1024;
+pub const DEAD_LIMIT: usize = 8192;
 
 /// The states of a dead entry (S4).
 const PENDING: u8 = 0;

@@ -278,17 +278,19 @@ fn rcu_dead_entries_stay_bounded_in_a_munmap_storm() {
     // Callbacks wait a minute to batch: only the bound reaps dead entries.
     let slow = rcuvm::rcu::Config::default().batch_delay(std::time::Duration::from_secs(60));
     let mm = AddressSpace::builder().strategy(Strategy::RcuDead).rcu_config(slow).build();
-    let a = mm.mmap(0, 8192 * P, RW, ANON, None, 0).unwrap();
+    let pages = 3 * rcuvm::strategy::DEAD_LIMIT as u64;
+    let a = mm.mmap(0, pages * P, RW, ANON, None, 0).unwrap();
     // Unmap every other page: each leaves a dead entry.
     let mut most = 0;
-    for i in (0..8192).step_by(2) {
+    for i in (0..pages).step_by(2) {
         mm.munmap(a + i * P, P).unwrap();
         let dead = mm.vmas_in_tree() - mm.map_count();
         most = most.max(dead);
     }
     assert!(most > rcuvm::strategy::DEAD_LIMIT / 2, "the bound was not reached ({most})");
     assert!(most <= rcuvm::strategy::DEAD_LIMIT + 1, "{most} dead entries at once");
-    assert_eq!(mm.map_count(), 4096);
+    assert_eq!(mm.map_count() as u64, pages / 2);
+    assert!(mm.munmap_syncs().0 >= 1, "past the bound, a munmap waited");
 }
 
 #[test]
