@@ -234,7 +234,13 @@ impl PhysMem {
     pub fn alloc(&self, owner: Owner) -> Option<Pfn> {
         let mut one = Vec::new();
         self.take_free(&mut one, 1);
-        let pfn = match one.pop() {
+        self.hand_out(one.pop(), owner)
+    }
+
+    /// Gives out `recycled` (zeroed first, F3) or a fresh frame, owned by
+    /// `owner`.
+    fn hand_out(&self, recycled: Option<Pfn>, owner: Owner) -> Option<Pfn> {
+        let pfn = match recycled {
             Some(p) => {
                 self.frame(p).zero();
                 p
@@ -328,16 +334,7 @@ impl FrameCache {
         if self.stock.is_empty() {
             pm.take_free(&mut self.stock, CACHE_BATCH);
         }
-        let pfn = match self.stock.pop() {
-            Some(p) => {
-                pm.frame(p).zero();
-                p
-            }
-            None => pm.carve()?,
-        };
-        pm.frame(pfn).owner.store(owner.pack(), Ordering::Release);
-        pm.in_use.fetch_add(1, Ordering::Relaxed);
-        Some(pfn)
+        pm.hand_out(self.stock.pop(), owner)
     }
 
     /// Gives back a frame this CPU allocated but never mapped.
