@@ -24,6 +24,9 @@ pub enum Command {
     Replay(ReplayArgs),
     /// Run CMD under strace and make a replay case of it in DIR.
     Capture(CaptureArgs),
+    /// Run randomized concurrent workloads on each strategy and check every
+    /// history. Exit 0: no violation on a safe strategy; 1: violations.
+    Check(crate::check::CheckArgs),
 }
 
 impl Default for Command {

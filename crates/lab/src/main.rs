@@ -8,6 +8,7 @@
 
 mod args;
 mod capture;
+mod check;
 mod fault_probe;
 mod main_job;
 mod maple_probe;
@@ -22,5 +23,6 @@ fn main() {
         args::Command::Run(a) => main_job::main_job(&a),
         args::Command::Replay(a) => std::process::exit(replay::run(&a)),
         args::Command::Capture(a) => std::process::exit(capture::run(&a)),
+        args::Command::Check(a) => std::process::exit(check::run(&a)),
     }
 }

@@ -251,7 +251,33 @@ fn find_mergeable_anon_vma(mm: &AddressSpace, vma: &Vma) -> Option<AnonVmaId> {
 
 /// The fault proper, once the VMA is held (FL1, FL4). `live` is the
 /// re-check of S4, run under the PTL.
+///
+/// FL5 (with the `record` feature): the leaf table for `va`, if it exists
+/// when the fault starts, must not be freed before the fault ends (the
+/// strategy's hold on the VMA keeps it: pgtable.rs PT5); if it is, the
+/// fault counts a use after free (cpu.rs C5) for the checker.
 fn do_fault(
+    mm: &AddressSpace,
+    vma: &Vma,
+    va: u64,
+    write: bool,
+    cache: &mut FrameCache,
+    live: Option<&dyn Fn() -> bool>,
+) -> Result<Outcome, AccessError> {
+    #[cfg(feature = "record")]
+    let held = {
+        let t = mm.hw().pt.pte_table(va, false);
+        t.map(|t| (t, t.generation.load(Ordering::Acquire)))
+    };
+    let r = do_fault_held(mm, vma, va, write, cache, live);
+    #[cfg(feature = "record")]
+    if held.is_some_and(|(t, g)| t.generation.load(Ordering::Acquire) != g) {
+        mm.hw().use_after_free.fetch_add(1, Ordering::Relaxed);
+    }
+    r
+}
+
+fn do_fault_held(
     mm: &AddressSpace,
     vma: &Vma,
     va: u64,
@@ -320,6 +346,8 @@ fn do_fault(
     let ptl = t.lock();
     // pte_same (CPU bits aside: a walk may have added one since, PT3).
     let same = Pte(t.entry(i)).sans_cpus() == seen.sans_cpus();
+    // inject.rs: the FL1 re-check can be skipped to prove the checker sees it.
+    let live = live.filter(|_| !crate::inject::active(hw.inject, crate::inject::Injection::SkipRecheck));
     if same && live.is_none_or(|f| f()) {
         let old = t.set(&ptl, i, new);
         if old.present() && old.pfn() == new.pfn() {

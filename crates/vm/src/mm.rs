@@ -40,7 +40,9 @@ use crate::cpu::Cpu;
 use crate::frame::{Owner, PhysMem};
 use crate::maps::{self, MapsError};
 use crate::mmap::{MapFile, MmCall, MmConfig};
+use crate::inject::Injection;
 use crate::pgtable::PageTable;
+use crate::record::{Op, Outcome, Recorder};
 use crate::strategy::{DeadRange, Strategy};
 use crate::tlb::Shootdown;
 use crate::uapi::{Errno, MapFlags, Prot};
@@ -59,6 +61,9 @@ pub struct AddressSpace {
     /// [`Strategy::MmapLock`] (and `vma-lock`'s fallback).
     mmap_lock: parking_lot::RwLock<MmState>,
     hw: Hw,
+    /// Where calls and reads are recorded (record.rs), if anywhere.
+    #[cfg(feature = "record")]
+    recorder: Option<Arc<Recorder>>,
 }
 
 /// State behind the mmap lock.
@@ -88,6 +93,9 @@ pub(crate) struct Hw {
     pub(crate) syncs: AtomicU64,
     /// Accesses whose frame was freed while they used it (cpu.rs C5).
     pub(crate) use_after_free: AtomicU64,
+    /// The deliberate bug of this address space (inject.rs; none without
+    /// the `inject` feature).
+    pub(crate) inject: Option<Injection>,
 }
 
 static NEXT_MM_ID: AtomicU32 = AtomicU32::new(1);
@@ -99,6 +107,8 @@ pub struct MmBuilder {
     strategy: Strategy,
     phys: Option<Arc<PhysMem>>,
     rcu: rcuvm_rcu::Config,
+    recorder: Option<Arc<Recorder>>,
+    inject: Option<Injection>,
 }
 
 impl MmBuilder {
@@ -123,8 +133,22 @@ impl MmBuilder {
         self.rcu = c;
         self
     }
+    /// Records every access, mm call and read into `r` (record.rs). Only
+    /// with the `record` feature; without it, nothing is recorded.
+    pub fn recorder(mut self, r: Arc<Recorder>) -> Self {
+        self.recorder = Some(r);
+        self
+    }
+    /// Gives the address space a deliberate bug (inject.rs). Only with the
+    /// `inject` feature ([`crate::inject::AVAILABLE`]); without it, none.
+    pub fn inject(mut self, i: Option<Injection>) -> Self {
+        self.inject = i;
+        self
+    }
     /// The address space.
     pub fn build(self) -> AddressSpace {
+        #[cfg(not(feature = "record"))]
+        let _ = self.recorder;
         let domain = Arc::new(Domain::with_config(self.rcu));
         AddressSpace {
             vmas: MapleTree::new(domain.clone()),
@@ -139,14 +163,17 @@ impl MmBuilder {
                 strategy: self.strategy,
                 pt: PageTable::new(),
                 phys: self.phys.unwrap_or_else(|| Arc::new(PhysMem::new(4 << 20))),
-                tlb: Shootdown::default(),
+                tlb: Shootdown::with_injection(self.inject),
                 mm_lock_seq: AtomicU64::new(1),
                 id: NEXT_MM_ID.fetch_add(1, Ordering::Relaxed) & 0x3f_ffff,
                 dead: AtomicUsize::new(0),
                 sync_ns: AtomicU64::new(0),
                 syncs: AtomicU64::new(0),
                 use_after_free: AtomicU64::new(0),
+                inject: self.inject,
             },
+            #[cfg(feature = "record")]
+            recorder: self.recorder,
         }
     }
 }
@@ -246,6 +273,12 @@ impl AddressSpace {
         self.hw.use_after_free.load(Ordering::Relaxed)
     }
 
+    /// The recorder, if this address space has one (record.rs).
+    #[cfg(feature = "record")]
+    pub(crate) fn recorder(&self) -> Option<&Arc<Recorder>> {
+        self.recorder.as_ref()
+    }
+
     pub(crate) fn hw(&self) -> &Hw {
         &self.hw
     }
@@ -264,7 +297,49 @@ impl AddressSpace {
     }
 
     fn call<R>(&self, f: impl FnOnce(&mut MmCall<'_>) -> R) -> R {
+        self.call_then(f, |_, _| ())
+    }
+
+    /// An mm call `op`, recorded when the address space has a recorder
+    /// (record.rs H2, H3).
+    fn logged<R: Outcome>(&self, op: impl FnOnce() -> Op, f: impl FnOnce(&mut MmCall<'_>) -> R) -> R {
+        #[cfg(feature = "record")]
+        if let Some(rec) = &self.recorder {
+            return self.call_then(f, |r, start| {
+                let (result, after) = (r.outcome(), self.state());
+                let end = crate::record::now();
+                rec.call(crate::record::CallEvent { op: op(), result, start, end, after });
+            });
+        }
+        let _ = op;
+        self.call(f)
+    }
+
+    /// The VMAs as the recorder keeps them (record.rs H3): under the mmap
+    /// write lock, so exact.
+    #[cfg(feature = "record")]
+    fn state(&self) -> Vec<crate::record::VmaState> {
+        let g = self.domain.read();
+        self.vmas
+            .iter_from(0, &g)
+            .filter(|e| !e.value.is_dead())
+            .map(|e| crate::record::VmaState {
+                start: e.range.start,
+                end: e.range.end,
+                flags: e.value.flags,
+                pgoff: e.value.pgoff_at(e.range.start),
+            })
+            .collect()
+    }
+
+    /// The mm call `f`; `done` runs on its result under the mmap lock, told
+    /// when the lock was taken (0 without the `record` feature).
+    fn call_then<R>(&self, f: impl FnOnce(&mut MmCall<'_>) -> R, done: impl FnOnce(&R, u64)) -> R {
         let mut st = self.mmap_lock.write();
+        #[cfg(feature = "record")]
+        let start = crate::record::now();
+        #[cfg(not(feature = "record"))]
+        let start = 0;
         let st = &mut *st;
         let mut c = MmCall {
             w: self.vmas.write(),
@@ -281,6 +356,7 @@ impl AddressSpace {
         drop(c);
         // A4: vma_end_write_all(), before the mmap lock is released.
         self.hw.mm_lock_seq.fetch_add(1, Ordering::SeqCst);
+        done(&r, start);
         r
     }
 
@@ -299,7 +375,10 @@ impl AddressSpace {
         file: Option<&MapFile>,
         offset: u64,
     ) -> Result<u64, Errno> {
-        self.call(|c| c.mmap(addr, len, prot, flags, file, offset))
+        self.logged(
+            || Op::Mmap { addr, len, prot: prot.bits(), flags: flags.bits(), file: file.is_some(), offset },
+            |c| c.mmap(addr, len, prot, flags, file, offset),
+        )
     }
 
     /// `mprotect(2)`: changes VMAs in order and stops with `ENOMEM` at a
@@ -308,7 +387,15 @@ impl AddressSpace {
     /// # Errors
     /// `EINVAL`, `ENOMEM`, `EACCES` as Linux returns them.
     pub fn mprotect(&self, addr: u64, len: u64, prot: Prot) -> Result<(), Errno> {
-        self.call(|c| c.mprotect(addr, len, prot))
+        self.logged(
+            || Op::Mprotect { addr, len, prot: prot.bits() },
+            |c| {
+                if crate::inject::active(self.hw.inject, Injection::HalfUpdatedVma) {
+                    c.publish_half_updated(addr, len, prot);
+                }
+                c.mprotect(addr, len, prot)
+            },
+        )
     }
 
     /// `madvise(2)`: advices that change `vm_flags` split and merge VMAs;
@@ -318,14 +405,14 @@ impl AddressSpace {
     /// `EINVAL`, `ENOMEM` as Linux returns them; `ENOSYS` for advices rcuvm
     /// does not model yet (see madvise.rs).
     pub fn madvise(&self, addr: u64, len: u64, advice: i32) -> Result<(), Errno> {
-        self.call(|c| c.madvise(addr, len, advice))
+        self.logged(|| Op::Madvise { addr, len, advice }, |c| c.madvise(addr, len, advice))
     }
 
     /// `brk(2)`: moves the program break; returns the new break, or the
     /// old one when the move is refused (Linux's brk never fails with an
     /// errno).
     pub fn brk(&self, addr: u64) -> u64 {
-        self.call(|c| c.brk(addr))
+        self.logged(|| Op::Brk { addr }, |c| c.brk(addr))
     }
 
     /// The current program break and its start (`mm->brk`, `mm->start_brk`).
@@ -354,7 +441,10 @@ impl AddressSpace {
         flags: u32,
         new_addr: u64,
     ) -> Result<u64, Errno> {
-        self.call(|c| c.mremap(addr, old_len, new_len, flags, new_addr))
+        self.logged(
+            || Op::Mremap { addr, old_len, new_len, flags, new_addr },
+            |c| c.mremap(addr, old_len, new_len, flags, new_addr),
+        )
     }
 
     /// `munmap(2)`.
@@ -363,7 +453,7 @@ impl AddressSpace {
     /// `EINVAL` for a misaligned, empty or out-of-range request; `ENOMEM`
     /// when punching a hole would pass `max_map_count`.
     pub fn munmap(&self, addr: u64, len: u64) -> Result<(), Errno> {
-        self.call(|c| c.munmap(addr, len))
+        self.logged(|| Op::Munmap { addr, len }, |c| c.munmap(addr, len))
     }
 
     /// An address space holding the VMAs of a `/proc/pid/maps` snapshot;
@@ -431,13 +521,25 @@ impl AddressSpace {
 
     /// `/proc/pid/maps`, read under RCU without the mmap lock (A2).
     pub fn maps(&self) -> String {
+        #[cfg(feature = "record")]
+        let start = crate::record::now();
         let _l = self.reader_lock();
         let g = self.domain.read();
         let mut out = String::new();
         for e in self.vmas.iter_from(0, &g).filter(|e| !e.value.is_dead()) {
             let _ = writeln!(out, "{}", maps::render_line(&view(&e, &self.layout)));
         }
+        #[cfg(feature = "record")]
+        self.record_read(crate::record::ReadKind::Maps, &out, start);
         out
+    }
+
+    /// Records a maps, smaps or query read (record.rs H2).
+    #[cfg(feature = "record")]
+    fn record_read(&self, kind: crate::record::ReadKind, text: &str, start: u64) {
+        if let Some(rec) = &self.recorder {
+            rec.read(kind, text.to_string(), start);
+        }
     }
 
     /// `/proc/pid/smaps`: each maps line followed by its sizes, `Rss` from a
@@ -445,6 +547,8 @@ impl AddressSpace {
     /// the tables: pgtable.rs PT5), and `VmFlags`. Fields rcuvm does not
     /// model (dirty/clean, swap, huge pages) are left out.
     pub fn smaps(&self) -> String {
+        #[cfg(feature = "record")]
+        let start = crate::record::now();
         let _l = self.reader_lock();
         let g = self.domain.read();
         let mut out = String::new();
@@ -470,14 +574,24 @@ impl AddressSpace {
             }
             let _ = writeln!(out, "VmFlags: {}", maps::vm_flags_mnemonics(v.flags));
         }
+        #[cfg(feature = "record")]
+        self.record_read(crate::record::ReadKind::Smaps, &out, start);
         out
     }
 
     /// The VMA containing `addr`, like `PROCMAP_QUERY` without flags.
     pub fn query(&self, addr: u64) -> Option<Arc<Vma>> {
+        #[cfg(feature = "record")]
+        let start = crate::record::now();
         let _l = self.reader_lock();
         let g = self.domain.read();
-        self.vmas.load(addr, &g).filter(|e| !e.value.is_dead()).map(|e| Arc::new(view(&e, &self.layout)))
+        let r = self.vmas.load(addr, &g).filter(|e| !e.value.is_dead()).map(|e| Arc::new(view(&e, &self.layout)));
+        #[cfg(feature = "record")]
+        {
+            let line = r.as_ref().map(|v| maps::render_line(v)).unwrap_or_default();
+            self.record_read(crate::record::ReadKind::Query(addr), &line, start);
+        }
+        r
     }
 
     /// A snapshot of every VMA, in address order.

@@ -275,7 +275,13 @@ impl MmCall<'_> {
     /// Whether `[addr, addr + len)` is free, keeping the guard gap below a
     /// `VM_GROWSDOWN` VMA above it.
     fn is_free_for(&self, addr: u64, len: u64) -> bool {
-        if !self.unoccupied(addr, addr + len) {
+        // inject.rs: placement that ignores dead entries (breaks S4).
+        let free = if crate::inject::active(self.hw.inject, crate::inject::Injection::PlacementIgnoresDead) {
+            self.overlapping(addr, addr + len).is_empty()
+        } else {
+            self.unoccupied(addr, addr + len)
+        };
+        if !free {
             return false;
         }
         match self.w.find(addr + len) {

@@ -131,20 +131,26 @@ impl MmCall<'_> {
             self.hw.tlb.flush(s, e, cpus);
         }
         self.hw.phys.free(g.frames);
-        if !g.tables.is_empty() {
-            let f = self.hw.pt.freer();
-            let tables = g.tables;
-            let tlb = self.hw.tlb.domain().clone();
-            let free_after_walks = move || {
-                tlb.call(move || {
-                    f.free(tables);
-                })
-            };
-            if vma_gp_passed {
-                free_after_walks();
-            } else {
-                self.domain.call(free_after_walks);
-            }
+        if g.tables.is_empty() {
+            return;
+        }
+        let f = self.hw.pt.freer();
+        if crate::inject::active(self.hw.inject, crate::inject::Injection::EagerTableFree) {
+            // inject.rs: no grace period at all (breaks U1, PT5).
+            f.free(g.tables);
+            return;
+        }
+        let tables = g.tables;
+        let tlb = self.hw.tlb.domain().clone();
+        let free_after_walks = move || {
+            tlb.call(move || {
+                f.free(tables);
+            })
+        };
+        if vma_gp_passed {
+            free_after_walks();
+        } else {
+            self.domain.call(free_after_walks);
         }
     }
 
@@ -167,6 +173,9 @@ impl MmCall<'_> {
     /// callbacks run in order); the forced path scans the queue only when
     /// the tree shows a dead entry in the range.
     pub(crate) fn reap_dead(&mut self, force: bool, start: u64, end: u64) {
+        // inject.rs: with placement ignoring dead entries, nothing waits
+        // for them either (the bug U2 and S4 exist to prevent).
+        let force = force && !crate::inject::active(self.hw.inject, crate::inject::Injection::PlacementIgnoresDead);
         if self.dead.is_empty() {
             return;
         }
