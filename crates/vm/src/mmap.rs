@@ -339,6 +339,13 @@ impl MmCall<'_> {
             merged = Vma { end: n.end, anon_vma: merged.anon().or(n.anon()), ..merged };
         }
         let (s, e) = (merged.start, merged.end);
+        // S3: every VMA the store replaces (merged neighbours, the VMA an
+        // mremap grows) is write-locked first, as `vma_merge_new_range`'s
+        // `vma_start_write` does: a fault still holding one must finish
+        // before a later call of this write cycle changes its pages.
+        for old in self.overlapping(s, e) {
+            self.vma_write_lock(&old);
+        }
         self.w.store(s..e, merged).expect("a VMA's range is never empty");
     }
 
