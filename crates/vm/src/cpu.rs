@@ -156,7 +156,12 @@ impl Cpu {
     ///
     /// # Errors
     /// The signal Linux would send (C3).
-    pub fn access(&mut self, va: u64, write: bool, op: impl FnMut(&AtomicU64)) -> Result<Touched, AccessError> {
+    pub fn access(
+        &mut self,
+        va: u64,
+        write: bool,
+        op: impl FnMut(&AtomicU64),
+    ) -> Result<Touched, AccessError> {
         #[cfg(feature = "record")]
         let start = crate::record::now();
         let r = self.access_unrecorded(va, write, op);
@@ -200,7 +205,8 @@ impl Cpu {
                         self.stats.tlb_misses += 1;
                         #[cfg(feature = "record")]
                         {
-                            walked = hw.pt.pte_table(va, false).map(|t| (t, t.generation.load(Ordering::Acquire)));
+                            walked =
+                                hw.pt.pte_table(va, false).map(|t| (t, t.generation.load(Ordering::Acquire)));
                         }
                         let p = hw.pt.walk_for(va, self.bit);
                         if p.present() {

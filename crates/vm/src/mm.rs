@@ -38,9 +38,9 @@ use rcuvm_rcu::Domain;
 
 use crate::cpu::Cpu;
 use crate::frame::{Owner, PhysMem};
+use crate::inject::Injection;
 use crate::maps::{self, MapsError};
 use crate::mmap::{MapFile, MmCall, MmConfig};
-use crate::inject::Injection;
 use crate::pgtable::PageTable;
 use crate::record::{Op, Outcome, Recorder};
 use crate::strategy::{DeadRange, Strategy};
@@ -585,7 +585,8 @@ impl AddressSpace {
         let start = crate::record::now();
         let _l = self.reader_lock();
         let g = self.domain.read();
-        let r = self.vmas.load(addr, &g).filter(|e| !e.value.is_dead()).map(|e| Arc::new(view(&e, &self.layout)));
+        let r =
+            self.vmas.load(addr, &g).filter(|e| !e.value.is_dead()).map(|e| Arc::new(view(&e, &self.layout)));
         #[cfg(feature = "record")]
         {
             let line = r.as_ref().map(|v| maps::render_line(v)).unwrap_or_default();

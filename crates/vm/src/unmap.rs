@@ -175,7 +175,8 @@ impl MmCall<'_> {
     pub(crate) fn reap_dead(&mut self, force: bool, start: u64, end: u64) {
         // inject.rs: with placement ignoring dead entries, nothing waits
         // for them either (the bug U2 and S4 exist to prevent).
-        let force = force && !crate::inject::active(self.hw.inject, crate::inject::Injection::PlacementIgnoresDead);
+        let force =
+            force && !crate::inject::active(self.hw.inject, crate::inject::Injection::PlacementIgnoresDead);
         if self.dead.is_empty() {
             return;
         }

@@ -131,7 +131,9 @@ pub fn run(a: &CheckArgs) -> i32 {
             return 2;
         }
         Some((_, Some(_))) if !rcuvm::inject::AVAILABLE => {
-            eprintln!("rcuvm check: this build has no injection hooks (the `inject` feature of rcuvm: test builds)");
+            eprintln!(
+                "rcuvm check: this build has no injection hooks (the `inject` feature of rcuvm: test builds)"
+            );
             return 2;
         }
         Some((_, i)) => i,

@@ -153,8 +153,9 @@ impl States {
                     return next; // not drawn by the workload
                 }
                 let keep = old.min(new);
-                let moved: Vec<Option<ObjPage>> =
-                    (0..keep / PAGE_SIZE).map(|j| self.page_of(addr + j * PAGE_SIZE).and_then(|p| cur[p])).collect();
+                let moved: Vec<Option<ObjPage>> = (0..keep / PAGE_SIZE)
+                    .map(|j| self.page_of(addr + j * PAGE_SIZE).and_then(|p| cur[p]))
+                    .collect();
                 clear(&mut next, addr, old);
                 for (j, o) in moved.into_iter().enumerate() {
                     if let Some(p) = self.page_of(r + j as u64 * PAGE_SIZE) {
@@ -175,6 +176,20 @@ impl States {
         let lo = self.ends[1..].partition_point(|&end| end < s);
         let hi = self.starts.partition_point(|&start| start <= e).saturating_sub(1);
         lo..=hi.max(lo)
+    }
+
+    /// The calls that last changed arena page `p` up to state `i` (the
+    /// most recent first, at most `n`), for reports.
+    pub fn changes(&self, p: usize, i: usize, n: usize) -> Vec<usize> {
+        let mut out = Vec::new();
+        let mut j = i;
+        while j > 0 && out.len() < n {
+            if self.slot(j, p) != self.slot(j - 1, p) {
+                out.push(j - 1);
+            }
+            j -= 1;
+        }
+        out
     }
 
     /// What arena page `p` holds in state `i`.

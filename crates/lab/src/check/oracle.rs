@@ -129,7 +129,11 @@ struct Ctx<'a> {
 }
 
 fn allows(flags: VmFlags, write: bool) -> bool {
-    if write { flags.contains(VmFlags::WRITE) } else { flags.intersects(VmFlags::READ | VmFlags::WRITE | VmFlags::EXEC) }
+    if write {
+        flags.contains(VmFlags::WRITE)
+    } else {
+        flags.intersects(VmFlags::READ | VmFlags::WRITE | VmFlags::EXEC)
+    }
 }
 
 fn call_line(i: usize, c: &CallEvent) -> String {
@@ -174,6 +178,30 @@ impl Ctx<'_> {
             .collect()
     }
 
+    /// The last calls that changed arena page `p` before state `i`.
+    fn page_history(&self, p: usize, i: usize) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .st
+            .changes(p, i, 3)
+            .into_iter()
+            .map(|c| {
+                let slot = self.st.slot(c + 1, p);
+                format!("page changed by {} to {:?}", call_line(c, &self.calls[c]), slot)
+            })
+            .collect();
+        v.reverse();
+        if std::env::var("RCUVM_CHECK_DEBUG").is_ok() {
+            for j in i.saturating_sub(120)..=i {
+                v.push(format!(
+                    "state {j}: {:?} <- {:?}",
+                    self.st.slot(j, p),
+                    j.checked_sub(1).map(|c| (self.calls[c].op, self.calls[c].result))
+                ));
+            }
+        }
+        v
+    }
+
     fn report(&mut self, rule: &'static str, what: String, a: &AccessEvent, more: Vec<String>) {
         let mut events = vec![self.access_line(a)];
         events.extend(more);
@@ -197,9 +225,15 @@ impl Ctx<'_> {
         let t = match a.result {
             Err(AccessError::MapErr | AccessError::AccErr) => {
                 // P7: every state maps it, with the rights, as one page?
-                let all = states.clone().all(|i| self.st.slot(i, p).is_some_and(|s| allows(s.flags, a.write)));
+                let all =
+                    states.clone().all(|i| self.st.slot(i, p).is_some_and(|s| allows(s.flags, a.write)));
                 if all && cands.len() == 1 {
-                    self.report("P7", "the access faulted where every possible state allows it".into(), a, vec![]);
+                    self.report(
+                        "P7",
+                        "the access faulted where every possible state allows it".into(),
+                        a,
+                        vec![],
+                    );
                 }
                 return;
             }
@@ -214,18 +248,24 @@ impl Ctx<'_> {
             return;
         }
         if cands.is_empty() {
+            let hist = self.page_history(p, *states.end());
             self.report(
                 "P1",
                 "the access succeeded, but no state possible during it maps the address with the rights (a stale translation)"
                     .into(),
                 a,
-                vec![],
+                hist,
             );
             return;
         }
         if t.pfn == self.zero_pfn {
             if a.write || a.value != 0 {
-                self.report("P2", format!("the zero page was written or read non-zero ({:#x})", a.value), a, vec![]);
+                self.report(
+                    "P2",
+                    format!("the zero page was written or read non-zero ({:#x})", a.value),
+                    a,
+                    vec![],
+                );
             }
             return;
         }
@@ -249,7 +289,8 @@ impl Ctx<'_> {
             }
         }
         if let Some((first, was)) = clash {
-            let line = format!("earlier through the same frame: {} (pages {:?})", self.access_line(&first), was);
+            let line =
+                format!("earlier through the same frame: {} (pages {:?})", self.access_line(&first), was);
             self.report(
                 "P2",
                 format!(
@@ -305,7 +346,10 @@ impl Ctx<'_> {
                                 l.start == v.start && l.end == v.end && rights(l.flags) == rights(v.flags)
                             });
                             if everywhere && !shown {
-                                bad.push(format!("VMA {:#x}-{:#x} existed throughout but is not shown", v.start, v.end));
+                                bad.push(format!(
+                                    "VMA {:#x}-{:#x} existed throughout but is not shown",
+                                    v.start, v.end
+                                ));
                             }
                         }
                     }
@@ -317,14 +361,19 @@ impl Ctx<'_> {
             ReadKind::Query(addr) => {
                 if r.text.is_empty() {
                     let touched = self.touched(&states).iter().any(|&(s, e)| s <= addr && addr < e);
-                    if !touched && states.clone().all(|i| super::model::flags_at(&self.st.vmas[i], addr).is_some()) {
+                    if !touched
+                        && states.clone().all(|i| super::model::flags_at(&self.st.vmas[i], addr).is_some())
+                    {
                         bad.push(format!("query({addr:#x}) found nothing, but every possible state maps it"));
                     }
                 } else {
                     match rcuvm::maps::parse(&format!("{}\n", r.text), "query") {
                         Ok(v) if v.len() == 1 && v[0].start <= addr && addr < v[0].end => {
                             if !self.real(states.clone(), &v[0]) {
-                                bad.push(format!("query({addr:#x}) gave {}, no part of a possible state", v[0]));
+                                bad.push(format!(
+                                    "query({addr:#x}) gave {}, no part of a possible state",
+                                    v[0]
+                                ));
                             }
                         }
                         _ => bad.push(format!("query({addr:#x}) gave {:?}", r.text)),
@@ -354,7 +403,9 @@ impl Ctx<'_> {
         for c in &self.calls[*states.start()..*states.end()] {
             let r = c.result.unwrap_or(0);
             match c.op {
-                Op::Mmap { addr, len, .. } => out.extend([(addr, addr.saturating_add(len)), (r, r.saturating_add(len))]),
+                Op::Mmap { addr, len, .. } => {
+                    out.extend([(addr, addr.saturating_add(len)), (r, r.saturating_add(len))])
+                }
                 Op::Munmap { addr, len } | Op::Mprotect { addr, len, .. } | Op::Madvise { addr, len, .. } => {
                     out.push((addr, addr.saturating_add(len)))
                 }

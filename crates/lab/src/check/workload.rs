@@ -137,18 +137,35 @@ pub fn round(cfg: RoundCfg, phys: &Arc<PhysMem>) -> Round {
     mm.shootdown().domain().barrier();
     let mut report = |rule, what: String| teardown.push(Violation { rule, what, events: vec![] });
     if mm.page_table().tables() != 1 {
-        report("P6", format!("{} table pages remain after teardown and barriers (want 1, the root)", mm.page_table().tables()));
+        report(
+            "P6",
+            format!(
+                "{} table pages remain after teardown and barriers (want 1, the root)",
+                mm.page_table().tables()
+            ),
+        );
     }
     if dead_max > rcuvm::strategy::DEAD_LIMIT + PAGES {
-        report("P6", format!("{dead_max} dead entries at once (bound {})", rcuvm::strategy::DEAD_LIMIT + PAGES));
+        report(
+            "P6",
+            format!("{dead_max} dead entries at once (bound {})", rcuvm::strategy::DEAD_LIMIT + PAGES),
+        );
     }
     let pending = mm.domain().stats().callbacks_pending_max;
     if pending > 2 * CALLBACK_LIMIT as u64 {
-        report("P6", format!("the VMA domain's backlog reached {pending} callbacks (limit {CALLBACK_LIMIT})"));
+        report(
+            "P6",
+            format!("the VMA domain's backlog reached {pending} callbacks (limit {CALLBACK_LIMIT})"),
+        );
     }
     let uaf = mm.use_after_free_accesses();
     if uaf != 0 {
-        report("P3", format!("{uaf} accesses or faults used a frame or table page after it was freed (cpu.rs C5, fault.rs FL5)"));
+        report(
+            "P3",
+            format!(
+                "{uaf} accesses or faults used a frame or table page after it was freed (cpu.rs C5, fault.rs FL5)"
+            ),
+        );
     }
     let zero_pfn = mm.phys().zero_pfn();
     drop(mm);
@@ -230,11 +247,12 @@ fn writer_step(mm: &AddressSpace, rng: &mut Rng) {
         _ => {
             let new_len = (1 + rng.below(4)) * PAGE_SIZE;
             let (d, _) = range(rng);
-            let (flags, to) = if rng.below(2) == 0 && (d + new_len <= a || a + len <= d) && in_arena(d, new_len) {
-                (MREMAP_MAYMOVE | MREMAP_FIXED, d)
-            } else {
-                (rng.below(2) as u32 * MREMAP_MAYMOVE, 0)
-            };
+            let (flags, to) =
+                if rng.below(2) == 0 && (d + new_len <= a || a + len <= d) && in_arena(d, new_len) {
+                    (MREMAP_MAYMOVE | MREMAP_FIXED, d)
+                } else {
+                    (rng.below(2) as u32 * MREMAP_MAYMOVE, 0)
+                };
             if let Ok(r) = mm.mremap(a, len, new_len, flags, to) {
                 if !in_arena(r, new_len) {
                     let _ = mm.munmap(r, new_len);
