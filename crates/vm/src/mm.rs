@@ -96,6 +96,9 @@ pub(crate) struct Hw {
     /// The deliberate bug of this address space (inject.rs; none without
     /// the `inject` feature).
     pub(crate) inject: Option<Injection>,
+    /// Leaf entries still set in table pages when they were freed (a PTE
+    /// installed after its zap: the stale PTE of strategy.rs S5).
+    pub(crate) ptes_in_freed_tables: Arc<AtomicU64>,
 }
 
 static NEXT_MM_ID: AtomicU32 = AtomicU32::new(1);
@@ -171,6 +174,7 @@ impl MmBuilder {
                 syncs: AtomicU64::new(0),
                 use_after_free: AtomicU64::new(0),
                 inject: self.inject,
+                ptes_in_freed_tables: Arc::default(),
             },
             #[cfg(feature = "record")]
             recorder: self.recorder,
@@ -277,6 +281,13 @@ impl AddressSpace {
     #[cfg(feature = "record")]
     pub(crate) fn recorder(&self) -> Option<&Arc<Recorder>> {
         self.recorder.as_ref()
+    }
+
+    /// Leaf entries that were still set in table pages freed by mm calls:
+    /// always 0 unless a fault installed a PTE after its range was zapped
+    /// (the stale PTE that `rcu-refcount` allows, strategy.rs S5).
+    pub fn ptes_in_freed_tables(&self) -> u64 {
+        self.hw.ptes_in_freed_tables.load(Ordering::Relaxed)
     }
 
     pub(crate) fn hw(&self) -> &Hw {

@@ -30,6 +30,7 @@
 //! and 3 of the thread for the rest.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use crate::mmap::MmCall;
@@ -45,13 +46,14 @@ pub(crate) struct TablesOnPut {
     tables: Vec<(crate::pgtable::UnhookedTable, u32)>,
     freer: crate::pgtable::TableFreer,
     tlb: Arc<rcuvm_rcu::Domain>,
+    leaked: Arc<AtomicU64>,
 }
 
 impl Drop for TablesOnPut {
     fn drop(&mut self) {
-        let (tables, f) = (std::mem::take(&mut self.tables), self.freer.clone());
+        let (tables, f, leaked) = (std::mem::take(&mut self.tables), self.freer.clone(), self.leaked.clone());
         self.tlb.call(move || {
-            f.free(tables);
+            leaked.fetch_add(f.free(tables) as u64, Ordering::Relaxed);
         });
     }
 }
@@ -114,6 +116,7 @@ impl MmCall<'_> {
                 tables: std::mem::take(&mut g.tables),
                 freer: self.hw.pt.freer(),
                 tlb: self.hw.tlb.domain().clone(),
+                leaked: self.hw.ptes_in_freed_tables.clone(),
             });
             for v in hit {
                 let _ = v.rt.on_last_put.set(holder.clone());
@@ -134,17 +137,17 @@ impl MmCall<'_> {
         if g.tables.is_empty() {
             return;
         }
-        let f = self.hw.pt.freer();
+        let (f, leaked) = (self.hw.pt.freer(), self.hw.ptes_in_freed_tables.clone());
         if crate::inject::active(self.hw.inject, crate::inject::Injection::EagerTableFree) {
             // inject.rs: no grace period at all (breaks U1, PT5).
-            f.free(g.tables);
+            leaked.fetch_add(f.free(g.tables) as u64, Ordering::Relaxed);
             return;
         }
         let tables = g.tables;
         let tlb = self.hw.tlb.domain().clone();
         let free_after_walks = move || {
             tlb.call(move || {
-                f.free(tables);
+                leaked.fetch_add(f.free(tables) as u64, Ordering::Relaxed);
             })
         };
         if vma_gp_passed {

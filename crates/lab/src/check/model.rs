@@ -27,6 +27,40 @@ use rcuvm::record::{CallEvent, Op};
 use rcuvm::uapi::{MREMAP_DONTUNMAP, MREMAP_MAYMOVE};
 use rcuvm::{PAGE_SIZE, VmFlags};
 
+/// Where the checked pages are: `groups` runs of `group_pages` pages,
+/// `stride` bytes apart (each run in its own leaf table when the stride is
+/// 2 MiB, so unmapping a run frees a table).
+#[derive(Clone, Copy, Debug)]
+pub struct Arena {
+    /// The first page's address.
+    pub base: u64,
+    /// Runs.
+    pub groups: usize,
+    /// Pages per run.
+    pub group_pages: usize,
+    /// Bytes from one run to the next.
+    pub stride: u64,
+}
+
+impl Arena {
+    /// Pages in all.
+    pub fn pages(&self) -> usize {
+        self.groups * self.group_pages
+    }
+
+    /// The address of arena page `p`.
+    pub fn addr(&self, p: usize) -> u64 {
+        self.base + (p / self.group_pages) as u64 * self.stride + (p % self.group_pages) as u64 * PAGE_SIZE
+    }
+
+    /// The arena page of `va`.
+    pub fn page_of(&self, va: u64) -> Option<usize> {
+        let off = va.checked_sub(self.base)?;
+        let (g, i) = ((off / self.stride) as usize, ((off % self.stride) / PAGE_SIZE) as usize);
+        (g < self.groups && i < self.group_pages).then_some(g * self.group_pages + i)
+    }
+}
+
 /// A page of a mapping (M2): the index of the call that created it, and
 /// the page's index in what that call created.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -48,7 +82,7 @@ pub struct Slot {
 
 /// The arena's states over time (M1, M2).
 pub struct States {
-    base: u64,
+    arena: Arena,
     pages: usize,
     /// `starts[i]`, `ends[i]`: the interval of the call that made state `i`
     /// (state 0: `[0, 0]`).
@@ -71,9 +105,10 @@ pub struct Mismatch {
 impl States {
     /// The states of an arena of `pages` pages at `base` after `calls`,
     /// and the calls whose result the tree contradicts.
-    pub fn build(base: u64, pages: usize, calls: &[CallEvent]) -> (States, Vec<Mismatch>) {
+    pub fn build(arena: Arena, calls: &[CallEvent]) -> (States, Vec<Mismatch>) {
+        let pages = arena.pages();
         let mut st = States {
-            base,
+            arena,
             pages,
             starts: vec![0],
             ends: vec![0],
@@ -116,13 +151,12 @@ impl States {
     }
 
     fn addr(&self, p: usize) -> u64 {
-        self.base + p as u64 * PAGE_SIZE
+        self.arena.addr(p)
     }
 
     /// The arena page of `va`.
     pub fn page_of(&self, va: u64) -> Option<usize> {
-        let p = (va.checked_sub(self.base)? / PAGE_SIZE) as usize;
-        (p < self.pages).then_some(p)
+        self.arena.page_of(va)
     }
 
     /// What the calls' semantics leave after call `i` (M2).

@@ -61,7 +61,7 @@ use std::collections::HashMap;
 use rcuvm::record::{AccessEvent, CallEvent, History, Op, ReadEvent, ReadKind};
 use rcuvm::{AccessError, PAGE_SIZE, VmFlags};
 
-use super::model::{ObjPage, States};
+use super::model::{Arena, ObjPage, States};
 
 /// One broken rule, with the events that show it.
 #[derive(Clone, Debug)]
@@ -85,10 +85,9 @@ pub struct Counts {
     pub reads: u64,
 }
 
-/// Checks `h` for an arena of `pages` pages at `base`; `zero_pfn` is the
-/// zero page.
-pub fn check(h: &History, base: u64, pages: usize, zero_pfn: u64) -> (Vec<Violation>, Counts) {
-    let (st, mism) = States::build(base, pages, &h.calls);
+/// Checks `h` for `arena`; `zero_pfn` is the zero page.
+pub fn check(h: &History, arena: Arena, zero_pfn: u64) -> (Vec<Violation>, Counts) {
+    let (st, mism) = States::build(arena, &h.calls);
     let mut out = Vec::new();
     for m in mism {
         out.push(Violation {
@@ -190,15 +189,6 @@ impl Ctx<'_> {
             })
             .collect();
         v.reverse();
-        if std::env::var("RCUVM_CHECK_DEBUG").is_ok() {
-            for j in i.saturating_sub(120)..=i {
-                v.push(format!(
-                    "state {j}: {:?} <- {:?}",
-                    self.st.slot(j, p),
-                    j.checked_sub(1).map(|c| (self.calls[c].op, self.calls[c].result))
-                ));
-            }
-        }
         v
     }
 

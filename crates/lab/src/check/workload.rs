@@ -35,12 +35,13 @@ use rcuvm::record::{History, Recorder};
 use rcuvm::uapi::{MREMAP_FIXED, MREMAP_MAYMOVE};
 use rcuvm::{AddressSpace, MapFlags, PAGE_SIZE, PhysMem, Prot, Strategy};
 
+use super::model::Arena;
 use super::oracle::Violation;
 
-/// The arena's first address.
-pub const BASE: u64 = 0x4000_0000;
-/// The arena's pages.
-pub const PAGES: usize = 16;
+/// The arena: four runs of four pages, each run in its own leaf table
+/// (2 MiB apart), so unmapping a run frees its table and faults race that.
+pub const ARENA: Arena = Arena { base: 0x4000_0000, groups: 4, group_pages: 4, stride: 2 << 20 };
+const PAGES: usize = ARENA.groups * ARENA.group_pages;
 /// The VMA domain's callback limit in the checker.
 const CALLBACK_LIMIT: usize = 4096;
 
@@ -79,6 +80,8 @@ pub struct RoundCfg {
     pub length: Duration,
     /// A deliberate bug.
     pub inject: Option<Injection>,
+    /// Whether the writer calls mremap.
+    pub mremap: bool,
 }
 
 /// What a round produced.
@@ -121,7 +124,7 @@ pub fn round(cfg: RoundCfg, phys: &Arc<PhysMem>) -> Round {
     let t = Instant::now();
     let mut dead_max = 0;
     while t.elapsed() < cfg.length {
-        writer_step(&mm, &mut rng);
+        writer_step(&mm, &mut rng, cfg.mremap);
         dead_max = dead_max.max(mm.vmas_in_tree() - mm.map_count());
     }
     stop.store(true, Ordering::Relaxed);
@@ -130,9 +133,9 @@ pub fn round(cfg: RoundCfg, phys: &Arc<PhysMem>) -> Round {
     }
     // W3: unmap the arena, let dead entries expire and be reaped (the next
     // call reaps), run every callback of both domains.
-    let _ = mm.munmap(BASE, PAGES as u64 * PAGE_SIZE);
+    let _ = mm.munmap(ARENA.base, ARENA.groups as u64 * ARENA.stride);
     mm.domain().barrier();
-    let _ = mm.munmap(BASE, PAGE_SIZE);
+    let _ = mm.munmap(ARENA.base, PAGE_SIZE);
     mm.domain().barrier();
     mm.shootdown().domain().barrier();
     let mut report = |rule, what: String| teardown.push(Violation { rule, what, events: vec![] });
@@ -167,6 +170,15 @@ pub fn round(cfg: RoundCfg, phys: &Arc<PhysMem>) -> Round {
             ),
         );
     }
+    let stale = mm.ptes_in_freed_tables();
+    if stale != 0 {
+        report(
+            "P3",
+            format!(
+                "{stale} PTEs were still set in table pages when they were freed (installed after their zap)"
+            ),
+        );
+    }
     let zero_pfn = mm.phys().zero_pfn();
     drop(mm);
     // Rounds share `phys`: count only this round's frames (a leak of an
@@ -185,7 +197,7 @@ fn accessor(mm: &Arc<AddressSpace>, stop: &AtomicBool, t: usize, seed: u64) {
     let mut seq = 0u64;
     while !stop.load(Ordering::Relaxed) {
         for _ in 0..64 {
-            let va = BASE + rng.below(PAGES as u64) * PAGE_SIZE + t as u64 * 8;
+            let va = ARENA.addr(rng.below(PAGES as u64) as usize) + t as u64 * 8;
             if rng.below(10) < 6 {
                 seq += 1;
                 let _ = cpu.write(va, (t as u64 + 1) << 48 | seq);
@@ -202,7 +214,7 @@ fn reader(mm: &AddressSpace, stop: &AtomicBool, seed: u64) {
     while !stop.load(Ordering::Relaxed) {
         match rng.below(4) {
             0 => drop(mm.smaps()),
-            1 => drop(mm.query(BASE + rng.below(PAGES as u64) * PAGE_SIZE)),
+            1 => drop(mm.query(ARENA.addr(rng.below(PAGES as u64) as usize))),
             _ => drop(mm.maps()),
         }
         // Keeps the history of a round small; the race is still there.
@@ -210,22 +222,29 @@ fn reader(mm: &AddressSpace, stop: &AtomicBool, seed: u64) {
     }
 }
 
-/// A random arena range: first page and page count.
+/// A random arena range inside one run: its address and length.
 fn range(rng: &mut Rng) -> (u64, u64) {
-    let n = 1 + rng.below(4);
-    let p = rng.below(PAGES as u64 - n + 1);
-    (BASE + p * PAGE_SIZE, n * PAGE_SIZE)
+    let run = ARENA.group_pages as u64;
+    let n = 1 + rng.below(run);
+    let p = rng.below(run - n + 1);
+    let g = rng.below(ARENA.groups as u64);
+    (ARENA.base + g * ARENA.stride + p * PAGE_SIZE, n * PAGE_SIZE)
 }
 
+/// Whether `[a, a + len)` lies inside one run of the arena.
 fn in_arena(a: u64, len: u64) -> bool {
-    a >= BASE && a + len <= BASE + PAGES as u64 * PAGE_SIZE
+    len > 0
+        && ARENA.page_of(a).is_some()
+        && ARENA.page_of(a + len - PAGE_SIZE) == ARENA.page_of(a).map(|p| p + (len / PAGE_SIZE) as usize - 1)
 }
 
 /// One mm call of the writer (W2).
-fn writer_step(mm: &AddressSpace, rng: &mut Rng) {
+fn writer_step(mm: &AddressSpace, rng: &mut Rng, mremap: bool) {
     let prots = [Prot::READ | Prot::WRITE, Prot::READ | Prot::WRITE, Prot::READ, Prot::empty()];
     let (a, len) = range(rng);
-    match rng.below(8) {
+    let pick = rng.below(8);
+    // Without mremap its share goes to munmap.
+    match if pick == 7 && !mremap { 3 } else { pick } {
         0..=2 => {
             let mut flags = MapFlags::PRIVATE | MapFlags::ANONYMOUS;
             if rng.below(2) == 0 {
@@ -245,7 +264,7 @@ fn writer_step(mm: &AddressSpace, rng: &mut Rng) {
             let _ = mm.mprotect(a, len, prots[rng.below(4) as usize]);
         }
         _ => {
-            let new_len = (1 + rng.below(4)) * PAGE_SIZE;
+            let new_len = (1 + rng.below(ARENA.group_pages as u64)) * PAGE_SIZE;
             let (d, _) = range(rng);
             let (flags, to) =
                 if rng.below(2) == 0 && (d + new_len <= a || a + len <= d) && in_arena(d, new_len) {
