@@ -23,7 +23,8 @@
 //! assert!(cpu.read(a + 8).is_err());      // SIGSEGV: the old translation is gone
 //! ```
 //!
-//! Not yet: `mlock`, the checker (`rcuvm check`). Each has its issue.
+//! Not yet: `mlock`. It has its issue. (The checker, `rcuvm check`, is in the
+//! lab; [`record`] and [`inject`] are its hooks here.)
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs, clippy::undocumented_unsafe_blocks)]
