@@ -244,7 +244,7 @@ mod tests {
 
     #[test]
     fn injected_skip_recheck_is_caught() {
-        assert!(rcuvm::inject::AVAILABLE);
+        const { assert!(rcuvm::inject::AVAILABLE, "test builds enable rcuvm's inject feature") };
         caught(Strategy::RcuDead, Some(Injection::SkipRecheck), 30.0);
     }
 
