@@ -180,7 +180,6 @@ impl Cpu {
     }
 
     /// The access proper (C1–C5).
-    #[inline(always)]
     fn access_unrecorded(
         &mut self,
         va: u64,
