@@ -42,7 +42,8 @@ use crate::inject::Injection;
 use crate::maps::{self, MapsError};
 use crate::mmap::{MapFile, MmCall, MmConfig};
 use crate::pgtable::PageTable;
-use crate::record::{Op, Outcome, Recorder};
+use crate::record::{Outcome, Recorder};
+use crate::strace::MmOp as Op;
 use crate::strategy::{DeadRange, Strategy};
 use crate::tlb::Shootdown;
 use crate::uapi::{Errno, MapFlags, Prot};
@@ -387,7 +388,14 @@ impl AddressSpace {
         offset: u64,
     ) -> Result<u64, Errno> {
         self.logged(
-            || Op::Mmap { addr, len, prot: prot.bits(), flags: flags.bits(), file: file.is_some(), offset },
+            || Op::Mmap {
+                addr,
+                len,
+                prot,
+                flags,
+                fd: file.map(|f| (-1, Some(f.id.path.to_string()))),
+                offset,
+            },
             |c| c.mmap(addr, len, prot, flags, file, offset),
         )
     }
@@ -399,7 +407,7 @@ impl AddressSpace {
     /// `EINVAL`, `ENOMEM`, `EACCES` as Linux returns them.
     pub fn mprotect(&self, addr: u64, len: u64, prot: Prot) -> Result<(), Errno> {
         self.logged(
-            || Op::Mprotect { addr, len, prot: prot.bits() },
+            || Op::Mprotect { addr, len, prot },
             |c| {
                 if crate::inject::active(self.hw.inject, Injection::HalfUpdatedVma) {
                     c.publish_half_updated(addr, len, prot);
@@ -453,7 +461,13 @@ impl AddressSpace {
         new_addr: u64,
     ) -> Result<u64, Errno> {
         self.logged(
-            || Op::Mremap { addr, old_len, new_len, flags, new_addr },
+            || Op::Mremap {
+                old_addr: addr,
+                old_len,
+                new_len,
+                flags,
+                new_addr: (flags & crate::uapi::MREMAP_FIXED != 0).then_some(new_addr),
+            },
             |c| c.mremap(addr, old_len, new_len, flags, new_addr),
         )
     }

@@ -41,6 +41,7 @@ use std::time::Instant;
 
 use crate::cpu::Touched;
 use crate::fault::AccessError;
+use crate::strace::MmOp;
 use crate::uapi::Errno;
 use crate::vma::VmFlags;
 
@@ -69,69 +70,6 @@ pub struct AccessEvent {
     pub end: u64,
 }
 
-/// An mm call with its arguments.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Op {
-    /// `mmap(addr, len, prot, flags, fd, offset)`; `file` is whether a file was given.
-    Mmap {
-        /// Hint or fixed address.
-        addr: u64,
-        /// Length.
-        len: u64,
-        /// `PROT_*` bits.
-        prot: u32,
-        /// `MAP_*` bits.
-        flags: u32,
-        /// A file was passed.
-        file: bool,
-        /// File offset.
-        offset: u64,
-    },
-    /// `munmap(addr, len)`.
-    Munmap {
-        /// Start.
-        addr: u64,
-        /// Length.
-        len: u64,
-    },
-    /// `mprotect(addr, len, prot)`.
-    Mprotect {
-        /// Start.
-        addr: u64,
-        /// Length.
-        len: u64,
-        /// `PROT_*` bits.
-        prot: u32,
-    },
-    /// `mremap(addr, old_len, new_len, flags, new_addr)`.
-    Mremap {
-        /// Source.
-        addr: u64,
-        /// Old length.
-        old_len: u64,
-        /// New length.
-        new_len: u64,
-        /// `MREMAP_*` bits.
-        flags: u32,
-        /// Destination with `MREMAP_FIXED`.
-        new_addr: u64,
-    },
-    /// `madvise(addr, len, advice)`.
-    Madvise {
-        /// Start.
-        addr: u64,
-        /// Length.
-        len: u64,
-        /// The advice.
-        advice: i32,
-    },
-    /// `brk(addr)`.
-    Brk {
-        /// The requested break.
-        addr: u64,
-    },
-}
-
 /// A VMA as the oracle needs it (H3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct VmaState {
@@ -148,8 +86,9 @@ pub struct VmaState {
 /// One mm call.
 #[derive(Clone, Debug)]
 pub struct CallEvent {
-    /// What was called.
-    pub op: Op,
+    /// What was called, as the strace parser names calls (a file is shown
+    /// as fd -1 with its path: the recorder sees no descriptors).
+    pub op: MmOp,
     /// What it returned (the address for `mmap`/`mremap`/`brk`, 0 otherwise).
     pub result: Result<u64, Errno>,
     /// Holding the mmap lock from here (H2).

@@ -23,7 +23,8 @@
 //! The semantics of `mmap`, `munmap`, `mprotect`, `mremap` for private
 //! anonymous memory (`MREMAP_DONTUNMAP` and `old_len == 0` are not drawn).
 
-use rcuvm::record::{CallEvent, Op};
+use rcuvm::record::CallEvent;
+use rcuvm::strace::MmOp as Op;
 use rcuvm::uapi::{MREMAP_DONTUNMAP, MREMAP_MAYMOVE};
 use rcuvm::{PAGE_SIZE, VmFlags};
 
@@ -181,7 +182,7 @@ impl States {
             Op::Mmap { len, .. } => fresh(&mut next, r, round_up(len), 0),
             Op::Munmap { addr, len } => clear(&mut next, addr, round_up(len)),
             Op::Mprotect { .. } | Op::Madvise { .. } | Op::Brk { .. } => {}
-            Op::Mremap { addr, old_len, new_len, flags, .. } => {
+            Op::Mremap { old_addr: addr, old_len, new_len, flags, .. } => {
                 let (old, new) = (round_up(old_len), round_up(new_len));
                 if old == 0 || flags & MREMAP_DONTUNMAP != 0 || flags & MREMAP_MAYMOVE == 0 && r != addr {
                     return next; // not drawn by the workload

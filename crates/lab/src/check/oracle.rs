@@ -58,7 +58,8 @@
 
 use std::collections::HashMap;
 
-use rcuvm::record::{AccessEvent, CallEvent, History, Op, ReadEvent, ReadKind};
+use rcuvm::record::{AccessEvent, CallEvent, History, ReadEvent, ReadKind};
+use rcuvm::strace::MmOp as Op;
 use rcuvm::{AccessError, PAGE_SIZE, VmFlags};
 
 use super::model::{Arena, ObjPage, States};
@@ -81,6 +82,8 @@ pub struct Counts {
     pub accesses: u64,
     /// mm calls.
     pub calls: u64,
+    /// mm calls that succeeded.
+    pub calls_ok: u64,
     /// maps, smaps and query reads.
     pub reads: u64,
 }
@@ -98,7 +101,12 @@ pub fn check(h: &History, arena: Arena, zero_pfn: u64) -> (Vec<Violation>, Count
     }
     let t0 = h.calls.first().map_or(0, |c| c.start);
     let mut cx = Ctx { st: &st, calls: &h.calls, zero_pfn, t0, incarnations: HashMap::new(), out: &mut out };
-    let mut counts = Counts { calls: h.calls.len() as u64, reads: h.reads.len() as u64, ..Counts::default() };
+    let mut counts = Counts {
+        calls: h.calls.len() as u64,
+        calls_ok: h.calls.iter().filter(|c| c.result.is_ok()).count() as u64,
+        reads: h.reads.len() as u64,
+        ..Counts::default()
+    };
     for log in &h.accesses {
         let mut last = HashMap::new();
         for a in log {
@@ -136,7 +144,7 @@ fn allows(flags: VmFlags, write: bool) -> bool {
 }
 
 fn call_line(i: usize, c: &CallEvent) -> String {
-    format!("call #{i} [{} .. {}] ns: {:x?} -> {:x?}", c.start, c.end, c.op, c.result)
+    format!("call #{i} [{} .. {}] ns: {} -> {:x?}", c.start, c.end, c.op, c.result)
 }
 
 impl Ctx<'_> {
@@ -166,7 +174,7 @@ impl Ctx<'_> {
             .map(|i| {
                 let c = &self.calls[i - 1];
                 format!(
-                    "call #{} [{:.3} .. {:.3}] us: {:x?} -> {:x?}",
+                    "call #{} [{:.3} .. {:.3}] us: {} -> {:x?}",
                     i - 1,
                     self.rel(c.start),
                     self.rel(c.end),
@@ -399,10 +407,10 @@ impl Ctx<'_> {
                 Op::Munmap { addr, len } | Op::Mprotect { addr, len, .. } | Op::Madvise { addr, len, .. } => {
                     out.push((addr, addr.saturating_add(len)))
                 }
-                Op::Mremap { addr, old_len, new_len, new_addr, .. } => out.extend([
+                Op::Mremap { old_addr: addr, old_len, new_len, new_addr, .. } => out.extend([
                     (addr, addr.saturating_add(old_len.max(new_len))),
                     (r, r.saturating_add(new_len)),
-                    (new_addr, new_addr.saturating_add(new_len)),
+                    (new_addr.unwrap_or(r), new_addr.unwrap_or(r).saturating_add(new_len)),
                 ]),
                 Op::Brk { .. } => out.push((0, u64::MAX)),
             }
