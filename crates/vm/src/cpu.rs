@@ -204,6 +204,8 @@ impl Cpu {
                         self.stats.tlb_misses += 1;
                         #[cfg(feature = "record")]
                         {
+                            // ORDERING: Acquire pairs with free_tree's Release
+                            // bump (pgtable.rs PT1), as the frame's generation does.
                             walked =
                                 hw.pt.pte_table(va, false).map(|t| (t, t.generation.load(Ordering::Acquire)));
                         }
@@ -221,6 +223,7 @@ impl Cpu {
                     // C5: still the same frame at the end of the access?
                     let freed_during = f.generation.load(Ordering::Acquire) != generation;
                     // C6: and the table the walk used (pgtable.rs PT1, PT5).
+                    // ORDERING: Acquire, as the frame's generation above.
                     #[cfg(feature = "record")]
                     let freed_during = freed_during
                         || walked.is_some_and(|(t, g)| t.generation.load(Ordering::Acquire) != g);

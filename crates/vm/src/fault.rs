@@ -265,6 +265,8 @@ struct TableHeld<'a> {
 #[cfg(feature = "record")]
 impl<'a> TableHeld<'a> {
     fn new(mm: &'a AddressSpace, va: u64) -> Self {
+        // ORDERING: Acquire pairs with free_tree's Release bump (pgtable.rs
+        // PT1); so does the load in `drop`.
         let table = mm.hw().pt.pte_table(va, false).map(|t| (t, t.generation.load(Ordering::Acquire)));
         TableHeld { mm, table }
     }

@@ -15,6 +15,9 @@
 //! - I3. An injection is per address space, so tests that run in parallel
 //!   in one process do not see each other's bugs.
 //!
+//! # Concurrency
+//! Chosen when the address space is built; read-only after.
+//!
 //! # Linux
 //! The kind of bug each of the mm's invariants exists to prevent.
 

@@ -16,7 +16,8 @@
 //! - U4. The dead entries are bounded: past [`DEAD_LIMIT`], the munmap that
 //!   adds one waits for a grace period and reaps them all (the writer helps,
 //!   as callers of a full RCU callback queue do), so a munmap storm cannot
-//!   grow the tree without bound.
+//!   grow the tree without bound. It reaps after its own zap and
+//!   shootdown, never between the dead entry and the zap (U1's order).
 //! - U3. Under `rcu-sync`, munmap returns only after a grace period of the
 //!   VMA domain: no fault or reader that found an unmapped VMA is still
 //!   running when the range can be reused.
@@ -86,9 +87,6 @@ impl MmCall<'_> {
             // after the dead entry was published.
             self.domain.call(move || d.expire());
         }
-        if self.dead.len() > DEAD_LIMIT {
-            self.reap_dead(true, 0, u64::MAX);
-        }
         true
     }
 
@@ -123,6 +121,12 @@ impl MmCall<'_> {
             }
         }
         self.finish(g, false);
+        // U4, only now: reaping unhooks the tables under every dead entry,
+        // this call's too, and a table unhooked before its zap keeps its
+        // PTEs, which no shootdown then covers (found by rcuvm check: P1).
+        if self.dead.len() > DEAD_LIMIT {
+            self.reap_dead(true, 0, u64::MAX);
+        }
     }
 
     /// `tlb_finish_mmu()`: one shootdown, then frames back at once; tables

@@ -18,6 +18,10 @@
 //!   do not fail the run; not finding one is printed as a miss. 2: a usage
 //!   error.
 //!
+//! # Concurrency
+//! One strategy at a time; a round's threads are joined before its
+//! history is checked.
+//!
 //! # Linux
 //! What a kernel mm developer would run before proposing a new fault
 //! strategy: the thread's races, every interleaving the scheduler gives.

@@ -19,6 +19,9 @@
 //!   difference is a violation (an mm call that did not do what it
 //!   returned), after which the model follows the tree.
 //!
+//! # Concurrency
+//! None: built and read by the checking thread, after the round.
+//!
 //! # Linux
 //! The semantics of `mmap`, `munmap`, `mprotect`, `mremap` for private
 //! anonymous memory (`MREMAP_DONTUNMAP` and `old_len == 0` are not drawn).

@@ -48,6 +48,9 @@
 //! - P8. Each call did what it returned (model.rs M2): the tree after it
 //!   maps exactly the pages its semantics say.
 //!
+//! # Concurrency
+//! None: runs on the history after the round's threads have joined.
+//!
 //! P6 (teardown and backlog) is checked by the workload (workload.rs),
 //! which owns the address space.
 //!

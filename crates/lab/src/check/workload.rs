@@ -22,6 +22,10 @@
 //! - W4. The seed fixes every choice of every thread; the interleaving is
 //!   the scheduler's, so a seed reproduces the workload, not the schedule.
 //!
+//! # Concurrency
+//! `threads` accessor threads, one reader and the writer (the calling
+//! thread) share the address space; all are joined before teardown.
+//!
 //! # Linux
 //! The thread's motivating workload: one thread faulting, another churning
 //! small mappings at the same addresses (a memory allocator's arena).
