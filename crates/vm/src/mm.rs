@@ -534,6 +534,11 @@ impl AddressSpace {
         self.vmas.len() - self.hw.dead.load(Ordering::Relaxed)
     }
 
+    /// Dead entries counted in the tree (`rcu-dead`, strategy.rs S4).
+    pub fn dead_entries(&self) -> usize {
+        self.hw.dead.load(Ordering::Relaxed)
+    }
+
     /// Entries in the VMA tree: VMAs and (`rcu-dead`) dead entries.
     pub fn vmas_in_tree(&self) -> usize {
         self.vmas.len()

@@ -19,6 +19,9 @@
 //!   VMA domain's callback backlog stayed within twice its limit; after
 //!   the address space is dropped, every frame of the shared `PhysMem` is
 //!   free.
+//! - W5. A panic in an mm call, an access or the teardown is caught and
+//!   reported (P8, P7), never passed on: the checker outlives the bugs it
+//!   finds (an injected bug may break the address space's own accounting).
 //! - W4. The seed fixes every choice of every thread; the interleaving is
 //!   the scheduler's, so a seed reproduces the workload, not the schedule.
 //!
@@ -99,8 +102,42 @@ pub struct Round {
 }
 
 /// Runs one round (W1–W4) on a fresh address space over `phys`.
+///
+/// A panic anywhere in the address space (an mm call, an access, the
+/// teardown) ends the round and is reported as a violation, not passed on.
 pub fn round(cfg: RoundCfg, phys: &Arc<PhysMem>) -> Round {
     let rec = Recorder::new();
+    let mut teardown = Vec::new();
+    let r =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_round(cfg, phys, &rec, &mut teardown)));
+    if let Err(p) = r {
+        teardown.push(Violation {
+            rule: "P8",
+            what: format!("the address space panicked: {}", message(&*p)),
+            events: vec![],
+        });
+    }
+    Round { history: rec.take(), zero_pfn: phys.zero_pfn(), teardown }
+}
+
+fn message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_default()
+}
+
+/// Sets the stop flag when dropped, so that a writer that panics stops
+/// the other threads too.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+fn run_round(cfg: RoundCfg, phys: &Arc<PhysMem>, rec: &Arc<Recorder>, teardown: &mut Vec<Violation>) {
     let in_use_before = phys.stats().in_use;
     let mm = Arc::new(
         AddressSpace::builder()
@@ -112,7 +149,7 @@ pub fn round(cfg: RoundCfg, phys: &Arc<PhysMem>) -> Round {
             .build(),
     );
     let stop = Arc::new(AtomicBool::new(false));
-    let mut teardown = Vec::new();
+    let stopper = StopOnDrop(stop.clone());
     let mut handles = Vec::new();
     for t in 0..cfg.threads {
         let (mm, stop) = (mm.clone(), stop.clone());
@@ -126,14 +163,21 @@ pub fn round(cfg: RoundCfg, phys: &Arc<PhysMem>) -> Round {
     }
     let mut rng = Rng::new(cfg.seed);
     let t = Instant::now();
-    let mut dead_max = 0;
+    let (mut dead_max, mut dead_lost) = (0, None);
     while t.elapsed() < cfg.length {
         writer_step(&mm, &mut rng, cfg.mremap);
-        dead_max = dead_max.max(mm.vmas_in_tree() - mm.map_count());
+        let (dead, entries) = (mm.dead_entries(), mm.vmas_in_tree());
+        dead_max = dead_max.max(dead);
+        if dead > entries {
+            dead_lost.get_or_insert((dead, entries));
+        }
     }
-    stop.store(true, Ordering::Relaxed);
+    drop(stopper);
+    let mut report = |rule, what: String| teardown.push(Violation { rule, what, events: vec![] });
     for h in handles {
-        h.join().expect("checker thread");
+        if let Err(p) = h.join() {
+            report("P7", format!("an accessing or reading thread panicked: {}", message(&*p)));
+        }
     }
     // W3: unmap the arena, let dead entries expire and be reaped (the next
     // call reaps), run every callback of both domains.
@@ -142,13 +186,20 @@ pub fn round(cfg: RoundCfg, phys: &Arc<PhysMem>) -> Round {
     let _ = mm.munmap(ARENA.base, PAGE_SIZE);
     mm.domain().barrier();
     mm.shootdown().domain().barrier();
-    let mut report = |rule, what: String| teardown.push(Violation { rule, what, events: vec![] });
     if mm.page_table().tables() != 1 {
         report(
             "P6",
             format!(
                 "{} table pages remain after teardown and barriers (want 1, the root)",
                 mm.page_table().tables()
+            ),
+        );
+    }
+    if let Some((dead, entries)) = dead_lost {
+        report(
+            "P8",
+            format!(
+                "{dead} dead entries counted, but only {entries} entries in the tree (a dead entry overwritten)"
             ),
         );
     }
@@ -183,7 +234,6 @@ pub fn round(cfg: RoundCfg, phys: &Arc<PhysMem>) -> Round {
             ),
         );
     }
-    let zero_pfn = mm.phys().zero_pfn();
     drop(mm);
     // Rounds share `phys`: count only this round's frames (a leak of an
     // earlier round is reported there).
@@ -191,7 +241,6 @@ pub fn round(cfg: RoundCfg, phys: &Arc<PhysMem>) -> Round {
     if in_use != 0 {
         report("P6", format!("{in_use} frames still in use after the address space was dropped"));
     }
-    Round { history: rec.take(), zero_pfn, teardown }
 }
 
 /// W1: CPU `t` reads and writes word `t` of random arena pages.
