@@ -13,7 +13,8 @@
 //!   address (`MAP_FIXED` half the time, a hint otherwise), munmap,
 //!   mprotect and mremap take arena ranges; a mapping placed outside the
 //!   arena (a hint not taken, a move) is unmapped by the next call.
-//! - W3 (P6). After the round: the arena is unmapped, both domains'
+//! - W3 (P6). After the round: the arena's span is mapped and unmapped
+//!   (so every table of it is freed), both domains'
 //!   callbacks have run, and the page table is back to its root alone;
 //!   dead entries never exceeded `DEAD_LIMIT` plus one call's worth; the
 //!   VMA domain's callback backlog stayed within twice its limit; after
@@ -180,8 +181,21 @@ fn run_round(cfg: RoundCfg, phys: &Arc<PhysMem>, rec: &Arc<Recorder>, teardown: 
         }
     }
     // W3: unmap the arena, let dead entries expire and be reaped (the next
-    // call reaps), run every callback of both domains.
-    let _ = mm.munmap(ARENA.base, ARENA.groups as u64 * ARENA.stride);
+    // call reaps), run every callback of both domains. The arena's span is
+    // mapped first, so that the munmap has a VMA and frees every table of
+    // the span: a fault that lost a race to a munmap may have hooked an
+    // empty table in what became a gap, and only an unmap of a VMA frees
+    // tables (`free_pgtables`), as in Linux.
+    let span = ARENA.groups as u64 * ARENA.stride;
+    let _ = mm.mmap(
+        ARENA.base,
+        span,
+        Prot::empty(),
+        MapFlags::PRIVATE | MapFlags::ANONYMOUS | MapFlags::FIXED,
+        None,
+        0,
+    );
+    let _ = mm.munmap(ARENA.base, span);
     mm.domain().barrier();
     let _ = mm.munmap(ARENA.base, PAGE_SIZE);
     mm.domain().barrier();
