@@ -119,6 +119,11 @@ impl MmCall<'_> {
             for v in hit {
                 let _ = v.rt.on_last_put.set(holder.clone());
             }
+            // The tree's counts of `hit` sit in the writer's batch of
+            // retired values (maple write.rs, 64 a batch) until handed to
+            // RCU: hand them now, or the last put (and the tables) waits
+            // for 63 more retirements, past every barrier.
+            self.w.flush();
         }
         self.finish(g, false);
         // U4, only now: reaping unhooks the tables under every dead entry,
