@@ -21,8 +21,9 @@ pub enum Command {
     /// Run the workload suite (or one workload) under every strategy and on
     /// the host kernel; print the table, write the report.
     Run(RunArgs),
-    /// Not built yet: the concurrency checker has its own issue.
-    Check,
+    /// Run randomized concurrent workloads on each strategy and check every
+    /// history. Exit 0: no violation on a safe strategy; 1: violations.
+    Check(crate::check::CheckArgs),
     /// Replay a case (DIR/start.maps, trace.strace, end.maps) and compare
     /// with DIR/end.maps. Exit 0: page-exact; 1: diverged; 2: bad input.
     Replay(ReplayArgs),

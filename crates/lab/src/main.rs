@@ -9,6 +9,7 @@
 
 mod args;
 mod capture;
+mod check;
 mod maple_probe;
 mod maps_cmd;
 mod rcu_probe;
@@ -23,10 +24,7 @@ fn main() {
     let cli = args::Cli::parse();
     let code = match cli.command.unwrap_or_default() {
         args::Command::Run(a) => suite::run(&a),
-        args::Command::Check => {
-            eprintln!("rcuvm check: not built yet (the concurrency checker has its own issue)");
-            2
-        }
+        args::Command::Check(a) => check::run(&a),
         args::Command::Replay(a) => replay::run(&a),
         args::Command::Capture(a) => capture::run(&a),
         args::Command::Maps(a) => maps_cmd::run(&a),

@@ -289,9 +289,9 @@ fn bad_run_arguments_are_clear_errors() {
     let (code, _, err) = run(&["--workload", "mmap"], &file.join("report"));
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("cannot create"), "{err}");
-    let o = rcuvm(&["check".as_ref()]);
+    let o = rcuvm(&["check".as_ref(), "--strategy".as_ref(), "nope".as_ref()]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(text(&o).1.contains("not built yet"));
+    assert!(text(&o).1.contains("unknown strategy"));
 }
 
 #[test]

@@ -78,6 +78,8 @@ impl MmCall<'_> {
                     && p.backing == Backing::Anon
                     && p.name.is_none() =>
             {
+                // strategy.rs S3: the VMA replaced is write-locked first.
+                self.vma_write_lock(&p);
                 Vma { end: newbrk, ..(*p).clone() }
             }
             _ => Vma::new(oldbrk, newbrk, flags, oldbrk >> PAGE_SHIFT, Backing::Anon, None, None),

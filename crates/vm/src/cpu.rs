@@ -20,6 +20,13 @@
 //!   means the frame was freed while in use (a broken shootdown); it is
 //!   counted ([`AddressSpace::use_after_free_accesses`]) and reported in
 //!   [`Touched`], never silent.
+//! - C6. With the `record` feature and a recorder, each access is timed
+//!   around the whole of C1–C5 (faults included) and appended to the
+//!   CPU's own log (record.rs H2, H4); a walk also notes its leaf table's
+//!   generation, and a table freed before the access ends counts as C5's
+//!   use after free (the table is the walk's, until the TLB domain's grace
+//!   period: tlb.rs T6). Without the feature the access path is
+//!   unchanged.
 //! - C4. A CPU caches an entry only after its bit is in it
 //!   (`PageTable::walk_for`, pgtable.rs PT3), and it belongs to the thread
 //!   that made it (`!Send`), so a writer on that thread knows its CPUs are
@@ -51,6 +58,9 @@ pub struct Cpu {
     bit: u64,
     /// C4: bound to its thread.
     _not_send: std::marker::PhantomData<*const ()>,
+    /// C6: this CPU's id and its accesses, merged into the recorder on drop.
+    #[cfg(feature = "record")]
+    log: Option<(u32, Vec<crate::record::AccessEvent>)>,
 }
 
 impl std::fmt::Debug for Cpu {
@@ -93,12 +103,14 @@ impl Cpu {
     pub fn new(mm: Arc<AddressSpace>) -> Cpu {
         let bit = mm.hw().tlb.claim_cpu();
         Cpu {
-            mm,
             tlb: Default::default(),
             frames: FrameCache::default(),
             stats: CpuStats::default(),
+            #[cfg(feature = "record")]
+            log: mm.recorder().map(|r| (r.cpu_id(), Vec::new())),
             bit,
             _not_send: std::marker::PhantomData,
+            mm,
         }
     }
 
@@ -117,9 +129,13 @@ impl Cpu {
     /// # Errors
     /// The signal Linux would send (C3).
     pub fn read(&mut self, va: u64) -> Result<u64, AccessError> {
+        #[cfg(feature = "record")]
+        let start = crate::record::now();
         let mut v = 0;
-        self.access(va, false, |w| v = w.load(Ordering::Relaxed))?;
-        Ok(v)
+        let r = self.access_unrecorded(va, false, |w| v = w.load(Ordering::Relaxed));
+        #[cfg(feature = "record")]
+        self.record(va, false, v, r, start);
+        r.map(|_| v)
     }
 
     /// Writes `value` to the word at `va` (8-byte aligned).
@@ -127,7 +143,12 @@ impl Cpu {
     /// # Errors
     /// The signal Linux would send (C3).
     pub fn write(&mut self, va: u64, value: u64) -> Result<(), AccessError> {
-        self.access(va, true, |w| w.store(value, Ordering::Relaxed)).map(|_| ())
+        #[cfg(feature = "record")]
+        let start = crate::record::now();
+        let r = self.access_unrecorded(va, true, |w| w.store(value, Ordering::Relaxed));
+        #[cfg(feature = "record")]
+        self.record(va, true, value, r, start);
+        r.map(|_| ())
     }
 
     /// Runs `op` on the word at `va` inside one access (C1) and tells
@@ -136,6 +157,30 @@ impl Cpu {
     /// # Errors
     /// The signal Linux would send (C3).
     pub fn access(
+        &mut self,
+        va: u64,
+        write: bool,
+        op: impl FnMut(&AtomicU64),
+    ) -> Result<Touched, AccessError> {
+        #[cfg(feature = "record")]
+        let start = crate::record::now();
+        let r = self.access_unrecorded(va, write, op);
+        #[cfg(feature = "record")]
+        self.record(va, write, 0, r, start);
+        r
+    }
+
+    /// Appends an access to this CPU's log (C6, record.rs H2, H4).
+    #[cfg(feature = "record")]
+    fn record(&mut self, va: u64, write: bool, value: u64, result: Result<Touched, AccessError>, start: u64) {
+        if let Some((cpu, log)) = &mut self.log {
+            let end = crate::record::now();
+            log.push(crate::record::AccessEvent { cpu: *cpu, va, write, value, result, start, end });
+        }
+    }
+
+    /// The access proper (C1–C5).
+    fn access_unrecorded(
         &mut self,
         va: u64,
         write: bool,
@@ -150,10 +195,20 @@ impl Cpu {
             {
                 let _section = hw.tlb.domain().read();
                 self.tlb.sync(&hw.tlb);
+                // C6: the leaf table a walk goes through, and its generation.
+                #[cfg(feature = "record")]
+                let mut walked = None;
                 let pte = match self.tlb.lookup(va) {
                     Some(p) if !write || p.writable() => Some(p),
                     _ => {
                         self.stats.tlb_misses += 1;
+                        #[cfg(feature = "record")]
+                        {
+                            // ORDERING: Acquire pairs with free_tree's Release
+                            // bump (pgtable.rs PT1), as the frame's generation does.
+                            walked =
+                                hw.pt.pte_table(va, false).map(|t| (t, t.generation.load(Ordering::Acquire)));
+                        }
                         let p = hw.pt.walk_for(va, self.bit);
                         if p.present() {
                             self.tlb.fill(va, p);
@@ -167,6 +222,11 @@ impl Cpu {
                     op(&f.data[((va >> 3) & 511) as usize]);
                     // C5: still the same frame at the end of the access?
                     let freed_during = f.generation.load(Ordering::Acquire) != generation;
+                    // C6: and the table the walk used (pgtable.rs PT1, PT5).
+                    // ORDERING: Acquire, as the frame's generation above.
+                    #[cfg(feature = "record")]
+                    let freed_during = freed_during
+                        || walked.is_some_and(|(t, g)| t.generation.load(Ordering::Acquire) != g);
                     if freed_during {
                         hw.use_after_free.fetch_add(1, Ordering::Relaxed);
                     }
@@ -193,6 +253,10 @@ impl Cpu {
 
 impl Drop for Cpu {
     fn drop(&mut self) {
+        #[cfg(feature = "record")]
+        if let (Some(rec), Some((_, log))) = (self.mm.recorder(), self.log.take()) {
+            rec.merge(log);
+        }
         self.frames.drain(&self.mm.hw().phys);
         self.mm.hw().tlb.release_cpu(self.bit);
     }

@@ -23,6 +23,9 @@
 //!   taking the counted reference is an atomic increment on the VMA's
 //!   shared count, the cache-line bouncing that solution 2 also costs.
 //!   `vma-lock` increments the VMA's reader count, as Linux does.
+//! - FL5. (With the `record` feature, for the checker.) The leaf table a
+//!   fault starts with is not freed before the fault ends; if it is, a use
+//!   after free is counted (cpu.rs C5).
 //! - FL4. Anonymous private memory: a read fault maps the zero page
 //!   read-only; a write fault maps a new zeroed frame, or reuses the
 //!   frame in place when it is already this VMA's own anonymous page, or
@@ -237,7 +240,36 @@ fn find_mergeable_anon_vma(mm: &AddressSpace, vma: &Vma) -> Option<AnonVmaId> {
     None
 }
 
-/// The fault proper, once the VMA is held (FL1, FL4). `live` is the
+/// FL5 (with the `record` feature): the leaf table for `va`, if it exists
+/// when the fault starts, must not be freed before the fault ends (the
+/// strategy's hold on the VMA keeps it: pgtable.rs PT5); if it is, the
+/// fault counts a use after free (cpu.rs C5) for the checker.
+#[cfg(feature = "record")]
+struct TableHeld<'a> {
+    mm: &'a AddressSpace,
+    table: Option<(&'a crate::pgtable::Table, u64)>,
+}
+
+#[cfg(feature = "record")]
+impl<'a> TableHeld<'a> {
+    fn new(mm: &'a AddressSpace, va: u64) -> Self {
+        // ORDERING: Acquire pairs with free_tree's Release bump (pgtable.rs
+        // PT1); so does the load in `drop`.
+        let table = mm.hw().pt.pte_table(va, false).map(|t| (t, t.generation.load(Ordering::Acquire)));
+        TableHeld { mm, table }
+    }
+}
+
+#[cfg(feature = "record")]
+impl Drop for TableHeld<'_> {
+    fn drop(&mut self) {
+        if self.table.is_some_and(|(t, g)| t.generation.load(Ordering::Acquire) != g) {
+            self.mm.hw().use_after_free.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The fault proper, once the VMA is held (FL1, FL4, FL5). `live` is the
 /// re-check of S4, run under the PTL.
 fn do_fault(
     mm: &AddressSpace,
@@ -247,6 +279,8 @@ fn do_fault(
     cache: &mut FrameCache,
     live: Option<&dyn Fn() -> bool>,
 ) -> Result<Outcome, AccessError> {
+    #[cfg(feature = "record")]
+    let _fl5 = TableHeld::new(mm, va);
     if !access_ok(vma, write) {
         return Err(AccessError::AccErr);
     }
@@ -308,6 +342,8 @@ fn do_fault(
     let ptl = t.lock();
     // pte_same (CPU bits aside: a walk may have added one since, PT3).
     let same = Pte(t.entry(i)).sans_cpus() == seen.sans_cpus();
+    // inject.rs: the FL1 re-check can be skipped to prove the checker sees it.
+    let live = live.filter(|_| !crate::inject::active(hw.inject, crate::inject::Injection::SkipRecheck));
     if same && live.is_none_or(|f| f()) {
         let old = t.set(&ptl, i, new);
         if old.present() && old.pfn() == new.pfn() {

@@ -27,8 +27,9 @@
 //! assert!(cpu.read(a + 8).is_err());      // SIGSEGV: the old translation is gone
 //! ```
 //!
-//! Not yet: the checker (`rcuvm check`), populated pages of `mlock` and
-//! `MAP_POPULATE` (faulted in through the fault path). Each has its issue.
+//! Not yet: populated pages of `mlock` and `MAP_POPULATE` (faulted in
+//! through the fault path). The checker, `rcuvm check`, is in the lab;
+//! [`record`] and [`inject`] are its hooks here.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs, clippy::undocumented_unsafe_blocks)]
@@ -37,6 +38,7 @@ mod brk;
 pub mod cpu;
 pub mod fault;
 pub mod frame;
+pub mod inject;
 mod madvise;
 pub mod maps;
 mod mlock;
@@ -45,6 +47,7 @@ mod mmap;
 mod mprotect;
 mod mremap;
 pub mod pgtable;
+pub mod record;
 pub mod replay;
 pub mod strace;
 pub mod strategy;

@@ -51,9 +51,12 @@ use rcuvm_rcu::Domain;
 
 use crate::cpu::Cpu;
 use crate::frame::{Owner, PhysMem};
+use crate::inject::Injection;
 use crate::maps::{self, MapsError};
 use crate::mmap::{MapFile, MmCall, MmConfig};
 use crate::pgtable::PageTable;
+use crate::record::{Outcome, Recorder};
+use crate::strace::MmOp as Op;
 use crate::strategy::{DeadRange, Strategy};
 use crate::tlb::Shootdown;
 use crate::uapi::{Errno, MapFlags, Prot};
@@ -72,6 +75,9 @@ pub struct AddressSpace {
     /// [`Strategy::MmapLock`] (and `vma-lock`'s fallback).
     mmap_lock: parking_lot::RwLock<MmState>,
     hw: Hw,
+    /// Where calls and reads are recorded (record.rs), if anywhere.
+    #[cfg(feature = "record")]
+    recorder: Option<Arc<Recorder>>,
 }
 
 /// State behind the mmap lock.
@@ -110,6 +116,12 @@ pub(crate) struct Hw {
     pub(crate) reuse_syncs: AtomicU64,
     /// Nanoseconds spent in them.
     pub(crate) reuse_sync_ns: AtomicU64,
+    /// The deliberate bug of this address space (inject.rs; none without
+    /// the `inject` feature).
+    pub(crate) inject: Option<Injection>,
+    /// Leaf entries still set in table pages when they were freed (a PTE
+    /// installed after its zap: the stale PTE of strategy.rs S5).
+    pub(crate) ptes_in_freed_tables: Arc<AtomicU64>,
 }
 
 /// Torn reads of one entry before a lockless reader takes the mmap lock
@@ -125,6 +137,8 @@ pub struct MmBuilder {
     strategy: Strategy,
     phys: Option<Arc<PhysMem>>,
     rcu: rcuvm_rcu::Config,
+    recorder: Option<Arc<Recorder>>,
+    inject: Option<Injection>,
 }
 
 impl MmBuilder {
@@ -149,8 +163,22 @@ impl MmBuilder {
         self.rcu = c;
         self
     }
+    /// Records every access, mm call and read into `r` (record.rs). Only
+    /// with the `record` feature; without it, nothing is recorded.
+    pub fn recorder(mut self, r: Arc<Recorder>) -> Self {
+        self.recorder = Some(r);
+        self
+    }
+    /// Gives the address space a deliberate bug (inject.rs). Only with the
+    /// `inject` feature ([`crate::inject::AVAILABLE`]); without it, none.
+    pub fn inject(mut self, i: Option<Injection>) -> Self {
+        self.inject = i;
+        self
+    }
     /// The address space.
     pub fn build(self) -> AddressSpace {
+        #[cfg(not(feature = "record"))]
+        let _ = self.recorder;
         let domain = Arc::new(Domain::with_config(self.rcu));
         AddressSpace {
             vmas: MapleTree::new(domain.clone()),
@@ -166,7 +194,7 @@ impl MmBuilder {
                 strategy: self.strategy,
                 pt: PageTable::new(),
                 phys: self.phys.unwrap_or_else(|| Arc::new(PhysMem::new(4 << 20))),
-                tlb: Shootdown::default(),
+                tlb: Shootdown::with_injection(self.inject),
                 mm_lock_seq: AtomicU64::new(1),
                 id: NEXT_MM_ID.fetch_add(1, Ordering::Relaxed) & 0x3f_ffff,
                 dead: AtomicUsize::new(0),
@@ -176,7 +204,11 @@ impl MmBuilder {
                 write_seq: AtomicU64::new(0),
                 reuse_syncs: AtomicU64::new(0),
                 reuse_sync_ns: AtomicU64::new(0),
+                inject: self.inject,
+                ptes_in_freed_tables: Arc::default(),
             },
+            #[cfg(feature = "record")]
+            recorder: self.recorder,
         }
     }
 }
@@ -285,6 +317,19 @@ impl AddressSpace {
         self.hw.use_after_free.load(Ordering::Relaxed)
     }
 
+    /// The recorder, if this address space has one (record.rs).
+    #[cfg(feature = "record")]
+    pub(crate) fn recorder(&self) -> Option<&Arc<Recorder>> {
+        self.recorder.as_ref()
+    }
+
+    /// Leaf entries that were still set in table pages freed by mm calls:
+    /// always 0 unless a fault installed a PTE after its range was zapped
+    /// (the stale PTE that `rcu-refcount` allows, strategy.rs S5).
+    pub fn ptes_in_freed_tables(&self) -> u64 {
+        self.hw.ptes_in_freed_tables.load(Ordering::Relaxed)
+    }
+
     pub(crate) fn hw(&self) -> &Hw {
         &self.hw
     }
@@ -303,7 +348,49 @@ impl AddressSpace {
     }
 
     fn call<R>(&self, f: impl FnOnce(&mut MmCall<'_>) -> R) -> R {
+        self.call_then(f, |_, _| ())
+    }
+
+    /// An mm call `op`, recorded when the address space has a recorder
+    /// (record.rs H2, H3).
+    fn logged<R: Outcome>(&self, op: impl FnOnce() -> Op, f: impl FnOnce(&mut MmCall<'_>) -> R) -> R {
+        #[cfg(feature = "record")]
+        if let Some(rec) = &self.recorder {
+            return self.call_then(f, |r, start| {
+                let (result, after) = (r.outcome(), self.state());
+                let end = crate::record::now();
+                rec.call(crate::record::CallEvent { op: op(), result, start, end, after });
+            });
+        }
+        let _ = op;
+        self.call(f)
+    }
+
+    /// The VMAs as the recorder keeps them (record.rs H3): under the mmap
+    /// write lock, so exact.
+    #[cfg(feature = "record")]
+    fn state(&self) -> Vec<crate::record::VmaState> {
+        let g = self.domain.read();
+        self.vmas
+            .iter_from(0, &g)
+            .filter(|e| !e.value.is_dead())
+            .map(|e| crate::record::VmaState {
+                start: e.range.start,
+                end: e.range.end,
+                flags: e.value.flags,
+                pgoff: e.value.pgoff_at(e.range.start),
+            })
+            .collect()
+    }
+
+    /// The mm call `f`; `done` runs on its result under the mmap lock, told
+    /// when the lock was taken (0 without the `record` feature).
+    fn call_then<R>(&self, f: impl FnOnce(&mut MmCall<'_>) -> R, done: impl FnOnce(&R, u64)) -> R {
         let mut st = self.mmap_lock.write();
+        #[cfg(feature = "record")]
+        let start = crate::record::now();
+        #[cfg(not(feature = "record"))]
+        let start = 0;
         let st = &mut *st;
         let mut c = MmCall {
             w: self.vmas.write(),
@@ -327,6 +414,7 @@ impl AddressSpace {
         }
         // A4: vma_end_write_all(), before the mmap lock is released.
         self.hw.mm_lock_seq.fetch_add(1, Ordering::SeqCst);
+        done(&r, start);
         r
     }
 
@@ -345,7 +433,17 @@ impl AddressSpace {
         file: Option<&MapFile>,
         offset: u64,
     ) -> Result<u64, Errno> {
-        self.call(|c| c.mmap(addr, len, prot, flags, file, offset))
+        self.logged(
+            || Op::Mmap {
+                addr,
+                len,
+                prot,
+                flags,
+                fd: file.map(|f| (-1, Some(f.id.path.to_string()))),
+                offset,
+            },
+            |c| c.mmap(addr, len, prot, flags, file, offset),
+        )
     }
 
     /// `mprotect(2)`: changes VMAs in order and stops with `ENOMEM` at a
@@ -354,7 +452,15 @@ impl AddressSpace {
     /// # Errors
     /// `EINVAL`, `ENOMEM`, `EACCES` as Linux returns them.
     pub fn mprotect(&self, addr: u64, len: u64, prot: Prot) -> Result<(), Errno> {
-        self.call(|c| c.mprotect(addr, len, prot))
+        self.logged(
+            || Op::Mprotect { addr, len, prot },
+            |c| {
+                if crate::inject::active(self.hw.inject, Injection::HalfUpdatedVma) {
+                    c.publish_half_updated(addr, len, prot);
+                }
+                c.mprotect(addr, len, prot)
+            },
+        )
     }
 
     /// `madvise(2)`: advices that change `vm_flags` split and merge VMAs;
@@ -364,14 +470,14 @@ impl AddressSpace {
     /// `EINVAL`, `ENOMEM` as Linux returns them; `ENOSYS` for advices rcuvm
     /// does not model yet (see madvise.rs).
     pub fn madvise(&self, addr: u64, len: u64, advice: i32) -> Result<(), Errno> {
-        self.call(|c| c.madvise(addr, len, advice))
+        self.logged(|| Op::Madvise { addr, len, advice }, |c| c.madvise(addr, len, advice))
     }
 
     /// `brk(2)`: moves the program break; returns the new break, or the
     /// old one when the move is refused (Linux's brk never fails with an
     /// errno).
     pub fn brk(&self, addr: u64) -> u64 {
-        self.call(|c| c.brk(addr))
+        self.logged(|| Op::Brk { addr }, |c| c.brk(addr))
     }
 
     /// The current program break and its start (`mm->brk`, `mm->start_brk`).
@@ -400,7 +506,16 @@ impl AddressSpace {
         flags: u32,
         new_addr: u64,
     ) -> Result<u64, Errno> {
-        self.call(|c| c.mremap(addr, old_len, new_len, flags, new_addr))
+        self.logged(
+            || Op::Mremap {
+                old_addr: addr,
+                old_len,
+                new_len,
+                flags,
+                new_addr: (flags & crate::uapi::MREMAP_FIXED != 0).then_some(new_addr),
+            },
+            |c| c.mremap(addr, old_len, new_len, flags, new_addr),
+        )
     }
 
     /// `munmap(2)`.
@@ -409,7 +524,7 @@ impl AddressSpace {
     /// `EINVAL` for a misaligned, empty or out-of-range request; `ENOMEM`
     /// when punching a hole would pass `max_map_count`.
     pub fn munmap(&self, addr: u64, len: u64) -> Result<(), Errno> {
-        self.call(|c| c.munmap(addr, len))
+        self.logged(|| Op::Munmap { addr, len }, |c| c.munmap(addr, len))
     }
 
     /// `mlock(2)`: locks the VMAs over `[addr, addr + len)` (`addr` rounded
@@ -510,6 +625,11 @@ impl AddressSpace {
         self.vmas.len() - self.hw.dead.load(Ordering::Relaxed)
     }
 
+    /// Dead entries counted in the tree (`rcu-dead`, strategy.rs S4).
+    pub fn dead_entries(&self) -> usize {
+        self.hw.dead.load(Ordering::Relaxed)
+    }
+
     /// Entries in the VMA tree: VMAs and (`rcu-dead`) dead entries.
     pub fn vmas_in_tree(&self) -> usize {
         self.vmas.len()
@@ -522,11 +642,15 @@ impl AddressSpace {
 
     /// `/proc/pid/maps`, read under RCU without the mmap lock (A2).
     pub fn maps(&self) -> String {
+        #[cfg(feature = "record")]
+        let start = crate::record::now();
         let lines = self.read_stable(0, usize::MAX, |e| Some(maps::render_line(&view(e, &self.layout))));
         let mut out = String::new();
         for l in lines {
             let _ = writeln!(out, "{l}");
         }
+        #[cfg(feature = "record")]
+        self.record_read(crate::record::ReadKind::Maps, &out, start);
         out
     }
 
@@ -594,11 +718,21 @@ impl AddressSpace {
         out.into_iter().map(|(_, _, t)| t).collect()
     }
 
+    /// Records a maps, smaps or query read (record.rs H2).
+    #[cfg(feature = "record")]
+    fn record_read(&self, kind: crate::record::ReadKind, text: &str, start: u64) {
+        if let Some(rec) = &self.recorder {
+            rec.read(kind, text.to_string(), start);
+        }
+    }
+
     /// `/proc/pid/smaps`: each maps line followed by its sizes, `Rss` from a
     /// lockless page-table walk (under the VMA domain's guard, which keeps
     /// the tables: pgtable.rs PT5), and `VmFlags`. Fields rcuvm does not
     /// model (dirty/clean, swap, huge pages) are left out.
     pub fn smaps(&self) -> String {
+        #[cfg(feature = "record")]
+        let start = crate::record::now();
         let pm = &*self.hw.phys;
         let kind = |pfn| match pm.frame(pfn).owner() {
             Owner::Anon { .. } => Some(true),
@@ -624,14 +758,25 @@ impl AddressSpace {
             let _ = writeln!(out, "VmFlags: {}", maps::vm_flags_mnemonics(v.flags));
             Some(out)
         });
-        entries.concat()
+        let out = entries.concat();
+        #[cfg(feature = "record")]
+        self.record_read(crate::record::ReadKind::Smaps, &out, start);
+        out
     }
 
     /// The VMA containing `addr`, like `PROCMAP_QUERY` without flags.
     pub fn query(&self, addr: u64) -> Option<Arc<Vma>> {
+        #[cfg(feature = "record")]
+        let start = crate::record::now();
         let found = self
             .read_stable(addr, 1, |e| Some((e.range.start <= addr).then(|| Arc::new(view(e, &self.layout)))));
-        found.into_iter().next().flatten()
+        let r = found.into_iter().next().flatten();
+        #[cfg(feature = "record")]
+        {
+            let line = r.as_ref().map(|v| maps::render_line(v)).unwrap_or_default();
+            self.record_read(crate::record::ReadKind::Query(addr), &line, start);
+        }
+        r
     }
 
     /// A snapshot of every VMA, in address order.

@@ -293,7 +293,13 @@ impl MmCall<'_> {
     /// Whether `[addr, addr + len)` is free, keeping the guard gap below a
     /// `VM_GROWSDOWN` VMA above it.
     fn is_free_for(&self, addr: u64, len: u64) -> bool {
-        if !self.unoccupied(addr, addr + len) {
+        // inject.rs: placement that ignores dead entries (breaks S4).
+        let free = if crate::inject::active(self.hw.inject, crate::inject::Injection::PlacementIgnoresDead) {
+            self.overlapping(addr, addr + len).is_empty()
+        } else {
+            self.unoccupied(addr, addr + len)
+        };
+        if !free {
             return false;
         }
         match self.w.find(addr + len) {
@@ -341,6 +347,15 @@ impl MmCall<'_> {
     /// `MAP_FIXED`) is reaped first, after a grace period (strategy.rs S4).
     pub(crate) fn insert_merged(&mut self, v: Vma) {
         self.reap_dead(true, v.start, v.end);
+        self.store_merged(v);
+    }
+
+    /// `insert_merged` without the reaping: for a caller that reaped the
+    /// range already and has put pages there meanwhile (an mremap move),
+    /// which a reaping of other, expired dead entries now could free with
+    /// the tables around them (their gap would include this range, still
+    /// without a VMA).
+    pub(crate) fn store_merged(&mut self, v: Vma) {
         let prev = if v.start > 0 { self.vma_at(v.start - 1) } else { None };
         let next = self.vma_at(v.end);
         let mut merged = v;
@@ -351,6 +366,13 @@ impl MmCall<'_> {
             merged = Vma { end: n.end, anon_vma: merged.anon().or(n.anon()), ..merged };
         }
         let (s, e) = (merged.start, merged.end);
+        // S3: every VMA the store replaces (merged neighbours, the VMA an
+        // mremap grows) is write-locked first, as `vma_merge_new_range`'s
+        // `vma_start_write` does: a fault still holding one must finish
+        // before a later call of this write cycle changes its pages.
+        for old in self.overlapping(s, e) {
+            self.vma_write_lock(&old);
+        }
         self.w.store(s..e, merged).expect("a VMA's range is never empty");
     }
 

@@ -135,8 +135,14 @@ impl MmCall<'_> {
                     self.reap_dead(true, vma.end, end);
                     // R7: vma_merge_extend() merges the grown VMA with the
                     // next one only, never with the one before it.
+                    // strategy.rs S3: the VMAs replaced are write-locked
+                    // first (found by rcuvm check: a fault holding the
+                    // VMA before its growth installed a PTE after a later
+                    // munmap of the grown one).
+                    self.vma_write_lock(&vma);
                     let mut grown = Vma { end, ..(*vma).clone() };
                     if let Some(n) = self.vma_at(end).filter(|n| Self::mergeable(&grown, n)) {
+                        self.vma_write_lock(&n);
                         grown = Vma { end: n.end, anon_vma: grown.anon().or(n.anon()), ..grown };
                     }
                     self.w.store(grown.start..grown.end, grown).expect("a VMA's range is never empty");
@@ -271,7 +277,7 @@ impl MmCall<'_> {
         let mut g = crate::tlb::MmuGather::default();
         self.hw.pt.move_ptes(addr, to, old_len, &mut g);
         self.finish(g, false);
-        self.insert_merged(moved);
+        self.store_merged(moved);
         if flags & MREMAP_DONTUNMAP == 0 {
             self.munmap_range(addr, addr + old_len)?;
         } else {
@@ -293,6 +299,7 @@ impl MmCall<'_> {
         let flags = src.flags - LOCK_BITS;
         let anon_vma = if whole { None } else { src.anon() };
         if flags != src.flags || anon_vma != src.anon() {
+            self.vma_write_lock(&src);
             let mut v = Vma { flags, ..(*src).clone() };
             v.set_anon(anon_vma);
             self.w.store(v.start..v.end, v).expect("a VMA's range is never empty");

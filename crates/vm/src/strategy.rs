@@ -13,8 +13,11 @@
 //! - S2. `mmap-lock`: faults and smaps take the mmap lock for read; a
 //!   writer excludes them all.
 //! - S3. `vma-lock`: a fault finds the VMA under RCU and read-locks it
-//!   (`vma_start_read`); a writer write-locks every VMA it changes or
-//!   removes (`vma_start_write`: it marks the VMA with the mm's
+//!   (`vma_start_read`); a writer write-locks every VMA object it
+//!   replaces, even by one tree store (a split, a merge, a growth, a new
+//!   anon_vma or lock bits: VMAs are immutable, so a fault holding the old
+//!   object would otherwise install PTEs for a VMA no longer in the tree),
+//!   or removes (`vma_start_write`: it marks the VMA with the mm's
 //!   `mm_lock_seq` and waits for its readers) before changing the tree; the
 //!   marks all drop when the writer releases the mmap lock (`mm_lock_seq`
 //!   moves on). A fault that cannot lock retries, then falls back to the

@@ -91,6 +91,8 @@ pub struct Shootdown {
     flushes: AtomicU64,
     /// Flushes that waited for other CPUs (the rest were local, T5).
     remote: AtomicU64,
+    /// inject.rs: `SkipShootdown` makes `flush` do nothing.
+    skip: bool,
 }
 
 thread_local! {
@@ -115,11 +117,18 @@ impl Default for Shootdown {
             log: Default::default(),
             flushes: AtomicU64::new(0),
             remote: AtomicU64::new(0),
+            skip: false,
         }
     }
 }
 
 impl Shootdown {
+    /// A shootdown with the address space's injection (inject.rs).
+    pub(crate) fn with_injection(i: Option<crate::inject::Injection>) -> Shootdown {
+        let skip = crate::inject::active(i, crate::inject::Injection::SkipShootdown);
+        Shootdown { skip, ..Shootdown::default() }
+    }
+
     /// The TLB domain (T1): accesses are its read-side sections.
     pub fn domain(&self) -> &Arc<Domain> {
         &self.domain
@@ -201,6 +210,9 @@ impl Shootdown {
     /// removed) unless they are all the calling thread's (T2, T5). Any
     /// thread outside an access.
     pub fn flush(&self, start: u64, end: u64, cpus: u64) {
+        if self.skip {
+            return; // inject.rs: the bug T2 exists to prevent.
+        }
         let lock = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let g = self.generation.load(Ordering::Relaxed) + 1;
         let s = &self.log[(g as usize) % LOG];

@@ -16,7 +16,8 @@
 //! - U4. The dead entries are bounded: past [`DEAD_LIMIT`], the munmap that
 //!   adds one waits for a grace period and reaps them all (the writer helps,
 //!   as callers of a full RCU callback queue do), so a munmap storm cannot
-//!   grow the tree without bound.
+//!   grow the tree without bound. It reaps after its own zap and
+//!   shootdown, never between the dead entry and the zap (U1's order).
 //! - U3. Under `rcu-sync`, munmap returns only after a grace period of the
 //!   VMA domain: no fault or reader that found an unmapped VMA is still
 //!   running when the range can be reused.
@@ -30,6 +31,7 @@
 //! and 3 of the thread for the rest.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use crate::mmap::MmCall;
@@ -45,13 +47,14 @@ pub(crate) struct TablesOnPut {
     tables: Vec<(crate::pgtable::UnhookedTable, u32)>,
     freer: crate::pgtable::TableFreer,
     tlb: Arc<rcuvm_rcu::Domain>,
+    leaked: Arc<AtomicU64>,
 }
 
 impl Drop for TablesOnPut {
     fn drop(&mut self) {
-        let (tables, f) = (std::mem::take(&mut self.tables), self.freer.clone());
+        let (tables, f, leaked) = (std::mem::take(&mut self.tables), self.freer.clone(), self.leaked.clone());
         self.tlb.call(move || {
-            f.free(tables);
+            leaked.fetch_add(f.free(tables) as u64, Ordering::Relaxed);
         });
     }
 }
@@ -84,9 +87,6 @@ impl MmCall<'_> {
             // after the dead entry was published.
             self.domain.call(move || d.expire());
         }
-        if self.dead.len() > DEAD_LIMIT {
-            self.reap_dead(true, 0, u64::MAX);
-        }
         true
     }
 
@@ -114,16 +114,24 @@ impl MmCall<'_> {
                 tables: std::mem::take(&mut g.tables),
                 freer: self.hw.pt.freer(),
                 tlb: self.hw.tlb.domain().clone(),
+                leaked: self.hw.ptes_in_freed_tables.clone(),
             });
             for v in hit {
                 let _ = v.rt.on_last_put.set(holder.clone());
             }
-            // The tree's own references to `hit` go to RCU now rather than
-            // with the writer's next batch, so the last put comes after one
-            // grace period at most (or when a fault drops its reference).
+            // The tree's counts of `hit` sit in the writer's batch of
+            // retired values (maple write.rs, 64 a batch) until handed to
+            // RCU: hand them now, or the last put (and the tables) waits
+            // for 63 more retirements, past every barrier.
             self.w.flush();
         }
         self.finish(g, false);
+        // U4, only now: reaping unhooks the tables under every dead entry,
+        // this call's too, and a table unhooked before its zap keeps its
+        // PTEs, which no shootdown then covers (found by rcuvm check: P1).
+        if self.dead.len() > DEAD_LIMIT {
+            self.reap_dead(true, 0, u64::MAX);
+        }
     }
 
     /// `tlb_finish_mmu()`: one shootdown, then frames back at once; tables
@@ -135,20 +143,26 @@ impl MmCall<'_> {
             self.hw.tlb.flush(s, e, cpus);
         }
         self.hw.phys.free(g.frames);
-        if !g.tables.is_empty() {
-            let f = self.hw.pt.freer();
-            let tables = g.tables;
-            let tlb = self.hw.tlb.domain().clone();
-            let free_after_walks = move || {
-                tlb.call(move || {
-                    f.free(tables);
-                })
-            };
-            if vma_gp_passed {
-                free_after_walks();
-            } else {
-                self.domain.call(free_after_walks);
-            }
+        if g.tables.is_empty() {
+            return;
+        }
+        let (f, leaked) = (self.hw.pt.freer(), self.hw.ptes_in_freed_tables.clone());
+        if crate::inject::active(self.hw.inject, crate::inject::Injection::EagerTableFree) {
+            // inject.rs: no grace period at all (breaks U1, PT5).
+            leaked.fetch_add(f.free(g.tables) as u64, Ordering::Relaxed);
+            return;
+        }
+        let tables = g.tables;
+        let tlb = self.hw.tlb.domain().clone();
+        let free_after_walks = move || {
+            tlb.call(move || {
+                leaked.fetch_add(f.free(tables) as u64, Ordering::Relaxed);
+            })
+        };
+        if vma_gp_passed {
+            free_after_walks();
+        } else {
+            self.domain.call(free_after_walks);
         }
     }
 
@@ -176,6 +190,10 @@ impl MmCall<'_> {
     /// callbacks run in order); the forced path scans the queue only when
     /// the tree shows a dead entry in the range.
     pub(crate) fn reap_dead(&mut self, force: bool, start: u64, end: u64) {
+        // inject.rs: with placement ignoring dead entries, nothing waits
+        // for them either (the bug U2 and S4 exist to prevent).
+        let force =
+            force && !crate::inject::active(self.hw.inject, crate::inject::Injection::PlacementIgnoresDead);
         if self.dead.is_empty() {
             return;
         }

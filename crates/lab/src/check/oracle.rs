@@ -1,0 +1,465 @@
+//! The oracle: checks one recorded history (record.rs) against the rules
+//! every correct strategy keeps.
+//!
+//! # Owns
+//! [`check`] and [`Violation`].
+//!
+//! # Invariants (the rules; each violation names one)
+//! Times are record.rs's clock (H1); the states and when each may be
+//! current are model.rs's (M1): an event overlapping an mm call may see
+//! the state before it or the one after it, at each address, and the
+//! oracle accepts either. It never assumes more ordering than the
+//! intervals give, so a correct strategy cannot fail it (soundness); what
+//! it catches is what no interleaving of the intervals explains.
+//! - P1. A successful access at `va` needs a state that may be current
+//!   during the access and maps `va` with the rights (a write: `VM_WRITE`;
+//!   a read: any right, as x86). An access that starts after the munmap or
+//!   mprotect that removed the rights returned has no such state: it went
+//!   through a stale translation.
+//! - P2. A frame incarnation (pfn, generation) other than the zero page
+//!   belongs to one page of one mapping (model.rs M2) for its whole life:
+//!   the candidate pages of all accesses through it (P1's pages) must have
+//!   one in common. Two accesses that can only have been to different
+//!   pages, through the same incarnation, show a cross-mapping leak. The
+//!   zero page is never written and always reads 0.
+//! - P3. No access overlaps the free of its frame (`Touched::freed_during`,
+//!   cpu.rs C5).
+//! - P4. Readers: a maps or smaps text parses (lines in order, never
+//!   overlapping); each page of each line is, in a state that may be
+//!   current during the read, in a VMA with the line's rights and (file
+//!   lines) its `pgoff` (mm.rs A2's `view`; page by page, because a
+//!   call's intermediate VMAs are in no recorded state); a VMA present, identical,
+//!   in every such state and away from every call made during the read
+//!   (a page either side: merges) is shown whole; smaps' `Anonymous <=
+//!   Rss <= Size`; a query's answer is such a line containing the
+//!   address, or nothing only if some such state leaves the address
+//!   unmapped or a call during the read touched it (`MAP_FIXED` over a
+//!   mapping unmaps before it maps, so a reader may see the hole).
+//! - P5. Nothing is lost: each word of the arena is written by one CPU only
+//!   (the workload's rule), so a read through an incarnation returns that
+//!   CPU's last write through the same incarnation, or 0 if it wrote none
+//!   (frames are zeroed, F3; private anonymous frames are never copied).
+//!   An unmap or zap ends the incarnation (the generation moves, F2), which
+//!   is exactly "unless the page was unmapped or zapped in between".
+//! - P7. An access fails (`SIGSEGV`) only if some state that may be current
+//!   lets it: a page that every such state maps, with the rights, as the
+//!   same mapping page, faults only by a bug. `Livelock` and `Oom` are
+//!   always violations.
+//! - P8. Each call did what it returned (model.rs M2): the tree after it
+//!   maps exactly the pages its semantics say.
+//!
+//! # Concurrency
+//! None: runs on the history after the round's threads have joined.
+//!
+//! P6 (teardown and backlog) is checked by the workload (workload.rs),
+//! which owns the address space.
+//!
+//! # Linux
+//! What `/proc/pid/maps`' lockless readers (Linux 6.17) and the page-fault
+//! path promise; the checks are the ones a kernel mm developer would ask of
+//! a trace.
+
+use std::collections::HashMap;
+
+use rcuvm::record::{AccessEvent, CallEvent, History, ReadEvent, ReadKind};
+use rcuvm::strace::MmOp as Op;
+use rcuvm::{AccessError, PAGE_SIZE, VmFlags};
+
+use super::model::{Arena, ObjPage, States};
+
+/// One broken rule, with the events that show it.
+#[derive(Clone, Debug)]
+pub struct Violation {
+    /// `P1`…`P8`.
+    pub rule: &'static str,
+    /// What happened.
+    pub what: String,
+    /// The events that show it, printed one per line.
+    pub events: Vec<String>,
+}
+
+/// Counters of one checked history.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Counts {
+    /// Accesses checked.
+    pub accesses: u64,
+    /// mm calls.
+    pub calls: u64,
+    /// mm calls that succeeded.
+    pub calls_ok: u64,
+    /// maps, smaps and query reads.
+    pub reads: u64,
+}
+
+/// Checks `h` for `arena`; `zero_pfn` is the zero page.
+pub fn check(h: &History, arena: Arena, zero_pfn: u64) -> (Vec<Violation>, Counts) {
+    let (st, mism) = States::build(arena, &h.calls);
+    let mut out = Vec::new();
+    for m in mism {
+        out.push(Violation {
+            rule: "P8",
+            what: format!("the tree after call #{} is not what the call returned: {}", m.call, m.what),
+            events: vec![call_line(m.call, &h.calls[m.call])],
+        });
+    }
+    let t0 = h.calls.first().map_or(0, |c| c.start);
+    let mut cx = Ctx { st: &st, calls: &h.calls, zero_pfn, t0, incarnations: HashMap::new(), out: &mut out };
+    let mut counts = Counts {
+        calls: h.calls.len() as u64,
+        calls_ok: h.calls.iter().filter(|c| c.result.is_ok()).count() as u64,
+        reads: h.reads.len() as u64,
+        ..Counts::default()
+    };
+    for log in &h.accesses {
+        let mut last = HashMap::new();
+        for a in log {
+            counts.accesses += 1;
+            cx.access(a, &mut last);
+        }
+    }
+    for r in &h.reads {
+        cx.read(r);
+    }
+    (out, counts)
+}
+
+/// A frame incarnation's candidate pages so far (P2), and its first access.
+struct Incarnation {
+    pages: Vec<ObjPage>,
+    first: AccessEvent,
+}
+
+struct Ctx<'a> {
+    st: &'a States,
+    calls: &'a [CallEvent],
+    zero_pfn: u64,
+    t0: u64,
+    incarnations: HashMap<(u64, u64), Incarnation>,
+    out: &'a mut Vec<Violation>,
+}
+
+fn allows(flags: VmFlags, write: bool) -> bool {
+    if write {
+        flags.contains(VmFlags::WRITE)
+    } else {
+        flags.intersects(VmFlags::READ | VmFlags::WRITE | VmFlags::EXEC)
+    }
+}
+
+fn call_line(i: usize, c: &CallEvent) -> String {
+    format!("call #{i} [{} .. {}] ns: {} -> {:x?}", c.start, c.end, c.op, c.result)
+}
+
+impl Ctx<'_> {
+    fn rel(&self, t: u64) -> f64 {
+        t.saturating_sub(self.t0) as f64 / 1000.0
+    }
+
+    fn access_line(&self, a: &AccessEvent) -> String {
+        format!(
+            "cpu {} {} {:#x} [{:.3} .. {:.3}] us: value {:#x}, {:x?}",
+            a.cpu,
+            if a.write { "write" } else { "read" },
+            a.va,
+            self.rel(a.start),
+            self.rel(a.end),
+            a.value,
+            a.result
+        )
+    }
+
+    /// The calls around `[s, e]`: those whose states may be current then,
+    /// and the one before (what made the first of them).
+    fn context(&self, s: u64, e: u64) -> Vec<String> {
+        let r = self.st.during(s, e);
+        let (lo, hi) = (r.start().saturating_sub(1).max(1), (*r.end() + 1).min(self.calls.len()));
+        (lo..=hi)
+            .map(|i| {
+                let c = &self.calls[i - 1];
+                format!(
+                    "call #{} [{:.3} .. {:.3}] us: {} -> {:x?}",
+                    i - 1,
+                    self.rel(c.start),
+                    self.rel(c.end),
+                    c.op,
+                    c.result
+                )
+            })
+            .collect()
+    }
+
+    /// The last calls that changed arena page `p` before state `i`.
+    fn page_history(&self, p: usize, i: usize) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .st
+            .changes(p, i, 3)
+            .into_iter()
+            .map(|c| {
+                let slot = self.st.slot(c + 1, p);
+                format!("page changed by {} to {:?}", call_line(c, &self.calls[c]), slot)
+            })
+            .collect();
+        v.reverse();
+        v
+    }
+
+    fn report(&mut self, rule: &'static str, what: String, a: &AccessEvent, more: Vec<String>) {
+        let mut events = vec![self.access_line(a)];
+        events.extend(more);
+        events.extend(self.context(a.start, a.end));
+        self.out.push(Violation { rule, what, events });
+    }
+
+    fn access(&mut self, a: &AccessEvent, last: &mut HashMap<(u64, u64, u64), u64>) {
+        let Some(p) = self.st.page_of(a.va) else { return };
+        let states = self.st.during(a.start, a.end);
+        let cands: Vec<ObjPage> = {
+            let mut v: Vec<ObjPage> = states
+                .clone()
+                .filter_map(|i| self.st.slot(i, p))
+                .filter(|s| allows(s.flags, a.write))
+                .map(|s| s.obj)
+                .collect();
+            v.dedup();
+            v
+        };
+        let t = match a.result {
+            Err(AccessError::MapErr | AccessError::AccErr) => {
+                // P7: every state maps it, with the rights, as one page?
+                let all =
+                    states.clone().all(|i| self.st.slot(i, p).is_some_and(|s| allows(s.flags, a.write)));
+                if all && cands.len() == 1 {
+                    self.report(
+                        "P7",
+                        "the access faulted where every possible state allows it".into(),
+                        a,
+                        vec![],
+                    );
+                }
+                return;
+            }
+            Err(e) => {
+                self.report("P7", format!("the access failed with {e}"), a, vec![]);
+                return;
+            }
+            Ok(t) => t,
+        };
+        if t.freed_during {
+            self.report("P3", format!("frame {:#x} was freed while the access used it", t.pfn), a, vec![]);
+            return;
+        }
+        if cands.is_empty() {
+            let hist = self.page_history(p, *states.end());
+            self.report(
+                "P1",
+                "the access succeeded, but no state possible during it maps the address with the rights (a stale translation)"
+                    .into(),
+                a,
+                hist,
+            );
+            return;
+        }
+        if t.pfn == self.zero_pfn {
+            if a.write || a.value != 0 {
+                self.report(
+                    "P2",
+                    format!("the zero page was written or read non-zero ({:#x})", a.value),
+                    a,
+                    vec![],
+                );
+            }
+            return;
+        }
+        // P2: one page per incarnation.
+        let key = (t.pfn, t.generation);
+        let mut clash = None;
+        match self.incarnations.get_mut(&key) {
+            None => {
+                self.incarnations.insert(key, Incarnation { pages: cands.clone(), first: *a });
+            }
+            Some(inc) => {
+                let common: Vec<ObjPage> = inc.pages.iter().copied().filter(|o| cands.contains(o)).collect();
+                if common.is_empty() {
+                    if !inc.pages.is_empty() {
+                        clash = Some((inc.first, inc.pages.clone()));
+                    }
+                    inc.pages.clear(); // reported once
+                } else {
+                    inc.pages = common;
+                }
+            }
+        }
+        if let Some((first, was)) = clash {
+            let line =
+                format!("earlier through the same frame: {} (pages {:?})", self.access_line(&first), was);
+            self.report(
+                "P2",
+                format!(
+                    "frame {:#x} generation {} was reached as pages {:?} of different mappings",
+                    t.pfn, t.generation, cands
+                ),
+                a,
+                vec![line],
+            );
+            return;
+        }
+        // P5: the writer's last value through this incarnation.
+        let word = (a.va % PAGE_SIZE) / 8;
+        let k = (t.pfn, t.generation, word);
+        if a.write {
+            last.insert(k, a.value);
+        } else {
+            let want = last.get(&k).copied().unwrap_or(0);
+            if a.value != want {
+                self.report(
+                    "P5",
+                    format!("read {:#x}, but the last write through this frame was {want:#x}", a.value),
+                    a,
+                    vec![],
+                );
+            }
+        }
+    }
+
+    fn read(&mut self, r: &ReadEvent) {
+        let states = self.st.during(r.start, r.end);
+        let mut bad = Vec::new();
+        let header = |l: &&str| l.split(' ').next().is_some_and(|t| t.contains('-') && !t.ends_with(':'));
+        match r.kind {
+            ReadKind::Maps | ReadKind::Smaps => {
+                let lines: Vec<&str> = r.text.lines().filter(header).collect();
+                let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+                match rcuvm::maps::parse(&text, "maps read") {
+                    Err(e) => bad.push(format!("does not parse: {e}")),
+                    Ok(vs) => {
+                        for v in &vs {
+                            if !self.real(states.clone(), v) {
+                                bad.push(format!("line {} is no part of a VMA of a possible state", v));
+                            }
+                        }
+                        // A VMA identical in every possible state is shown whole.
+                        let first = &self.st.vmas[*states.start()];
+                        let touched = self.touched(&states);
+                        for v in first {
+                            let everywhere = states.clone().all(|i| self.st.vmas[i].contains(v))
+                                && !touched.iter().any(|&(s, e)| s < v.end && v.start < e);
+                            let shown = vs.iter().any(|l| {
+                                l.start == v.start && l.end == v.end && rights(l.flags) == rights(v.flags)
+                            });
+                            if everywhere && !shown {
+                                bad.push(format!(
+                                    "VMA {:#x}-{:#x} existed throughout but is not shown",
+                                    v.start, v.end
+                                ));
+                            }
+                        }
+                    }
+                }
+                if r.kind == ReadKind::Smaps {
+                    bad.extend(smaps_sizes(&r.text));
+                }
+            }
+            ReadKind::Query(addr) => {
+                if r.text.is_empty() {
+                    let touched = self.touched(&states).iter().any(|&(s, e)| s <= addr && addr < e);
+                    if !touched
+                        && states.clone().all(|i| super::model::flags_at(&self.st.vmas[i], addr).is_some())
+                    {
+                        bad.push(format!("query({addr:#x}) found nothing, but every possible state maps it"));
+                    }
+                } else {
+                    match rcuvm::maps::parse(&format!("{}\n", r.text), "query") {
+                        Ok(v) if v.len() == 1 && v[0].start <= addr && addr < v[0].end => {
+                            if !self.real(states.clone(), &v[0]) {
+                                bad.push(format!(
+                                    "query({addr:#x}) gave {}, no part of a possible state",
+                                    v[0]
+                                ));
+                            }
+                        }
+                        _ => bad.push(format!("query({addr:#x}) gave {:?}", r.text)),
+                    }
+                }
+            }
+        }
+        if !bad.is_empty() {
+            let mut events = self.context(r.start, r.end);
+            events.push(format!(
+                "{:?} read [{:.3} .. {:.3}] us:\n{}",
+                r.kind,
+                self.rel(r.start),
+                self.rel(r.end),
+                r.text.trim_end()
+            ));
+            self.out.push(Violation { rule: "P4", what: bad.join("; "), events });
+        }
+    }
+
+    /// The ranges the calls made during `states` may have rewritten, a
+    /// page wider on each side (merges replace neighbours): a VMA there
+    /// may have been replaced by an identical one, which a reader may see
+    /// in pieces (A2).
+    fn touched(&self, states: &std::ops::RangeInclusive<usize>) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        for c in &self.calls[*states.start()..*states.end()] {
+            let r = c.result.unwrap_or(0);
+            match c.op {
+                Op::Mmap { addr, len, .. } => {
+                    out.extend([(addr, addr.saturating_add(len)), (r, r.saturating_add(len))])
+                }
+                Op::Munmap { addr, len } | Op::Mprotect { addr, len, .. } | Op::Madvise { addr, len, .. } => {
+                    out.push((addr, addr.saturating_add(len)))
+                }
+                Op::Mremap { old_addr: addr, old_len, new_len, new_addr, .. } => out.extend([
+                    (addr, addr.saturating_add(old_len.max(new_len))),
+                    (r, r.saturating_add(new_len)),
+                    (new_addr.unwrap_or(r), new_addr.unwrap_or(r).saturating_add(new_len)),
+                ]),
+                Op::Brk { .. } => out.push((0, u64::MAX)),
+            }
+        }
+        out.iter().map(|&(s, e)| (s.saturating_sub(PAGE_SIZE), e.saturating_add(PAGE_SIZE))).collect()
+    }
+
+    /// Whether every page of line `l` is, in some state of `states`, in a
+    /// VMA with the line's rights and (file lines) its `pgoff` (P4). Page
+    /// by page: a call's intermediate VMAs (an mremap's moved VMA merged
+    /// with its source before the source is unmapped, as Linux's
+    /// `copy_vma` may) are in no recorded state, but each of their pages
+    /// is.
+    fn real(&self, states: std::ops::RangeInclusive<usize>, l: &rcuvm::Vma) -> bool {
+        (l.start..l.end).step_by(PAGE_SIZE as usize).all(|va| {
+            states.clone().any(|i| {
+                self.st.vmas[i].iter().any(|v| {
+                    v.start <= va
+                        && va < v.end
+                        && rights(v.flags) == rights(l.flags)
+                        // Anonymous lines show offset 0; the parser infers pgoff.
+                        && (l.backing == rcuvm::Backing::Anon || v.pgoff + (l.start - v.start) / PAGE_SIZE == l.pgoff)
+                })
+            })
+        })
+    }
+}
+
+fn rights(f: VmFlags) -> VmFlags {
+    f & (VmFlags::READ | VmFlags::WRITE | VmFlags::EXEC | VmFlags::SHARED)
+}
+
+/// smaps: `Anonymous <= Rss <= Size` for every VMA (P4).
+fn smaps_sizes(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let (mut size, mut rss) = (0u64, 0u64);
+    for l in text.lines() {
+        let mut it = l.split_whitespace();
+        let (Some(k), Some(v)) = (it.next(), it.next().and_then(|v| v.parse::<u64>().ok())) else { continue };
+        match k {
+            "Size:" => size = v,
+            "Rss:" if v > size => out.push(format!("Rss {v} kB > Size {size} kB")),
+            "Rss:" => rss = v,
+            "Anonymous:" if v > rss => out.push(format!("Anonymous {v} kB > Rss {rss} kB")),
+            _ => {}
+        }
+    }
+    out
+}

@@ -1,0 +1,349 @@
+//! One round of the checker's workload: a fresh, recorded address space;
+//! CPUs accessing a small arena; a writer churning mappings over the same
+//! addresses; a maps/smaps/query reader; then teardown and P6.
+//!
+//! # Owns
+//! [`round`], the arena's layout and the values written.
+//!
+//! # Invariants
+//! - W1. Each accessor CPU `t` reads and writes only word `t` of each
+//!   arena page (oracle.rs P5 relies on one writer per word); values are
+//!   `(t + 1) << 48 | seq`, never 0.
+//! - W2. The writer reuses addresses at once: every mmap asks for an arena
+//!   address (`MAP_FIXED` half the time, a hint otherwise), munmap,
+//!   mprotect and mremap take arena ranges; a mapping placed outside the
+//!   arena (a hint not taken, a move) is unmapped by the next call.
+//! - W3 (P6). After the round: the arena's span is mapped and unmapped
+//!   (so every table of it is freed), both domains'
+//!   callbacks have run, and the page table is back to its root alone;
+//!   dead entries never exceeded `DEAD_LIMIT` plus one call's worth; the
+//!   VMA domain's callback backlog stayed within twice its limit; after
+//!   the address space is dropped, every frame of the shared `PhysMem` is
+//!   free.
+//! - W5. A panic in an mm call, an access or the teardown is caught and
+//!   reported (P8, P7), never passed on: the checker outlives the bugs it
+//!   finds (an injected bug may break the address space's own accounting).
+//! - W4. The seed fixes every choice of every thread; the interleaving is
+//!   the scheduler's, so a seed reproduces the workload, not the schedule.
+//!
+//! # Concurrency
+//! `threads` accessor threads, one reader and the writer (the calling
+//! thread) share the address space; all are joined before teardown.
+//!
+//! # Linux
+//! The thread's motivating workload: one thread faulting, another churning
+//! small mappings at the same addresses (a memory allocator's arena).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use rcuvm::inject::Injection;
+use rcuvm::record::{History, Recorder};
+use rcuvm::uapi::{MREMAP_FIXED, MREMAP_MAYMOVE};
+use rcuvm::{AddressSpace, MapFlags, PAGE_SIZE, PhysMem, Prot, Strategy};
+
+use super::model::Arena;
+use super::oracle::Violation;
+
+/// The arena: four runs of four pages, each run in its own leaf table
+/// (2 MiB apart), so unmapping a run frees its table and faults race that.
+pub const ARENA: Arena = Arena { base: 0x4000_0000, groups: 4, group_pages: 4, stride: 2 << 20 };
+const PAGES: usize = ARENA.groups * ARENA.group_pages;
+/// The VMA domain's callback limit in the checker.
+const CALLBACK_LIMIT: usize = 4096;
+
+/// A small deterministic generator (splitmix64).
+pub struct Rng(u64);
+
+impl Rng {
+    /// Seeded.
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+    /// The next number.
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    /// Uniform below `n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// How to run a round.
+#[derive(Clone, Copy, Debug)]
+pub struct RoundCfg {
+    /// The strategy.
+    pub strategy: Strategy,
+    /// Accessor threads.
+    pub threads: usize,
+    /// The round's seed (W4).
+    pub seed: u64,
+    /// How long the writer churns.
+    pub length: Duration,
+    /// A deliberate bug.
+    pub inject: Option<Injection>,
+    /// Whether the writer calls mremap.
+    pub mremap: bool,
+}
+
+/// What a round produced.
+pub struct Round {
+    /// The history.
+    pub history: History,
+    /// The zero page's pfn.
+    pub zero_pfn: u64,
+    /// P6 violations (W3).
+    pub teardown: Vec<Violation>,
+}
+
+/// Runs one round (W1–W4) on a fresh address space over `phys`.
+///
+/// A panic anywhere in the address space (an mm call, an access, the
+/// teardown) ends the round and is reported as a violation, not passed on.
+pub fn round(cfg: RoundCfg, phys: &Arc<PhysMem>) -> Round {
+    let rec = Recorder::new();
+    let mut teardown = Vec::new();
+    let r =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_round(cfg, phys, &rec, &mut teardown)));
+    if let Err(p) = r {
+        teardown.push(Violation {
+            rule: "P8",
+            what: format!("the address space panicked: {}", message(&*p)),
+            events: vec![],
+        });
+    }
+    Round { history: rec.take(), zero_pfn: phys.zero_pfn(), teardown }
+}
+
+fn message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_default()
+}
+
+/// Sets the stop flag when dropped, so that a writer that panics stops
+/// the other threads too.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+fn run_round(cfg: RoundCfg, phys: &Arc<PhysMem>, rec: &Arc<Recorder>, teardown: &mut Vec<Violation>) {
+    let in_use_before = phys.stats().in_use;
+    let mm = Arc::new(
+        AddressSpace::builder()
+            .strategy(cfg.strategy)
+            .phys(phys.clone())
+            .recorder(rec.clone())
+            .inject(cfg.inject)
+            .rcu_config(rcuvm::rcu::Config::default().callback_limit(CALLBACK_LIMIT))
+            .build(),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopper = StopOnDrop(stop.clone());
+    let mut handles = Vec::new();
+    for t in 0..cfg.threads {
+        let (mm, stop) = (mm.clone(), stop.clone());
+        let seed = cfg.seed ^ (t as u64 + 1).wrapping_mul(0x2545_f491_4f6c_dd1d);
+        handles.push(std::thread::spawn(move || accessor(&mm, &stop, t, seed)));
+    }
+    {
+        let (mm, stop) = (mm.clone(), stop.clone());
+        let seed = cfg.seed ^ 0x5eed;
+        handles.push(std::thread::spawn(move || reader(&mm, &stop, seed)));
+    }
+    let mut rng = Rng::new(cfg.seed);
+    let t = Instant::now();
+    let (mut dead_max, mut dead_lost) = (0, None);
+    while t.elapsed() < cfg.length {
+        writer_step(&mm, &mut rng, cfg.mremap);
+        let (dead, entries) = (mm.dead_entries(), mm.vmas_in_tree());
+        dead_max = dead_max.max(dead);
+        if dead > entries {
+            dead_lost.get_or_insert((dead, entries));
+        }
+    }
+    drop(stopper);
+    let mut report = |rule, what: String| teardown.push(Violation { rule, what, events: vec![] });
+    for h in handles {
+        if let Err(p) = h.join() {
+            report("P7", format!("an accessing or reading thread panicked: {}", message(&*p)));
+        }
+    }
+    // W3: unmap the arena, let dead entries expire and be reaped (the next
+    // call reaps), run every callback of both domains. The arena's span is
+    // mapped first, so that the munmap has a VMA and frees every table of
+    // the span: a fault that lost a race to a munmap may have hooked an
+    // empty table in what became a gap, and only an unmap of a VMA frees
+    // tables (`free_pgtables`), as in Linux.
+    let span = ARENA.groups as u64 * ARENA.stride;
+    let _ = mm.mmap(
+        ARENA.base,
+        span,
+        Prot::empty(),
+        MapFlags::PRIVATE | MapFlags::ANONYMOUS | MapFlags::FIXED,
+        None,
+        0,
+    );
+    let _ = mm.munmap(ARENA.base, span);
+    mm.domain().barrier();
+    let _ = mm.munmap(ARENA.base, PAGE_SIZE);
+    mm.domain().barrier();
+    mm.shootdown().domain().barrier();
+    if mm.page_table().tables() != 1 {
+        report(
+            "P6",
+            format!(
+                "{} table pages remain after teardown and barriers (want 1, the root)",
+                mm.page_table().tables()
+            ),
+        );
+    }
+    if let Some((dead, entries)) = dead_lost {
+        report(
+            "P8",
+            format!(
+                "{dead} dead entries counted, but only {entries} entries in the tree (a dead entry overwritten)"
+            ),
+        );
+    }
+    if dead_max > rcuvm::strategy::DEAD_LIMIT + PAGES {
+        report(
+            "P6",
+            format!("{dead_max} dead entries at once (bound {})", rcuvm::strategy::DEAD_LIMIT + PAGES),
+        );
+    }
+    let pending = mm.domain().stats().callbacks_pending_max;
+    if pending > 2 * CALLBACK_LIMIT as u64 {
+        report(
+            "P6",
+            format!("the VMA domain's backlog reached {pending} callbacks (limit {CALLBACK_LIMIT})"),
+        );
+    }
+    let uaf = mm.use_after_free_accesses();
+    if uaf != 0 {
+        report(
+            "P3",
+            format!(
+                "{uaf} accesses or faults used a frame or table page after it was freed (cpu.rs C5, fault.rs FL5)"
+            ),
+        );
+    }
+    let stale = mm.ptes_in_freed_tables();
+    if stale != 0 {
+        report(
+            "P3",
+            format!(
+                "{stale} PTEs were still set in table pages when they were freed (installed after their zap)"
+            ),
+        );
+    }
+    drop(mm);
+    // Rounds share `phys`: count only this round's frames (a leak of an
+    // earlier round is reported there).
+    let in_use = phys.stats().in_use.saturating_sub(in_use_before);
+    if in_use != 0 {
+        report("P6", format!("{in_use} frames still in use after the address space was dropped"));
+    }
+}
+
+/// W1: CPU `t` reads and writes word `t` of random arena pages.
+fn accessor(mm: &Arc<AddressSpace>, stop: &AtomicBool, t: usize, seed: u64) {
+    let mut cpu = mm.cpu();
+    let mut rng = Rng::new(seed);
+    let mut seq = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        for _ in 0..64 {
+            let va = ARENA.addr(rng.below(PAGES as u64) as usize) + t as u64 * 8;
+            if rng.below(10) < 6 {
+                seq += 1;
+                let _ = cpu.write(va, (t as u64 + 1) << 48 | seq);
+            } else {
+                let _ = cpu.read(va);
+            }
+        }
+    }
+}
+
+/// Reads maps, smaps and single addresses.
+fn reader(mm: &AddressSpace, stop: &AtomicBool, seed: u64) {
+    let mut rng = Rng::new(seed);
+    while !stop.load(Ordering::Relaxed) {
+        match rng.below(4) {
+            0 => drop(mm.smaps()),
+            1 => drop(mm.query(ARENA.addr(rng.below(PAGES as u64) as usize))),
+            _ => drop(mm.maps()),
+        }
+        // Keeps the history of a round small; the race is still there.
+        std::thread::sleep(Duration::from_micros(20));
+    }
+}
+
+/// A random arena range inside one run: its address and length.
+fn range(rng: &mut Rng) -> (u64, u64) {
+    let run = ARENA.group_pages as u64;
+    let n = 1 + rng.below(run);
+    let p = rng.below(run - n + 1);
+    let g = rng.below(ARENA.groups as u64);
+    (ARENA.base + g * ARENA.stride + p * PAGE_SIZE, n * PAGE_SIZE)
+}
+
+/// Whether `[a, a + len)` lies inside one run of the arena.
+fn in_arena(a: u64, len: u64) -> bool {
+    len > 0
+        && ARENA.page_of(a).is_some()
+        && ARENA.page_of(a + len - PAGE_SIZE) == ARENA.page_of(a).map(|p| p + (len / PAGE_SIZE) as usize - 1)
+}
+
+/// One mm call of the writer (W2).
+fn writer_step(mm: &AddressSpace, rng: &mut Rng, mremap: bool) {
+    let prots = [Prot::READ | Prot::WRITE, Prot::READ | Prot::WRITE, Prot::READ, Prot::empty()];
+    let (a, len) = range(rng);
+    let pick = rng.below(8);
+    // Without mremap its share goes to munmap.
+    match if pick == 7 && !mremap { 3 } else { pick } {
+        0..=2 => {
+            let mut flags = MapFlags::PRIVATE | MapFlags::ANONYMOUS;
+            if rng.below(2) == 0 {
+                flags |= MapFlags::FIXED;
+            }
+            let prot = prots[rng.below(3) as usize];
+            if let Ok(r) = mm.mmap(a, len, prot, flags, None, 0) {
+                if !in_arena(r, len) {
+                    let _ = mm.munmap(r, len);
+                }
+            }
+        }
+        3 | 4 => {
+            let _ = mm.munmap(a, len);
+        }
+        5 | 6 => {
+            let _ = mm.mprotect(a, len, prots[rng.below(4) as usize]);
+        }
+        _ => {
+            let new_len = (1 + rng.below(ARENA.group_pages as u64)) * PAGE_SIZE;
+            let (d, _) = range(rng);
+            let (flags, to) =
+                if rng.below(2) == 0 && (d + new_len <= a || a + len <= d) && in_arena(d, new_len) {
+                    (MREMAP_MAYMOVE | MREMAP_FIXED, d)
+                } else {
+                    (rng.below(2) as u32 * MREMAP_MAYMOVE, 0)
+                };
+            if let Ok(r) = mm.mremap(a, len, new_len, flags, to) {
+                if !in_arena(r, new_len) {
+                    let _ = mm.munmap(r, new_len);
+                }
+            }
+        }
+    }
+}
