@@ -21,10 +21,11 @@
 //!   (`vma_end_write_all`): every VMA it write-locked is unlocked at once.
 //! - A5. Lockless readers (`maps`, `smaps`, `query`, `vmas`) see each
 //!   stretch of the address space in one state: `write_seq` is odd while
-//!   an mm call may change the tree (from its start; `munmap` closes it
-//!   before `rcu-sync`'s grace period, when its tree is final), and a
-//!   reader reads each entry between two loads of it, again if a call ran
-//!   meanwhile; an entry that begins below the previous line's end is a
+//!   a writer makes a change of several tree stores (`MmCall::tree_txn`:
+//!   a split and its pieces, munmap's remnants and removal, a `MAP_FIXED`
+//!   replacement; not the zaps, shootdowns or grace periods after them),
+//!   and a reader reads each entry between two loads of it, again if such
+//!   a change ran meanwhile; an entry that begins below the previous line's end is a
 //!   newer merge, and the lines it covers are taken back. So no line mixes
 //!   two states of a VMA and the lines at a boundary show the VMAs before
 //!   or after a call, never a half-done split, merge or `MAP_FIXED`
@@ -109,7 +110,7 @@ pub(crate) struct Hw {
     pub(crate) syncs: AtomicU64,
     /// Accesses whose frame was freed while they used it (cpu.rs C5).
     pub(crate) use_after_free: AtomicU64,
-    /// Odd while an mm call may be changing the tree (A5).
+    /// Odd while a writer makes a change of several tree stores (A5).
     pub(crate) write_seq: AtomicU64,
     /// Grace periods waited for by calls that reused a dead range
     /// (`rcu-dead`: `MAP_FIXED`, a move or a growth over a dead entry).
@@ -402,16 +403,12 @@ impl AddressSpace {
             next_shmem_ino: &mut st.next_shmem_ino,
             dead: &mut st.dead,
             def_flags: &mut st.def_flags,
-            tree_final: false,
+            txn_depth: 0,
         };
-        // A5: odd while the tree may change.
-        self.hw.write_seq.fetch_add(1, Ordering::SeqCst);
         c.reap_dead(false, 0, u64::MAX);
         let r = f(&mut c);
+        debug_assert_eq!(c.txn_depth, 0, "A5: every tree_txn ended");
         drop(c);
-        if self.hw.write_seq.load(Ordering::Relaxed) & 1 == 1 {
-            self.hw.write_seq.fetch_add(1, Ordering::SeqCst);
-        }
         // A4: vma_end_write_all(), before the mmap lock is released.
         self.hw.mm_lock_seq.fetch_add(1, Ordering::SeqCst);
         done(&r, start);

@@ -104,15 +104,30 @@ pub(crate) struct MmCall<'a> {
     /// `mm->def_flags`: `VM_LOCKED` (and `VM_LOCKONFAULT`) after
     /// `mlockall(MCL_FUTURE)`, given to every new mapping (mlock.rs).
     pub(crate) def_flags: &'a mut VmFlags,
-    /// The call will not change the tree after its unmap (the `munmap`
-    /// syscall): readers may stop waiting before `rcu-sync`'s grace
-    /// period (mm.rs A5).
-    pub(crate) tree_final: bool,
+    /// Nesting of `tree_txn` (mm.rs A5).
+    pub(crate) txn_depth: u32,
     /// Dead entries (`rcu-dead`, strategy.rs S4).
     pub(crate) dead: &'a mut std::collections::VecDeque<(u64, u64, Arc<crate::strategy::DeadRange>)>,
 }
 
 impl MmCall<'_> {
+    /// Runs `f`, a change of the tree made of several stores, as one change
+    /// to lockless readers: `write_seq` is odd from the outermost begin to
+    /// its end (mm.rs A5).
+    pub(crate) fn tree_txn<R>(&mut self, f: impl FnOnce(&mut Self) -> R) -> R {
+        if self.txn_depth == 0 {
+            // ORDERING: SeqCst, the write side of the readers' seqcount.
+            self.hw.write_seq.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        self.txn_depth += 1;
+        let r = f(self);
+        self.txn_depth -= 1;
+        if self.txn_depth == 0 {
+            self.hw.write_seq.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        r
+    }
+
     /// `map_count`: entries of the tree that are VMAs (not dead entries).
     pub(crate) fn map_count(&self) -> usize {
         self.w.tree_len() - self.dead.len()
@@ -254,9 +269,14 @@ impl MmCall<'_> {
             vm |= VmFlags::ACCOUNT;
         }
         // mmap_region: unmap what MAP_FIXED overlaps, then map.
-        self.munmap_range(addr, addr + len)?;
         let v = Vma::new(addr, addr + len, vm, pgoff, backing, None, None);
-        self.insert_merged(v);
+        // mm.rs A5: a MAP_FIXED replacement is one change to readers (no
+        // hole between the old mapping's removal and the new one).
+        self.tree_txn(|c| {
+            c.munmap_range(addr, addr + len)?;
+            c.insert_merged(v);
+            Ok::<(), Errno>(())
+        })?;
         // vm_mmap_pgoff(): locked (or MAP_POPULATE) mappings are faulted
         // in, errors ignored (mlock.rs L3).
         let populate = MapFlags::POPULATE | MapFlags::NONBLOCK;
@@ -386,7 +406,6 @@ impl MmCall<'_> {
         if len == 0 {
             return Err(Errno::Einval);
         }
-        self.tree_final = true;
         self.munmap_range(start, start + len)
     }
 
@@ -405,13 +424,17 @@ impl MmCall<'_> {
             self.vma_write_lock(v);
         }
         let last = hit.last().expect("non-empty");
-        if first.start < start {
-            self.w.store(first.start..start, first.slice(first.start, start)).expect("non-empty range");
-        }
-        if last.end > end {
-            self.w.store(end..last.end, last.slice(end, last.end)).expect("non-empty range");
-        }
-        let dead = self.bury(&hit, start, end);
+        let (first, last) = (first.clone(), last.clone());
+        // mm.rs A5: the remnants and the removal are one change to readers.
+        let dead = self.tree_txn(|c| {
+            if first.start < start {
+                c.w.store(first.start..start, first.slice(first.start, start)).expect("non-empty range");
+            }
+            if last.end > end {
+                c.w.store(end..last.end, last.slice(end, last.end)).expect("non-empty range");
+            }
+            c.bury(&hit, start, end)
+        });
         self.unmap_pages(start, end, !dead, &hit);
         self.after_unmap();
         Ok(())

@@ -127,6 +127,17 @@ impl MmCall<'_> {
     /// neighbours in one store.
     pub(crate) fn set_flags(&mut self, v: &Vma, s: u64, e: u64, newflags: VmFlags) -> Result<(), Errno> {
         self.vma_write_lock(v);
+        // mm.rs A5: readers wait while the pieces are being stored.
+        self.tree_txn(|c| c.split_and_set(v, s, e, newflags))?;
+        let access = VmFlags::READ | VmFlags::WRITE | VmFlags::EXEC;
+        if (v.flags ^ newflags).intersects(access) {
+            self.change_ptes(s, e, newflags);
+        }
+        Ok(())
+    }
+
+    /// The tree half of `set_flags`.
+    fn split_and_set(&mut self, v: &Vma, s: u64, e: u64, newflags: VmFlags) -> Result<(), Errno> {
         let mut piece = v.slice(s, e);
         piece.flags = newflags;
         // vma_merge_existing_range(): only a piece touching an edge of `v`
@@ -152,10 +163,6 @@ impl MmCall<'_> {
             self.w.store(e..v.end, v.slice(e, v.end)).expect("non-empty range");
         }
         self.insert_merged(piece);
-        let access = VmFlags::READ | VmFlags::WRITE | VmFlags::EXEC;
-        if (v.flags ^ newflags).intersects(access) {
-            self.change_ptes(s, e, newflags);
-        }
         Ok(())
     }
 

@@ -169,11 +169,6 @@ impl MmCall<'_> {
     /// What munmap does last: `rcu-sync` waits for a grace period (U3).
     pub(crate) fn after_unmap(&mut self) {
         if self.hw.strategy == Strategy::RcuSync {
-            if self.tree_final && self.hw.write_seq.load(std::sync::atomic::Ordering::Relaxed) & 1 == 1 {
-                // mm.rs A5: the tree is final; readers need not wait for
-                // the grace period.
-                self.hw.write_seq.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            }
             let t = Instant::now();
             self.domain.synchronize();
             let ns = t.elapsed().as_nanos() as u64;
