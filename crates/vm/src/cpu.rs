@@ -46,7 +46,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::fault::{self, AccessError, FaultStats};
 use crate::frame::FrameCache;
 use crate::mm::AddressSpace;
-use crate::vma::PAGE_SHIFT;
 
 /// A simulated CPU running threads of one address space.
 pub struct Cpu {
@@ -246,9 +245,6 @@ impl Cpu {
     pub fn flush_tlb(&mut self) {
         self.tlb = Default::default();
     }
-
-    /// The page size.
-    pub const PAGE_SIZE: u64 = 1 << PAGE_SHIFT;
 }
 
 impl Drop for Cpu {
