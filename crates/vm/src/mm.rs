@@ -9,9 +9,9 @@
 //!   (then the tree's own write lock); readers hold only an RCU guard.
 //! - A2. Every reader sees each VMA whole: a line of `maps()` is a real state
 //!   of one VMA at some moment of the read, lines never overlap and never go
-//!   backwards (the tree's iteration resumes by address), and a VMA that
-//!   exists for the whole read is shown.
-//!
+//!   backwards (each entry is found from the root at the previous line's
+//!   end, and a newer entry reaching below it takes back the lines it
+//!   covers, A5), and a VMA that exists for the whole read is shown.
 //! - A3. The hardware half ([`Hw`]): page tables, physical memory, TLB
 //!   shootdown and the strategy. Page-table changes follow the tree's:
 //!   a writer first makes the tree stop mapping a range (erase, dead entry
@@ -798,10 +798,11 @@ impl Drop for AddressSpace {
     }
 }
 
-/// A VMA as a reader sees it: while a writer replaces a VMA by slices
-/// (mmap.rs P2), the tree may briefly hold the old VMA over part of its old
-/// range; its line is that part, a real state of the VMA. Anonymous VMAs
-/// without a name get `[heap]`/`[stack]` as Linux derives them.
+/// A VMA as a reader sees it. Its tree range is its own range whenever no
+/// change of several stores is under way (A5), which is when readers keep
+/// what they read; the slice below only covers a read that A5 then throws
+/// away (the old VMA over part of its old range during a split). Anonymous
+/// VMAs without a name get `[heap]`/`[stack]` as Linux derives them.
 fn view(e: &Entry<'_, Vma>, layout: &Layout) -> Vma {
     let v = e.value;
     let mut out = if v.start == e.range.start && v.end == e.range.end {
