@@ -52,6 +52,8 @@ pub struct Cpu {
     mm: Arc<AddressSpace>,
     tlb: crate::tlb::Tlb,
     frames: FrameCache,
+    /// The last VMA a fault used (fault.rs FL6).
+    vmacache: Option<Arc<crate::vma::Vma>>,
     stats: CpuStats,
     /// This CPU's bit in the PTEs it caches (C4).
     bit: u64,
@@ -104,6 +106,7 @@ impl Cpu {
         Cpu {
             tlb: Default::default(),
             frames: FrameCache::default(),
+            vmacache: None,
             stats: CpuStats::default(),
             #[cfg(feature = "record")]
             log: mm.recorder().map(|r| (r.cpu_id(), Vec::new())),
@@ -128,8 +131,9 @@ impl Cpu {
     /// # Errors
     /// The signal Linux would send (C3).
     pub fn read(&mut self, va: u64) -> Result<u64, AccessError> {
+        // H1 costs a clock read: only a CPU that records pays it.
         #[cfg(feature = "record")]
-        let start = crate::record::now();
+        let start = if self.log.is_some() { crate::record::now() } else { 0 };
         let mut v = 0;
         let r = self.access_unrecorded(va, false, |w| v = w.load(Ordering::Relaxed));
         #[cfg(feature = "record")]
@@ -142,8 +146,9 @@ impl Cpu {
     /// # Errors
     /// The signal Linux would send (C3).
     pub fn write(&mut self, va: u64, value: u64) -> Result<(), AccessError> {
+        // H1 costs a clock read: only a CPU that records pays it.
         #[cfg(feature = "record")]
-        let start = crate::record::now();
+        let start = if self.log.is_some() { crate::record::now() } else { 0 };
         let r = self.access_unrecorded(va, true, |w| w.store(value, Ordering::Relaxed));
         #[cfg(feature = "record")]
         self.record(va, true, value, r, start);
@@ -161,8 +166,9 @@ impl Cpu {
         write: bool,
         op: impl FnMut(&AtomicU64),
     ) -> Result<Touched, AccessError> {
+        // H1 costs a clock read: only a CPU that records pays it.
         #[cfg(feature = "record")]
-        let start = crate::record::now();
+        let start = if self.log.is_some() { crate::record::now() } else { 0 };
         let r = self.access_unrecorded(va, write, op);
         #[cfg(feature = "record")]
         self.record(va, write, 0, r, start);
@@ -234,7 +240,14 @@ impl Cpu {
                 }
             }
             // C2: the fault runs outside the section.
-            fault::handle_mm_fault(mm, va, write, &mut self.frames, &mut self.stats.fault)?;
+            fault::handle_mm_fault(
+                mm,
+                va,
+                write,
+                &mut self.frames,
+                &mut self.vmacache,
+                &mut self.stats.fault,
+            )?;
         }
         // C3: never a panic; a fault path that livelocks is a bug the
         // checker reports, the access gives up as a machine would hang.
