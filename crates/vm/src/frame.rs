@@ -20,10 +20,19 @@
 //!   `PhysMem` lives; PTEs that map them hold no count (unmapping them
 //!   frees nothing).
 //!
+//! - F5. Freed frames go first to the freeing thread's own list (Linux's
+//!   per-CPU `pcp` lists), which holds at most [`PCP_HIGH`] frames; the
+//!   excess goes to the shared list. An allocation takes from its own list,
+//!   then the shared one, then steals from other threads' lists, and only
+//!   then carves a never-used frame: memory grows only when no list anywhere
+//!   has a free frame.
+//!
 //! # Concurrency
 //! Everything here is callable from any thread. `frame()` is lock-free; the
-//! free list and the page cache take short mutexes (per-CPU caches in
-//! [`FrameCache`] keep the free list's mutex off most faults).
+//! free lists and the page cache take short mutexes. Each thread has its own
+//! list (F5), so a thread that unmaps and maps again reuses the frames it
+//! just freed, still in its cache, and takes no lock another thread wants;
+//! per-CPU caches in [`FrameCache`] keep even that mutex off most faults.
 //!
 //! # Linux
 //! `struct page`/`struct folio` reduced to data, a generation and an owner
@@ -33,9 +42,12 @@
 //! deterministic function of the file and offset ([`file_word`]), so that a
 //! stale or cross-file mapping is visible in the data.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+
+use crossbeam_utils::CachePadded;
 
 use crate::vma::FileId;
 
@@ -43,11 +55,35 @@ use crate::vma::FileId;
 pub const WORDS: usize = 512;
 /// Frames in one allocation chunk (2 MiB of data).
 const CHUNK: usize = 512;
+/// Per-thread free lists (F5); threads share them round-robin past this.
+const PCP_LISTS: usize = 16;
+/// Most frames one per-thread list keeps (F5): 8 MiB, a cache's worth.
+pub const PCP_HIGH: usize = 2048;
+
+std::thread_local! {
+    /// This thread's per-thread free list: an index below [`PCP_LISTS`],
+    /// `usize::MAX` until first use.
+    static PCP: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+/// The calling thread's list index (F5), assigned round-robin on first use.
+fn pcp_index() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    PCP.with(|c| {
+        if c.get() == usize::MAX {
+            c.set(NEXT.fetch_add(1, Ordering::Relaxed) % PCP_LISTS);
+        }
+        c.get()
+    })
+}
 
 /// A page frame number: index of a frame in its [`PhysMem`].
 pub type Pfn = u64;
 
-/// One page frame.
+/// One page frame. Aligned to a cache line so that no line holds two
+/// frames: a frame one thread zeroes shares nothing with its neighbour,
+/// which another thread may be using.
+#[repr(C, align(64))]
 pub struct Frame {
     /// The page's data, as words (racy accesses are well defined).
     pub data: [AtomicU64; WORDS],
@@ -141,13 +177,26 @@ pub struct PhysStats {
     pub carved: usize,
 }
 
-/// A machine's physical memory (F1–F4).
+/// One thread's free list and allocation count (F5), on a cache line of
+/// its own: a fault touches no line another thread's faults write.
+#[derive(Debug, Default)]
+struct Pcp {
+    list: Mutex<Vec<Pfn>>,
+    /// Frames this list's threads handed out minus those they freed
+    /// (negative when frames move between threads); the sum over all lists
+    /// is the number in use.
+    in_use: AtomicI64,
+}
+
+/// A machine's physical memory (F1–F5).
 pub struct PhysMem {
     chunks: Box<[AtomicPtr<[Frame; CHUNK]>]>,
     /// Next never-used pfn.
     next: AtomicU64,
+    /// The shared free list.
     free: Mutex<Vec<Pfn>>,
-    in_use: AtomicUsize,
+    /// The per-thread free lists (F5).
+    pcp: Box<[CachePadded<Pcp>]>,
     page_cache: Mutex<HashMap<(u32, u32, u64, u64), Pfn>>,
     zero: Pfn,
 }
@@ -168,7 +217,7 @@ impl PhysMem {
             chunks,
             next: AtomicU64::new(0),
             free: Mutex::new(Vec::new()),
-            in_use: AtomicUsize::new(0),
+            pcp: (0..PCP_LISTS).map(|_| CachePadded::default()).collect(),
             page_cache: Mutex::new(HashMap::new()),
             zero: 0,
         };
@@ -222,11 +271,32 @@ impl PhysMem {
         Some(pfn)
     }
 
-    /// Moves up to `n` free frames to `out` (a per-CPU cache refill).
+    /// Moves up to `n` free frames to `out` (a per-CPU cache refill): from
+    /// this thread's list, the shared list, then other threads' lists (F5).
     fn take_free(&self, out: &mut Vec<Pfn>, n: usize) {
-        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
-        let k = free.len().saturating_sub(n);
-        out.extend(free.drain(k..));
+        let me = pcp_index();
+        // Up to `want` frames from `list`, the most recently freed (the
+        // warmest) last, where `pop` finds them first.
+        let take = |list: &Mutex<Vec<Pfn>>, into: &mut Vec<Pfn>, want: usize| {
+            let mut l = list.lock().unwrap_or_else(|e| e.into_inner());
+            let k = l.len().saturating_sub(want);
+            into.extend(l.drain(k..));
+        };
+        let mut mine = Vec::new();
+        take(&self.pcp[me].list, &mut mine, n);
+        let mut want = n - mine.len();
+        if want > 0 {
+            let before = out.len();
+            take(&self.free, out, want);
+            for i in 1..PCP_LISTS {
+                want = n - mine.len() - (out.len() - before);
+                if want == 0 {
+                    break;
+                }
+                take(&self.pcp[(me + i) % PCP_LISTS].list, out, want);
+            }
+        }
+        out.append(&mut mine);
     }
 
     /// A zero-filled frame owned by `owner` (F3), or `None` when physical
@@ -248,7 +318,7 @@ impl PhysMem {
             None => self.carve()?,
         };
         self.frame(pfn).owner.store(owner.pack(), Ordering::Release);
-        self.in_use.fetch_add(1, Ordering::Relaxed);
+        self.pcp[pcp_index()].in_use.fetch_add(1, Ordering::Relaxed);
         Some(pfn)
     }
 
@@ -270,8 +340,22 @@ impl PhysMem {
             n += 1;
         }
         if n > 0 {
-            self.in_use.fetch_sub(n, Ordering::Relaxed);
-            self.free.lock().unwrap_or_else(|e| e.into_inner()).extend(batch);
+            self.pcp[pcp_index()].in_use.fetch_sub(n as i64, Ordering::Relaxed);
+            self.give_back(batch);
+        }
+    }
+
+    /// Puts free frames on this thread's list, moving what passes
+    /// [`PCP_HIGH`] to the shared list, oldest first (F5).
+    fn give_back(&self, mut batch: Vec<Pfn>) {
+        let spill = {
+            let mut l = self.pcp[pcp_index()].list.lock().unwrap_or_else(|e| e.into_inner());
+            l.append(&mut batch);
+            let over = l.len().saturating_sub(PCP_HIGH);
+            (over > 0).then(|| l.drain(..over).collect::<Vec<_>>())
+        };
+        if let Some(spill) = spill {
+            self.free.lock().unwrap_or_else(|e| e.into_inner()).extend(spill);
         }
     }
 
@@ -298,7 +382,7 @@ impl PhysMem {
     /// Counters.
     pub fn stats(&self) -> PhysStats {
         PhysStats {
-            in_use: self.in_use.load(Ordering::Relaxed),
+            in_use: self.pcp.iter().map(|p| p.in_use.load(Ordering::Relaxed)).sum::<i64>().max(0) as usize,
             page_cache: self.page_cache.lock().unwrap_or_else(|e| e.into_inner()).len(),
             carved: self.next.load(Ordering::Relaxed) as usize,
         }
@@ -342,9 +426,9 @@ impl FrameCache {
         pm.free([pfn]);
     }
 
-    /// Returns the stock to the shared list (a CPU going away).
+    /// Returns the stock to the free lists (a CPU going away).
     pub fn drain(&mut self, pm: &PhysMem) {
-        pm.free.lock().unwrap_or_else(|e| e.into_inner()).append(&mut self.stock);
+        pm.give_back(std::mem::take(&mut self.stock));
     }
 }
 
@@ -371,6 +455,45 @@ mod tests {
         assert_eq!(a, b, "the free list is reused");
         assert_eq!(pm.frame(b).data[3].load(Ordering::Relaxed), 0, "F3");
         assert_eq!(pm.stats().in_use, 1);
+    }
+
+    /// F5: a thread gets back the frames it freed last; frames on another
+    /// thread's list are stolen before memory grows; the counts add up.
+    #[test]
+    fn per_thread_lists_reuse_warm_frames_and_never_grow_memory_needlessly() {
+        let pm = PhysMem::new(1 << 16);
+        let anon = |vpn| Owner::Anon { mm: 1, vpn };
+        let mut cache = FrameCache::default();
+        let mine: Vec<Pfn> = (0..3 * PCP_HIGH as u64).map(|v| cache.alloc(&pm, anon(v)).unwrap()).collect();
+        let carved = pm.stats().carved;
+        pm.free(mine.iter().copied());
+        cache.drain(&pm);
+        // The most recently freed come back first.
+        let again = pm.alloc(anon(0)).unwrap();
+        assert_eq!(again, *mine.last().unwrap(), "warmest first");
+        pm.free([again]);
+        // Another thread takes them all (its own list is empty) without
+        // carving a single new frame: shared list, then this thread's list.
+        let n = mine.len();
+        let pm2 = &pm;
+        let theirs = std::thread::scope(|s| {
+            s.spawn(move || {
+                let mut c = FrameCache::default();
+                let v: Vec<Pfn> = (0..n as u64).map(|i| c.alloc(pm2, anon(i)).unwrap()).collect();
+                c.drain(pm2);
+                v
+            })
+            .join()
+            .unwrap()
+        });
+        assert_eq!(pm.stats().carved, carved, "frames free anywhere are used before carving");
+        let mut sorted = theirs.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), n, "no frame handed out twice");
+        assert_eq!(pm.stats().in_use, n, "counts from both threads add up");
+        pm.free(theirs);
+        assert_eq!(pm.stats().in_use, 0);
     }
 
     #[test]
