@@ -47,6 +47,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
+use crossbeam_utils::CachePadded;
 use rcuvm_maple::{Entry, MapleTree};
 use rcuvm_rcu::Domain;
 
@@ -69,12 +70,12 @@ use crate::vma::{Backing, PAGE_SHIFT, VmFlags, Vma};
 /// memory through its own [`Cpu`] ([`AddressSpace::cpu`]).
 pub struct AddressSpace {
     domain: Arc<Domain>,
-    vmas: MapleTree<Vma>,
+    vmas: CachePadded<MapleTree<Vma>>,
     cfg: MmConfig,
     layout: Layout,
     /// The mmap lock: writers always; faults and readers only under
     /// [`Strategy::MmapLock`] (and `vma-lock`'s fallback).
-    mmap_lock: parking_lot::RwLock<MmState>,
+    mmap_lock: CachePadded<parking_lot::RwLock<MmState>>,
     hw: Hw,
     /// Where calls and reads are recorded (record.rs), if anywhere.
     #[cfg(feature = "record")]
@@ -99,19 +100,19 @@ pub(crate) struct Hw {
     pub(crate) phys: Arc<PhysMem>,
     pub(crate) tlb: Shootdown,
     /// `mm_lock_seq` (A4); starts at 1 so that new VMAs (0) are unlocked.
-    pub(crate) mm_lock_seq: AtomicU64,
+    pub(crate) mm_lock_seq: CachePadded<AtomicU64>,
     /// Identity of this address space in frame owner tags.
     pub(crate) id: u32,
     /// Dead entries in the tree (not counted in `map_count`).
-    pub(crate) dead: AtomicUsize,
+    pub(crate) dead: CachePadded<AtomicUsize>,
     /// Nanoseconds munmap spent waiting for grace periods (`rcu-sync`).
-    pub(crate) sync_ns: AtomicU64,
+    pub(crate) sync_ns: CachePadded<AtomicU64>,
     /// Grace periods munmap waited for.
     pub(crate) syncs: AtomicU64,
     /// Accesses whose frame was freed while they used it (cpu.rs C5).
     pub(crate) use_after_free: AtomicU64,
     /// Odd while a writer makes a change of several tree stores (A5).
-    pub(crate) write_seq: AtomicU64,
+    pub(crate) write_seq: CachePadded<AtomicU64>,
     /// Grace periods waited for by calls that reused a dead range
     /// (`rcu-dead`: `MAP_FIXED`, a move or a growth over a dead entry).
     pub(crate) reuse_syncs: AtomicU64,
@@ -122,7 +123,7 @@ pub(crate) struct Hw {
     pub(crate) inject: Option<Injection>,
     /// Leaf entries still set in table pages when they were freed (a PTE
     /// installed after its zap: the stale PTE of strategy.rs S5).
-    pub(crate) ptes_in_freed_tables: Arc<AtomicU64>,
+    pub(crate) ptes_in_freed_tables: Arc<CachePadded<AtomicU64>>,
 }
 
 /// Torn reads of one entry before a lockless reader takes the mmap lock
@@ -182,27 +183,27 @@ impl MmBuilder {
         let _ = self.recorder;
         let domain = Arc::new(Domain::with_config(self.rcu));
         AddressSpace {
-            vmas: MapleTree::new(domain.clone()),
+            vmas: CachePadded::new(MapleTree::new(domain.clone())),
             domain,
             cfg: self.cfg,
             layout: Layout::default(),
-            mmap_lock: parking_lot::RwLock::new(MmState {
+            mmap_lock: CachePadded::new(parking_lot::RwLock::new(MmState {
                 next_shmem_ino: 0x10_0000,
                 def_flags: VmFlags::empty(),
                 dead: Default::default(),
-            }),
+            })),
             hw: Hw {
                 strategy: self.strategy,
                 pt: PageTable::new(),
                 phys: self.phys.unwrap_or_else(|| Arc::new(PhysMem::new(4 << 20))),
                 tlb: Shootdown::with_injection(self.inject),
-                mm_lock_seq: AtomicU64::new(1),
+                mm_lock_seq: CachePadded::new(AtomicU64::new(1)),
                 id: NEXT_MM_ID.fetch_add(1, Ordering::Relaxed) & 0x3f_ffff,
-                dead: AtomicUsize::new(0),
-                sync_ns: AtomicU64::new(0),
+                dead: CachePadded::new(AtomicUsize::new(0)),
+                sync_ns: CachePadded::new(AtomicU64::new(0)),
                 syncs: AtomicU64::new(0),
                 use_after_free: AtomicU64::new(0),
-                write_seq: AtomicU64::new(0),
+                write_seq: CachePadded::new(AtomicU64::new(0)),
                 reuse_syncs: AtomicU64::new(0),
                 reuse_sync_ns: AtomicU64::new(0),
                 inject: self.inject,

@@ -120,6 +120,10 @@ impl Pte {
 }
 
 /// One table page.
+// Aligned to a cache line: the lock and generation of one table never
+// share a line with another table's entries (each table is its own
+// allocation, and another CPU may be locking its neighbour).
+#[repr(C, align(64))]
 pub struct Table {
     entries: [AtomicU64; PTRS],
     /// The split page-table lock (PTL) of this table (PT2, PT3).

@@ -85,12 +85,12 @@ pub struct Shootdown {
     /// Free CPU slots (bit i: slot i free), for [`Shootdown::claim_cpu`].
     free_slots: AtomicU64,
     /// Serialises flushers (writers, and faults that copy on write).
-    writer: std::sync::Mutex<()>,
+    writer: CachePadded<std::sync::Mutex<()>>,
     generation: CachePadded<AtomicU64>,
-    log: [Slot; LOG],
-    flushes: AtomicU64,
+    log: CachePadded<[Slot; LOG]>,
+    flushes: CachePadded<AtomicU64>,
     /// Flushes that waited for other CPUs (the rest were local, T5).
-    remote: AtomicU64,
+    remote: CachePadded<AtomicU64>,
     /// inject.rs: `SkipShootdown` makes `flush` do nothing.
     skip: bool,
 }
@@ -112,11 +112,11 @@ impl Default for Shootdown {
         Shootdown {
             domain: Arc::new(Domain::new()),
             free_slots: AtomicU64::new((1 << Pte::CPU_SLOTS) - 1),
-            writer: std::sync::Mutex::new(()),
+            writer: CachePadded::new(std::sync::Mutex::new(())),
             generation: CachePadded::new(AtomicU64::new(0)),
-            log: Default::default(),
-            flushes: AtomicU64::new(0),
-            remote: AtomicU64::new(0),
+            log: CachePadded::new(Default::default()),
+            flushes: CachePadded::new(AtomicU64::new(0)),
+            remote: CachePadded::new(AtomicU64::new(0)),
             skip: false,
         }
     }

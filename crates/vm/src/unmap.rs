@@ -47,7 +47,7 @@ pub(crate) struct TablesOnPut {
     tables: Vec<(crate::pgtable::UnhookedTable, u32)>,
     freer: crate::pgtable::TableFreer,
     tlb: Arc<rcuvm_rcu::Domain>,
-    leaked: Arc<AtomicU64>,
+    leaked: Arc<crossbeam_utils::CachePadded<AtomicU64>>,
 }
 
 impl Drop for TablesOnPut {
@@ -60,8 +60,13 @@ impl Drop for TablesOnPut {
 }
 
 impl MmCall<'_> {
-    /// `vma_start_write()` under the `vma-lock` strategy (strategy.rs S3).
+    /// Marks `v`, which this call is about to replace or remove, detached
+    /// (vma.rs V6), and `vma_start_write()` under the `vma-lock` strategy
+    /// (strategy.rs S3).
     pub(crate) fn vma_write_lock(&self, v: &Vma) {
+        // ORDERING: Release; what makes the mark seen in time is the PTL:
+        // the page-table change that follows takes it (fault.rs FL6).
+        v.rt.detached.store(true, Ordering::Release);
         if self.hw.strategy == Strategy::VmaLock {
             strategy::vma_start_write(v, &self.hw.mm_lock_seq);
         }
@@ -202,7 +207,7 @@ impl MmCall<'_> {
                 // Who waits: a munmap past the bound (U4), or a call that
                 // reuses a dead range (S4), counted apart.
                 let (n, ns) = if (start, end) == (0, u64::MAX) {
-                    (&self.hw.syncs, &self.hw.sync_ns)
+                    (&self.hw.syncs, &*self.hw.sync_ns)
                 } else {
                     (&self.hw.reuse_syncs, &self.hw.reuse_sync_ns)
                 };
