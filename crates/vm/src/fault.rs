@@ -23,6 +23,19 @@
 //!   taking the counted reference is an atomic increment on the VMA's
 //!   shared count, the cache-line bouncing that solution 2 also costs.
 //!   `vma-lock` increments the VMA's reader count, as Linux does.
+//! - FL6. Under `rcu-sync` and `rcu-dead`, a CPU keeps the last VMA its
+//!   faults used (its `vmacache`) and uses it again, without a tree walk,
+//!   while it covers the address and is not detached (vma.rs V6); the
+//!   re-check under the PTL is then "still not detached" instead of a
+//!   second walk. Sound for the same reason as S4's re-check: a writer
+//!   marks the object detached before it changes the tree and before the
+//!   page-table pass (zap, change of protection) it then makes under the
+//!   PTL, so a fault that holds the PTL and sees the object attached
+//!   installs a PTE that pass will find. The tables are safe too: they are
+//!   freed only a grace period of the VMA domain after the mark, so a
+//!   fault whose guard began after that grace period sees the mark. Why:
+//!   under mapping churn elsewhere in the mm, every tree store replaces
+//!   the root's node, and two walks per fault each missed on it.
 //! - FL5. (With the `record` feature, for the checker.) The leaf table a
 //!   fault starts with is not freed before the fault ends; if it is, a use
 //!   after free is counted (cpu.rs C5).
@@ -40,7 +53,9 @@
 //! anonymous page); `mm/rmap.c`: `__anon_vma_prepare`,
 //! `find_mergeable_anon_vma`; `arch/x86/mm/fault.c`: `access_error`
 //! (x86 cannot map write-only or exec-only pages: any access right allows
-//! reads), `lock_vma_under_rcu` then `lock_mm_and_find_vma`.
+//! reads), `lock_vma_under_rcu` then `lock_mm_and_find_vma`. The vmacache
+//! (FL6) is Linux's per-thread `vmacache` (removed in 6.1), validated by
+//! the VMA's own detached mark instead of an mm-wide sequence number.
 //!
 //! Not modelled: stack growth (`VM_GROWSDOWN` expansion), `userfaultfd`,
 //! NUMA, huge pages, swap.
@@ -111,6 +126,7 @@ pub(crate) fn handle_mm_fault(
     va: u64,
     write: bool,
     cache: &mut FrameCache,
+    vmacache: &mut Option<Arc<Vma>>,
     stats: &mut FaultStats,
 ) -> Result<Outcome, AccessError> {
     let hw = mm.hw();
@@ -145,10 +161,21 @@ pub(crate) fn handle_mm_fault(
         }
         Strategy::RcuSync | Strategy::RcuDead => {
             let g = mm.domain().read();
+            // FL6: the last VMA, while attached. ORDERING: Acquire, as in
+            // the re-check (the PTL is what orders it against a writer).
+            let attached = |v: &Vma| !v.rt.detached.load(Ordering::Acquire);
+            if let Some(v) = vmacache.as_deref().filter(|v| v.start <= va && va < v.end && attached(v)) {
+                let out = do_fault(mm, v, va, write, cache, Some(&|| attached(v)));
+                drop(g);
+                return count(out, stats);
+            }
             // FL3: from here to the VMA, nothing shared is written.
             let Some(e) = mm.vmas_tree().load(va, &g) else { return Err(AccessError::MapErr) };
             if e.value.is_dead() {
                 return Err(AccessError::MapErr);
+            }
+            if attached(e.value) {
+                *vmacache = Some(e.to_arc());
             }
             do_fault(
                 mm,

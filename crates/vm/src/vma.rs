@@ -24,6 +24,11 @@
 //! - V5. A *dead entry* (strategy `rcu-dead`) is a `Vma` whose `rt.dead` is
 //!   set: it reserves a range unmapped less than a grace period ago. It is
 //!   never shown to readers nor returned by lookups of mm calls.
+//! - V6. `rt.detached` is set, for good, before a writer replaces or
+//!   removes the object (unmap.rs `vma_write_lock`, which strategy.rs S3
+//!   makes every writer call first), and so before any page-table change
+//!   the writer then makes under a PTL. A clone starts attached. Linux's
+//!   `vma->detached` (`vma_mark_detached`).
 //!
 //! # Linux
 //! `struct vm_area_struct` (`include/linux/mm_types.h`), the `VM_*` bits of
@@ -32,7 +37,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 /// Size of a page.
 pub const PAGE_SIZE: u64 = 4096;
@@ -169,6 +174,8 @@ pub(crate) struct VmaRt {
     pub(crate) anon: AtomicU64,
     /// Set on a dead entry (V5).
     pub(crate) dead: Option<Arc<crate::strategy::DeadRange>>,
+    /// Replaced or removed, or about to be (V6).
+    pub(crate) detached: AtomicBool,
     /// `rcu-refcount`: the tables its munmap unhooked, freed when the last
     /// reference to this VMA object goes (strategy.rs S5).
     pub(crate) on_last_put: std::sync::OnceLock<Arc<crate::unmap::TablesOnPut>>,
@@ -181,6 +188,7 @@ impl Clone for VmaRt {
             readers: AtomicU32::new(0),
             anon: AtomicU64::new(self.anon.load(Ordering::Acquire)),
             dead: self.dead.clone(),
+            detached: AtomicBool::new(false),
             on_last_put: std::sync::OnceLock::new(),
         }
     }

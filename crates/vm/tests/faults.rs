@@ -314,3 +314,35 @@ fn the_phys_counters_track_frames() {
     let f = mm.phys().frame(mm.page_table().walk(a).pfn());
     assert!(f.generation.load(Ordering::Relaxed) < u64::MAX);
 }
+
+/// fault.rs FL6: a CPU's cached VMA is used again only while it is still
+/// the tree's; every kind of replacement sends the next fault to the tree.
+#[test]
+fn a_cached_vma_is_never_used_after_the_mapping_changed() {
+    for s in Strategy::ALL {
+        let mm = mm(s);
+        let mut cpu = mm.cpu();
+        let a = mm.mmap(0, 8 * P, RW, ANON, None, 0).unwrap();
+        cpu.write(a, 1).unwrap(); // the VMA is now the CPU's cached one
+        // Rights taken away on the untouched pages (a split).
+        mm.mprotect(a + 4 * P, 4 * P, Prot::READ).unwrap();
+        assert_eq!(cpu.write(a + 5 * P, 2), Err(AccessError::AccErr), "{s}: after a split");
+        cpu.write(a + P, 3).unwrap();
+        // The whole range unmapped: nothing maps it any more.
+        mm.munmap(a, 8 * P).unwrap();
+        assert_eq!(cpu.write(a + 2 * P, 4), Err(AccessError::MapErr), "{s}: after munmap");
+        // Mapped again over the same range, read-only this time.
+        let b = mm.mmap(a, 8 * P, Prot::READ, ANON | MapFlags::FIXED, None, 0).unwrap();
+        assert_eq!(b, a);
+        assert_eq!(cpu.write(a + 3 * P, 5), Err(AccessError::AccErr), "{s}: after MAP_FIXED");
+        assert_eq!(cpu.read(a + 3 * P), Ok(0), "{s}: a fresh mapping reads zero");
+        // Moved away: the old range faults, the new one has the pages.
+        mm.mprotect(a, 8 * P, RW).unwrap();
+        cpu.write(a + 6 * P, 6).unwrap();
+        let c = mm.mremap(a, 8 * P, 8 * P, MREMAP_MAYMOVE, 0).unwrap();
+        if c != a {
+            assert_eq!(cpu.read(a + 6 * P), Err(AccessError::MapErr), "{s}: after a move");
+        }
+        assert_eq!(cpu.read(c + 6 * P), Ok(6), "{s}: the page moved with the mapping");
+    }
+}
