@@ -27,7 +27,7 @@ fn rate(b: Backend, p: &Params, threads: usize) -> (f64, Costs) {
         let mut t = sp.toucher();
         let mut c = 0;
         while !stop.load(Ordering::Relaxed) {
-            c += fault_cycle(&sp, &mut t, LEN);
+            c += fault_cycle(&sp, &mut t, 0, LEN);
         }
         c
     });
