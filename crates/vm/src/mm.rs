@@ -306,6 +306,14 @@ impl AddressSpace {
         (self.hw.syncs.load(Ordering::Relaxed), self.hw.sync_ns.load(Ordering::Relaxed))
     }
 
+    /// Page-table pages unhooked and not yet freed: waiting for their grace
+    /// periods (unmap.rs U1), or, under `rcu-refcount`, for the last
+    /// reference to their VMA. A sample: writers may run meanwhile.
+    pub fn deferred_tables(&self) -> usize {
+        let _g = self.domain.read();
+        self.hw.pt.tables().saturating_sub(self.hw.pt.reachable())
+    }
+
     /// Grace periods waited for by calls that reused a range unmapped less
     /// than a grace period before (`rcu-dead`: `MAP_FIXED`, an mremap move
     /// or growth, a brk growth over a dead entry), and the nanoseconds.

@@ -306,6 +306,29 @@ impl PageTable {
         self.pool.live.load(Ordering::Relaxed)
     }
 
+    /// Table pages reachable from the root, the root included, counted by
+    /// a lockless walk of the upper levels (PT1 makes every pointer it
+    /// follows a valid table). Racing writers make it a sample, not an
+    /// exact count; under a guard of the VMA domain no table it reaches is
+    /// freed meanwhile (PT5).
+    pub fn reachable(&self) -> usize {
+        fn count(t: &Table, level: u32) -> usize {
+            1 + if level == 1 {
+                0
+            } else {
+                t.entries
+                    .iter()
+                    .map(|e| e.load(Ordering::Acquire))
+                    .filter(|&e| e != 0)
+                    // SAFETY: read from a table of the page table (PT1);
+                    // the reference does not outlive this call.
+                    .map(|e| count(unsafe { child(e) }, level - 1))
+                    .sum()
+            }
+        }
+        count(&self.root, 4)
+    }
+
     /// The PTE for `va`, read without locks.
     #[inline]
     pub fn walk(&self, va: u64) -> Pte {

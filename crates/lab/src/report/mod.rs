@@ -79,9 +79,11 @@ pub fn costs(o: &Outcome) -> Vec<(&'static str, String)> {
     let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
     vec![
         ("grace periods", opt(c.grace_periods)),
-        ("munmap wait ms", c.munmap_wait_ms.map_or("-".into(), |v| format!("{v:.1}"))),
+        ("sync waits", opt(c.sync_waits)),
+        ("sync ms", c.sync_wait_ms.map_or("-".into(), |v| format!("{v:.1}"))),
         ("shootdowns", opt(c.shootdowns)),
         ("pending max", opt(c.pending_max)),
+        ("deferred KiB", c.deferred_kib_max.map_or("-".into(), |v| format!("{v:.0}"))),
         ("peak MiB", format!("{:.1}", c.peak_mib)),
     ]
 }

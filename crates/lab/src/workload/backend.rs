@@ -231,10 +231,19 @@ pub struct Costs {
     pub munmap_waits: Option<u64>,
     /// Milliseconds munmap spent waiting for them.
     pub munmap_wait_ms: Option<f64>,
+    /// Grace periods every mm call waited for: munmap's, and those of
+    /// calls that reused a range still under a dead entry (`rcu-dead`).
+    pub sync_waits: Option<u64>,
+    /// Milliseconds spent in them.
+    pub sync_wait_ms: Option<f64>,
     /// TLB shootdowns.
     pub shootdowns: Option<u64>,
     /// The most RCU callbacks (deferred frees) pending at once.
     pub pending_max: Option<u64>,
+    /// The most memory in page-table pages unhooked and waiting for their
+    /// grace periods at once, KiB (sampled every 5 ms). VMA objects and
+    /// tree nodes waiting for theirs are in `pending_max`, as callbacks.
+    pub deferred_kib_max: Option<f64>,
     /// Peak memory during the run, MiB: rcuvm's frames and table pages in
     /// use; on the host, the growth of this process's resident set.
     pub peak_mib: f64,
@@ -252,6 +261,12 @@ impl Costs {
         self.grace_periods = sum(self.grace_periods, o.grace_periods);
         self.munmap_waits = sum(self.munmap_waits, o.munmap_waits);
         self.munmap_wait_ms = sum(self.munmap_wait_ms, o.munmap_wait_ms);
+        self.sync_waits = sum(self.sync_waits, o.sync_waits);
+        self.sync_wait_ms = sum(self.sync_wait_ms, o.sync_wait_ms);
+        self.deferred_kib_max = match (self.deferred_kib_max, o.deferred_kib_max) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
         self.shootdowns = sum(self.shootdowns, o.shootdowns);
         self.pending_max = self.pending_max.max(o.pending_max);
         self.peak_mib = self.peak_mib.max(o.peak_mib);
@@ -261,9 +276,21 @@ impl Costs {
 /// Samples memory every few milliseconds while a run goes on.
 pub struct Monitor {
     stop: Arc<AtomicBool>,
-    handle: thread::JoinHandle<u64>,
+    /// The peak footprint and the peak of deferred table pages.
+    handle: thread::JoinHandle<(u64, usize)>,
     space: Space,
-    base: (u64, u64, u64, u64),
+    base: Counters,
+}
+
+/// Cumulative counters of an address space, read before and after a run.
+#[derive(Clone, Copy, Default)]
+struct Counters {
+    grace_periods: u64,
+    munmap_waits: u64,
+    munmap_wait_ns: u64,
+    reuse_waits: u64,
+    reuse_wait_ns: u64,
+    shootdowns: u64,
 }
 
 fn resident_bytes() -> u64 {
@@ -278,14 +305,22 @@ fn footprint(s: &Space) -> u64 {
     }
 }
 
-fn counters(s: &Space) -> (u64, u64, u64, u64) {
+fn counters(s: &Space) -> Counters {
     match s.mm() {
         Some(mm) => {
             let st = mm.domain().stats();
-            let (w, ns) = mm.munmap_syncs();
-            (st.grace_periods + st.expedited_grace_periods, w, ns, mm.shootdown().flushes())
+            let (munmap_waits, munmap_wait_ns) = mm.munmap_syncs();
+            let (reuse_waits, reuse_wait_ns) = mm.reuse_syncs();
+            Counters {
+                grace_periods: st.grace_periods + st.expedited_grace_periods,
+                munmap_waits,
+                munmap_wait_ns,
+                reuse_waits,
+                reuse_wait_ns,
+                shootdowns: mm.shootdown().flushes(),
+            }
         }
-        None => (0, 0, 0, 0),
+        None => Counters::default(),
     }
 }
 
@@ -296,12 +331,15 @@ impl Monitor {
         let (s, st) = (space.clone(), stop.clone());
         let base = footprint(space);
         let handle = thread::spawn(move || {
-            let mut peak = base;
+            let (mut peak, mut deferred) = (base, 0);
+            let deferred_now = |s: &Space| s.mm().map_or(0, |mm| mm.deferred_tables());
             while !st.load(Ordering::Relaxed) {
                 peak = peak.max(footprint(&s));
+                deferred = deferred.max(deferred_now(&s));
                 thread::sleep(Duration::from_millis(5));
             }
-            peak.max(footprint(&s)).saturating_sub(if s.mm().is_some() { 0 } else { base })
+            let peak = peak.max(footprint(&s)).saturating_sub(if s.mm().is_some() { 0 } else { base });
+            (peak, deferred.max(deferred_now(&s)))
         });
         Monitor { stop, handle, space: space.clone(), base: counters(space) }
     }
@@ -309,19 +347,22 @@ impl Monitor {
     /// Stops sampling; what the run cost since [`Monitor::start`].
     pub fn finish(self) -> Costs {
         self.stop.store(true, Ordering::Relaxed);
-        let peak = self.handle.join().unwrap_or(0);
+        let (peak, deferred) = self.handle.join().unwrap_or((0, 0));
         let peak_mib = peak as f64 / (1 << 20) as f64;
         let Some(mm) = self.space.mm() else {
             return Costs { peak_mib, ..Costs::default() };
         };
-        let (g, w, ns, sd) = counters(&self.space);
-        let b = self.base;
+        let (a, b) = (counters(&self.space), self.base);
+        let ms = |ns: u64| ns as f64 / 1e6;
         Costs {
-            grace_periods: Some(g - b.0),
-            munmap_waits: Some(w - b.1),
-            munmap_wait_ms: Some((ns - b.2) as f64 / 1e6),
-            shootdowns: Some(sd - b.3),
+            grace_periods: Some(a.grace_periods - b.grace_periods),
+            munmap_waits: Some(a.munmap_waits - b.munmap_waits),
+            munmap_wait_ms: Some(ms(a.munmap_wait_ns - b.munmap_wait_ns)),
+            sync_waits: Some(a.munmap_waits + a.reuse_waits - b.munmap_waits - b.reuse_waits),
+            sync_wait_ms: Some(ms(a.munmap_wait_ns + a.reuse_wait_ns - b.munmap_wait_ns - b.reuse_wait_ns)),
+            shootdowns: Some(a.shootdowns - b.shootdowns),
             pending_max: Some(mm.domain().stats().callbacks_pending_max),
+            deferred_kib_max: Some(deferred as f64 * 4.0),
             peak_mib,
         }
     }
