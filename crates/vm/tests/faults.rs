@@ -236,15 +236,23 @@ fn unmapped_tables_are_unhooked_and_freed() {
         let mut cpu = mm.cpu();
         cpu.write(a, 1).unwrap();
         assert_eq!(mm.page_table().tables(), 4, "{s}: root, PUD, PMD, PTE tables");
+        assert_eq!(mm.page_table().reachable(), 4, "{s}");
+        assert_eq!(mm.deferred_tables(), 0, "{s}: nothing unhooked yet");
         mm.munmap(a, 4 * P).unwrap();
         mm.domain().barrier();
         if s == Strategy::RcuDead {
             // The dead entry expired; the next mm call reaps it.
             assert_eq!(mm.page_table().tables(), 4, "{s}: still under the dead entry");
+            assert_eq!(mm.deferred_tables(), 0, "{s}: still hooked");
             mm.mprotect(a, P, RW).unwrap_err();
         }
+        // Unhooked: only the root is reachable, whatever is not freed yet
+        // is deferred.
+        assert_eq!(mm.page_table().reachable(), 1, "{s}");
+        assert_eq!(mm.deferred_tables(), mm.page_table().tables() - 1, "{s}");
         mm.shootdown().domain().barrier();
         assert_eq!(mm.page_table().tables(), 1, "{s}: only the root is left");
+        assert_eq!(mm.deferred_tables(), 0, "{s}: all freed");
     }
 }
 
