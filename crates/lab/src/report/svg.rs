@@ -30,6 +30,18 @@ const H: u32 = 380;
 /// Extra charts: workload, title, y axis, metric keys (all of one unit).
 const PAIRS: &[(&str, &str, &str, &[&str])] = &[
     ("fault-churn", "fault-churn: faults/s alone and with churn", "page faults", &["alone", "churned"]),
+    (
+        "fault-churn",
+        "fault-churn: throughput kept, churn flat out and paced at 20k cycles/s",
+        "throughput kept",
+        &["kept", "kept_paced"],
+    ),
+    (
+        "fault-churn",
+        "fault-churn: fault time lost per churn cycle (flat out)",
+        "time lost",
+        &["lost_per_cycle"],
+    ),
     ("page-fault", "page-fault: faults/s, one thread and all", "page faults", &["faults1", "faults"]),
     ("proc-vs-map", "proc-vs-map: writer (mmap+munmap) max latency", "latency", &["max_alone", "max_with"]),
     ("proc-vs-map", "proc-vs-map: writer (mmap+munmap) p99 latency", "latency", &["p99_alone", "p99_with"]),

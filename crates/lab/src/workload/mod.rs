@@ -117,7 +117,7 @@ pub const ALL: &[Workload] = &[
     Workload {
         name: "fault-churn",
         about: "faulting threads beside a thread that maps and unmaps elsewhere: throughput kept",
-        phases: 2,
+        phases: 3,
         unsupported: everywhere,
         run: fault_churn::run,
     },
