@@ -145,7 +145,7 @@ pub(crate) fn handle_mm_fault(
             let vma = e.to_arc();
             let mut locked = strategy::vma_start_read(&vma, &hw.mm_lock_seq);
             // The detached check: still the tree's VMA for `va`?
-            if locked && !mm.vmas_tree().load(va, &g).is_some_and(|e2| std::ptr::eq(e2.value, e.value)) {
+            if locked && !crate::protocol::vma_still_mapped(mm.vmas_tree(), va, e.value, &g) {
                 strategy::vma_end_read(&vma);
                 locked = false;
             }
@@ -183,7 +183,8 @@ pub(crate) fn handle_mm_fault(
                 va,
                 write,
                 cache,
-                Some(&|| mm.vmas_tree().load(va, &g).is_some_and(|e2| std::ptr::eq(e2.value, e.value))),
+                // protocol.rs PR1, the re-check the loom model runs too.
+                Some(&|| crate::protocol::vma_still_mapped(mm.vmas_tree(), va, e.value, &g)),
             )
         }
         Strategy::RcuRefcount => {

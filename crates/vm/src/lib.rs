@@ -47,6 +47,7 @@ mod mmap;
 mod mprotect;
 mod mremap;
 pub mod pgtable;
+pub mod protocol;
 pub mod record;
 pub mod replay;
 pub mod strace;

@@ -30,9 +30,11 @@
 //!   two states of a VMA and the lines at a boundary show the VMAs before
 //!   or after a call, never a half-done split, merge or `MAP_FIXED`
 //!   replacement (what the kernel selftest `proc-maps-race` checks). A
-//!   reader torn [`READ_RETRIES`] times on one entry takes the mmap lock
-//!   for read to read it, as Linux 6.17's lock-free reading falls back to
-//!   the lock, so writers cannot starve it.
+//!   reader torn [`READ_RETRIES`](crate::protocol::READ_RETRIES) times on
+//!   one entry takes the mmap lock for read to read it, as Linux 6.17's
+//!   lock-free reading falls back to the lock, so writers cannot starve it.
+//!   The reader is protocol.rs `read_stable`, which the loom model
+//!   (tests/loom_vm.rs) runs too.
 //!
 //! # Concurrency
 //! `maps`, `smaps`, `query`, `vmas`: RCU read side, lock-free (under the
@@ -126,9 +128,37 @@ pub(crate) struct Hw {
     pub(crate) ptes_in_freed_tables: Arc<CachePadded<AtomicU64>>,
 }
 
-/// Torn reads of one entry before a lockless reader takes the mmap lock
-/// for read (A5).
-const READ_RETRIES: u32 = 8;
+/// The reader's side of `write_seq` and of the mmap lock (protocol.rs
+/// `ReadSide`), for `AddressSpace::read_stable`.
+struct Side<'a> {
+    mm: &'a AddressSpace,
+    /// The mmap read lock is held for the whole read (`mmap-lock`).
+    whole: bool,
+}
+
+impl crate::protocol::ReadSide<Vma> for Side<'_> {
+    type Lock<'b>
+        = parking_lot::RwLockReadGuard<'b, MmState>
+    where
+        Self: 'b;
+    fn seq(&self) -> u64 {
+        // ORDERING: SeqCst loads pair with the writer's SeqCst bumps
+        // around its tree changes (a seqcount read side).
+        self.mm.hw.write_seq.load(Ordering::SeqCst)
+    }
+    fn relax(&self) {
+        std::thread::yield_now();
+    }
+    fn lock(&self) -> Self::Lock<'_> {
+        self.mm.mmap_lock.read()
+    }
+    fn whole_locked(&self) -> bool {
+        self.whole
+    }
+    fn is_dead(&self, v: &Vma) -> bool {
+        v.is_dead()
+    }
+}
 
 static NEXT_MM_ID: AtomicU32 = AtomicU32::new(1);
 
@@ -671,57 +701,19 @@ impl AddressSpace {
     /// grace period). An entry that begins below the end of the previous
     /// one is newer (a merge over what was read): the lines it covers are
     /// taken back, so lines never overlap and each stretch shows one state.
-    /// After [`READ_RETRIES`] torn reads of one entry, the reader takes
-    /// the mmap lock for read to read it (Linux 6.17's fallback), so a
-    /// stream of writers cannot starve it.
+    /// After [`READ_RETRIES`](crate::protocol::READ_RETRIES) torn reads of
+    /// one entry, the reader takes the mmap lock for read to read it (Linux
+    /// 6.17's fallback), so a stream of writers cannot starve it.
     fn read_stable<T>(
         &self,
         from: u64,
         limit: usize,
-        mut collect: impl FnMut(&Entry<'_, Vma>) -> Option<T>,
+        collect: impl FnMut(&Entry<'_, Vma>) -> Option<T>,
     ) -> Vec<T> {
         let whole = self.reader_lock();
-        let mut out: Vec<(u64, u64, T)> = Vec::new();
-        let mut at = from;
-        let mut torn = 0;
-        loop {
-            let fallback = (whole.is_none() && torn >= READ_RETRIES).then(|| self.mmap_lock.read());
-            let locked = whole.is_some() || fallback.is_some();
-            // ORDERING: SeqCst loads pair with the writer's SeqCst bumps
-            // around its tree changes (a seqcount read side).
-            let s1 = self.hw.write_seq.load(Ordering::SeqCst);
-            if !locked && s1 & 1 == 1 {
-                torn += 1;
-                while self.hw.write_seq.load(Ordering::SeqCst) == s1 {
-                    std::thread::yield_now();
-                }
-                continue;
-            }
-            let g = self.domain.read();
-            let mut next = self.vmas.find(at, &g);
-            while let Some(e) = next.as_ref().filter(|e| e.value.is_dead()) {
-                next = self.vmas.find(e.range.end, &g);
-            }
-            let item = next.map(|e| (e.range.clone(), collect(&e)));
-            drop(g);
-            if !locked && self.hw.write_seq.load(Ordering::SeqCst) != s1 {
-                torn += 1;
-                continue;
-            }
-            torn = 0;
-            let Some((range, Some(t))) = item else { break };
-            if !out.is_empty() {
-                while out.last().is_some_and(|l| l.1 > range.start) {
-                    out.pop();
-                }
-            }
-            at = range.end;
-            out.push((range.start, range.end, t));
-            if out.len() == limit {
-                break;
-            }
-        }
-        out.into_iter().map(|(_, _, t)| t).collect()
+        let side = Side { mm: self, whole: whole.is_some() };
+        // protocol.rs PR3: the loom model of this reader runs the same code.
+        crate::protocol::read_stable(&self.vmas, &side, from, limit, collect)
     }
 
     /// Records a maps, smaps or query read (record.rs H2).

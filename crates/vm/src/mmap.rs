@@ -135,17 +135,8 @@ impl MmCall<'_> {
 
     /// Entries (VMAs and dead entries) overlapping `[start, end)`, in order.
     pub(crate) fn entries_in(&self, start: u64, end: u64) -> Vec<Arc<Vma>> {
-        let mut out = Vec::new();
-        let mut at = start;
-        while at < end {
-            let Some(e) = self.w.find(at) else { break };
-            if e.range.start >= end {
-                break;
-            }
-            at = e.range.end;
-            out.push(e.to_arc());
-        }
-        out
+        // protocol.rs PR2, the step the loom model's placement runs too.
+        crate::protocol::entries_in(&self.w, start, end)
     }
 
     /// VMAs overlapping `[start, end)`, in order (dead entries are not

@@ -1,0 +1,140 @@
+//! Steps of the lockless protocols that the loom models (tests/loom_vm.rs)
+//! run as they are, on loom's primitives, rather than mirror.
+//!
+//! # Owns
+//! Nothing. Each function here is one step of a protocol that a module of
+//! this crate runs on its own types: generic over the tree's value type
+//! (and, for [`read_stable`], over how the seqcount is loaded and how the
+//! reader waits or locks), so that the same code runs on `Vma`s with std
+//! atomics here and on a model's values with loom's there. Under
+//! `--cfg rcuvm_loom` the tree (`rcuvm-maple`) and the domain
+//! (`rcuvm-rcu`) are built on loom.
+//!
+//! # Invariants
+//! - PR1. [`vma_still_mapped`]: fault.rs FL1 / strategy.rs S4's re-check,
+//!   run under the PTL by `rcu-sync` and `rcu-dead` faults (and by the
+//!   `vma-lock` fault's detached check).
+//! - PR2. [`entries_in`]: what placement (`MmCall::unoccupied`) and the
+//!   reaping of dead entries (`MmCall::reap_dead`) look at: every entry
+//!   overlapping a range, dead entries included (strategy.rs S4).
+//! - PR3. [`read_stable`]: the lockless reader of mm.rs A2 and A5
+//!   (`AddressSpace::read_stable`).
+
+use std::sync::Arc;
+
+use rcuvm_maple::{Entry, MapleTree, Writer};
+
+/// Torn reads of one entry before a lockless reader takes the mmap lock
+/// for read (mm.rs A5).
+pub const READ_RETRIES: u32 = 8;
+
+/// Whether `tree` still maps `va` to the very value `seen` (the object a
+/// fault found under the same guard): FL1's re-check under the PTL (PR1).
+/// A replacement by an equal-looking object (a split's slice, a dead
+/// entry, a new mapping) is a change: VMAs are immutable, so a new object
+/// is a new state.
+pub fn vma_still_mapped<T: Send + Sync + 'static>(
+    tree: &MapleTree<T>,
+    va: u64,
+    seen: &T,
+    g: &rcuvm_rcu::Guard<'_>,
+) -> bool {
+    tree.load(va, g).is_some_and(|e| std::ptr::eq(e.value, seen))
+}
+
+/// Entries (live and dead) overlapping `[start, end)`, in order, as the
+/// writer sees them (PR2).
+pub fn entries_in<T: Send + Sync + 'static>(w: &Writer<'_, T>, start: u64, end: u64) -> Vec<Arc<T>> {
+    let mut out = Vec::new();
+    let mut at = start;
+    while at < end {
+        let Some(e) = w.find(at) else { break };
+        if e.range.start >= end {
+            break;
+        }
+        at = e.range.end;
+        out.push(e.to_arc());
+    }
+    out
+}
+
+/// The reader's side of the writers' seqcount and of the mmap lock, for
+/// [`read_stable`].
+pub trait ReadSide<T> {
+    /// The mmap read lock's guard.
+    type Lock<'a>
+    where
+        Self: 'a;
+    /// A SeqCst load of `write_seq` (odd while a writer makes a change of
+    /// several tree stores, mm.rs A5).
+    fn seq(&self) -> u64;
+    /// What the reader does while `write_seq` stays odd (yield).
+    fn relax(&self);
+    /// Takes the mmap lock for read (the fallback after [`READ_RETRIES`]).
+    fn lock(&self) -> Self::Lock<'_>;
+    /// Whether the whole read runs under the mmap read lock already
+    /// (`mmap-lock`): then no seqcount is needed.
+    fn whole_locked(&self) -> bool;
+    /// Whether `v` is a dead entry (vma.rs V5), which readers skip.
+    fn is_dead(&self, v: &T) -> bool;
+}
+
+/// Calls `collect` on each live entry from `from` up, in address order,
+/// and returns what it made (at most `limit` items), each from a state of
+/// the tree with no change of several stores half done (mm.rs A2, A5).
+///
+/// Each entry is read under its own guard between two loads of the
+/// seqcount; a read that overlapped a change is redone (from outside the
+/// read-side section: the writer may be waiting for a grace period). An
+/// entry that begins below the end of the previous line is newer (a merge
+/// over what was read): the lines it covers are taken back.
+pub fn read_stable<T, R, S>(
+    tree: &MapleTree<T>,
+    side: &S,
+    from: u64,
+    limit: usize,
+    mut collect: impl FnMut(&Entry<'_, T>) -> Option<R>,
+) -> Vec<R>
+where
+    T: Send + Sync + 'static,
+    S: ReadSide<T>,
+{
+    let whole = side.whole_locked();
+    let mut out: Vec<(u64, u64, R)> = Vec::new();
+    let mut at = from;
+    let mut torn = 0;
+    loop {
+        let fallback = (!whole && torn >= READ_RETRIES).then(|| side.lock());
+        let locked = whole || fallback.is_some();
+        let s1 = side.seq();
+        if !locked && s1 & 1 == 1 {
+            torn += 1;
+            while side.seq() == s1 {
+                side.relax();
+            }
+            continue;
+        }
+        let g = tree.domain().read();
+        let mut next = tree.find(at, &g);
+        while let Some(e) = next.as_ref().filter(|e| side.is_dead(e.value)) {
+            next = tree.find(e.range.end, &g);
+        }
+        let item = next.map(|e| (e.range.clone(), collect(&e)));
+        drop(g);
+        if !locked && side.seq() != s1 {
+            torn += 1;
+            continue;
+        }
+        torn = 0;
+        let Some((range, Some(t))) = item else { break };
+        while out.last().is_some_and(|l| l.1 > range.start) {
+            out.pop();
+        }
+        at = range.end;
+        out.push((range.start, range.end, t));
+        if out.len() == limit {
+            break;
+        }
+    }
+    out.into_iter().map(|(_, _, t)| t).collect()
+}
