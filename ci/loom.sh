@@ -20,6 +20,10 @@
 #   fault_vs_munmap_then_mmap_rcu_sync   4634 0.55 s / 51643 5.6 s / 525370 56 s
 #   maps_vs_mremap                       3739 0.30 s / 11024 0.94 s / 48175 3.8 s
 #   maps_vs_split                         546 0.04 s /  1487 0.11 s /  4995 0.37 s
+#   the two _vmacache variants (fault.rs FL6) at bound 3: rcu_dead 43086 4.8 s,
+#   rcu_sync 88647 9.7 s; vmacache_without_recheck caught in 0.34 s,
+#   no_detach_mark in 0.09 s. With them the vm binary takes 26 s on one
+#   thread, 21 s with two, and the whole script 39 s warm.
 # The mutation checks run at a fixed bound (2 for the fault model, 1 for the
 # reader; 1 does not catch the fault model's) whatever LOOM_MAX_PREEMPTIONS
 # says, and each is caught in under 0.5 s: fault_without_recheck 0.44 s,

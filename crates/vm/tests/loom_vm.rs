@@ -35,6 +35,12 @@
 //! grace period, erases it and frees its table after a TLB grace period),
 //! then accesses the page itself from a CPU of its own.
 //!
+//! The `_vmacache` variants run the same race with fault.rs FL6: the CPU
+//! starts with the old VMA in its vmacache (as after a fault on another of
+//! its pages) and its faults take it from there while it is attached,
+//! re-checking "still attached" under the PTL; munmap marks the VMA
+//! detached first (unmap.rs `vma_write_lock`, vma.rs V6).
+//!
 //! Invariants, and how a violation shows:
 //! - F1. No access that starts after munmap returned reaches the old VMA's
 //!   frame, and one that starts after the new mmap returned reaches the new
@@ -84,7 +90,12 @@
 //!   mm call after the dead entry's grace period reaps it, erasing the live
 //!   VMA and freeing the table under it with the new VMA's PTE (F3);
 //! - (c) the maps reader without the seqcount check (`ReadSide::seq` reads
-//!   a constant): a line of a half-done split (P4).
+//!   a constant): a line of a half-done split (P4);
+//! - (a') the vmacache's fault without its "still attached" re-check: a
+//!   stale PTE, as (a);
+//! - (d) munmap without the detached mark (V6): the CPU's vmacache keeps
+//!   the unmapped VMA, and an access after the new mmap reaches the old
+//!   VMA's frame (F1).
 //!
 //! Each model also counts, across its iterations, that the interesting
 //! interleaving was explored (a fault that found the old VMA and was
@@ -110,7 +121,7 @@ use std::sync::atomic::{
 use std::time::Instant;
 
 use loom::cell::UnsafeCell;
-use loom::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use loom::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use loom::sync::{Arc, Mutex, MutexGuard};
 use loom::thread;
 use rcuvm::maple::{Entry, MapleTree};
@@ -197,8 +208,10 @@ const TABLE_LIVE: u64 = 0x7ab1e;
 /// The upper entry (`pmd`) with no leaf table hooked.
 const NO_TABLE: usize = usize::MAX;
 /// Faults one access may take before giving up (cpu.rs `MAX_FAULTS`, cut
-/// down: a fault loses at most one race here).
-const MAX_FAULTS: usize = 3;
+/// down: a fault loses at most two races here, the vmacache's re-check and
+/// then the tree's while munmap is between its detached mark and its tree
+/// store).
+const MAX_FAULTS: usize = 4;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Strategy {
@@ -218,6 +231,9 @@ enum Mutation {
     /// (b') inject.rs `PlacementIgnoresDead`: `reap_dead` without `force`,
     /// so `MAP_FIXED` stores over the dead entry, which stays queued.
     PlacementIgnoresDead,
+    /// (d) unmap.rs `vma_write_lock` without the detached mark (V6): a
+    /// CPU's vmacache keeps using the unmapped VMA.
+    NoDetachMark,
 }
 
 /// A tree value: a VMA (vma.rs `Vma`, reduced to its identity) or a dead
@@ -226,6 +242,19 @@ enum Mutation {
 struct Vma1 {
     id: u64,
     dead: bool,
+    /// vma.rs V6: set by a writer before it replaces or removes the object.
+    detached: AtomicBool,
+}
+
+impl Vma1 {
+    fn new(id: u64, dead: bool) -> Self {
+        Vma1 { id, dead, detached: AtomicBool::new(false) }
+    }
+    /// fault.rs FL6: the cached object may be used (and re-checked) while
+    /// attached. ORDERING: Acquire, as fault.rs (the PTL orders it).
+    fn attached(&self) -> bool {
+        !self.detached.load(Ordering::Acquire)
+    }
 }
 
 /// A leaf page table (pgtable.rs `Table`) with one entry.
@@ -353,6 +382,10 @@ struct Cov1 {
     /// Iterations in which the mm thread began a grace period of the VMA
     /// domain while a fault held the old VMA.
     gp_waited_for_fault: StdAtomicUsize,
+    /// Faults that took the old VMA from the vmacache (FL6).
+    cache_used_old: StdAtomicUsize,
+    /// Of those, the ones that backed off on the "still attached" re-check.
+    cache_recheck_saved: StdAtomicUsize,
 }
 
 impl Cov1 {
@@ -361,6 +394,8 @@ impl Cov1 {
             fault_holds_old: StdAtomicBool::new(false),
             recheck_saved: StdAtomicUsize::new(0),
             gp_waited_for_fault: StdAtomicUsize::new(0),
+            cache_used_old: StdAtomicUsize::new(0),
+            cache_recheck_saved: StdAtomicUsize::new(0),
         }
     }
     fn start_iteration(&self) {
@@ -382,6 +417,19 @@ impl Cov1 {
         assert!(r > 0, "{name}: no schedule had a fault find the old VMA and back off on the re-check");
         assert!(g > 0, "{name}: no schedule had a grace period wait for a fault holding the old VMA");
     }
+    /// For the vmacache variants: the cached old VMA was used, and its
+    /// re-check under the PTL saved a fault.
+    fn assert_cache_explored(&self, name: &str) {
+        let (u, r) = (
+            self.cache_used_old.load(StdOrdering::Relaxed),
+            self.cache_recheck_saved.load(StdOrdering::Relaxed),
+        );
+        eprintln!(
+            "loom model {name}: {u} faults took the old VMA from the vmacache, {r} backed off on its re-check"
+        );
+        assert!(u > 0, "{name}: no fault took the old VMA from the vmacache");
+        assert!(r > 0, "{name}: no cached fault backed off on the re-check under the PTL");
+    }
 }
 
 /// A simulated CPU (cpu.rs `Cpu`): its TLB of one entry and its frame cache.
@@ -394,6 +442,11 @@ struct Cpu1 {
     frames: Vec<usize>,
     /// A zeroed table page for an allocating walk.
     spare_table: Option<usize>,
+    /// fault.rs FL6: the last VMA a fault used, when the model runs with
+    /// the vmacache (`None` for good otherwise).
+    vmacache: Option<std::sync::Arc<Vma1>>,
+    /// Whether faults use the vmacache.
+    use_vmacache: bool,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -469,12 +522,26 @@ fn pte_table(mm: &Mm, cpu: &mut Cpu1) -> usize {
 /// `do_fault` for an anonymous write fault on an empty entry.
 fn fault(mm: &Mm, cpu: &mut Cpu1, m: Mutation, cov: &Cov1) -> Result<(), Fail> {
     let g = mm.tree.domain().read();
-    // FL3: the lockless lookup.
-    let Some(e) = mm.tree.load(VA, &g) else { return Err(Fail::MapErr) };
-    if e.value.dead {
-        return Err(Fail::MapErr);
+    // FL6: the CPU's last VMA while attached, re-checked "still attached"
+    // under the PTL; else FL3: the lockless lookup, re-checked by PR1.
+    let cached = cpu.vmacache.clone().filter(|v| v.attached());
+    let (vma, from_cache): (&Vma1, bool) = match &cached {
+        Some(v) => (v, true),
+        None => {
+            let Some(e) = mm.tree.load(VA, &g) else { return Err(Fail::MapErr) };
+            if e.value.dead {
+                return Err(Fail::MapErr);
+            }
+            if cpu.use_vmacache && e.value.attached() {
+                cpu.vmacache = Some(e.to_arc());
+            }
+            (e.value, false)
+        }
+    };
+    let found_old = vma.id == OLD;
+    if from_cache && found_old {
+        cov.cache_used_old.fetch_add(1, StdOrdering::Relaxed);
     }
-    let found_old = e.value.id == OLD;
     cov.fault_holds_old.store(found_old, StdOrdering::Relaxed);
     // do_fault: `hw.pt.walk(page)`.
     let seen = walk(mm, "a fault's walk");
@@ -483,15 +550,16 @@ fn fault(mm: &Mm, cpu: &mut Cpu1, m: Mutation, cov: &Cov1) -> Result<(), Fail> {
     } else {
         // `cache.alloc`: a fresh frame for this VMA.
         let f = cpu.frames.pop().expect("the CPU's frame cache is large enough");
-        mm.frames[f].alloc(e.value.id);
+        mm.frames[f].alloc(vma.id);
         let t = pte_table(mm, cpu);
         let table = &mm.tables[t];
         let ptl = table.ptl.lock().unwrap();
         mm.touch_table(t, "a fault under the PTL");
         // pte_same.
         let same = table.pte.load(Ordering::Relaxed) == seen;
-        // FL1: the re-check, the vm's own code (protocol.rs PR1).
-        let live = m == Mutation::NoRecheck || protocol::vma_still_mapped(&mm.tree, VA, e.value, &g);
+        // FL1: the re-check, the vm's own code (protocol.rs PR1), or FL6's.
+        let live = m == Mutation::NoRecheck
+            || if from_cache { vma.attached() } else { protocol::vma_still_mapped(&mm.tree, VA, vma, &g) };
         if same && live {
             // pgtable.rs `Table::set`: a swap, AcqRel as there.
             table.pte.swap(f + 1, Ordering::AcqRel);
@@ -500,6 +568,9 @@ fn fault(mm: &Mm, cpu: &mut Cpu1, m: Mutation, cov: &Cov1) -> Result<(), Fail> {
             drop(ptl);
             if found_old && !live {
                 cov.recheck_saved.fetch_add(1, StdOrdering::Relaxed);
+                if from_cache {
+                    cov.cache_recheck_saved.fetch_add(1, StdOrdering::Relaxed);
+                }
             }
             // `cache.unused`.
             mm.frames[f].unused();
@@ -523,14 +594,21 @@ fn shootdown(mm: &Mm) {
 
 /// mmap.rs `MmCall::munmap_range` of the whole VMA: `bury` (unmap.rs), then
 /// `unmap_pages`, `finish` and `after_unmap` (unmap.rs).
-fn munmap(mm: &Mm, s: Strategy, cov: &Cov1) -> Option<rcuvm::rcu::GpState> {
+fn munmap(mm: &Mm, s: Strategy, m: Mutation, cov: &Cov1) -> Option<rcuvm::rcu::GpState> {
     let mut w = mm.tree.write();
+    // unmap.rs `vma_write_lock` on every VMA hit, before the tree changes:
+    // the detached mark (vma.rs V6).
+    if m != Mutation::NoDetachMark {
+        for v in protocol::entries_in(&w, VA, VA + PAGE) {
+            v.detached.store(true, Ordering::Release);
+        }
+    }
     // tree_txn { bury }: (the seqcount is model 2's; no reader here.)
     let dead = match s {
         Strategy::RcuDead => {
             // unmap.rs `bury`: a dead entry over the range; its RCU callback
             // would mark it expired after a grace period (`poll_state`).
-            w.store(VA..VA + PAGE, Vma1 { id: OLD, dead: true }).unwrap();
+            w.store(VA..VA + PAGE, Vma1::new(OLD, true)).unwrap();
             Some(mm.tree.domain().get_state())
         }
         Strategy::RcuSync => {
@@ -606,7 +684,7 @@ fn mmap_fixed(
         }
     }
     // store_merged.
-    w.store(VA..VA + PAGE, Vma1 { id: NEW, dead: false }).unwrap();
+    w.store(VA..VA + PAGE, Vma1::new(NEW, false)).unwrap();
     dead
 }
 
@@ -625,7 +703,7 @@ fn reap(mm: &Mm, w: &mut rcuvm::maple::Writer<'_, Vma1>) {
     }
 }
 
-fn fault_model(name: &'static str, s: Strategy, m: Mutation, cov: &'static Cov1) {
+fn fault_model(name: &'static str, s: Strategy, vmacache: bool, m: Mutation, cov: &'static Cov1) {
     // Bound 1 does not find (a) or (b); 2 finds (a), (b) and (b').
     let bound = if m == Mutation::None { Bound::Default(3) } else { Bound::Fixed(2) };
     check(name, bound, move || {
@@ -641,11 +719,25 @@ fn fault_model(name: &'static str, s: Strategy, m: Mutation, cov: &'static Cov1)
             phase: AtomicUsize::new(0),
             violation: std::sync::Mutex::new(None),
         });
-        mm.tree.write().insert(VA..VA + PAGE, Vma1 { id: OLD, dead: false }).unwrap();
+        mm.tree.write().insert(VA..VA + PAGE, Vma1::new(OLD, false)).unwrap();
+        // With the vmacache, the CPU starts with the old VMA cached, as
+        // after a fault on another of its pages: its first fault here takes
+        // it from the cache, racing with munmap's detached mark.
+        let warm = vmacache.then(|| {
+            let g = mm.tree.domain().read();
+            mm.tree.load(VA, &g).expect("the old VMA").to_arc()
+        });
         let cpu = {
             let mm = mm.clone();
             thread::spawn(move || {
-                let mut cpu = Cpu1 { tlb_gen: 0, tlb: None, frames: vec![0, 1, 2], spare_table: Some(1) };
+                let mut cpu = Cpu1 {
+                    tlb_gen: 0,
+                    tlb: None,
+                    frames: vec![0, 1, 2],
+                    spare_table: Some(1),
+                    vmacache: warm,
+                    use_vmacache: vmacache,
+                };
                 for _ in 0..2 {
                     // ORDERING: Acquire pairs with the mm thread's Release.
                     let phase = mm.phase.load(Ordering::Acquire);
@@ -665,12 +757,19 @@ fn fault_model(name: &'static str, s: Strategy, m: Mutation, cov: &'static Cov1)
                 }
             })
         };
-        let dead = munmap(&mm, s, cov);
+        let dead = munmap(&mm, s, m, cov);
         mm.phase.store(UNMAPPED, Ordering::Release);
         let dead = mmap_fixed(&mm, dead, m, cov);
         mm.phase.store(MAPPED, Ordering::Release);
         // A CPU of the mm thread's own: F1 for the new mapping.
-        let mut own = Cpu1 { tlb_gen: 0, tlb: None, frames: vec![3, 4, 5], spare_table: Some(2) };
+        let mut own = Cpu1 {
+            tlb_gen: 0,
+            tlb: None,
+            frames: vec![3, 4, 5],
+            spare_table: Some(2),
+            vmacache: None,
+            use_vmacache: vmacache,
+        };
         let r = access(&mm, &mut own, m, cov);
         mm.expect(r == Ok(NEW), || {
             format!("an access after the new mmap did not reach the new VMA's frame: {r:?}")
@@ -703,7 +802,7 @@ fn fault_model(name: &'static str, s: Strategy, m: Mutation, cov: &'static Cov1)
 #[test]
 fn fault_vs_munmap_then_mmap_rcu_dead() {
     static COV: Cov1 = Cov1::new();
-    fault_model("fault_vs_munmap_then_mmap_rcu_dead", Strategy::RcuDead, Mutation::None, &COV);
+    fault_model("fault_vs_munmap_then_mmap_rcu_dead", Strategy::RcuDead, false, Mutation::None, &COV);
     COV.assert_explored("fault_vs_munmap_then_mmap_rcu_dead");
 }
 
@@ -711,7 +810,7 @@ fn fault_vs_munmap_then_mmap_rcu_dead() {
 #[test]
 fn fault_vs_munmap_then_mmap_rcu_sync() {
     static COV: Cov1 = Cov1::new();
-    fault_model("fault_vs_munmap_then_mmap_rcu_sync", Strategy::RcuSync, Mutation::None, &COV);
+    fault_model("fault_vs_munmap_then_mmap_rcu_sync", Strategy::RcuSync, false, Mutation::None, &COV);
     COV.assert_explored("fault_vs_munmap_then_mmap_rcu_sync");
 }
 
@@ -720,7 +819,7 @@ fn fault_vs_munmap_then_mmap_rcu_sync() {
 fn mutation_fault_without_recheck() {
     static COV: Cov1 = Cov1::new();
     expect_caught("fault_without_recheck", &["stale PTE", "present PTE", "old VMA's frame"], || {
-        fault_model("mutation_fault_without_recheck", Strategy::RcuDead, Mutation::NoRecheck, &COV)
+        fault_model("mutation_fault_without_recheck", Strategy::RcuDead, false, Mutation::NoRecheck, &COV)
     });
 }
 
@@ -732,6 +831,7 @@ fn mutation_map_fixed_ignores_dead_entry() {
         fault_model(
             "mutation_map_fixed_ignores_dead_entry",
             Strategy::RcuDead,
+            false,
             Mutation::ReapWithoutGracePeriod,
             &COV,
         )
@@ -749,11 +849,54 @@ fn mutation_placement_ignores_dead_entry() {
             fault_model(
                 "mutation_placement_ignores_dead_entry",
                 Strategy::RcuDead,
+                false,
                 Mutation::PlacementIgnoresDead,
                 &COV,
             )
         },
     );
+}
+
+// Checks F1-F3 for rcu-dead with the vmacache (fault.rs FL6): the CPU's
+// second fault takes the VMA its first one cached, and re-checks it is
+// still attached under the PTL.
+#[test]
+fn fault_vs_munmap_then_mmap_rcu_dead_vmacache() {
+    static COV: Cov1 = Cov1::new();
+    fault_model("fault_vs_munmap_then_mmap_rcu_dead_vmacache", Strategy::RcuDead, true, Mutation::None, &COV);
+    COV.assert_explored("fault_vs_munmap_then_mmap_rcu_dead_vmacache");
+    COV.assert_cache_explored("fault_vs_munmap_then_mmap_rcu_dead_vmacache");
+}
+
+// The same for rcu-sync.
+#[test]
+fn fault_vs_munmap_then_mmap_rcu_sync_vmacache() {
+    static COV: Cov1 = Cov1::new();
+    fault_model("fault_vs_munmap_then_mmap_rcu_sync_vmacache", Strategy::RcuSync, true, Mutation::None, &COV);
+    COV.assert_explored("fault_vs_munmap_then_mmap_rcu_sync_vmacache");
+    COV.assert_cache_explored("fault_vs_munmap_then_mmap_rcu_sync_vmacache");
+}
+
+// Checks that the vmacache variant catches (a) on its own path: a cached
+// fault installing without the "still attached" re-check.
+#[test]
+fn mutation_vmacache_without_recheck() {
+    static COV: Cov1 = Cov1::new();
+    expect_caught("vmacache_without_recheck", &["stale PTE", "present PTE", "old VMA's frame"], || {
+        fault_model("mutation_vmacache_without_recheck", Strategy::RcuDead, true, Mutation::NoRecheck, &COV)
+    });
+}
+
+// Checks that it catches (d): a writer that does not mark the VMA
+// detached (vma.rs V6) before unmapping it.
+#[test]
+fn mutation_no_detach_mark() {
+    static COV: Cov1 = Cov1::new();
+    let expected =
+        ["stale PTE", "present PTE", "old VMA's frame", "did not reach the new VMA's frame: Ok(1)"];
+    expect_caught("no_detach_mark", &expected, || {
+        fault_model("mutation_no_detach_mark", Strategy::RcuDead, true, Mutation::NoDetachMark, &COV)
+    });
 }
 
 // ---------------------------------------------------------------------------
