@@ -34,6 +34,12 @@
 //!   entries. A writer that unmaps what only its own threads touched sends
 //!   no IPI (Linux sends one to every CPU in `mm_cpumask`). CPUs beyond the
 //!   first [`Pte::CPU_SLOTS`] share one bit, which always waits.
+//! - T7. Such a local flush does not publish a generation either: the range
+//!   goes to a log of the calling thread's own, which its CPUs (and only
+//!   they: a `Cpu` never leaves its thread) read before their next access,
+//!   as T1 says of the shared log. Other threads' CPUs hold none of the
+//!   entries, so nothing changes for them: churn on one thread no longer
+//!   writes a line that every other thread's next access reads.
 //! - T6. Unhooked tables need no TLB flush (TLBs cache leaf entries only):
 //!   they are freed after a grace period of the TLB domain (no MMU walk is
 //!   still inside them) that follows one of the VMA domain (no fault or
@@ -52,7 +58,7 @@
 //! grace period of a domain whose sections are single accesses, which is
 //! what an IPI waits for: every CPU to reach an instruction boundary.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -99,6 +105,31 @@ thread_local! {
     /// CPU bits of the `Cpu`s owned by this thread, per shootdown (by the
     /// TLB domain's id): T5's "the calling thread's CPUs".
     static LOCAL_CPUS: RefCell<Vec<(u64, u64)>> = const { RefCell::new(Vec::new()) };
+    /// The local flushes of this thread (T7), for its own CPUs.
+    static LOCAL_LOG: LocalLog = const {
+        LocalLog { generation: Cell::new(0), ring: RefCell::new([LocalFlush { domain: 0, start: 0, end: 0 }; LOG]) }
+    };
+}
+
+/// A local flush (T7): the TLB domain's id and the range.
+#[derive(Clone, Copy)]
+struct LocalFlush {
+    domain: u64,
+    start: u64,
+    end: u64,
+}
+
+/// A thread's log of local flushes (T7), of every address space the
+/// thread has CPUs in: flush `g` is in `ring[g % LOG]`.
+struct LocalLog {
+    generation: Cell<u64>,
+    ring: RefCell<[LocalFlush; LOG]>,
+}
+
+/// This thread's local-flush generation (T7): cheap, read on every access.
+#[inline]
+fn local_generation() -> u64 {
+    LOCAL_LOG.with(|l| l.generation.get())
 }
 
 impl std::fmt::Debug for Shootdown {
@@ -213,6 +244,18 @@ impl Shootdown {
         if self.skip {
             return; // inject.rs: the bug T2 exists to prevent.
         }
+        // T5, T7. (Inside an access, synchronize below panics with a clear
+        // message: an access must not make mm calls.)
+        if cpus & !self.local_cpus() == 0 && !self.domain.in_read_section() {
+            let domain = self.domain.id();
+            LOCAL_LOG.with(|l| {
+                let g = l.generation.get() + 1;
+                l.ring.borrow_mut()[(g as usize) % LOG] = LocalFlush { domain, start, end };
+                l.generation.set(g);
+            });
+            self.flushes.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let lock = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let g = self.generation.load(Ordering::Relaxed) + 1;
         let s = &self.log[(g as usize) % LOG];
@@ -226,11 +269,6 @@ impl Shootdown {
         self.generation.store(g, Ordering::Release);
         self.flushes.fetch_add(1, Ordering::Relaxed);
         drop(lock);
-        // T5. (Inside an access, synchronize below panics with a clear
-        // message: an access must not make mm calls.)
-        if cpus & !self.local_cpus() == 0 && !self.domain.in_read_section() {
-            return;
-        }
         self.remote.fetch_add(1, Ordering::Relaxed);
         self.domain.synchronize_expedited();
     }
@@ -255,6 +293,8 @@ pub struct Tlb {
     entries: Box<[(u64, Pte); TLB_ENTRIES]>,
     /// The shootdown generation this TLB is valid for.
     generation: u64,
+    /// The owning thread's local-flush generation it is valid for (T7).
+    local_generation: u64,
     /// Full and ranged flushes done, for statistics.
     pub full_flushes: u64,
     /// Ranged flushes done.
@@ -266,6 +306,8 @@ impl Default for Tlb {
         Tlb {
             entries: Box::new([(0, Pte(0)); TLB_ENTRIES]),
             generation: 0,
+            // Made on the thread that owns it (a `Cpu` is `!Send`).
+            local_generation: local_generation(),
             full_flushes: 0,
             range_flushes: 0,
         }
@@ -287,6 +329,38 @@ impl Tlb {
         if now != self.generation {
             self.catch_up(sd, now);
         }
+        let local = local_generation();
+        if local != self.local_generation {
+            self.catch_up_local(sd.domain.id(), local);
+        }
+    }
+
+    /// T7: the local flushes of this thread since the last access, those
+    /// of this TLB's address space; everything when the log wrapped.
+    #[cold]
+    fn catch_up_local(&mut self, domain: u64, now: u64) {
+        let mut full = now - self.local_generation >= LOG as u64;
+        if !full {
+            let ring = LOCAL_LOG.with(|l| *l.ring.borrow());
+            for g in self.local_generation + 1..=now {
+                let f = ring[(g as usize) % LOG];
+                if f.domain != domain {
+                    continue;
+                }
+                if (f.end - f.start) >> PAGE_SHIFT > FLUSH_CEILING {
+                    full = true;
+                    break;
+                }
+                self.flush_range(f.start, f.end);
+            }
+        }
+        if full {
+            self.entries.fill((0, Pte(0)));
+            self.full_flushes += 1;
+        } else {
+            self.range_flushes += 1;
+        }
+        self.local_generation = now;
     }
 
     #[cold]
