@@ -42,6 +42,12 @@ const PAIRS: &[(&str, &str, &str, &[&str])] = &[
         "time lost",
         &["lost_per_cycle"],
     ),
+    (
+        "fault-churn",
+        "fault-churn: fault latency p99, alone and with churn",
+        "latency",
+        &["p99_alone", "p99_churned"],
+    ),
     ("page-fault", "page-fault: faults/s, one thread and all", "page faults", &["faults1", "faults"]),
     ("proc-vs-map", "proc-vs-map: writer (mmap+munmap) max latency", "latency", &["max_alone", "max_with"]),
     ("proc-vs-map", "proc-vs-map: writer (mmap+munmap) p99 latency", "latency", &["p99_alone", "p99_with"]),

@@ -18,6 +18,11 @@
 //! flat out), and `lost_per_cycle` divides phase 2's lost fault time by
 //! its churn cycles.
 //!
+//! The faulters also time one fault in [`SAMPLE`] (hdrhistogram, ns; the
+//! two clock reads cost about 1% of the loop): a design whose faults wait
+//! for the churn (the mmap lock, a grace period) shows it in the tail, the
+//! thread's question, even where the throughput hides it.
+//!
 //! The churn is *elsewhere*, as the issue says: its mapping asks for an
 //! address ([`CHURN_HINT`], 64 GiB) far from the faulters' mappings, on
 //! both backends. Left to top-down placement it would land right below a
@@ -33,7 +38,10 @@
 //!   context (about 60% on this machine), not a target. The paced figure
 //!   is context too: it never stands in for the target.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+
+use hdrhistogram::Histogram;
 use std::time::{Duration, Instant};
 
 use rcuvm::{MapFlags, Strategy};
@@ -45,6 +53,9 @@ use super::{Backend, Costs, Metric, Outcome, Params, timed};
 const BIG: u64 = 64 << 20;
 /// The churning thread's mapping.
 const SMALL: u64 = 16 << 10;
+/// One fault in this many is timed.
+const SAMPLE: u64 = 16;
+
 /// The churn rate of phase 3, cycles per second.
 const PACED: u64 = 20_000;
 
@@ -63,6 +74,36 @@ pub(super) fn fault_cycle(sp: &Space, t: &mut super::backend::Toucher, addr: u64
     len / P
 }
 
+/// [`fault_cycle`] of a faulting thread, timing one write (one fault: the
+/// pages are fresh) in [`SAMPLE`] into `h`.
+fn timed_fault_cycle(sp: &Space, t: &mut super::backend::Toucher, h: &mut Histogram<u64>) -> u64 {
+    let a = sp.mmap(0, BIG, RW, MapFlags::empty()).expect("mmap");
+    for i in 0..BIG / P {
+        if i % SAMPLE == 0 {
+            let t0 = Instant::now();
+            t.write(a + i * P, i).expect("write to a fresh mapping");
+            h.saturating_record(t0.elapsed().as_nanos() as u64);
+        } else {
+            t.write(a + i * P, i).expect("write to a fresh mapping");
+        }
+    }
+    sp.munmap(a, BIG).expect("munmap");
+    BIG / P
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("histogram bounds")
+}
+
+/// What one phase measured.
+struct Phase {
+    faults_per_s: f64,
+    churn_per_s: f64,
+    /// The sampled faults' latencies, ns.
+    latency: Histogram<u64>,
+    costs: Costs,
+}
+
 /// The faulting threads' count (FC1).
 fn faulters(p: &Params) -> usize {
     p.threads.saturating_sub(1).max(1)
@@ -70,18 +111,21 @@ fn faulters(p: &Params) -> usize {
 
 /// One phase: faults/s, churn cycles/s, costs. `churn`: none, flat out
 /// (`Some(None)`), or paced at a rate (`Some(Some(rate))`).
-fn faults(b: Backend, p: &Params, churn: Option<Option<u64>>) -> (f64, f64, Costs) {
+fn faults(b: Backend, p: &Params, churn: Option<Option<u64>>) -> Phase {
     let sp = Space::new(b);
     let mon = Monitor::start(&sp);
     let faulters = faulters(p);
     let n = faulters + usize::from(churn.is_some());
+    let latency = Mutex::new(histogram());
     let (counts, el) = timed(n, p.seconds, |i, stop: &AtomicBool| {
         let mut t = sp.toucher();
         let mut c = 0;
         if i < faulters {
+            let mut h = histogram();
             while !stop.load(Ordering::Relaxed) {
-                c += fault_cycle(&sp, &mut t, 0, BIG);
+                c += timed_fault_cycle(&sp, &mut t, &mut h);
             }
+            latency.lock().unwrap_or_else(|e| e.into_inner()).add(&h).expect("same bounds");
             return c;
         }
         // Paced: the cycles due each millisecond back to back, then sleep
@@ -102,15 +146,24 @@ fn faults(b: Backend, p: &Params, churn: Option<Option<u64>>) -> (f64, f64, Cost
     });
     let f: u64 = counts[..faulters].iter().sum();
     let c: u64 = counts[faulters..].iter().sum();
-    (f as f64 / el, c as f64 / el, mon.finish())
+    Phase {
+        faults_per_s: f as f64 / el,
+        churn_per_s: c as f64 / el,
+        latency: latency.into_inner().unwrap_or_else(|e| e.into_inner()),
+        costs: mon.finish(),
+    }
 }
 
 /// Runs the three phases on `b`.
 pub fn run(b: Backend, p: &Params) -> Result<Outcome, String> {
-    let (alone, _, _) = faults(b, p, None);
-    let (churned, churn_rate, mut costs) = faults(b, p, Some(None));
-    let (paced, paced_rate, paced_costs) = faults(b, p, Some(Some(PACED)));
-    costs.add(&paced_costs);
+    let one = faults(b, p, None);
+    let two = faults(b, p, Some(None));
+    let three = faults(b, p, Some(Some(PACED)));
+    let (alone, churned, churn_rate) = (one.faults_per_s, two.faults_per_s, two.churn_per_s);
+    let (paced, paced_rate) = (three.faults_per_s, three.churn_per_s);
+    let mut costs = two.costs;
+    costs.add(&three.costs);
+    let us = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1e3;
     let kept = 100.0 * churned / alone.max(1.0);
     let kept_paced = 100.0 * paced / alone.max(1.0);
     // Fault time lost per churn cycle: the faulters' lost share of their
@@ -129,6 +182,9 @@ pub fn run(b: Backend, p: &Params) -> Result<Outcome, String> {
             Metric::new("lost_per_cycle", "fault time lost per churn cycle", "us", lost),
             Metric::new("kept_paced", "kept with the churn paced at 20k cycles/s", "%", kept_paced),
             Metric::new("paced_churn", "paced churn cycles/s", "cycles/s", paced_rate),
+            Metric::new("p99_alone", "fault latency p99 alone", "us", us(&one.latency, 0.99)),
+            Metric::new("p99_churned", "fault latency p99 with churn", "us", us(&two.latency, 0.99)),
+            Metric::new("max_churned", "fault latency max with churn", "us", two.latency.max() as f64 / 1e3),
         ],
         notes: if b == Backend::Linux {
             vec!["the host kernel keeps about 60% here (shared/ANCHORS.md): context, not a target".into()]
