@@ -3,11 +3,8 @@
 //! An [`AddressSpace`] keeps immutable [`Vma`]s in an RCU-safe
 //! [`MapleTree`](rcuvm_maple::MapleTree) and serves lock-free readers
 //! (`maps`, `smaps`, `query`). `mmap`, `munmap`, `mprotect`, `mremap`,
-//! `brk` and `madvise` follow Linux's checks, placement and merging.
-//!
-//! `mmap`, `munmap`, `mprotect`, `mremap`, `brk`, `mlock` (and `mlock2`,
-//! `munlock`, `mlockall`, `munlockall`) and `madvise` follow Linux's
-//! checks, placement and merging.
+//! `brk`, `mlock` (and `mlock2`, `munlock`, `mlockall`, `munlockall`) and
+//! `madvise` follow Linux's checks, placement and merging.
 //!
 //! Below the VMAs sit software page tables ([`PageTable`]), physical
 //! memory ([`PhysMem`]) and simulated CPUs ([`Cpu`]) with TLBs that writers
@@ -29,7 +26,8 @@
 //!
 //! Not yet: populated pages of `mlock` and `MAP_POPULATE` (faulted in
 //! through the fault path). The checker, `rcuvm check`, is in the lab;
-//! [`record`] and [`inject`] are its hooks here.
+//! [`record`] and [`inject`] are its hooks here. [`protocol`] holds the
+//! steps of the lockless protocols that the loom models run as they are.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs, clippy::undocumented_unsafe_blocks)]
