@@ -22,8 +22,10 @@
 #   maps_vs_split                         546 0.04 s /  1487 0.11 s /  4995 0.37 s
 #   the two _vmacache variants (fault.rs FL6) at bound 3: rcu_dead 43086 4.8 s,
 #   rcu_sync 88647 9.7 s; vmacache_without_recheck caught in 0.34 s,
-#   no_detach_mark in 0.09 s. With them the vm binary takes 26 s on one
-#   thread, 21 s with two, and the whole script 39 s warm.
+#   no_detach_mark in 0.09 s. With the reader's range check (mm.rs A6):
+#   maps_vs_split 34489 2.8 s, maps_vs_mremap 69205 5.9 s at bound 3;
+#   txn_range_not_widened caught in 7 ms. The vm binary now takes 34 s on
+#   one thread.
 # The mutation checks run at a fixed bound (2 for the fault model, 1 for the
 # reader; 1 does not catch the fault model's) whatever LOOM_MAX_PREEMPTIONS
 # says, and each is caught in under 0.5 s: fault_without_recheck 0.44 s,

@@ -85,7 +85,7 @@ impl MmCall<'_> {
             _ => Vma::new(oldbrk, newbrk, flags, oldbrk >> PAGE_SHIFT, Backing::Anon, None, None),
         };
         let (s, e) = (v.start, v.end);
-        self.w.store(s..e, v).expect("non-empty range");
+        self.store(s..e, v);
         l.brk.store(brk, Ordering::Relaxed);
         // After mlockall(MCL_FUTURE) the new heap is faulted in (mlock.rs L3).
         if self.def_flags.contains(VmFlags::LOCKED) {

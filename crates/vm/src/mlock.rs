@@ -198,7 +198,7 @@ impl MmCall<'_> {
         let id = next.or_else(prev).unwrap_or_else(AnonVmaId::fresh);
         self.vma_write_lock(v); // strategy.rs S3: replaced, so write-locked
         let with = Vma { anon_vma: Some(id), ..v.clone() };
-        self.w.store(v.start..v.end, with).expect("a VMA's range is never empty");
+        self.store(v.start..v.end, with);
     }
 }
 

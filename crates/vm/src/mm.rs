@@ -35,6 +35,15 @@
 //!   lock-free reading falls back to the lock, so writers cannot starve it.
 //!   The reader is protocol.rs `read_stable`, which the loom model
 //!   (tests/loom_vm.rs) runs too.
+//! - A6. Such a change keeps, in the slot of a small log (`txn_log`), the
+//!   range it has stored into so far, widened before each store; a read
+//!   is redone only if a change that ran during it stored into what the
+//!   read depends on (from the address it started at to the end of the
+//!   entry it found), or if the change's slot was reused meanwhile. A
+//!   reader observing a store of the change also observes the widening
+//!   before it (the tree's stores are Release, its loads Acquire), so a
+//!   change elsewhere in the address space (a mapper at one end, a maps
+//!   reader scanning the rest) no longer tears every read.
 //!
 //! # Concurrency
 //! `maps`, `smaps`, `query`, `vmas`: RCU read side, lock-free (under the
@@ -115,6 +124,8 @@ pub(crate) struct Hw {
     pub(crate) use_after_free: AtomicU64,
     /// Odd while a writer makes a change of several tree stores (A5).
     pub(crate) write_seq: CachePadded<AtomicU64>,
+    /// The ranges of the latest changes of several stores (A6).
+    pub(crate) txn_log: CachePadded<[TxnSlot; crate::protocol::TXN_LOG as usize]>,
     /// Grace periods waited for by calls that reused a dead range
     /// (`rcu-dead`: `MAP_FIXED`, a move or a growth over a dead entry).
     pub(crate) reuse_syncs: AtomicU64,
@@ -136,6 +147,22 @@ struct Side<'a> {
     whole: bool,
 }
 
+/// One change's range in `Hw::txn_log` (A6), a seqlock per slot: `tag` is
+/// the change's number while `lo..hi` are its, `u64::MAX` while the slot
+/// is being taken by a later change.
+#[derive(Debug)]
+pub(crate) struct TxnSlot {
+    pub(crate) tag: AtomicU64,
+    pub(crate) lo: AtomicU64,
+    pub(crate) hi: AtomicU64,
+}
+
+impl Default for TxnSlot {
+    fn default() -> Self {
+        TxnSlot { tag: AtomicU64::new(u64::MAX), lo: AtomicU64::new(u64::MAX), hi: AtomicU64::new(0) }
+    }
+}
+
 impl crate::protocol::ReadSide<Vma> for Side<'_> {
     type Lock<'b>
         = parking_lot::RwLockReadGuard<'b, MmState>
@@ -146,11 +173,28 @@ impl crate::protocol::ReadSide<Vma> for Side<'_> {
         // around its tree changes (a seqcount read side).
         self.mm.hw.write_seq.load(Ordering::SeqCst)
     }
-    fn relax(&self) {
-        std::thread::yield_now();
+    fn relax(&self, n: u32) {
+        // A change of several stores takes a microsecond or two on a CPU
+        // that is running: spin that long before a system call (a yield
+        // costs as much, and the reader then comes back late).
+        if n < RELAX_SPINS {
+            std::hint::spin_loop();
+        } else {
+            std::thread::yield_now();
+        }
     }
     fn lock(&self) -> Self::Lock<'_> {
         self.mm.mmap_lock.read()
+    }
+    fn txn_range(&self, k: u64) -> Option<(u64, u64)> {
+        let slot = &self.mm.hw.txn_log[(k % crate::protocol::TXN_LOG) as usize];
+        // ORDERING: a seqlock read: Acquire pairs with the tag's Release
+        // store; the fence orders the range loads before the second tag
+        // load (which a slot taken meanwhile changed).
+        let t1 = slot.tag.load(Ordering::Acquire);
+        let (lo, hi) = (slot.lo.load(Ordering::Relaxed), slot.hi.load(Ordering::Relaxed));
+        std::sync::atomic::fence(Ordering::Acquire);
+        (t1 == k && slot.tag.load(Ordering::Relaxed) == k).then_some((lo, hi))
     }
     fn whole_locked(&self) -> bool {
         self.whole
@@ -159,6 +203,10 @@ impl crate::protocol::ReadSide<Vma> for Side<'_> {
         v.is_dead()
     }
 }
+
+/// Spins of a lockless reader waiting for a writer's change to end before
+/// it yields (about 2 µs).
+const RELAX_SPINS: u32 = 256;
 
 static NEXT_MM_ID: AtomicU32 = AtomicU32::new(1);
 
@@ -234,6 +282,7 @@ impl MmBuilder {
                 syncs: AtomicU64::new(0),
                 use_after_free: AtomicU64::new(0),
                 write_seq: CachePadded::new(AtomicU64::new(0)),
+                txn_log: CachePadded::new(std::array::from_fn(|_| TxnSlot::default())),
                 reuse_syncs: AtomicU64::new(0),
                 reuse_sync_ns: AtomicU64::new(0),
                 inject: self.inject,
@@ -443,6 +492,7 @@ impl AddressSpace {
             dead: &mut st.dead,
             def_flags: &mut st.def_flags,
             txn_depth: 0,
+            txn: 0,
         };
         c.reap_dead(false, 0, u64::MAX);
         let r = f(&mut c);

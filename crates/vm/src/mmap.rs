@@ -106,6 +106,8 @@ pub(crate) struct MmCall<'a> {
     pub(crate) def_flags: &'a mut VmFlags,
     /// Nesting of `tree_txn` (mm.rs A5).
     pub(crate) txn_depth: u32,
+    /// The number of the change `tree_txn` is making (mm.rs A6).
+    pub(crate) txn: u64,
     /// Dead entries (`rcu-dead`, strategy.rs S4).
     pub(crate) dead: &'a mut std::collections::VecDeque<(u64, u64, Arc<crate::strategy::DeadRange>)>,
 }
@@ -115,9 +117,23 @@ impl MmCall<'_> {
     /// to lockless readers: `write_seq` is odd from the outermost begin to
     /// its end (mm.rs A5).
     pub(crate) fn tree_txn<R>(&mut self, f: impl FnOnce(&mut Self) -> R) -> R {
+        use std::sync::atomic::{Ordering, fence};
         if self.txn_depth == 0 {
+            // mm.rs A6: take the change's slot (a seqlock write: the tag
+            // says "being taken" before the range changes, then the
+            // change's number), then make the seqcount odd.
+            let k = self.hw.write_seq.load(Ordering::Relaxed) / 2;
+            let slot = &self.hw.txn_log[(k % crate::protocol::TXN_LOG) as usize];
+            slot.tag.store(u64::MAX, Ordering::Relaxed);
+            // ORDERING: Release: a reader that sees the new range sees the
+            // tag change too (its Acquire fence pairs with this one).
+            fence(Ordering::Release);
+            slot.lo.store(u64::MAX, Ordering::Relaxed);
+            slot.hi.store(0, Ordering::Relaxed);
+            slot.tag.store(k, Ordering::Release);
+            self.txn = k;
             // ORDERING: SeqCst, the write side of the readers' seqcount.
-            self.hw.write_seq.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.hw.write_seq.fetch_add(1, Ordering::SeqCst);
         }
         self.txn_depth += 1;
         let r = f(self);
@@ -126,6 +142,36 @@ impl MmCall<'_> {
             self.hw.write_seq.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
         r
+    }
+
+    /// A tree store of `v` over `r`; inside a `tree_txn`, the change's range
+    /// is widened first (mm.rs A6).
+    pub(crate) fn store(&mut self, r: std::ops::Range<u64>, v: Vma) {
+        self.widen_txn(r.start, r.end);
+        self.w.store(r, v).expect("a VMA's range is never empty");
+    }
+
+    /// A tree erase of `r`, widening as [`MmCall::store`] does.
+    pub(crate) fn erase(&mut self, r: std::ops::Range<u64>) {
+        self.widen_txn(r.start, r.end);
+        self.w.erase(r).expect("a non-empty range");
+    }
+
+    /// mm.rs A6: before a store of `[s, e)` inside a change, the change's
+    /// range covers it. (Its Relaxed stores are ordered before the tree's
+    /// Release store that follows.)
+    fn widen_txn(&self, s: u64, e: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.txn_depth == 0 {
+            return;
+        }
+        let slot = &self.hw.txn_log[(self.txn % crate::protocol::TXN_LOG) as usize];
+        if s < slot.lo.load(Relaxed) {
+            slot.lo.store(s, Relaxed);
+        }
+        if e > slot.hi.load(Relaxed) {
+            slot.hi.store(e, Relaxed);
+        }
     }
 
     /// `map_count`: entries of the tree that are VMAs (not dead entries).
@@ -384,7 +430,7 @@ impl MmCall<'_> {
         for old in self.overlapping(s, e) {
             self.vma_write_lock(&old);
         }
-        self.w.store(s..e, merged).expect("a VMA's range is never empty");
+        self.store(s..e, merged);
     }
 
     /// `munmap(2)`.
@@ -419,10 +465,10 @@ impl MmCall<'_> {
         // mm.rs A5: the remnants and the removal are one change to readers.
         let dead = self.tree_txn(|c| {
             if first.start < start {
-                c.w.store(first.start..start, first.slice(first.start, start)).expect("non-empty range");
+                c.store(first.start..start, first.slice(first.start, start));
             }
             if last.end > end {
-                c.w.store(end..last.end, last.slice(end, last.end)).expect("non-empty range");
+                c.store(end..last.end, last.slice(end, last.end));
             }
             c.bury(&hit, start, end)
         });

@@ -151,16 +151,16 @@ impl MmCall<'_> {
             if !merges && self.map_count() >= self.cfg.max_map_count {
                 return Err(Errno::Enomem);
             }
-            self.w.store(v.start..s, v.slice(v.start, s)).expect("non-empty range");
+            self.store(v.start..s, v.slice(v.start, s));
             if !merges {
-                self.w.store(s..v.end, v.slice(s, v.end)).expect("non-empty range");
+                self.store(s..v.end, v.slice(s, v.end));
             }
         }
         if e < v.end {
             if !merges && self.map_count() >= self.cfg.max_map_count {
                 return Err(Errno::Enomem);
             }
-            self.w.store(e..v.end, v.slice(e, v.end)).expect("non-empty range");
+            self.store(e..v.end, v.slice(e, v.end));
         }
         self.insert_merged(piece);
         Ok(())

@@ -145,7 +145,7 @@ impl MmCall<'_> {
                         self.vma_write_lock(&n);
                         grown = Vma { end: n.end, anon_vma: grown.anon().or(n.anon()), ..grown };
                     }
-                    self.w.store(grown.start..grown.end, grown).expect("a VMA's range is never empty");
+                    self.store(grown.start..grown.end, grown);
                     if vma.flags.contains(VmFlags::LOCKED) {
                         let _ = self.populate(addr + old_len, addr + new_len, true); // R6
                     }
@@ -302,7 +302,7 @@ impl MmCall<'_> {
             self.vma_write_lock(&src);
             let mut v = Vma { flags, ..(*src).clone() };
             v.set_anon(anon_vma);
-            self.w.store(v.start..v.end, v).expect("a VMA's range is never empty");
+            self.store(v.start..v.end, v);
         }
     }
 }

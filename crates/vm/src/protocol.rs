@@ -28,6 +28,11 @@ use rcuvm_maple::{Entry, MapleTree, Writer};
 /// for read (mm.rs A5).
 pub const READ_RETRIES: u32 = 8;
 
+/// Changes of several stores whose ranges the writer keeps (mm.rs A6):
+/// change `k` (the one that made `write_seq` `2k + 1`) is in slot
+/// `k % TXN_LOG`. A reader that overlapped more changes than this retries.
+pub const TXN_LOG: u64 = 16;
+
 /// Whether `tree` still maps `va` to the very value `seen` (the object a
 /// fault found under the same guard): FL1's re-check under the PTL (PR1).
 /// A replacement by an equal-looking object (a split's slice, a dead
@@ -68,10 +73,15 @@ pub trait ReadSide<T> {
     /// A SeqCst load of `write_seq` (odd while a writer makes a change of
     /// several tree stores, mm.rs A5).
     fn seq(&self) -> u64;
-    /// What the reader does while `write_seq` stays odd (yield).
-    fn relax(&self);
+    /// What the reader does while `write_seq` stays odd, the `n`th time in
+    /// a row (spin briefly, then yield).
+    fn relax(&self, n: u32);
     /// Takes the mmap lock for read (the fallback after [`READ_RETRIES`]).
     fn lock(&self) -> Self::Lock<'_>;
+    /// The range `[lo, hi)` that change `k` has stored into so far (mm.rs
+    /// A6), or `None` when its slot no longer holds it (a later change
+    /// took it: the reader must assume the worst).
+    fn txn_range(&self, k: u64) -> Option<(u64, u64)>;
     /// Whether the whole read runs under the mmap read lock already
     /// (`mmap-lock`): then no seqcount is needed.
     fn whole_locked(&self) -> bool;
@@ -84,8 +94,10 @@ pub trait ReadSide<T> {
 /// the tree with no change of several stores half done (mm.rs A2, A5).
 ///
 /// Each entry is read under its own guard between two loads of the
-/// seqcount; a read that overlapped a change is redone (from outside the
-/// read-side section: the writer may be waiting for a grace period). An
+/// seqcount; a read that overlapped a change of several stores that
+/// stored into what the read depends on (from the address it started at
+/// to the end of the entry it found: mm.rs A6) is redone, from outside the
+/// read-side section (the writer may be waiting for a grace period). An
 /// entry that begins below the end of the previous line is newer (a merge
 /// over what was read): the lines it covers are taken back.
 pub fn read_stable<T, R, S>(
@@ -107,13 +119,6 @@ where
         let fallback = (!whole && torn >= READ_RETRIES).then(|| side.lock());
         let locked = whole || fallback.is_some();
         let s1 = side.seq();
-        if !locked && s1 & 1 == 1 {
-            torn += 1;
-            while side.seq() == s1 {
-                side.relax();
-            }
-            continue;
-        }
         let g = tree.domain().read();
         let mut next = tree.find(at, &g);
         while let Some(e) = next.as_ref().filter(|e| side.is_dead(e.value)) {
@@ -121,9 +126,22 @@ where
         }
         let item = next.map(|e| (e.range.clone(), collect(&e)));
         drop(g);
-        if !locked && side.seq() != s1 {
-            torn += 1;
-            continue;
+        if !locked {
+            let s2 = side.seq();
+            // What the read depends on: from `at` to the end of the entry
+            // found (everything above `at` when none was).
+            let upto = item.as_ref().map_or(u64::MAX, |(r, _)| r.end);
+            if touched(side, s1, s2, at, upto) {
+                torn += 1;
+                // Wait out the change under way, if any, before reading
+                // again (the next read would only see it again).
+                let mut n = 0;
+                while side.seq() & 1 == 1 {
+                    side.relax(n);
+                    n = n.saturating_add(1);
+                }
+                continue;
+            }
         }
         torn = 0;
         let Some((range, Some(t))) = item else { break };
@@ -137,4 +155,19 @@ where
         }
     }
     out.into_iter().map(|(_, _, t)| t).collect()
+}
+
+/// Whether a change of several stores that ran while the seqcount went
+/// from `s1` to `s2` stored into `[at, upto)`, or may have (mm.rs A6).
+/// Change `k` runs while `write_seq` is `2k + 1`: the changes under way
+/// at `s1` or begun by `s2` are `s1 / 2 ..= (s2 - 1) / 2`.
+fn touched<T, S: ReadSide<T>>(side: &S, s1: u64, s2: u64, at: u64, upto: u64) -> bool {
+    if s1 == s2 && s1 & 1 == 0 {
+        return false; // no change ran
+    }
+    let (first, last) = (s1 / 2, (s2 - 1) / 2);
+    if last - first >= TXN_LOG {
+        return true; // more changes than the log keeps
+    }
+    (first..=last).any(|k| side.txn_range(k).is_none_or(|(lo, hi)| lo < upto && at < hi))
 }

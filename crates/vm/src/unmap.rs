@@ -77,7 +77,7 @@ impl MmCall<'_> {
     /// entries (U2). Returns whether dead entries were left.
     pub(crate) fn bury(&mut self, hit: &[Arc<Vma>], start: u64, end: u64) -> bool {
         if self.hw.strategy != Strategy::RcuDead {
-            self.w.erase(start..end).expect("non-empty range");
+            self.erase(start..end);
             return false;
         }
         for v in hit {
@@ -85,7 +85,7 @@ impl MmCall<'_> {
             let d = Arc::new(DeadRange::default());
             let mut tomb = v.slice(s, e);
             tomb.rt.dead = Some(d.clone());
-            self.w.store(s..e, tomb).expect("non-empty range");
+            self.store(s..e, tomb);
             self.dead.push_back((s, e, d.clone()));
             self.hw.dead.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             // ORDERING: the callback runs after a grace period that began
@@ -225,7 +225,7 @@ impl MmCall<'_> {
         }
         for (s, e, d) in &reap {
             if d.claim() {
-                self.w.erase(*s..*e).expect("non-empty range");
+                self.erase(*s..*e);
                 self.hw.dead.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             }
         }

@@ -926,11 +926,27 @@ const A_HI_NEW: u32 = 5;
 const B: u32 = 6;
 const M: u32 = 7;
 
+/// mm.rs `TxnSlot` (A6): a change's range, a seqlock per slot.
+struct TxnSlot {
+    tag: AtomicU64,
+    lo: AtomicU64,
+    hi: AtomicU64,
+}
+
 /// The parts of `AddressSpace`/`Hw` the reader goes through.
 struct Maps {
     tree: MapleTree<Vma2>,
     /// mm.rs `Hw::write_seq` (A5).
     write_seq: AtomicU64,
+    /// mm.rs `Hw::txn_log` (A6), cut down to two slots (the models make
+    /// one change each).
+    txn_log: [TxnSlot; 2],
+    /// The writer's own note of the change it is making (`MmCall::txn`,
+    /// `txn_depth`): not shared state, a std atomic.
+    txn: StdAtomicUsize,
+    /// (e): without the widening before each store, a change's range stays
+    /// empty.
+    widen: bool,
     /// The mmap lock (the reader's fallback after `READ_RETRIES`).
     mmap_lock: Mutex<()>,
 }
@@ -940,6 +956,13 @@ impl Maps {
         let m = Maps {
             tree: MapleTree::new(std::sync::Arc::new(Domain::new())),
             write_seq: AtomicU64::new(0),
+            txn_log: std::array::from_fn(|_| TxnSlot {
+                tag: AtomicU64::new(u64::MAX),
+                lo: AtomicU64::new(u64::MAX),
+                hi: AtomicU64::new(0),
+            }),
+            txn: StdAtomicUsize::new(usize::MAX),
+            widen: true,
             mmap_lock: Mutex::new(()),
         };
         let mut w = m.tree.write();
@@ -949,16 +972,38 @@ impl Maps {
         drop(w);
         m
     }
-    fn store(w: &mut rcuvm::maple::Writer<'_, Vma2>, start: u64, end: u64, id: u32, dead: bool) {
+    /// mmap.rs `MmCall::store`: inside a change, `widen_txn` first.
+    fn store(&self, w: &mut rcuvm::maple::Writer<'_, Vma2>, start: u64, end: u64, id: u32, dead: bool) {
+        let k = self.txn.load(StdOrdering::Relaxed);
+        if k != usize::MAX && self.widen {
+            // `widen_txn`.
+            let slot = &self.txn_log[k % 2];
+            if start < slot.lo.load(Ordering::Relaxed) {
+                slot.lo.store(start, Ordering::Relaxed);
+            }
+            if end > slot.hi.load(Ordering::Relaxed) {
+                slot.hi.store(end, Ordering::Relaxed);
+            }
+        }
         w.store(start..end, Vma2 { start, end, id, dead }).unwrap();
     }
-    /// mmap.rs `MmCall::tree_txn`: `write_seq` odd around `f`.
+    /// mmap.rs `MmCall::tree_txn`: take the change's slot (A6), then
+    /// `write_seq` odd around `f`.
     fn tree_txn(&self, cov: &Cov2, f: impl FnOnce()) {
+        let k = self.write_seq.load(Ordering::Relaxed) / 2;
+        let slot = &self.txn_log[(k % 2) as usize];
+        slot.tag.store(u64::MAX, Ordering::Relaxed);
+        loom::sync::atomic::fence(Ordering::Release);
+        slot.lo.store(u64::MAX, Ordering::Relaxed);
+        slot.hi.store(0, Ordering::Relaxed);
+        slot.tag.store(k, Ordering::Release);
+        self.txn.store(k as usize, StdOrdering::Relaxed);
         // ORDERING: SeqCst, the write side of the readers' seqcount.
         self.write_seq.fetch_add(1, Ordering::SeqCst);
         cov.open.store(true, StdOrdering::Relaxed);
         f();
         cov.open.store(false, StdOrdering::Relaxed);
+        self.txn.store(usize::MAX, StdOrdering::Relaxed);
         self.write_seq.fetch_add(1, Ordering::SeqCst);
     }
 }
@@ -978,11 +1023,23 @@ impl ReadSide<Vma2> for LoomSide<'_> {
     fn seq(&self) -> u64 {
         if self.seqcount { self.maps.write_seq.load(Ordering::SeqCst) } else { 0 }
     }
-    fn relax(&self) {
+    fn relax(&self, _n: u32) {
+        // loom explores a spin only if it yields.
         thread::yield_now();
     }
     fn lock(&self) -> Self::Lock<'_> {
         self.maps.mmap_lock.lock().unwrap()
+    }
+    /// mm.rs `Side::txn_range` (A6), on the model's two slots.
+    fn txn_range(&self, k: u64) -> Option<(u64, u64)> {
+        if k >= 2 {
+            return None; // the models make at most two changes
+        }
+        let slot = &self.maps.txn_log[k as usize];
+        let t1 = slot.tag.load(Ordering::Acquire);
+        let (lo, hi) = (slot.lo.load(Ordering::Relaxed), slot.hi.load(Ordering::Relaxed));
+        loom::sync::atomic::fence(Ordering::Acquire);
+        (t1 == k && slot.tag.load(Ordering::Relaxed) == k).then_some((lo, hi))
     }
     fn whole_locked(&self) -> bool {
         false
@@ -1074,12 +1131,12 @@ fn ids_in(lines: &[Line], lo: u64, hi: u64) -> Vec<u32> {
     lines.iter().filter(|l| lo <= l.start && l.start < hi).map(|l| l.id).collect()
 }
 
-fn split_model(name: &'static str, seqcount: bool, cov: &'static Cov2) {
-    // Bound 1 finds (c) already.
-    let bound = if seqcount { Bound::Default(3) } else { Bound::Fixed(1) };
+fn split_model(name: &'static str, seqcount: bool, widen: bool, cov: &'static Cov2) {
+    // Bound 1 finds (c) and (e) already.
+    let bound = if seqcount && widen { Bound::Default(3) } else { Bound::Fixed(1) };
     check(name, bound, move || {
         cov.start_iteration();
-        let maps = Arc::new(Maps::new(&[(0x10, 0x30, A), (0x80, 0x90, C)]));
+        let maps = Arc::new(Maps { widen, ..Maps::new(&[(0x10, 0x30, A), (0x80, 0x90, C)]) });
         let reader = {
             let maps = maps.clone();
             thread::spawn(move || {
@@ -1096,9 +1153,9 @@ fn split_model(name: &'static str, seqcount: bool, cov: &'static Cov2) {
             let mut w = maps.tree.write();
             maps.tree_txn(cov, || {
                 // `split_and_set`: the pieces of `v`, then `insert_merged(piece)`.
-                Maps::store(&mut w, 0x10, 0x20, A_LO, false);
-                Maps::store(&mut w, 0x20, 0x30, A_HI_OLD, false);
-                Maps::store(&mut w, 0x20, 0x30, A_HI_NEW, false);
+                maps.store(&mut w, 0x10, 0x20, A_LO, false);
+                maps.store(&mut w, 0x20, 0x30, A_HI_OLD, false);
+                maps.store(&mut w, 0x20, 0x30, A_HI_NEW, false);
             });
         }
         reader.join().unwrap();
@@ -1109,7 +1166,7 @@ fn split_model(name: &'static str, seqcount: bool, cov: &'static Cov2) {
 #[test]
 fn maps_vs_split() {
     static COV: Cov2 = Cov2::new();
-    split_model("maps_vs_split", true, &COV);
+    split_model("maps_vs_split", true, true, &COV);
     let n = COV.read_inside_txn.load(StdOrdering::Relaxed);
     eprintln!(
         "loom model maps_vs_split: {n} iterations had the reader read an entry in the middle of the split"
@@ -1143,8 +1200,8 @@ fn maps_vs_mremap() {
             // then `munmap_range` of the source: `tree_txn { bury }`.
             let _mmap_lock = maps.mmap_lock.lock().unwrap();
             let mut w = maps.tree.write();
-            Maps::store(&mut w, 0x10, 0x30, M, false);
-            maps.tree_txn(&COV, || Maps::store(&mut w, 0x40, 0x50, B, true));
+            maps.store(&mut w, 0x10, 0x30, M, false);
+            maps.tree_txn(&COV, || maps.store(&mut w, 0x40, 0x50, B, true));
         }
         reader.join().unwrap();
     });
@@ -1160,6 +1217,19 @@ fn mutation_maps_without_seqcount() {
     expect_caught(
         "maps_without_seqcount",
         &["half-updated", "half done", "backwards", "overlap", "missing"],
-        || split_model("mutation_maps_without_seqcount", false, &COV),
+        || split_model("mutation_maps_without_seqcount", false, true, &COV),
+    );
+}
+
+// Checks that model 2 catches (e): a change whose range is not widened
+// before its stores (mm.rs A6), so that the reader's range check lets a
+// half-done split through.
+#[test]
+fn mutation_txn_range_not_widened() {
+    static COV: Cov2 = Cov2::new();
+    expect_caught(
+        "txn_range_not_widened",
+        &["half-updated", "half done", "backwards", "overlap", "missing"],
+        || split_model("mutation_txn_range_not_widened", true, false, &COV),
     );
 }
