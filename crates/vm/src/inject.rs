@@ -5,7 +5,7 @@
 //! ([`crate::MmBuilder::inject`]).
 //!
 //! # Invariants
-//! - I1. Without the `inject` feature, [`active`] is a constant `false`:
+//! - I1. Without the `inject` feature, `active` is a constant `false`:
 //!   every hook compiles away and [`AVAILABLE`] is false. The feature is
 //!   enabled only by test builds (the lab's dev-dependency), never by the
 //!   `rcuvm` binary a user builds.

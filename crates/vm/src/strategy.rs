@@ -3,8 +3,8 @@
 //! and what Linux shipped since.
 //!
 //! # Owns
-//! [`Strategy`], the per-VMA lock protocol ([`vma_start_read`],
-//! [`vma_start_write`]) and [`DeadRange`] (solution 3's dead entries).
+//! [`Strategy`], the per-VMA lock protocol (`vma_start_read`,
+//! `vma_start_write`) and `DeadRange` (solution 3's dead entries).
 //!
 //! # Invariants
 //! - S1. In every strategy, writers (mm calls) serialise on the mmap write

@@ -14,7 +14,7 @@
 //!   for anonymous ones the address `>> 12` at mmap time, kept by mremap
 //!   (Linux's convention, which decides merging).
 //! - V4. What V1 leaves mutable is run-time state, not the mapping: the
-//!   per-VMA lock ([`VmaRt`]'s `lock_seq` and `readers`, used by the
+//!   per-VMA lock (`VmaRt`'s `lock_seq` and `readers`, used by the
 //!   `vma-lock` strategy), and the `anon_vma` a first anonymous fault gives
 //!   a VMA built without one (set once, by compare-and-swap, as Linux's
 //!   `anon_vma_prepare` sets `vma->anon_vma` under the page-table lock).
