@@ -24,10 +24,9 @@
 //! assert!(cpu.read(a + 8).is_err());      // SIGSEGV: the old translation is gone
 //! ```
 //!
-//! Not yet: populated pages of `mlock` and `MAP_POPULATE` (faulted in
-//! through the fault path). The checker, `rcuvm check`, is in the lab;
-//! [`record`] and [`inject`] are its hooks here. [`protocol`] holds the
-//! steps of the lockless protocols that the loom models run as they are.
+//! The checker, `rcuvm check`, is in the lab; [`record`] and [`inject`]
+//! are its hooks here. [`protocol`] holds the steps of the lockless
+//! protocols that the loom models run as they are.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs, clippy::undocumented_unsafe_blocks)]

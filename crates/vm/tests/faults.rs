@@ -354,3 +354,59 @@ fn a_cached_vma_is_never_used_after_the_mapping_changed() {
         assert_eq!(cpu.read(c + 6 * P), Ok(6), "{s}: the page moved with the mapping");
     }
 }
+
+/// The `Rss` of the VMA starting at `start` in an smaps text.
+fn rss_kb(smaps: &str, start: u64) -> Option<u64> {
+    let head = format!("{start:x}-");
+    let mut lines = smaps.lines().skip_while(|l| !l.starts_with(&head));
+    lines.next()?;
+    let rss = lines.take_while(|l| !l.contains('-') || l.contains(':')).find(|l| l.starts_with("Rss:"))?;
+    rss.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// mlock.rs L3: `MAP_POPULATE` and `mlock` fault every page in, as the
+/// host kernel does: the same `Rss` in rcuvm's smaps as in the kernel's
+/// for the same calls, and no fault on the first touch afterwards.
+#[test]
+fn populate_and_mlock_fault_pages_in_as_the_kernel_does() {
+    let len = 16 * P;
+    // The host: (private writable populated, private read-only populated, mlocked).
+    let host = {
+        let map = |prot: i32, flags: i32| {
+            // SAFETY: a fresh anonymous mapping, unmapped below.
+            let p = unsafe { libc::mmap(std::ptr::null_mut(), len as usize, prot, flags, -1, 0) };
+            assert_ne!(p, libc::MAP_FAILED);
+            p
+        };
+        let anon = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
+        let rw = libc::PROT_READ | libc::PROT_WRITE;
+        let a = map(rw, anon | libc::MAP_POPULATE);
+        let b = map(libc::PROT_READ, anon | libc::MAP_POPULATE);
+        let c = map(rw, anon);
+        // SAFETY: `c` is the mapping made above.
+        assert_eq!(unsafe { libc::mlock(c, len as usize) }, 0, "mlock (root has CAP_IPC_LOCK)");
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let r = [a, b, c].map(|p| rss_kb(&smaps, p as u64).expect("the host's VMA"));
+        for p in [a, b, c] {
+            // SAFETY: each is a mapping made above, no longer used.
+            unsafe { libc::munmap(p, len as usize) };
+        }
+        r
+    };
+    for s in Strategy::ALL {
+        let mm = mm(s);
+        let a = mm.mmap(0, len, RW, ANON | MapFlags::POPULATE, None, 0).unwrap();
+        let b = mm.mmap(0, len, Prot::READ, ANON | MapFlags::POPULATE, None, 0).unwrap();
+        let c = mm.mmap(0, len, RW, ANON, None, 0).unwrap();
+        mm.mlock(c, len).unwrap();
+        let smaps = mm.smaps();
+        let ours = [a, b, c].map(|p| rss_kb(&smaps, p).expect("rcuvm's VMA"));
+        assert_eq!(ours, host, "{s}: Rss (kB) of populated, read-only populated and mlocked VMAs");
+        assert_eq!(ours[0], len / 1024, "{s}: every page of a writable populated VMA is resident");
+        let mut cpu = mm.cpu();
+        for p in [a, c] {
+            cpu.write(p + 5 * P, 1).unwrap();
+        }
+        assert_eq!(cpu.stats().fault.faults, 0, "{s}: populated pages take no fault");
+    }
+}
