@@ -120,22 +120,6 @@ pub struct FaultStats {
     pub fallbacks: u64,
 }
 
-/// What the fault proper needs of an address space: its hardware half,
-/// its tree and the VMA domain. Made from an [`AddressSpace`] by a fault,
-/// or from an mm call's parts by population under the mmap write lock
-/// (mlock.rs L3).
-pub(crate) struct FaultCx<'a> {
-    pub(crate) hw: &'a crate::mm::Hw,
-    pub(crate) tree: &'a rcuvm_maple::MapleTree<Vma>,
-    pub(crate) domain: &'a rcuvm_rcu::Domain,
-}
-
-impl<'a> FaultCx<'a> {
-    fn of(mm: &'a AddressSpace) -> Self {
-        FaultCx { hw: mm.hw(), tree: mm.vmas_tree(), domain: mm.domain() }
-    }
-}
-
 /// Handles a fault at `va` (FL1–FL4).
 pub(crate) fn handle_mm_fault(
     mm: &AddressSpace,
@@ -171,7 +155,7 @@ pub(crate) fn handle_mm_fault(
                 // A writer holds it: wait for the writer on the mmap lock.
                 return count(fault_mmap_locked(mm, va, write, cache), stats);
             }
-            let r = do_fault(&FaultCx::of(mm), &vma, va, write, cache, None);
+            let r = do_fault(mm, &vma, va, write, cache, None);
             strategy::vma_end_read(&vma);
             r
         }
@@ -181,7 +165,7 @@ pub(crate) fn handle_mm_fault(
             // the re-check (the PTL is what orders it against a writer).
             let attached = |v: &Vma| !v.rt.detached.load(Ordering::Acquire);
             if let Some(v) = vmacache.as_deref().filter(|v| v.start <= va && va < v.end && attached(v)) {
-                let out = do_fault(&FaultCx::of(mm), v, va, write, cache, Some(&|| attached(v)));
+                let out = do_fault(mm, v, va, write, cache, Some(&|| attached(v)));
                 drop(g);
                 return count(out, stats);
             }
@@ -194,7 +178,7 @@ pub(crate) fn handle_mm_fault(
                 *vmacache = Some(e.to_arc());
             }
             do_fault(
-                &FaultCx::of(mm),
+                mm,
                 e.value,
                 va,
                 write,
@@ -212,7 +196,7 @@ pub(crate) fn handle_mm_fault(
                 }
             };
             // S5: the counted reference "keeps the VMA valid"; no re-check.
-            do_fault(&FaultCx::of(mm), &vma, va, write, cache, None)
+            do_fault(mm, &vma, va, write, cache, None)
         }
     };
     count(out, stats)
@@ -237,7 +221,7 @@ fn fault_mmap_locked(
     let _r = mm.mmap_read();
     let g = mm.domain().read();
     match mm.vmas_tree().load(va, &g) {
-        Some(e) if !e.value.is_dead() => do_fault(&FaultCx::of(mm), e.value, va, write, cache, None),
+        Some(e) if !e.value.is_dead() => do_fault(mm, e.value, va, write, cache, None),
         _ => Err(AccessError::MapErr),
     }
 }
@@ -252,21 +236,21 @@ fn access_ok(vma: &Vma, write: bool) -> bool {
 }
 
 /// `__anon_vma_prepare()`: gives `vma` an anon_vma if it has none (FL4).
-fn anon_vma_prepare(cx: &FaultCx<'_>, vma: &Vma) {
+fn anon_vma_prepare(mm: &AddressSpace, vma: &Vma) {
     if vma.anon().is_some() {
         return;
     }
-    let id = find_mergeable_anon_vma(cx, vma).unwrap_or_else(AnonVmaId::fresh);
+    let id = find_mergeable_anon_vma(mm, vma).unwrap_or_else(AnonVmaId::fresh);
     // V4: set once; a racing fault may have set it first.
     let _ = vma.rt.anon.compare_exchange(0, id.0, Ordering::AcqRel, Ordering::Acquire);
 }
 
 /// `find_mergeable_anon_vma()`: a neighbour's anon_vma that `vma` could
 /// share (`reusable_anon_vma` and `anon_vma_compatible`).
-fn find_mergeable_anon_vma(cx: &FaultCx<'_>, vma: &Vma) -> Option<AnonVmaId> {
-    let g = cx.domain.read();
+fn find_mergeable_anon_vma(mm: &AddressSpace, vma: &Vma) -> Option<AnonVmaId> {
+    let g = mm.domain().read();
     let compatible = anon_vma_compatible;
-    let tree = cx.tree;
+    let tree = mm.vmas_tree();
     if let Some(n) = tree.load(vma.end, &g).filter(|n| !n.value.is_dead()) {
         if compatible(vma, n.value) {
             if let Some(id) = n.value.anon() {
@@ -290,17 +274,17 @@ fn find_mergeable_anon_vma(cx: &FaultCx<'_>, vma: &Vma) -> Option<AnonVmaId> {
 /// fault counts a use after free (cpu.rs C5) for the checker.
 #[cfg(feature = "record")]
 struct TableHeld<'a> {
-    hw: &'a crate::mm::Hw,
+    mm: &'a AddressSpace,
     table: Option<(&'a crate::pgtable::Table, u64)>,
 }
 
 #[cfg(feature = "record")]
 impl<'a> TableHeld<'a> {
-    fn new(cx: &FaultCx<'a>, va: u64) -> Self {
+    fn new(mm: &'a AddressSpace, va: u64) -> Self {
         // ORDERING: Acquire pairs with free_tree's Release bump (pgtable.rs
         // PT1); so does the load in `drop`.
-        let table = cx.hw.pt.pte_table(va, false).map(|t| (t, t.generation.load(Ordering::Acquire)));
-        TableHeld { hw: cx.hw, table }
+        let table = mm.hw().pt.pte_table(va, false).map(|t| (t, t.generation.load(Ordering::Acquire)));
+        TableHeld { mm, table }
     }
 }
 
@@ -308,15 +292,15 @@ impl<'a> TableHeld<'a> {
 impl Drop for TableHeld<'_> {
     fn drop(&mut self) {
         if self.table.is_some_and(|(t, g)| t.generation.load(Ordering::Acquire) != g) {
-            self.hw.use_after_free.fetch_add(1, Ordering::Relaxed);
+            self.mm.hw().use_after_free.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
 
 /// The fault proper, once the VMA is held (FL1, FL4, FL5). `live` is the
 /// re-check of S4, run under the PTL.
-pub(crate) fn do_fault(
-    cx: &FaultCx<'_>,
+fn do_fault(
+    mm: &AddressSpace,
     vma: &Vma,
     va: u64,
     write: bool,
@@ -324,11 +308,11 @@ pub(crate) fn do_fault(
     live: Option<&dyn Fn() -> bool>,
 ) -> Result<Outcome, AccessError> {
     #[cfg(feature = "record")]
-    let _fl5 = TableHeld::new(cx, va);
+    let _fl5 = TableHeld::new(mm, va);
     if !access_ok(vma, write) {
         return Err(AccessError::AccErr);
     }
-    let hw = cx.hw;
+    let hw = mm.hw();
     let pm = &*hw.phys;
     let page = va & !((1 << PAGE_SHIFT) - 1);
     let seen = hw.pt.walk(page);
@@ -362,7 +346,7 @@ pub(crate) fn do_fault(
             } else if reuse {
                 Pte::new(seen.pfn(), true) // do_wp_page: reuse our own page
             } else {
-                anon_vma_prepare(cx, vma);
+                anon_vma_prepare(mm, vma);
                 let pfn = cache
                     .alloc(pm, Owner::Anon { mm: hw.id, vpn: page >> PAGE_SHIFT })
                     .ok_or(AccessError::Oom)?;

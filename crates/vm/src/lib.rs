@@ -24,9 +24,10 @@
 //! assert!(cpu.read(a + 8).is_err());      // SIGSEGV: the old translation is gone
 //! ```
 //!
-//! The checker, `rcuvm check`, is in the lab; [`record`] and [`inject`]
-//! are its hooks here. [`protocol`] holds the steps of the lockless
-//! protocols that the loom models run as they are.
+//! Not yet: populated pages of `mlock` and `MAP_POPULATE` (faulted in
+//! through the fault path). The checker, `rcuvm check`, is in the lab;
+//! [`record`] and [`inject`] are its hooks here. [`protocol`] holds the
+//! steps of the lockless protocols that the loom models run as they are.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs, clippy::undocumented_unsafe_blocks)]

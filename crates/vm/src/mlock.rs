@@ -18,17 +18,12 @@
 //!   `set_flags` (mprotect.rs Q2, Q4), so a refused split is `ENOMEM` with
 //!   the splits made before it kept.
 //! - L3. Population (`__mm_populate()`) runs after the flags are set and
-//!   faults every page in through the fault path (`fault.rs do_fault`,
-//!   under the mmap write lock the call holds, so the VMA cannot change
-//!   under it): a write fault for a private, writable VMA (a zeroed frame
-//!   of its own, or a copy of the file's page), a read fault otherwise
-//!   (the zero page, or the page-cache page). The first write fault gives
-//!   a VMA without an `anon_vma` one, reusing a compatible neighbour's as
-//!   `find_mergeable_anon_vma()` does (next first, then prev).
-//!   `VM_LOCKONFAULT` VMAs fault nothing; a VMA with no access bit cannot
-//!   be faulted (`EFAULT`, which `mlock` returns as `ENOMEM` after locking
-//!   it, and which stops the walk); running out of frames stops it with
-//!   `ENOMEM`.
+//!   faults pages in, which rcuvm models only by its effect on VMAs: a
+//!   write fault (private, writable VMA) gives a VMA without an `anon_vma`
+//!   one, reusing a compatible neighbour's as `find_mergeable_anon_vma()`
+//!   does (next first, then prev). `VM_LOCKONFAULT` VMAs fault nothing; a
+//!   VMA with no access bit cannot be faulted (`EFAULT`, which `mlock`
+//!   returns as `ENOMEM` after locking it, and which stops the walk).
 //! - L4. `mlockall(MCL_FUTURE)` puts `VM_LOCKED` (and with `MCL_ONFAULT`
 //!   `VM_LOCKONFAULT`) into `def_flags`, which every later `mmap` and `brk`
 //!   VMA takes; any other `mlockall` and `munlockall` clear it first.
@@ -183,30 +178,10 @@ impl MmCall<'_> {
             return Err(Errno::Efault);
         }
         let write_fault = v.flags & (VmFlags::WRITE | VmFlags::SHARED) == VmFlags::WRITE;
-        let v = if write_fault && v.anon().is_none() {
+        if write_fault && v.anon().is_none() {
             self.anon_vma_prepare(&v);
-            self.vma_at(s).expect("anon_vma_prepare replaced it in place")
-        } else {
-            v
-        };
-        // faultin_page() for each page: the fault proper, with the VMA held
-        // by the mmap write lock (no re-check needed: FL2).
-        let cx = crate::fault::FaultCx { hw: self.hw, tree: self.tree, domain: self.domain };
-        let mut cache = crate::frame::FrameCache::default();
-        let mut r = Ok(());
-        let mut page = s;
-        while page < e {
-            match crate::fault::do_fault(&cx, &v, page, write_fault, &mut cache, None) {
-                Ok(_) => page += PAGE_SIZE,
-                Err(_) => {
-                    // Out of frames (the VMA's rights were checked above).
-                    r = Err(Errno::Enomem);
-                    break;
-                }
-            }
         }
-        cache.drain(&self.hw.phys);
-        r
+        Ok(())
     }
 
     /// `anon_vma_prepare()`: gives `v` (in the tree) an `anon_vma`, a
