@@ -29,19 +29,18 @@
 //!   slot was overwritten while it read it, flushes everything.
 //! - T5. The wait of T2 is skipped when every CPU that may cache the old
 //!   entries (their CPU bits, pgtable.rs PT6) belongs to the calling
-//!   thread, which is not inside an access: those CPUs flush by
-//!   generation before their next access, and no other CPU can hold the
-//!   entries. A writer that unmaps what only its own threads touched sends
+//!   thread, which is not inside an access: those CPUs flush before their
+//!   next access (T7), and no other CPU can hold the entries. A writer that unmaps what only its own threads touched sends
 //!   no IPI (Linux sends one to every CPU in `mm_cpumask`). CPUs beyond the
 //!   first [`Pte::CPU_SLOTS`] share one bit, which always waits.
 //! - T6. Unhooked tables need no TLB flush (TLBs cache leaf entries only):
 //!   they are freed after a grace period of the TLB domain (no MMU walk is
 //!   still inside them) that follows one of the VMA domain (no fault or
 //!   smaps walk is), both asynchronous.
-//! - T7. A flush that T5 spares the wait does not publish a generation either: the range
-//!   goes to a log of the calling thread's own, which its CPUs (and only
-//!   they: a `Cpu` never leaves its thread) read before their next access,
-//!   as T1 says of the shared log. Other threads' CPUs hold none of the
+//! - T7. A flush that T5 spares the wait publishes no generation either:
+//!   the range goes to a log of the calling thread's own, which its CPUs
+//!   (and only they: a `Cpu` never leaves its thread) read before their
+//!   next access, as T1 says of the shared log. Other threads' CPUs hold none of the
 //!   entries, so nothing changes for them: churn on one thread no longer
 //!   writes a line that every other thread's next access reads.
 //!
