@@ -66,29 +66,28 @@ const CHURN_HINT: u64 = 0x10_0000_0000;
 /// Maps `len` (at the hint `addr`, 0 for none), writes every page, unmaps;
 /// returns the pages written.
 pub(super) fn fault_cycle(sp: &Space, t: &mut super::backend::Toucher, addr: u64, len: u64) -> u64 {
+    sampled_fault_cycle(sp, t, addr, len, None)
+}
+
+/// [`fault_cycle`], timing one write (one fault: the pages are fresh) in
+/// [`SAMPLE`] into `h` when there is one.
+fn sampled_fault_cycle(
+    sp: &Space,
+    t: &mut super::backend::Toucher,
+    addr: u64,
+    len: u64,
+    mut h: Option<&mut Histogram<u64>>,
+) -> u64 {
     let a = sp.mmap(addr, len, RW, MapFlags::empty()).expect("mmap");
     for i in 0..len / P {
+        let t0 = (h.is_some() && i % SAMPLE == 0).then(Instant::now);
         t.write(a + i * P, i).expect("write to a fresh mapping");
+        if let (Some(t0), Some(h)) = (t0, h.as_deref_mut()) {
+            h.saturating_record(t0.elapsed().as_nanos() as u64);
+        }
     }
     sp.munmap(a, len).expect("munmap");
     len / P
-}
-
-/// [`fault_cycle`] of a faulting thread, timing one write (one fault: the
-/// pages are fresh) in [`SAMPLE`] into `h`.
-fn timed_fault_cycle(sp: &Space, t: &mut super::backend::Toucher, h: &mut Histogram<u64>) -> u64 {
-    let a = sp.mmap(0, BIG, RW, MapFlags::empty()).expect("mmap");
-    for i in 0..BIG / P {
-        if i % SAMPLE == 0 {
-            let t0 = Instant::now();
-            t.write(a + i * P, i).expect("write to a fresh mapping");
-            h.saturating_record(t0.elapsed().as_nanos() as u64);
-        } else {
-            t.write(a + i * P, i).expect("write to a fresh mapping");
-        }
-    }
-    sp.munmap(a, BIG).expect("munmap");
-    BIG / P
 }
 
 fn histogram() -> Histogram<u64> {
@@ -123,7 +122,7 @@ fn faults(b: Backend, p: &Params, churn: Option<Option<u64>>) -> Phase {
         if i < faulters {
             let mut h = histogram();
             while !stop.load(Ordering::Relaxed) {
-                c += timed_fault_cycle(&sp, &mut t, &mut h);
+                c += sampled_fault_cycle(&sp, &mut t, 0, BIG, Some(&mut h));
             }
             latency.lock().unwrap_or_else(|e| e.into_inner()).add(&h).expect("same bounds");
             return c;
