@@ -2,13 +2,19 @@
 //!
 //! # Owns
 //! [`Domain`] (the owning handle), [`DomainInner`] (the shared state, also held
-//! by the reclaimer thread, [`RcuPtr`](crate::RcuPtr)s and
-//! [`Unlinked`](crate::Unlinked) values) and [`Config`].
+//! by the reclaimer thread, [`RcuPtr`](crate::RcuPtr)s,
+//! [`Unlinked`](crate::Unlinked) values and each thread registered in it:
+//! reader.rs R6) and [`Config`].
 //!
 //! # Invariants
-//! - O1. Domain ids are unique for the life of the process and never 0; the
-//!   thread-local lookup relies on it (reader.rs).
+//! - O1. Domain ids are unique for the life of the process and never 0; a
+//!   guard's domain check relies on it (pointer.rs). The thread-local lookup
+//!   keys by address instead (reader.rs R6).
 //! - O2. `gp` starts at `GP_UNIT` and grows by `GP_UNIT` per grace period.
+//!   Its top bit is `FENCE_BIT` when the domain's readers must fence
+//!   (membarrier.rs B1), fixed at creation: every counter value, snapshot and
+//!   `GpState` of a domain carries the same bit, so comparing them is
+//!   unchanged (2^47 grace periods before the count could reach it).
 //! - O3. Dropping a `Domain` needs `&mut`, so no [`Guard`] of it exists then:
 //!   the drop runs every pending callback without waiting for readers
 //!   (callback.rs C4), and later retirements run at once.
@@ -32,7 +38,7 @@ use crate::deferred::Deferred;
 use crate::grace::{GpState, Share};
 use crate::guard::{Guard, Reader};
 use crate::membarrier::{self, FenceMode};
-use crate::reader::{GP_UNIT, ReadSide, Registry};
+use crate::reader::{FENCE_BIT, GP_UNIT, ReadSide, Registry};
 use crate::stats::{Stats, StatsInner};
 use crate::sync::{Arc, AtomicU64};
 
@@ -151,8 +157,7 @@ impl Domain {
         let fence_mode = membarrier::init();
         let inner = DomainInner {
             read_side: CachePadded::new(ReadSide {
-                gp: AtomicU64::new(GP_UNIT),
-                membarrier: fence_mode == FenceMode::Membarrier,
+                gp: AtomicU64::new(GP_UNIT | if fence_mode == FenceMode::Membarrier { 0 } else { FENCE_BIT }),
                 id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             }),
             gp_completed: AtomicU64::new(0),

@@ -23,6 +23,7 @@ use std::marker::PhantomData;
 
 use crate::domain::DomainInner;
 use crate::reader::{self, ReaderSlot};
+use crate::sync::Arc;
 
 /// A read-side critical section of a [`Domain`](crate::Domain).
 ///
@@ -68,7 +69,7 @@ pub struct Guard<'d> {
 impl<'d> Guard<'d> {
     /// Enters a section of `domain`.
     #[inline(always)]
-    pub(crate) fn enter(domain: &'d DomainInner) -> Self {
+    pub(crate) fn enter(domain: &'d Arc<DomainInner>) -> Self {
         let slot = reader::slot_for(domain);
         // SAFETY: `slot_for` returns this thread's slot of `domain`, alive
         // while `domain` is (reader.rs R1); only this thread writes it (R2).
@@ -140,7 +141,7 @@ pub struct Reader<'d> {
 }
 
 impl<'d> Reader<'d> {
-    pub(crate) fn new(domain: &'d DomainInner) -> Self {
+    pub(crate) fn new(domain: &'d Arc<DomainInner>) -> Self {
         Reader { domain, slot: reader::slot_for(domain) }
     }
 

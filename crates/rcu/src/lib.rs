@@ -69,3 +69,11 @@ pub use guard::{Guard, Reader};
 pub use membarrier::FenceMode;
 pub use pointer::{RcuPtr, Unlinked};
 pub use stats::Stats;
+
+/// Marks the branch that calls it as unlikely, so the compiler lays out the
+/// likely one as straight-line code with no taken jump: the read path's
+/// outermost entry, first cached domain and membarrier mode
+/// (`std::hint::cold_path` needs a newer toolchain than `rust-version`).
+#[cold]
+#[inline(always)]
+pub(crate) fn cold() {}

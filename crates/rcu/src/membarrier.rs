@@ -74,12 +74,14 @@ pub(crate) fn init() -> FenceMode {
 }
 
 /// The reader half (B2). Costs nothing in `Membarrier` mode.
-/// `membarrier_on` is the domain's copy of the mode (B1).
+/// `membarrier_on` is the domain's mode (B1), read off the grace-period
+/// counter's `FENCE_BIT` (reader.rs).
 #[inline(always)]
 pub(crate) fn reader_fence(membarrier_on: bool) {
     if membarrier_on {
         sync::compiler_fence();
     } else {
+        crate::cold();
         fence(Ordering::SeqCst);
     }
 }

@@ -15,8 +15,9 @@
 //!   cache line that no other thread writes, and does no read-modify-write.
 //! - R3. The counter is `gp_snapshot | nest`. `nest` (low [`NEST_BITS`]) is the
 //!   depth of the thread's nested sections; zero means quiescent. The
-//!   snapshot (a multiple of [`GP_UNIT`]) is the domain's grace-period
-//!   counter read on the outermost entry. A reader blocks a grace period `G`
+//!   snapshot (a multiple of [`GP_UNIT`], plus the domain's constant
+//!   [`FENCE_BIT`]) is the domain's grace-period counter read on the
+//!   outermost entry. A reader blocks a grace period `G`
 //!   only while `nest != 0 && snapshot < G`.
 //! - R4. A thread frees its slots at exit only if it is outside every read
 //!   section of them; a slot whose guard was leaked stays in use forever
@@ -25,6 +26,15 @@
 //!   first use of a domain (and for up to [`FAST_ENTRIES`] domains per thread)
 //!   a read-side section takes no lock, allocates nothing and makes no system
 //!   call, so it may run in a signal handler.
+//! - R6. `FAST` is keyed by the domain's address, which the hot path has in
+//!   a register (an id would cost a load). An address names one domain for
+//!   as long as a thread caches it: each registration (`OWNED`) holds a
+//!   reference to its domain's `DomainInner`, so the memory cannot be reused
+//!   by a new domain until the thread forgets the registration, and it
+//!   clears the cache entry before that (`slot_for_slow`, thread exit). A
+//!   dropped domain's memory therefore lives on until each thread that used
+//!   it exits or next registers somewhere (its callbacks have run; only the
+//!   memory waits).
 //!
 //! # Concurrency
 //! `lock`/`unlock` are owner-thread only (R2). `Registry::register` takes the
@@ -50,6 +60,11 @@ pub(crate) const NEST_BITS: u32 = 16;
 pub(crate) const NEST_MASK: u64 = (1 << NEST_BITS) - 1;
 /// One grace period in the counter's units.
 pub(crate) const GP_UNIT: u64 = 1 << NEST_BITS;
+/// Set in a domain's grace-period counter, and so in every snapshot of it,
+/// when its readers must fence themselves (no `membarrier` in this process:
+/// membarrier.rs B1). The read path learns the mode from the counter it
+/// loads anyway instead of loading a flag (domain.rs O2).
+pub(crate) const FENCE_BIT: u64 = 1 << 63;
 /// How many domains per thread the lock-free lookup caches (R5).
 pub(crate) const FAST_ENTRIES: usize = 4;
 
@@ -57,12 +72,9 @@ pub(crate) const FAST_ENTRIES: usize = 4;
 /// only when a grace period starts.
 #[derive(Debug)]
 pub(crate) struct ReadSide {
-    /// The grace-period counter (domain.rs O2).
+    /// The grace-period counter (domain.rs O2), with [`FENCE_BIT`] in it.
     pub(crate) gp: AtomicU64,
-    /// The process's fence mode, copied here so the read path touches no
-    /// other line (membarrier.rs B1: it never changes).
-    pub(crate) membarrier: bool,
-    /// The domain's id (domain.rs O1), which the thread-local lookup compares.
+    /// The domain's id (domain.rs O1).
     pub(crate) id: u64,
 }
 
@@ -115,8 +127,11 @@ impl ReaderSlot {
             self.ctr.ctr.store(snap | 1, Ordering::Release);
             // ORDERING: orders the counter store before the section's loads;
             // pairs with `membarrier::writer_fence` in `grace_period` (B2).
-            membarrier::reader_fence(rs.membarrier);
+            membarrier::reader_fence(snap & FENCE_BIT == 0);
         } else {
+            // The outermost entry is the common case: keep it on the
+            // straight-line path (no taken branch).
+            crate::cold();
             assert!(c & NEST_MASK != NEST_MASK, "rcuvm-rcu: more than {NEST_MASK} nested read-side sections");
             // ORDERING: Release for the same reason as above.
             self.ctr.ctr.store(c + 1, Ordering::Release);
@@ -193,17 +208,24 @@ impl Registry {
     }
 }
 
-/// One entry of the lock-free lookup cache. `domain == 0` means empty.
+/// One entry of the lock-free lookup cache, keyed by the domain's address
+/// (null: empty). R6 makes the address a safe key.
 struct FastEntry {
-    domain: Cell<u64>,
+    domain: Cell<*const DomainInner>,
     slot: Cell<*const ReaderSlot>,
 }
 
-/// A thread's registration in one domain; keeps the slot's memory alive for
-/// as long as the thread may look at it, even after the domain is gone.
+/// A thread's registration in one domain. Keeps the slot's memory alive for
+/// as long as the thread may look at it, and the domain's (R6).
 struct Owned {
-    domain: u64,
+    domain: Arc<DomainInner>,
     slot: Arc<ReaderSlot>,
+}
+
+impl Owned {
+    fn is(&self, d: *const DomainInner) -> bool {
+        std::ptr::eq(Arc::as_ptr(&self.domain), d)
+    }
 }
 
 /// All of this thread's registrations; its destructor frees the slots (R4).
@@ -226,7 +248,7 @@ impl Drop for OwnedList {
         // destructor must not follow a pointer into a slot we release.
         let _ = FAST.try_with(|f| {
             for e in f {
-                e.domain.set(0);
+                e.domain.set(std::ptr::null());
             }
         });
         for o in self.list.get_mut().drain(..) {
@@ -239,7 +261,7 @@ impl Drop for OwnedList {
 }
 
 rcu_thread_local! {
-    static FAST: [FastEntry; FAST_ENTRIES] = [const { FastEntry { domain: Cell::new(0), slot: Cell::new(std::ptr::null()) } }; FAST_ENTRIES];
+    static FAST: [FastEntry; FAST_ENTRIES] = [const { FastEntry { domain: Cell::new(std::ptr::null()), slot: Cell::new(std::ptr::null()) } }; FAST_ENTRIES];
 }
 
 rcu_thread_local! {
@@ -250,17 +272,25 @@ rcu_thread_local! {
 ///
 /// The returned pointer is valid while `d` is alive (R1).
 #[inline(always)]
-pub(crate) fn slot_for(d: &DomainInner) -> *const ReaderSlot {
-    let id = d.id();
-    FAST.with(|f| if f[0].domain.get() == id { f[0].slot.get() } else { slot_for_other(d) })
+pub(crate) fn slot_for(d: &Arc<DomainInner>) -> *const ReaderSlot {
+    let key = Arc::as_ptr(d);
+    FAST.with(|f| {
+        if std::ptr::eq(f[0].domain.get(), key) {
+            f[0].slot.get()
+        } else {
+            crate::cold();
+            slot_for_other(d)
+        }
+    })
 }
 
 /// The rest of the cache (R5: still lock-free), then registration.
 #[inline(never)]
-fn slot_for_other(d: &DomainInner) -> *const ReaderSlot {
-    let id = d.id();
-    let hit = FAST
-        .with(|f| f[1..].iter().find(|e| e.domain.get() == id).map_or(std::ptr::null(), |e| e.slot.get()));
+fn slot_for_other(d: &Arc<DomainInner>) -> *const ReaderSlot {
+    let key = Arc::as_ptr(d);
+    let hit = FAST.with(|f| {
+        f[1..].iter().find(|e| std::ptr::eq(e.domain.get(), key)).map_or(std::ptr::null(), |e| e.slot.get())
+    });
     if !hit.is_null() {
         return hit;
     }
@@ -268,29 +298,40 @@ fn slot_for_other(d: &DomainInner) -> *const ReaderSlot {
 }
 
 #[cold]
-fn slot_for_slow(d: &DomainInner) -> *const ReaderSlot {
+fn slot_for_slow(d: &Arc<DomainInner>) -> *const ReaderSlot {
+    let key = Arc::as_ptr(d);
     let r = OWNED.try_with(|owned| {
         let mut list = owned.list.borrow_mut();
-        // Forget registrations in domains that no longer exist.
-        list.retain(|o| !o.slot.dead.load(Ordering::Relaxed));
-        let slot = match list.iter().find(|o| o.domain == d.id()) {
+        // Forget registrations in domains that no longer exist: their cache
+        // entries first, so no lookup (a signal handler's included) meets a
+        // key whose domain is being freed, then the registrations, which may
+        // hold the last reference to the domain (R6).
+        let dead: Vec<Owned> = {
+            let (dead, live) = std::mem::take(&mut *list)
+                .into_iter()
+                .partition(|o: &Owned| o.slot.dead.load(Ordering::Relaxed));
+            *list = live;
+            dead
+        };
+        FAST.with(|f| {
+            for e in f {
+                if dead.iter().any(|o| o.is(e.domain.get())) {
+                    e.domain.set(std::ptr::null());
+                }
+            }
+        });
+        drop(dead);
+        let slot = match list.iter().find(|o| o.is(key)) {
             Some(o) => o.slot.clone(),
             None => {
                 let s = d.registry.register(d.id());
-                list.push(Owned { domain: d.id(), slot: s.clone() });
+                list.push(Owned { domain: d.clone(), slot: s.clone() });
                 s
             }
         };
         let ptr = Arc::as_ptr(&slot);
         FAST.with(|f| {
-            // Drop cache entries whose registration was just forgotten.
-            for e in f {
-                let id = e.domain.get();
-                if id != 0 && !list.iter().any(|o| o.domain == id) {
-                    e.domain.set(0);
-                }
-            }
-            let idx = match f.iter().position(|e| e.domain.get() == 0) {
+            let idx = match f.iter().position(|e| e.domain.get().is_null()) {
                 Some(i) => i,
                 None => {
                     let v = owned.next_victim.get();
@@ -298,11 +339,11 @@ fn slot_for_slow(d: &DomainInner) -> *const ReaderSlot {
                     v
                 }
             };
-            // Publish the slot before the id, so a signal handler that
-            // interrupts us never pairs the new id with the old pointer.
-            f[idx].domain.set(0);
+            // Publish the slot before the key, so a signal handler that
+            // interrupts us never pairs the new key with the old pointer.
+            f[idx].domain.set(std::ptr::null());
             f[idx].slot.set(ptr);
-            f[idx].domain.set(d.id());
+            f[idx].domain.set(key);
         });
         ptr
     });
@@ -317,14 +358,14 @@ fn slot_for_slow(d: &DomainInner) -> *const ReaderSlot {
 
 /// This thread's nesting depth in `d`, without registering.
 pub(crate) fn nesting_in(d: &DomainInner) -> u64 {
-    let id = d.id();
-    let fast = FAST.with(|f| f.iter().find(|e| e.domain.get() == id).map(|e| e.slot.get()));
+    let key: *const DomainInner = d;
+    let fast = FAST.with(|f| f.iter().find(|e| std::ptr::eq(e.domain.get(), key)).map(|e| e.slot.get()));
     if let Some(p) = fast {
         // SAFETY: the cache only holds slots of live registrations, and `d`
         // is alive, so its registry keeps the slot allocated (R1).
         return unsafe { (*p).nesting() };
     }
     OWNED
-        .try_with(|owned| owned.list.borrow().iter().find(|o| o.domain == id).map_or(0, |o| o.slot.nesting()))
+        .try_with(|owned| owned.list.borrow().iter().find(|o| o.is(key)).map_or(0, |o| o.slot.nesting()))
         .unwrap_or(0)
 }

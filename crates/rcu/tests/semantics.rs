@@ -130,6 +130,31 @@ fn a_thread_can_use_more_domains_than_the_fast_cache_holds() {
 }
 
 #[test]
+fn a_new_domain_never_takes_over_a_dropped_domains_cache_entry() {
+    // The thread-local cache is keyed by the domain's address; a domain made
+    // right after another is dropped may get the same memory. A read of the
+    // new one must register in it, or its grace periods would not see us.
+    for _ in 0..64 {
+        let a = Domain::new();
+        drop(a.read());
+        drop(a);
+        let b = Domain::new();
+        let g = b.read();
+        assert_eq!(b.stats().reader_slots, 1, "the read went to another domain's counter");
+        let waited = AtomicBool::new(false);
+        thread::scope(|s| {
+            s.spawn(|| {
+                b.synchronize();
+                assert!(waited.load(Ordering::SeqCst), "synchronize did not wait for the reader");
+            });
+            thread::sleep(Duration::from_millis(1));
+            waited.store(true, Ordering::SeqCst);
+            drop(g);
+        });
+    }
+}
+
+#[test]
 #[should_panic(expected = "synchronize() called inside a read-side section")]
 fn synchronize_inside_a_section_panics() {
     let d = Domain::new();
