@@ -26,6 +26,18 @@
 //!   then the shared one, then steals from other threads' lists, and only
 //!   then carves a never-used frame: memory grows only when no list anywhere
 //!   has a free frame.
+//! - F6. Zero-filling (F3) uses non-temporal stores on x86-64 (`movnti`, an
+//!   aligned 8-byte store per word, then `sfence`), in inline asm. Why: a
+//!   fault-heavy thread zeroes gigabytes per second; cached stores read
+//!   every line in first and push everything else out of the shared cache,
+//!   its own page tables and VMAs and every other thread's working set.
+//!   Measured (`rcuvm run --workload fault-churn`, rcu-dead): 2.1 M faults/s
+//!   alone with relaxed atomic stores, 2.6–3.0 M with `rep stosq` (cached),
+//!   2.7–2.8 M with `movnti`; kept under churn 62–70%, 68–77%, 78–88%. The
+//!   stores are asm, not non-atomic Rust writes, so a reader racing them
+//!   (only a lagging CPU in a strategy the checker catches) has defined
+//!   behaviour and sees old or zero words; the `sfence` makes the zeros
+//!   visible before the PTE that maps the frame.
 //!
 //! # Concurrency
 //! Everything here is callable from any thread. `frame()` is lock-free; the
@@ -137,7 +149,47 @@ impl Frame {
         Owner::unpack(self.owner.load(Ordering::Acquire))
     }
 
+    /// Zero-fills the frame (F3, F6).
     fn zero(&self) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let start = self.data.as_ptr();
+            // `WORDS` words, 64 bytes per loop turn.
+            let end = start.wrapping_add(WORDS);
+            // SAFETY: the asm writes exactly this frame's `WORDS` words,
+            // from `start` up to `end` (64-byte aligned: `Frame` is, and
+            // `data` is its first field), which `&self` keeps allocated (F1).
+            // Each `movnti` is one aligned 8-byte store, what a relaxed
+            // store of the word would compile to; being inline asm, they are
+            // not non-atomic Rust accesses, so a lagging reader racing them
+            // (possible only in a strategy the checker exists to catch)
+            // reads old or zero words with defined behaviour (F6). `sfence`
+            // orders the weakly ordered streaming stores before every later
+            // store of this thread, so whoever sees the PTE the fault
+            // publishes next sees the zeros.
+            unsafe {
+                std::arch::asm!(
+                    "2:",
+                    "movnti qword ptr [{p}], {z}",
+                    "movnti qword ptr [{p} + 8], {z}",
+                    "movnti qword ptr [{p} + 16], {z}",
+                    "movnti qword ptr [{p} + 24], {z}",
+                    "movnti qword ptr [{p} + 32], {z}",
+                    "movnti qword ptr [{p} + 40], {z}",
+                    "movnti qword ptr [{p} + 48], {z}",
+                    "movnti qword ptr [{p} + 56], {z}",
+                    "add {p}, 64",
+                    "cmp {p}, {end}",
+                    "jne 2b",
+                    "sfence",
+                    p = inout(reg) start => _,
+                    end = in(reg) end,
+                    z = in(reg) 0u64,
+                    options(nostack),
+                );
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
         for w in &self.data {
             w.store(0, Ordering::Relaxed);
         }
@@ -444,8 +496,16 @@ mod tests {
     #[test]
     fn frames_are_zeroed_reused_and_generations_move() {
         let pm = PhysMem::new(4096);
+        // Neighbours on both sides, to show the zeroing stays inside its frame.
+        let lo = pm.alloc(Owner::Anon { mm: 1, vpn: 4 }).unwrap();
         let a = pm.alloc(Owner::Anon { mm: 1, vpn: 5 }).unwrap();
-        pm.frame(a).data[3].store(7, Ordering::Relaxed);
+        let hi = pm.alloc(Owner::Anon { mm: 1, vpn: 6 }).unwrap();
+        assert_eq!((lo + 1, a + 1), (a, hi), "carved in order");
+        for f in [lo, a, hi] {
+            for w in &pm.frame(f).data {
+                w.store(7, Ordering::Relaxed);
+            }
+        }
         assert_eq!(pm.frame(a).owner(), Owner::Anon { mm: 1, vpn: 5 });
         let g = pm.frame(a).generation.load(Ordering::Relaxed);
         pm.free([a]);
@@ -453,8 +513,11 @@ mod tests {
         assert_eq!(pm.frame(a).owner(), Owner::Free);
         let b = pm.alloc(Owner::Anon { mm: 1, vpn: 6 }).unwrap();
         assert_eq!(a, b, "the free list is reused");
-        assert_eq!(pm.frame(b).data[3].load(Ordering::Relaxed), 0, "F3");
-        assert_eq!(pm.stats().in_use, 1);
+        assert!(pm.frame(b).data.iter().all(|w| w.load(Ordering::Relaxed) == 0), "F3: every word zeroed");
+        for f in [lo, hi] {
+            assert!(pm.frame(f).data.iter().all(|w| w.load(Ordering::Relaxed) == 7), "a neighbour untouched");
+        }
+        assert_eq!(pm.stats().in_use, 3);
     }
 
     /// F5: a thread gets back the frames it freed last; frames on another
