@@ -92,15 +92,22 @@ impl NodePool {
     }
 
     /// Returns blocks to the pool, freeing what exceeds its cap (A2).
+    ///
+    /// The excess is freed after the lock is dropped: the writer takes the
+    /// same lock to refill its stock, inside its own critical section (for
+    /// rcuvm, under the mmap lock), and must not wait while hundreds of
+    /// blocks go back to the allocator one by one.
     pub(crate) fn give(&self, blocks: impl Iterator<Item = Block>) {
         let cap = self.cap.load(Ordering::Relaxed);
-        let mut free = self.free.lock();
-        for b in blocks {
-            if free.len() < cap {
-                free.push(b);
-            } else {
-                b.dealloc();
-            }
+        let excess: Vec<Block> = {
+            let mut free = self.free.lock();
+            let room = cap.saturating_sub(free.len());
+            let mut blocks = blocks;
+            free.extend(blocks.by_ref().take(room));
+            blocks.collect()
+        };
+        for b in excess {
+            b.dealloc();
         }
     }
 

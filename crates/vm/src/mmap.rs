@@ -108,6 +108,11 @@ pub(crate) struct MmCall<'a> {
     pub(crate) txn_depth: u32,
     /// The number of the change `tree_txn` is making (mm.rs A6).
     pub(crate) txn: u64,
+    /// Expired dead entries this call may still erase beyond those it
+    /// needs while another writer waits for the mmap lock (unmap.rs U5).
+    pub(crate) reap_budget: usize,
+    /// Writers waiting for the mmap lock (mm.rs A7).
+    pub(crate) lock_waiters: &'a std::sync::atomic::AtomicU32,
     /// Dead entries (`rcu-dead`, strategy.rs S4).
     pub(crate) dead: &'a mut std::collections::VecDeque<(u64, u64, Arc<crate::strategy::DeadRange>)>,
 }

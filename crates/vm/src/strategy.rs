@@ -113,6 +113,9 @@ impl std::str::FromStr for Strategy {
 /// period and reaps them all (unmap.rs U4).
 pub const DEAD_LIMIT: usize = 8192;
 
+/// Most expired dead entries an mm call erases on its way in (unmap.rs U5).
+pub const REAP_BATCH: usize = 16;
+
 /// The states of a dead entry (S4).
 const PENDING: u8 = 0;
 const EXPIRED: u8 = 1;

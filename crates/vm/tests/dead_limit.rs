@@ -1,8 +1,13 @@
-//! unmap.rs U4 under `rcu-dead`: the munmap that passes `DEAD_LIMIT` reaps
-//! every dead entry, its own included, only after its own zap and
-//! shootdown. Reaping first unhooked the table still holding the PTEs, so
-//! the zap missed them and no shootdown covered them: a CPU kept reading
-//! through its TLB after munmap returned (found by `rcuvm check`, P1).
+//! How `rcu-dead`'s dead entries go away.
+//!
+//! unmap.rs U4: the munmap that passes `DEAD_LIMIT` reaps every dead entry,
+//! its own included, only after its own zap and shootdown. Reaping first
+//! unhooked the table still holding the PTEs, so the zap missed them and no
+//! shootdown covered them: a CPU kept reading through its TLB after munmap
+//! returned (found by `rcuvm check`, P1).
+//!
+//! unmap.rs U5 (a bounded batch while a writer waits) is tested in
+//! `src/mm.rs`, which can make a writer look as if it waits.
 
 use std::sync::Arc;
 use std::time::Duration;
