@@ -37,7 +37,14 @@
 //!   stores are asm, not non-atomic Rust writes, so a reader racing them
 //!   (only a lagging CPU in a strategy the checker catches) has defined
 //!   behaviour and sees old or zero words; the `sfence` makes the zeros
-//!   visible before the PTE that maps the frame.
+//!   visible before the PTE that maps the frame. A frame this thread freed
+//!   among its last [`RECENT`] frees is zeroed with cached stores (`rep
+//!   stosq`) instead: it is probably still in this CPU's cache, and a
+//!   thread that maps, touches and unmaps a few pages in a loop keeps them
+//!   there instead of writing them to memory every time. Measured
+//!   (fault-churn rcu-dead, three runs each): the churner's cycles rose
+//!   from 190–230 k/s to 250–275 k/s and the faulters' time lost per cycle
+//!   fell from 0.55–0.79 µs to 0.31–0.52 µs.
 //!
 //! # Concurrency
 //! Everything here is callable from any thread. `frame()` is lock-free; the
@@ -87,6 +94,24 @@ fn pcp_index() -> usize {
         }
         c.get()
     })
+}
+
+/// Frames this thread freed lately, by pfn modulo the size (F6): a frame
+/// found here is probably still in this CPU's cache.
+const RECENT: usize = 64;
+
+std::thread_local! {
+    static RECENTLY_FREED: [Cell<Pfn>; RECENT] = const { [const { Cell::new(Pfn::MAX) }; RECENT] };
+}
+
+/// Notes `pfn` as freed by this thread (F6).
+fn note_freed(pfn: Pfn) {
+    RECENTLY_FREED.with(|r| r[pfn as usize % RECENT].set(pfn));
+}
+
+/// Whether this thread freed `pfn` among its last frees (F6), forgetting it.
+fn recently_freed_here(pfn: Pfn) -> bool {
+    RECENTLY_FREED.with(|r| r[pfn as usize % RECENT].replace(Pfn::MAX) == pfn)
 }
 
 /// A page frame number: index of a frame in its [`PhysMem`].
@@ -149,8 +174,24 @@ impl Frame {
         Owner::unpack(self.owner.load(Ordering::Acquire))
     }
 
-    /// Zero-fills the frame (F3, F6).
-    fn zero(&self) {
+    /// Zero-fills the frame (F3, F6): with cached stores if it is `hot`
+    /// (likely still in this CPU's cache), else with streaming stores.
+    fn zero(&self, hot: bool) {
+        #[cfg(target_arch = "x86_64")]
+        if hot {
+            // SAFETY: as below: exactly this frame's `WORDS` aligned words,
+            // each written by one 8-byte store of `rep stosq` (F6).
+            unsafe {
+                std::arch::asm!(
+                    "rep stosq",
+                    inout("rcx") WORDS => _,
+                    inout("rdi") self.data.as_ptr() => _,
+                    in("rax") 0u64,
+                    options(nostack, preserves_flags),
+                );
+            }
+            return;
+        }
         #[cfg(target_arch = "x86_64")]
         {
             let start = self.data.as_ptr();
@@ -364,7 +405,7 @@ impl PhysMem {
     fn hand_out(&self, recycled: Option<Pfn>, owner: Owner) -> Option<Pfn> {
         let pfn = match recycled {
             Some(p) => {
-                self.frame(p).zero();
+                self.frame(p).zero(recently_freed_here(p));
                 p
             }
             None => self.carve()?,
@@ -388,6 +429,7 @@ impl PhysMem {
             // sees the frame as free.
             f.owner.store(Owner::Free.pack(), Ordering::Release);
             f.generation.fetch_add(1, Ordering::Release);
+            note_freed(pfn);
             batch.push(pfn);
             n += 1;
         }
@@ -518,6 +560,20 @@ mod tests {
             assert!(pm.frame(f).data.iter().all(|w| w.load(Ordering::Relaxed) == 7), "a neighbour untouched");
         }
         assert_eq!(pm.stats().in_use, 3);
+        // F6's other path: a frame freed by another thread is not in this
+        // thread's cache, so it is zeroed with streaming stores.
+        for w in &pm.frame(b).data {
+            w.store(9, Ordering::Relaxed);
+        }
+        std::thread::scope(|s| {
+            s.spawn(|| pm.free([b]));
+        });
+        let c = pm.alloc(Owner::Anon { mm: 1, vpn: 7 }).unwrap();
+        assert_eq!(c, b, "the other thread's frame is reused");
+        assert!(pm.frame(c).data.iter().all(|w| w.load(Ordering::Relaxed) == 0), "F3 when streamed too");
+        for f in [lo, hi] {
+            assert!(pm.frame(f).data.iter().all(|w| w.load(Ordering::Relaxed) == 7), "a neighbour untouched");
+        }
     }
 
     /// F5: a thread gets back the frames it freed last; frames on another
