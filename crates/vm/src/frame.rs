@@ -44,7 +44,11 @@
 //!   there instead of writing them to memory every time. Measured
 //!   (fault-churn rcu-dead, three runs each): the churner's cycles rose
 //!   from 190–230 k/s to 250–275 k/s and the faulters' time lost per cycle
-//!   fell from 0.55–0.79 µs to 0.31–0.52 µs.
+//!   fell from 0.55–0.79 µs to 0.31–0.52 µs. The cost: a thread faulting
+//!   over a working set that fits the cache but is larger than 64 frames
+//!   takes a miss after each fault (the fault bench's 16 MiB rounds: 490
+//!   ns per fault against 250–300 ns with cached stores everywhere;
+//!   docs/benchmarks.md).
 //!
 //! # Concurrency
 //! Everything here is callable from any thread. `frame()` is lock-free; the
