@@ -79,6 +79,10 @@ pub struct RunArgs {
     /// Where to write index.html, results.json and the plots.
     #[arg(long, default_value = "rcuvm-report")]
     pub out: PathBuf,
+    /// Leave workload threads unbound (by default thread i runs on CPU i,
+    /// as will-it-scale does).
+    #[arg(long)]
+    pub no_affinity: bool,
     /// List the workloads and exit.
     #[arg(long)]
     pub list: bool,
@@ -92,6 +96,7 @@ impl Default for RunArgs {
             seconds: 2.0,
             threads: None,
             out: PathBuf::from("rcuvm-report"),
+            no_affinity: false,
             list: false,
         }
     }

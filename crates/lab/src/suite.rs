@@ -163,6 +163,7 @@ pub fn run(a: &RunArgs) -> i32 {
     let params = Params {
         seconds: a.seconds,
         threads: a.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+        pin: !a.no_affinity,
     };
     let phases: u32 = workloads.iter().map(|w| w.phases * backends.len() as u32).sum();
     println!(

@@ -127,7 +127,7 @@ fn faults(b: Backend, p: &Params, secs: f64, churn: Option<Option<u64>>) -> Phas
     let faulters = faulters(p);
     let n = faulters + usize::from(churn.is_some());
     let latency = Mutex::new(histogram());
-    let (counts, el) = timed(n, secs, |i, stop: &AtomicBool| {
+    let (counts, el) = timed(p.pin, n, secs, |i, stop: &AtomicBool| {
         let mut t = sp.toucher();
         let mut c = 0;
         if i < faulters {

@@ -20,7 +20,7 @@ const LEN: u64 = 128 << 20;
 pub fn run(b: Backend, p: &Params) -> Result<Outcome, String> {
     let sp = Space::new(b);
     let mon = Monitor::start(&sp);
-    let (counts, el) = timed(p.threads, p.seconds, |_, stop: &AtomicBool| {
+    let (counts, el) = timed(p.pin, p.threads, p.seconds, |_, stop: &AtomicBool| {
         let mut c = 0;
         while !stop.load(Ordering::Relaxed) {
             let a = sp.mmap(0, LEN, RW, MapFlags::empty()).expect("mmap");

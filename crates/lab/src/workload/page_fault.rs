@@ -23,7 +23,7 @@ const LEN: u64 = 128 << 20;
 fn rate(b: Backend, p: &Params, threads: usize) -> (f64, Costs) {
     let sp = Space::new(b);
     let mon = Monitor::start(&sp);
-    let (counts, el) = timed(threads, p.seconds, |_, stop: &AtomicBool| {
+    let (counts, el) = timed(p.pin, threads, p.seconds, |_, stop: &AtomicBool| {
         let mut t = sp.toucher();
         let mut c = 0;
         while !stop.load(Ordering::Relaxed) {

@@ -36,7 +36,7 @@ pub fn run(b: Backend, p: &Params) -> Result<Outcome, String> {
     let mon = Monitor::start(&sp);
     let n = p.threads as u64;
     let collisions = std::sync::atomic::AtomicU64::new(0);
-    let (counts, el) = timed(p.threads, p.seconds, |i, stop: &AtomicBool| {
+    let (counts, el) = timed(p.pin, p.threads, p.seconds, |i, stop: &AtomicBool| {
         let mut t = sp.toucher();
         let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ (i as u64 + 1);
         let mut c = 0;

@@ -21,7 +21,7 @@ use super::{Backend, Metric, Outcome, Params, timed};
 pub fn run(b: Backend, p: &Params) -> Result<Outcome, String> {
     let sp = Space::new(b);
     let mon = Monitor::start(&sp);
-    let (counts, el) = timed(p.threads, p.seconds, |_, stop: &AtomicBool| {
+    let (counts, el) = timed(p.pin, p.threads, p.seconds, |_, stop: &AtomicBool| {
         let mut t = sp.toucher();
         let mut c = 0;
         while !stop.load(Ordering::Relaxed) {

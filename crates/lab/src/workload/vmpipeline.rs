@@ -29,7 +29,7 @@ pub fn run(b: Backend, p: &Params) -> Result<Outcome, String> {
     let n = p.threads;
     let (txs, rxs): (Vec<_>, Vec<_>) = (0..n).map(|_| mpsc::channel::<u64>()).unzip();
     let rxs: Vec<Mutex<mpsc::Receiver<u64>>> = rxs.into_iter().map(Mutex::new).collect();
-    let (counts, el) = timed(n, p.seconds, |i, stop: &AtomicBool| {
+    let (counts, el) = timed(p.pin, n, p.seconds, |i, stop: &AtomicBool| {
         let mut t = sp.toucher();
         let rx = rxs[i].lock().expect("own receiver");
         let next = &txs[(i + 1) % n];
