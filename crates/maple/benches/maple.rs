@@ -43,41 +43,8 @@ static ALLOC: Counting = Counting;
 
 const SIZES: [usize; 4] = [1_000, 10_000, 100_000, 1_000_000];
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
-/// `n` VMA-like ranges, sorted.
-fn ranges(n: usize) -> Vec<(u64, u64)> {
-    let mut r = Rng(0x9E37_79B9_7F4A_7C15);
-    let mut at = 0x10_0000u64;
-    (0..n)
-        .map(|_| {
-            let len = (1 + r.next() % 16) * 0x1000;
-            let gap = (1 + r.next() % 16) * 0x1000;
-            let s = at;
-            at += len + gap;
-            (s, s + len)
-        })
-        .collect()
-}
-
-/// Random addresses inside random ranges.
-fn probes(rs: &[(u64, u64)], n: usize, seed: u64) -> Vec<u64> {
-    let mut r = Rng(seed);
-    (0..n)
-        .map(|_| {
-            let (s, e) = rs[(r.next() % rs.len() as u64) as usize];
-            s + r.next() % (e - s)
-        })
-        .collect()
-}
+mod common;
+use common::{Rng, probes, ranges};
 
 type Value = usize;
 

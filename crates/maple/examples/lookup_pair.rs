@@ -20,37 +20,14 @@ use std::time::Instant;
 use rcuvm_maple::MapleTree;
 use rcuvm_rcu::Domain;
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
+#[path = "../benches/common/mod.rs"]
+mod common;
 
 fn main() {
     let n: usize = std::env::args().nth(1).map_or(1_000_000, |s| s.parse().unwrap());
     let rounds: usize = std::env::args().nth(2).map_or(20, |s| s.parse().unwrap());
-    let mut r = Rng(0x9E37_79B9_7F4A_7C15);
-    let mut at = 0x10_0000u64;
-    let rs: Vec<(u64, u64)> = (0..n)
-        .map(|_| {
-            let len = (1 + r.next() % 16) * 0x1000;
-            let gap = (1 + r.next() % 16) * 0x1000;
-            let s = at;
-            at += len + gap;
-            (s, s + len)
-        })
-        .collect();
-    let mut r = Rng(7);
-    let probes: Vec<u64> = (0..1 << 16)
-        .map(|_| {
-            let (s, e) = rs[(r.next() % rs.len() as u64) as usize];
-            s + r.next() % (e - s)
-        })
-        .collect();
+    let rs = common::ranges(n);
+    let probes = common::probes(&rs, 1 << 16, 7);
     let t = MapleTree::new(Arc::new(Domain::new()));
     {
         let mut w = t.write();
@@ -81,13 +58,7 @@ fn main() {
     }
     // The same tree looked up by one thread, then by two at once (each with
     // its own probes), alternating: the scaling target's check.
-    let mut r = Rng(8);
-    let probes2: Vec<u64> = (0..1 << 16)
-        .map(|_| {
-            let (s, e) = rs[(r.next() % rs.len() as u64) as usize];
-            s + r.next() % (e - s)
-        })
-        .collect();
+    let probes2 = common::probes(&rs, 1 << 16, 8);
     let lookups = |ps: &[u64]| {
         let t0 = Instant::now();
         for i in 0..per {
