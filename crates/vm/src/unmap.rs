@@ -27,9 +27,12 @@
 //!   every munmap since the previous one at once (about 150 in
 //!   `fault-churn`), and erasing them all in the next call held the mmap
 //!   lock long enough that a thread waiting for it spun past its bound and
-//!   slept. Measured with A7 in place, fault-churn rcu-dead kept 80.8% and
-//!   90.0% without the bound, 84.1–94.3% with it (two and four runs).
-//!   Forced reaping (a range needed now, or past [`DEAD_LIMIT`]) still
+//!   slept. Measured with A7 in place and the bound applied always,
+//!   fault-churn rcu-dead kept 80.8% and 90.0% without the bound,
+//!   84.1–94.3% with it (two and four runs); bounded only while a writer
+//!   waits (an always-bounded call left an idle address space with
+//!   expired entries and their tables: `rcuvm check`'s P6), 86.4–89.8%
+//!   (three runs, the same hour). Forced reaping (a range needed now, or past [`DEAD_LIMIT`]) still
 //!   takes every entry it needs.
 //! - U3. Under `rcu-sync`, munmap returns only after a grace period of the
 //!   VMA domain: no fault or reader that found an unmapped VMA is still
@@ -199,9 +202,8 @@ impl MmCall<'_> {
 
     /// Erases dead entries and unhooks their tables (U2): the expired ones,
     /// oldest first, within the call's budget if a writer waits (U5), and
-    /// with `force` every one
-    /// overlapping `[start, end)`, after waiting for a grace period if one
-    /// has not expired.
+    /// with `force` every one overlapping `[start, end)`, after waiting for
+    /// a grace period if one has not expired.
     ///
     /// Cost: the expired ones come off the front of the queue (their
     /// callbacks run in order); the forced path scans the queue only when
@@ -240,12 +242,6 @@ impl MmCall<'_> {
                 if overlaps(x.0, x.1) { reap.push(x) } else { self.dead.push_back(x) }
             }
         }
-        self.reap(reap);
-    }
-
-    /// Erases the dead entries `reap` (whose grace periods have passed) and
-    /// unhooks their tables.
-    fn reap(&mut self, reap: Vec<(u64, u64, Arc<DeadRange>)>) {
         if reap.is_empty() {
             return;
         }
