@@ -353,12 +353,7 @@ impl Tlb {
                 self.flush_range(f.start, f.end);
             }
         }
-        if full {
-            self.entries.fill((0, Pte(0)));
-            self.full_flushes += 1;
-        } else {
-            self.range_flushes += 1;
-        }
+        self.end_catch_up(full);
         self.local_generation = now;
     }
 
@@ -377,13 +372,19 @@ impl Tlb {
                 }
             }
         }
+        self.end_catch_up(full);
+        self.generation = now;
+    }
+
+    /// Ends a catch-up (T1, T7): everything goes if a range was too large
+    /// or the log fell behind (T4); the flush is counted either way.
+    fn end_catch_up(&mut self, full: bool) {
         if full {
             self.entries.fill((0, Pte(0)));
             self.full_flushes += 1;
         } else {
             self.range_flushes += 1;
         }
-        self.generation = now;
     }
 
     fn flush_range(&mut self, s: u64, e: u64) {
