@@ -27,6 +27,14 @@
 //! - R4. A store of "empty" first widens itself over the free ranges it
 //!   touches, so no two free ranges are ever adjacent, even across leaves
 //!   (tree.rs T5).
+//! - R7. Each replaced node is retired once, and each value it held is
+//!   released once. A short span that borrows a cousin (R3) moves its path
+//!   to the cousin's parent, so the parent it leaves lies *between* the new
+//!   edges one level up and is retired as an overwritten subtree; the walk
+//!   down that subtree skips the nodes consumed at every lower level, whose
+//!   items were already moved or released (their leaves' values dropped
+//!   twice once: a double free, found by rcuvm's proc-vs-map when dead
+//!   entries began to be erased in runs; tests/spanning_erase.rs).
 //!
 //! # Concurrency
 //! One writer at a time: a [`Writer`] holds the tree's mutex. Readers never
@@ -425,6 +433,14 @@ impl<T: Send + Sync + 'static> Writer<'_, T> {
             // readers, whose root load is Acquire.
             self.raw().root.store(root.as_raw(), Ordering::Release);
         }
+        debug_assert!(
+            {
+                let mut v: Vec<_> = garbage.nodes.iter().map(|n| n.as_raw()).collect();
+                v.sort_unstable();
+                v.windows(2).all(|w| w[0] != w[1])
+            },
+            "R7: a node retired twice"
+        );
         for n in &garbage.nodes {
             // SAFETY: write lock held; the node is allocated until retired.
             unsafe { n.meta() }.kill();
@@ -454,6 +470,9 @@ impl<T: Send + Sync + 'static> Writer<'_, T> {
         let mut block = || blocks.get(pool);
         let mut inner_items: Vec<(u64, NodePtr<T>, u64)> = Vec::new();
         let mut consumed: Vec<NodePtr<T>> = Vec::new();
+        // R7: every level's consumed nodes, which no retirement of an
+        // overwritten subtree may retire again.
+        let mut consumed_below: Vec<NodePtr<T>> = Vec::new();
         let mut level = 0;
         loop {
             let is_leaf = level == 0;
@@ -550,6 +569,7 @@ impl<T: Send + Sync + 'static> Writer<'_, T> {
                 });
             }
             garbage.nodes.extend_from_slice(&consumed);
+            consumed_below.extend_from_slice(&consumed);
             // Split the span's items into new nodes.
             let span_min = pa[level].min;
             let edges = (span_min == 0, pb[level].max == u64::MAX);
@@ -591,9 +611,7 @@ impl<T: Send + Sync + 'static> Writer<'_, T> {
                 (a.idx + 1..ca).map(|i| na.child(i)).chain((0..b.idx).map(|i| nb.child(i))).collect()
             };
             for c in between {
-                if !consumed.contains(&c) {
-                    retire_subtree(c, &consumed, garbage, removed);
-                }
+                retire_subtree(c, &consumed_below, garbage, removed);
             }
             for i in b.idx + 1..cb {
                 up.push((node::slot_range(&nb.pivots, cb, i, b.min, b.max).1, nb.child(i), nb.gap(i)));
@@ -645,7 +663,7 @@ fn grow_and_collapse<T>(
 }
 
 /// Frees a whole overwritten subtree after the grace period, except nodes
-/// whose items were moved elsewhere (`keep`).
+/// whose items were moved elsewhere (`keep`, at any level: R7).
 fn retire_subtree<T>(n: NodePtr<T>, keep: &[NodePtr<T>], garbage: &mut Garbage<T>, removed: &mut usize) {
     if keep.contains(&n) {
         return;
