@@ -34,6 +34,15 @@
 //!   expired entries and their tables: `rcuvm check`'s P6), 86.4–89.8%
 //!   (three runs, the same hour). Forced reaping (a range needed now, or past [`DEAD_LIMIT`]) still
 //!   takes every entry it needs.
+//! - U6. Reaped entries that touch go in one erase: their union holds only
+//!   them (each was claimed, and only writers change the tree), and one
+//!   spanning erase rebuilds the few nodes around the run where an erase
+//!   per entry copied a leaf and its ancestors for each. Why: a grace
+//!   period expires every entry of the munmaps since the previous one, and
+//!   top-down placement puts them side by side (each mmap lands below the
+//!   range the last one's dead entry still holds). Measured in
+//!   `proc-vs-map` (rcu-dead): 600–4,700 entries reaped at once took
+//!   0.3–2.4 ms one by one and 0.1–0.3 ms as runs, for one or two runs.
 //! - U3. Under `rcu-sync`, munmap returns only after a grace period of the
 //!   VMA domain: no fault or reader that found an unmapped VMA is still
 //!   running when the range can be reused.
@@ -245,15 +254,24 @@ impl MmCall<'_> {
         if reap.is_empty() {
             return;
         }
-        for (s, e, d) in &reap {
-            if d.claim() {
-                self.erase(*s..*e);
-                self.hw.dead.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        let mut runs: Vec<(u64, u64)> =
+            reap.iter().filter(|(_, _, d)| d.claim()).map(|(s, e, _)| (*s, *e)).collect();
+        self.hw.dead.fetch_sub(runs.len(), std::sync::atomic::Ordering::Relaxed);
+        // U6: neighbours go in one erase (their union holds only them).
+        runs.sort_unstable_by_key(|r| r.0);
+        runs.dedup_by(|next, prev| {
+            let adjacent = prev.1 == next.0;
+            if adjacent {
+                prev.1 = next.1;
             }
+            adjacent
+        });
+        for (s, e) in &runs {
+            self.erase(*s..*e);
         }
         // The grace period has passed: tables go back at once (U2).
         let mut g = MmuGather::default();
-        for (s, e, _) in &reap {
+        for (s, e) in &runs {
             let (floor, ceiling) = self.gap_around(*s, *e);
             self.hw.pt.free_tables(floor, ceiling, *s, (*e).min(VA_END), &mut g);
         }
