@@ -19,6 +19,11 @@
 //!   itself after an expedited grace period. Callers inside a section cannot
 //!   wait (P4), so they only wake the reclaimer, which expedites once the
 //!   backlog passes half the limit.
+//! - C7. `call` wakes the reclaimer only when it sleeps with no timeout (or
+//!   the backlog is half full): from a timed wait (C5, C6) it comes back by
+//!   itself. Why: the woken reclaimer preempts the caller as often as not;
+//!   in `proc-vs-map` the writer lost its CPU about 1,300 times a second at
+//!   this wakeup (perf, sched_switch).
 //! - C4. Once the domain is dropped (`dead`), no reader can exist (guards
 //!   borrow the domain), so callbacks queued later run at once.
 //! - C5. Batching: the reclaimer waits up to `Config::batch_delay` after the
@@ -26,18 +31,32 @@
 //!   stream of `call`s costs one grace period (one `membarrier` IPI to every
 //!   CPU of the process) per delay, not one per call. `barrier`, a half-full
 //!   backlog and dropping the domain cut the wait short.
+//! - C6. Caller-run callbacks: once a thread has called
+//!   [`run_ready`](crate::Domain::run_ready), the reclaimer leaves each batch
+//!   whose grace period has passed in `ready` for callers to run, a few at a
+//!   time at points they choose (outside sections and callbacks of the
+//!   domain), and runs what is left itself `batch_delay` later (at once for
+//!   a barrier, a half-full backlog or shutdown). A batch leaves `in_flight`
+//!   (C2) when its last callback has run, whoever ran it. Why: the thread
+//!   that queues callbacks usually allocated what they free; run there, in
+//!   bites, the frees stay on its CPU and in its allocator cache, and the
+//!   reclaimer no longer takes a CPU away from another thread for a long
+//!   batch (measured in the lab's `proc-vs-map`, vm mm.rs A8).
 //!
 //! # Linux
 //! `call_rcu()`, `kfree_rcu()`, `rcu_barrier()`; the callback-flood handling
-//! of `rcu_do_batch()`/`rcu_force_quiescent_state` becomes C3.
+//! of `rcu_do_batch()`/`rcu_force_quiescent_state` becomes C3. C6 is how
+//! Linux runs callbacks: on the CPU that queued them (`rcu_core()` from
+//! softirq), at most `blimit` at a time.
 
 use std::cell::Cell;
+use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use crate::deferred::Deferred;
 use crate::domain::DomainInner;
 use crate::reader;
-use crate::sync::{Arc, Condvar, JoinHandle, Mutex, Ordering, rcu_thread_local, thread};
+use crate::sync::{self, Arc, Condvar, JoinHandle, Mutex, Ordering, rcu_thread_local, thread};
 
 rcu_thread_local! {
     /// The domain whose callbacks this thread is running now (0: none).
@@ -51,8 +70,18 @@ struct QueueState {
     enqueued: u64,
     /// All sequence numbers below this have left `pending`.
     taken: u64,
-    /// First sequence number of each batch taken and not finished (C2).
-    in_flight: Vec<u64>,
+    /// Each batch taken and not finished (C2): its first sequence number
+    /// and how many of its callbacks have not run yet.
+    in_flight: Vec<(u64, usize)>,
+    /// C6: callbacks whose grace period has passed, each with its batch's
+    /// first sequence number, for callers of `run_ready`.
+    ready: VecDeque<(u64, Deferred)>,
+    /// C6: some thread has called `run_ready`.
+    callers_run: bool,
+    /// The reclaimer sleeps with no timeout: only a notification wakes it.
+    reclaimer_idle: bool,
+    /// C6: when the newest batch in `ready` was put there.
+    ready_since: Option<std::time::Instant>,
     /// Callbacks that have run; `enqueued - run` is the backlog (C3).
     run: u64,
     barrier_waiters: usize,
@@ -63,14 +92,25 @@ struct QueueState {
 
 impl QueueState {
     fn watermark(&self) -> u64 {
-        self.in_flight.iter().copied().min().unwrap_or(self.taken)
+        self.in_flight.iter().map(|b| b.0).min().unwrap_or(self.taken)
     }
 
     fn take_batch(&mut self) -> (u64, Vec<Deferred>) {
         let start = self.taken;
         self.taken = self.enqueued;
-        self.in_flight.push(start);
+        self.in_flight.push((start, self.pending.len()));
         (start, std::mem::take(&mut self.pending))
+    }
+
+    /// Counts `n` callbacks of the batch `start` as run (C2, C6).
+    fn finish(&mut self, start: u64, n: usize) {
+        if let Some(i) = self.in_flight.iter().position(|b| b.0 == start) {
+            self.in_flight[i].1 -= n;
+            if self.in_flight[i].1 == 0 {
+                self.in_flight.swap_remove(i);
+            }
+        }
+        self.run += n as u64;
     }
 }
 
@@ -126,34 +166,90 @@ pub(crate) fn enqueue(d: &Arc<DomainInner>, cb: Deferred) {
         let (start, batch) = st.take_batch();
         drop(st);
         d.stats.helped_batches.fetch_add(1, Ordering::Relaxed);
-        run_batch(d, start, batch, true);
+        run_batch(d, start, batch, true, false);
         return;
     }
-    if st.pending.len() == 1 || backlog > d.config.callback_limit as u64 / 2 {
+    // Wake the reclaimer only if nothing else will: a timed wait ends by
+    // itself, and a wakeup costs the caller its CPU as often as not (the
+    // woken thread preempts it).
+    if (st.pending.len() == 1 && st.reclaimer_idle) || backlog > d.config.callback_limit as u64 / 2 {
         q.work.notify_one();
     }
 }
 
-/// Waits for a grace period (unless the domain is gone), then runs `batch`.
-fn run_batch(d: &DomainInner, start: u64, batch: Vec<Deferred>, expedite: bool) {
+/// Waits for a grace period (unless the domain is gone), then runs `batch`,
+/// or with `leave` hands it to callers of `run_ready` (C6).
+fn run_batch(d: &DomainInner, start: u64, batch: Vec<Deferred>, expedite: bool, leave: bool) {
     if !d.callbacks.state.lock().shutdown {
         d.synchronize_unchecked(expedite);
     }
-    let n = batch.len() as u64;
+    if leave {
+        let mut st = d.callbacks.state.lock();
+        if !st.shutdown && st.barrier_waiters == 0 {
+            st.ready.extend(batch.into_iter().map(|cb| (start, cb)));
+            st.ready_since = Some(std::time::Instant::now());
+            return;
+        }
+    }
+    let n = batch.len();
+    run_callbacks(d, batch);
+    let mut st = d.callbacks.state.lock();
+    st.finish(start, n);
+    // ORDERING: Release: a stats reader that sees the count sees the effects.
+    d.stats.callbacks_run.fetch_add(n as u64, Ordering::Release);
+    d.callbacks.finished.notify_all();
+}
+
+/// Runs callbacks whose grace period has passed, outside the queue's lock.
+fn run_callbacks(d: &DomainInner, cbs: impl IntoIterator<Item = Deferred>) {
     let prev = RUNNING_CALLBACKS.with(|r| r.replace(d.id()));
-    for cb in batch {
+    for cb in cbs {
         if catch_unwind(AssertUnwindSafe(|| cb.run())).is_err() {
             d.stats.callbacks_panicked.fetch_add(1, Ordering::Relaxed);
             eprintln!("rcuvm-rcu: an RCU callback panicked; the panic was caught");
         }
     }
     RUNNING_CALLBACKS.with(|r| r.set(prev));
+}
+
+/// Runs callbacks taken from `ready` and counts their batches' progress.
+fn run_taken(d: &DomainInner, taken: Vec<(u64, Deferred)>) {
+    // The batches, in order, with how many of their callbacks were taken.
+    let mut batches: Vec<(u64, usize)> = Vec::new();
+    for (start, _) in &taken {
+        match batches.last_mut() {
+            Some(b) if b.0 == *start => b.1 += 1,
+            _ => batches.push((*start, 1)),
+        }
+    }
+    let n = taken.len();
+    run_callbacks(d, taken.into_iter().map(|(_, cb)| cb));
     let mut st = d.callbacks.state.lock();
-    st.in_flight.retain(|&s| s != start);
-    st.run += n;
-    // ORDERING: Release: a stats reader that sees the count sees the effects.
-    d.stats.callbacks_run.fetch_add(n, Ordering::Release);
+    for (start, k) in batches {
+        st.finish(start, k);
+    }
+    // ORDERING: as in `run_batch`.
+    d.stats.callbacks_run.fetch_add(n as u64, Ordering::Release);
     d.callbacks.finished.notify_all();
+}
+
+/// Runs up to `max` ready callbacks, oldest first, on this thread (C6);
+/// returns how many ran.
+pub(crate) fn run_ready(d: &DomainInner, max: usize) -> usize {
+    if !may_wait(d) {
+        return 0;
+    }
+    let mut st = d.callbacks.state.lock();
+    st.callers_run = true;
+    let n = max.min(st.ready.len());
+    if n == 0 {
+        return 0;
+    }
+    let bite: Vec<(u64, Deferred)> = st.ready.drain(..n).collect();
+    drop(st);
+    run_taken(d, bite);
+    d.stats.callbacks_run_by_callers.fetch_add(n as u64, Ordering::Relaxed);
+    n
 }
 
 /// The reclaimer thread's loop: one batch per grace period, until shutdown
@@ -161,27 +257,51 @@ fn run_batch(d: &DomainInner, start: u64, batch: Vec<Deferred>, expedite: bool) 
 fn reclaimer(d: Arc<DomainInner>) {
     loop {
         let mut st = d.callbacks.state.lock();
-        while st.pending.is_empty() && !st.shutdown {
-            st = d.callbacks.work.wait(st);
+        let (delay, ready_delay) = (d.config.batch_delay, d.config.ready_delay);
+        let urgent = |st: &QueueState| {
+            st.shutdown || st.barrier_waiters > 0 || st.enqueued - st.run > d.config.callback_limit as u64 / 2
+        };
+        if st.pending.is_empty() && !st.shutdown {
+            if st.ready.is_empty() {
+                st.reclaimer_idle = true;
+                while st.pending.is_empty() && !st.shutdown {
+                    st = d.callbacks.work.wait(st);
+                }
+                st.reclaimer_idle = false;
+            } else if !ready_delay.is_zero() && !urgent(&st) {
+                // C6: callers have `ready_delay` to run what is ready.
+                st = d.callbacks.work.wait_timeout(st, ready_delay);
+            }
+        }
+        if !st.pending.is_empty() && !delay.is_zero() && !urgent(&st) {
+            // C5: let a batch gather before paying for a grace period,
+            // unless someone waits (barrier, drop) or the backlog is half
+            // full. Callers may run what is ready meanwhile.
+            st = d.callbacks.work.wait_timeout(st, delay);
+        }
+        if !st.ready.is_empty()
+            && (urgent(&st) || st.ready_since.is_none_or(|t| sync::has_passed(t, ready_delay)))
+        {
+            // C6: only this thread adds to `ready`: what is there has
+            // waited `ready_delay` (or someone waits for it now), so run
+            // what callers left.
+            let left: Vec<(u64, Deferred)> = st.ready.drain(..).collect();
+            drop(st);
+            run_taken(&d, left);
+            continue;
         }
         if st.pending.is_empty() {
-            return;
-        }
-        // C5: let a batch gather before paying for a grace period, unless
-        // someone waits (barrier, drop) or the backlog is half full.
-        let delay = d.config.batch_delay;
-        if !delay.is_zero()
-            && !st.shutdown
-            && st.barrier_waiters == 0
-            && st.enqueued - st.run <= d.config.callback_limit as u64 / 2
-        {
-            st = d.callbacks.work.wait_timeout(st, delay);
+            if st.shutdown {
+                return;
+            }
+            continue;
         }
         let backlog = st.enqueued - st.run;
         let expedite = st.barrier_waiters > 0 || backlog > d.config.callback_limit as u64 / 2;
+        let leave = st.callers_run && !expedite;
         let (start, batch) = st.take_batch();
         drop(st);
-        run_batch(&d, start, batch, expedite);
+        run_batch(&d, start, batch, expedite, leave);
     }
 }
 
@@ -222,5 +342,5 @@ pub(crate) fn shutdown(d: &DomainInner) {
         st.dead = true;
         st.take_batch()
     };
-    run_batch(d, start, batch, false);
+    run_batch(d, start, batch, false, false);
 }

@@ -53,11 +53,19 @@ pub struct Config {
     /// How long the reclaimer lets callbacks gather before it starts a
     /// grace period for them (callback.rs C5). Zero: at once.
     pub batch_delay: std::time::Duration,
+    /// How long the reclaimer leaves a batch whose grace period has passed
+    /// to callers of [`Domain::run_ready`] before it runs what they left
+    /// (callback.rs C6). Unused until a thread calls `run_ready`.
+    pub ready_delay: std::time::Duration,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Self { callback_limit: 1 << 16, batch_delay: std::time::Duration::from_millis(1) }
+        Self {
+            callback_limit: 1 << 16,
+            batch_delay: std::time::Duration::from_millis(1),
+            ready_delay: std::time::Duration::from_millis(1),
+        }
     }
 }
 
@@ -71,6 +79,12 @@ impl Config {
     /// Sets [`batch_delay`](Self::batch_delay).
     pub fn batch_delay(mut self, d: std::time::Duration) -> Self {
         self.batch_delay = d;
+        self
+    }
+
+    /// Sets [`ready_delay`](Self::ready_delay).
+    pub fn ready_delay(mut self, d: std::time::Duration) -> Self {
+        self.ready_delay = d;
         self
     }
 }
@@ -266,6 +280,23 @@ impl Domain {
     /// Context: any, including inside a read-side section.
     pub fn retire<T: Send + 'static>(&self, b: Box<T>) {
         callback::enqueue(&self.inner, Deferred::drop_box(b));
+    }
+
+    /// Runs up to `max` callbacks whose grace period has passed on this
+    /// thread, oldest first, and returns how many ran. Linux: the callbacks
+    /// `rcu_core()` invokes on the CPU that queued them, `blimit` at a time.
+    ///
+    /// From the first call on, the reclaimer leaves each finished batch to
+    /// callers for [`Config::ready_delay`] before it runs what they left
+    /// (callback.rs C6). Call it where the thread holds no lock a callback
+    /// might take, typically right after queueing work with
+    /// [`call`](Self::call), with a `max` above the number queued per call
+    /// so that callers keep up.
+    ///
+    /// Context: outside read-side sections and callbacks of this domain;
+    /// anywhere else it runs nothing and returns 0.
+    pub fn run_ready(&self, max: usize) -> usize {
+        callback::run_ready(&self.inner, max)
     }
 
     /// Waits until every callback queued before this call has run.

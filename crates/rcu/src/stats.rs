@@ -33,6 +33,7 @@ pub(crate) struct StatsInner {
     pub(crate) callbacks_panicked: AtomicU64,
     pub(crate) callbacks_pending_max: AtomicU64,
     pub(crate) helped_batches: AtomicU64,
+    pub(crate) callbacks_run_by_callers: AtomicU64,
     latency: Mutex<(Histogram<u64>, Histogram<u64>)>,
 }
 
@@ -46,6 +47,7 @@ impl StatsInner {
             callbacks_panicked: AtomicU64::new(0),
             callbacks_pending_max: AtomicU64::new(0),
             helped_batches: AtomicU64::new(0),
+            callbacks_run_by_callers: AtomicU64::new(0),
             latency: Mutex::new((histogram(), histogram())),
         }
     }
@@ -75,6 +77,7 @@ impl StatsInner {
             callbacks_pending_max: self.callbacks_pending_max.load(Ordering::Relaxed),
             callbacks_panicked: self.callbacks_panicked.load(Ordering::Relaxed),
             helped_batches: self.helped_batches.load(Ordering::Relaxed),
+            callbacks_run_by_callers: self.callbacks_run_by_callers.load(Ordering::Relaxed),
             reader_slots: readers,
             gp_latency_ns: h.0.clone(),
             expedited_latency_ns: h.1.clone(),
@@ -103,6 +106,8 @@ pub struct Stats {
     pub callbacks_panicked: u64,
     /// Batches run by callers that helped because the backlog was full.
     pub helped_batches: u64,
+    /// Callbacks run by callers of `run_ready` (callback.rs C6).
+    pub callbacks_run_by_callers: u64,
     /// Reader slots ever registered (one per thread that used the domain at
     /// the same time as others).
     pub reader_slots: usize,

@@ -84,6 +84,11 @@ mod imp {
         std::thread::sleep(std::time::Duration::from_micros(us));
     }
 
+    /// Whether `d` has passed since `since`.
+    pub(crate) fn has_passed(since: std::time::Instant, d: std::time::Duration) -> bool {
+        since.elapsed() >= d
+    }
+
     /// Declares a thread-local; `const` initialised so access is a plain
     /// TLS offset with no lazy-init check.
     macro_rules! rcu_thread_local {
@@ -160,6 +165,12 @@ mod imp {
     /// Under loom sleeping is yielding (S2).
     pub(crate) fn sleep_us(_us: u64) {
         loom::thread::yield_now();
+    }
+
+    /// loom does not model time: every delay has passed (as after a
+    /// `wait_timeout` that timed out).
+    pub(crate) fn has_passed(_since: std::time::Instant, _d: std::time::Duration) -> bool {
+        true
     }
 
     macro_rules! rcu_thread_local {

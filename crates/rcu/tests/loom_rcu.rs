@@ -236,6 +236,57 @@ fn retire_never_frees_under_a_guard() {
     COV.assert_overlapped("retire_never_frees_under_a_guard");
 }
 
+// Checks that a callback a caller runs with `run_ready` (callback.rs C6)
+// never frees under a guard either, and that `barrier` still waits for it.
+#[test]
+fn caller_run_callbacks_never_free_under_a_guard() {
+    static COV: Coverage = Coverage::new();
+    static BY_CALLER: StdAtomicUsize = StdAtomicUsize::new(0);
+    check("caller_run_callbacks_never_free_under_a_guard", 2, || {
+        COV.start_iteration();
+        let d = Arc::new(Domain::new());
+        // Callers run callbacks from now on: the reclaimer leaves them ready.
+        assert_eq!(d.run_ready(8), 0);
+        let drops = Arc::new(AtomicUsize::new(0));
+        let p = Arc::new(RcuPtr::new(&d, Some(Canary::new(&drops))));
+        let reader = {
+            let (d, p) = (d.clone(), p.clone());
+            thread::spawn(move || {
+                let g = d.read();
+                if let Some(v) = p.load(&g) {
+                    hold(v, &COV);
+                }
+                drop(g);
+            })
+        };
+        // A scheduling point, so that the reader may hold the value first.
+        thread::yield_now();
+        COV.writer_waits();
+        p.take().expect("only this thread unlinks").retire();
+        for _ in 0..2 {
+            d.run_ready(8);
+            thread::yield_now();
+        }
+        d.barrier();
+        COV.writer_done();
+        assert_eq!(drops.load(SeqCst), 1, "barrier returned before the retired value was freed");
+        reader.join().unwrap();
+        assert_eq!(d.stats().callbacks_panicked, 0, "the retired value was freed under a reader");
+        if d.stats().callbacks_run_by_callers > 0 {
+            BY_CALLER.fetch_add(1, StdOrdering::Relaxed);
+        }
+        drop(p);
+        drop(d);
+        assert_eq!(drops.load(SeqCst), 1);
+    });
+    COV.assert_overlapped("caller_run_callbacks_never_free_under_a_guard");
+    let n = BY_CALLER.load(StdOrdering::Relaxed);
+    assert!(n > 0, "no explored schedule had the caller run the callback");
+    eprintln!(
+        "loom model caller_run_callbacks_never_free_under_a_guard: the caller ran it in {n} iterations"
+    );
+}
+
 // Checks that dropping an inner guard leaves the section open: synchronize still waits for the outer.
 #[test]
 fn nesting_keeps_section_open() {

@@ -461,3 +461,102 @@ fn global_domain_is_shared() {
     drop(a.read());
     a.synchronize();
 }
+
+/// Waits up to `secs` for `f` to hold, polling.
+fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < Duration::from_secs(secs) {
+        if f() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+    f()
+}
+
+#[test]
+fn run_ready_runs_a_callback_only_after_its_grace_period() {
+    // A long delay, so that the reclaimer leaves the callback to us.
+    let d = Arc::new(Domain::with_config(Config::default().ready_delay(Duration::from_secs(3))));
+    assert_eq!(d.run_ready(8), 0);
+    let (entered_tx, entered_rx) = mpsc::channel();
+    let release = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (d, release) = (d.clone(), release.clone());
+        thread::spawn(move || {
+            let g = d.read();
+            entered_tx.send(()).unwrap();
+            while !release.load(Ordering::SeqCst) {
+                thread::sleep(Duration::from_millis(1));
+            }
+            drop(g);
+        })
+    };
+    entered_rx.recv().unwrap();
+    let ran = Arc::new(AtomicUsize::new(0));
+    let r = ran.clone();
+    d.call(move || {
+        r.fetch_add(1, Ordering::SeqCst);
+    });
+    thread::sleep(Duration::from_millis(50));
+    assert_eq!(d.run_ready(8), 0, "ran a callback while a reader that predates it is inside");
+    assert_eq!(ran.load(Ordering::SeqCst), 0);
+    release.store(true, Ordering::SeqCst);
+    reader.join().unwrap();
+    // The reclaimer's ready delay (3 s) has not passed: we run it.
+    assert!(eventually(2, || d.run_ready(8) == 1), "the callback never became ready");
+    assert_eq!(ran.load(Ordering::SeqCst), 1);
+    assert_eq!(d.stats().callbacks_run_by_callers, 1);
+    assert_eq!(d.stats().callbacks_pending, 0);
+}
+
+#[test]
+fn what_callers_leave_ready_the_reclaimer_runs() {
+    let d = Domain::with_config(Config::default().ready_delay(Duration::from_millis(5)));
+    assert_eq!(d.run_ready(8), 0);
+    let ran = Arc::new(AtomicUsize::new(0));
+    for _ in 0..100 {
+        let r = ran.clone();
+        d.call(move || {
+            r.fetch_add(1, Ordering::SeqCst);
+        });
+    }
+    // No one calls run_ready again, and no barrier: the reclaimer must.
+    assert!(eventually(5, || ran.load(Ordering::SeqCst) == 100), "ran {}", ran.load(Ordering::SeqCst));
+    assert_eq!(d.stats().callbacks_run_by_callers, 0);
+}
+
+#[test]
+fn barrier_waits_for_callbacks_left_to_callers() {
+    let d = Domain::with_config(Config::default().ready_delay(Duration::from_secs(3)));
+    assert_eq!(d.run_ready(8), 0);
+    let ran = Arc::new(AtomicUsize::new(0));
+    for _ in 0..10 {
+        let r = ran.clone();
+        d.call(move || {
+            r.fetch_add(1, Ordering::SeqCst);
+        });
+    }
+    // Some may be run by us, the rest by the barrier's reclaimer.
+    d.run_ready(3);
+    d.barrier();
+    assert_eq!(ran.load(Ordering::SeqCst), 10);
+    assert_eq!(d.stats().callbacks_pending, 0);
+}
+
+#[test]
+fn run_ready_inside_a_section_runs_nothing() {
+    let d = Domain::with_config(Config::default().ready_delay(Duration::from_secs(3)));
+    assert_eq!(d.run_ready(8), 0);
+    d.call(|| {});
+    assert!(eventually(2, || {
+        let g = d.read();
+        let n = d.run_ready(8);
+        drop(g);
+        n == 0 && d.stats().grace_periods > 0
+    }));
+    let g = d.read();
+    assert_eq!(d.run_ready(8), 0, "a callback ran inside a read-side section of its domain");
+    drop(g);
+    assert!(eventually(2, || d.run_ready(8) == 1));
+}

@@ -58,6 +58,18 @@
 //!   of µs, unmap.rs U5); with U5 too, the faulter's time asleep on the lock
 //!   fell from 183 to 62 ms in 3 s, and fault-churn's kept fraction rose
 //!   from 70–83% (mean 74%) to 84–94% (mean 90%), four runs each.
+//! - A8. After each mm call, with the mmap lock released, the calling thread
+//!   runs up to [`RUN_READY`] callbacks of each of the address space's two
+//!   domains whose grace period has passed (rcuvm-rcu's
+//!   `Domain::run_ready`, callback.rs C6): the frees of the VMAs, dead
+//!   entries, tree nodes and tables its calls retired, on the thread that
+//!   allocated them, as Linux runs RCU callbacks on the CPU that queued
+//!   them. The reclaimer threads run what is left after 1 ms. Why: run on
+//!   the reclaimer, these frees took a CPU from the workload's threads for
+//!   up to a scheduler tick at a time (4 ms), and with glibc's allocator the
+//!   writer and the reclaimer fought over the arena lock (in `proc-vs-map`
+//!   the writer slept 8,337 times in 4 s, in `malloc`). Measured: see
+//!   docs/benchmarks.md (proc-vs-map).
 //!
 //! # Concurrency
 //! `maps`, `smaps`, `query`, `vmas`: RCU read side, lock-free (under the
@@ -93,6 +105,12 @@ use crate::vma::{Backing, PAGE_SHIFT, VmFlags, Vma};
 /// longer than any mm call on a small range holds it, much shorter than
 /// parking_lot's fairness timeout.
 pub const MMAP_LOCK_SPIN: std::time::Duration = std::time::Duration::from_micros(50);
+
+/// Callbacks of each domain an mm call runs after it (A8). Linux's
+/// `blimit` is 10; each call queues about one per VMA it unmaps (a dead
+/// entry's expiry, its share of the tree's node batches, table frees),
+/// so 16 keeps up with the calls while bounding what one call adds.
+pub const RUN_READY: usize = 16;
 
 /// The mmap lock, and how many writers are waiting for it (A7).
 struct MmapLock {
@@ -539,6 +557,16 @@ impl AddressSpace {
     /// The mm call `f`; `done` runs on its result under the mmap lock, told
     /// when the lock was taken (0 without the `record` feature).
     fn call_then<R>(&self, f: impl FnOnce(&mut MmCall<'_>) -> R, done: impl FnOnce(&R, u64)) -> R {
+        let r = self.locked_call(f, done);
+        // A8: the lock is released; run some of the callbacks this address
+        // space's calls queued whose grace period has passed.
+        self.domain.run_ready(RUN_READY);
+        self.hw.tlb.domain().run_ready(RUN_READY);
+        r
+    }
+
+    /// `call_then` under the mmap lock.
+    fn locked_call<R>(&self, f: impl FnOnce(&mut MmCall<'_>) -> R, done: impl FnOnce(&R, u64)) -> R {
         let mut st = self.mmap_write_lock();
         #[cfg(feature = "record")]
         let start = crate::record::now();
