@@ -55,7 +55,7 @@ use std::time::{Duration, Instant};
 use rcuvm::{MapFlags, Strategy};
 
 use super::backend::{Monitor, P, RW, Space};
-use super::{Backend, Costs, Metric, Outcome, Params, timed};
+use super::{Backend, Costs, Metric, Outcome, Params, median, timed};
 
 /// The faulting threads' mapping.
 const BIG: u64 = 64 << 20;
@@ -161,20 +161,6 @@ fn faults(b: Backend, p: &Params, secs: f64, churn: Option<Option<u64>>) -> Phas
         churn_per_s: c as f64 / el,
         latency: latency.into_inner().unwrap_or_else(|e| e.into_inner()),
         costs: mon.finish(),
-    }
-}
-
-/// The median of `v` (the mean of the middle two for an even count).
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n == 0 {
-        0.0
-    } else if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
     }
 }
 

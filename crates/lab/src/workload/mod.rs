@@ -14,7 +14,8 @@
 //! - W3. Every run takes about `phases × seconds` of wall time.
 //! - W4. With [`Params::pin`] (the default; `--no-affinity` turns it off),
 //!   thread `i` of [`timed`] (the loops of every workload but
-//!   `proc-vs-map`, `maps-race` and `replay`) is bound to the `i`-th CPU
+//!   `proc-vs-map`, `maps-race` and `replay`; `proc-vs-map` binds its
+//!   writer and readers apart, its PM4) is bound to the `i`-th CPU
 //!   this process may use
 //!   (modulo their count), on every backend alike, as will-it-scale binds
 //!   its tasks by default. Why: unbound, the scheduler moves a faulting
@@ -229,7 +230,7 @@ where
 }
 
 /// The CPUs this process may run on, in order (W4); empty if unknown.
-fn allowed_cpus() -> Vec<usize> {
+pub(super) fn allowed_cpus() -> Vec<usize> {
     // SAFETY: a zeroed `cpu_set_t` is a valid empty set, and
     // sched_getaffinity writes at most its size into it.
     let set = unsafe {
@@ -244,13 +245,28 @@ fn allowed_cpus() -> Vec<usize> {
 }
 
 /// Binds the calling thread to `cpu` (W4). A refusal leaves it unbound.
-fn bind_to_cpu(cpu: usize) {
+pub(super) fn bind_to_cpu(cpu: usize) {
     // SAFETY: a zeroed `cpu_set_t` is a valid empty set; CPU_SET writes
     // inside it (`cpu` came from `allowed_cpus`, below CPU_SETSIZE).
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
         let _ = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// The median of `v` (the mean of the middle two for an even count): the
+/// headline of a workload run in interleaved rounds.
+pub fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        0.0
+    } else if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
     }
 }
 
