@@ -136,7 +136,7 @@ pub fn run(b: Backend, p: &Params) -> Result<Outcome, String> {
     let headline_ratio = median(&rounds);
     let mut headline = Metric::new(
         "max_ratio",
-        "writer max latency, with readers / alone (median of rounds)",
+        "writer max, with readers / alone (round median)",
         "x",
         headline_ratio,
     );
