@@ -35,8 +35,10 @@
 //!   [`run_ready`](crate::Domain::run_ready), the reclaimer leaves each batch
 //!   whose grace period has passed in `ready` for callers to run, a few at a
 //!   time at points they choose (outside sections and callbacks of the
-//!   domain), and runs what is left itself `batch_delay` later (at once for
-//!   a barrier, a half-full backlog or shutdown). A batch leaves `in_flight`
+//!   domain), and runs what is left of each batch itself `ready_delay`
+//!   after that batch became ready (at once for a barrier, a half-full
+//!   backlog or shutdown; its waits for the next batch end in time for
+//!   it). A batch leaves `in_flight`
 //!   (C2) when its last callback has run, whoever ran it. Why: the thread
 //!   that queues callbacks usually allocated what they free; run there, in
 //!   bites, the frees stay on its CPU and in its allocator cache, and the
@@ -56,7 +58,9 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use crate::deferred::Deferred;
 use crate::domain::DomainInner;
 use crate::reader;
-use crate::sync::{self, Arc, Condvar, JoinHandle, Mutex, Ordering, rcu_thread_local, thread};
+use crate::sync::{
+    self, Arc, AtomicBool, AtomicU64, Condvar, JoinHandle, Mutex, Ordering, rcu_thread_local, thread,
+};
 
 rcu_thread_local! {
     /// The domain whose callbacks this thread is running now (0: none).
@@ -80,8 +84,9 @@ struct QueueState {
     callers_run: bool,
     /// The reclaimer sleeps with no timeout: only a notification wakes it.
     reclaimer_idle: bool,
-    /// C6: when the newest batch in `ready` was put there.
-    ready_since: Option<std::time::Instant>,
+    /// C6: each batch put in `ready`, in order, and when; records of
+    /// batches no longer in `ready` are dropped lazily.
+    readied: VecDeque<(u64, std::time::Instant)>,
     /// Callbacks that have run; `enqueued - run` is the backlog (C3).
     run: u64,
     barrier_waiters: usize,
@@ -100,6 +105,32 @@ impl QueueState {
         self.taken = self.enqueued;
         self.in_flight.push((start, self.pending.len()));
         (start, std::mem::take(&mut self.pending))
+    }
+
+    /// C6: how many callbacks at the front of `ready` belong to batches
+    /// that became ready at least `delay` ago (`ready` is in batch order:
+    /// only the reclaimer adds to it, a batch at a time).
+    fn due(&mut self, delay: std::time::Duration) -> usize {
+        let front = self.ready.front().map(|r| r.0);
+        while self.readied.front().is_some_and(|r| front.is_none_or(|f| r.0 < f)) {
+            self.readied.pop_front();
+        }
+        let cutoff = self.readied.iter().take_while(|r| sync::has_passed(r.1, delay)).last().map(|r| r.0);
+        cutoff.map_or(0, |c| self.ready.partition_point(|r| r.0 <= c))
+    }
+
+    /// C6: how long until the oldest batch in `ready` is due (`due`).
+    fn until_due(&self, delay: std::time::Duration) -> Option<std::time::Duration> {
+        let front = self.ready.front()?.0;
+        let t = self.readied.iter().find(|r| r.0 >= front)?.1;
+        Some(delay.saturating_sub(t.elapsed()))
+    }
+
+    /// Takes the first `n` callbacks of `ready` (C6).
+    fn take_ready(&mut self, n: usize, hint: &AtomicU64) -> Vec<(u64, Deferred)> {
+        let taken: Vec<(u64, Deferred)> = self.ready.drain(..n).collect();
+        hint.store(self.ready.len() as u64, Ordering::Relaxed);
+        taken
     }
 
     /// Counts `n` callbacks of the batch `start` as run (C2, C6).
@@ -121,6 +152,12 @@ pub(crate) struct CallbackQueue {
     work: Condvar,
     /// Barrier waiters sleep here.
     finished: Condvar,
+    /// C6: `ready`'s length, read without the lock by `run_ready`, so that
+    /// a caller with nothing to run takes no lock (a stale value only
+    /// defers a bite to the next call).
+    ready_hint: AtomicU64,
+    /// C6: `QueueState::callers_run`, read the same way.
+    callers_hint: AtomicBool,
 }
 
 impl std::fmt::Debug for CallbackQueue {
@@ -131,7 +168,13 @@ impl std::fmt::Debug for CallbackQueue {
 
 impl CallbackQueue {
     pub(crate) fn new() -> Self {
-        Self { state: Mutex::new(QueueState::default()), work: Condvar::new(), finished: Condvar::new() }
+        Self {
+            state: Mutex::new(QueueState::default()),
+            work: Condvar::new(),
+            finished: Condvar::new(),
+            ready_hint: AtomicU64::new(0),
+            callers_hint: AtomicBool::new(false),
+        }
     }
 }
 
@@ -187,7 +230,8 @@ fn run_batch(d: &DomainInner, start: u64, batch: Vec<Deferred>, expedite: bool, 
         let mut st = d.callbacks.state.lock();
         if !st.shutdown && st.barrier_waiters == 0 {
             st.ready.extend(batch.into_iter().map(|cb| (start, cb)));
-            st.ready_since = Some(std::time::Instant::now());
+            st.readied.push_back((start, std::time::Instant::now()));
+            d.callbacks.ready_hint.store(st.ready.len() as u64, Ordering::Relaxed);
             return;
         }
     }
@@ -239,13 +283,18 @@ pub(crate) fn run_ready(d: &DomainInner, max: usize) -> usize {
     if !may_wait(d) {
         return 0;
     }
-    let mut st = d.callbacks.state.lock();
+    let q = &d.callbacks;
+    if q.callers_hint.load(Ordering::Relaxed) && q.ready_hint.load(Ordering::Relaxed) == 0 {
+        return 0;
+    }
+    let mut st = q.state.lock();
     st.callers_run = true;
+    q.callers_hint.store(true, Ordering::Relaxed);
     let n = max.min(st.ready.len());
     if n == 0 {
         return 0;
     }
-    let bite: Vec<(u64, Deferred)> = st.ready.drain(..n).collect();
+    let bite = st.take_ready(n, &q.ready_hint);
     drop(st);
     run_taken(d, bite);
     d.stats.callbacks_run_by_callers.fetch_add(n as u64, Ordering::Relaxed);
@@ -268,24 +317,28 @@ fn reclaimer(d: Arc<DomainInner>) {
                     st = d.callbacks.work.wait(st);
                 }
                 st.reclaimer_idle = false;
-            } else if !ready_delay.is_zero() && !urgent(&st) {
-                // C6: callers have `ready_delay` to run what is ready.
-                st = d.callbacks.work.wait_timeout(st, ready_delay);
+            } else if !urgent(&st) {
+                // C6: callers have until the oldest ready batch is due.
+                let w = st.until_due(ready_delay).unwrap_or(ready_delay);
+                if !w.is_zero() {
+                    st = d.callbacks.work.wait_timeout(st, w);
+                }
             }
         }
         if !st.pending.is_empty() && !delay.is_zero() && !urgent(&st) {
             // C5: let a batch gather before paying for a grace period,
             // unless someone waits (barrier, drop) or the backlog is half
-            // full. Callers may run what is ready meanwhile.
-            st = d.callbacks.work.wait_timeout(st, delay);
+            // full; but no later than a ready batch falls due (C6).
+            let w = st.until_due(ready_delay).map_or(delay, |u| u.min(delay));
+            if !w.is_zero() {
+                st = d.callbacks.work.wait_timeout(st, w);
+            }
         }
-        if !st.ready.is_empty()
-            && (urgent(&st) || st.ready_since.is_none_or(|t| sync::has_passed(t, ready_delay)))
-        {
-            // C6: only this thread adds to `ready`: what is there has
-            // waited `ready_delay` (or someone waits for it now), so run
-            // what callers left.
-            let left: Vec<(u64, Deferred)> = st.ready.drain(..).collect();
+        let n = if urgent(&st) { st.ready.len() } else { st.due(ready_delay) };
+        if n > 0 {
+            // C6: what callers left of the batches that are due (all of
+            // it if someone waits): run it.
+            let left = st.take_ready(n, &d.callbacks.ready_hint);
             drop(st);
             run_taken(&d, left);
             continue;

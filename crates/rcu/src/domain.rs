@@ -268,7 +268,9 @@ impl Domain {
     }
 
     /// Runs `f` after a grace period, on the reclaimer thread (or on a caller
-    /// that helps with a full backlog), never inside a read-side section.
+    /// that helps with a full backlog, or on a thread that calls
+    /// [`run_ready`](Self::run_ready), in that thread's context), never
+    /// inside a read-side section.
     ///
     /// Context: any, including inside a read-side section.
     pub fn call<F: FnOnce() + Send + 'static>(&self, f: F) {

@@ -560,3 +560,83 @@ fn run_ready_inside_a_section_runs_nothing() {
     drop(g);
     assert!(eventually(2, || d.run_ready(8) == 1));
 }
+
+#[test]
+fn barrier_waits_for_a_batch_that_callers_split() {
+    let d = Domain::with_config(Config::default().ready_delay(Duration::from_secs(3)));
+    assert_eq!(d.run_ready(0), 0);
+    let ran = Arc::new(AtomicUsize::new(0));
+    for _ in 0..10 {
+        let r = ran.clone();
+        d.call(move || {
+            r.fetch_add(1, Ordering::SeqCst);
+        });
+    }
+    // One callback of the batch runs here, the other nine are left.
+    assert!(eventually(2, || d.run_ready(1) == 1), "the batch never became ready");
+    d.barrier();
+    assert_eq!(ran.load(Ordering::SeqCst), 10, "barrier returned with callbacks of a split batch unrun");
+}
+
+#[test]
+fn a_call_wakes_an_idle_reclaimer() {
+    let d = Domain::new();
+    d.call(|| {});
+    d.barrier();
+    // The reclaimer is now asleep without a timeout (C7): only this call
+    // can wake it.
+    thread::sleep(Duration::from_millis(20));
+    let ran = Arc::new(AtomicUsize::new(0));
+    let r = ran.clone();
+    d.call(move || {
+        r.fetch_add(1, Ordering::SeqCst);
+    });
+    assert!(eventually(2, || ran.load(Ordering::SeqCst) == 1), "the reclaimer was never woken");
+}
+
+#[test]
+fn what_callers_leave_runs_within_the_ready_delay_under_a_stream_of_calls() {
+    // A stream of calls keeps the reclaimer making batches ready; callers
+    // stopped after one call. Each batch must still run about
+    // `ready_delay` after it became ready, not when the backlog fills.
+    let ready_delay = Duration::from_millis(50);
+    let d = Arc::new(Domain::with_config(
+        Config::default().ready_delay(ready_delay).batch_delay(Duration::from_millis(1)),
+    ));
+    assert_eq!(d.run_ready(0), 0);
+    // A reader in 200 µs sections makes each grace period last long
+    // enough that calls are always pending when the reclaimer looks.
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (d, stop) = (d.clone(), stop.clone());
+        thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let g = d.read();
+                let t = std::time::Instant::now();
+                while t.elapsed() < Duration::from_micros(200) {
+                    std::hint::spin_loop();
+                }
+                drop(g);
+            }
+        })
+    };
+    let worst = Arc::new(AtomicUsize::new(0));
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < Duration::from_millis(800) {
+        let (w, queued) = (worst.clone(), std::time::Instant::now());
+        d.call(move || {
+            w.fetch_max(queued.elapsed().as_micros() as usize, Ordering::SeqCst);
+        });
+        let t = std::time::Instant::now();
+        while t.elapsed() < Duration::from_micros(20) {
+            std::hint::spin_loop();
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    reader.join().unwrap();
+    d.barrier();
+    let worst = Duration::from_micros(worst.load(Ordering::SeqCst) as u64);
+    // A grace period, a batch delay and the ready delay, with room for a
+    // loaded machine; the bug this guards against gave 340–670 ms.
+    assert!(worst < Duration::from_millis(250), "a callback waited {worst:?}");
+}

@@ -109,7 +109,8 @@ pub const MMAP_LOCK_SPIN: std::time::Duration = std::time::Duration::from_micros
 /// Callbacks of each domain an mm call runs after it (A8). Linux's
 /// `blimit` is 10; each call queues about one per VMA it unmaps (a dead
 /// entry's expiry, its share of the tree's node batches, table frees),
-/// so 16 keeps up with the calls while bounding what one call adds.
+/// so 16 keeps up with the calls. It bounds the count, not the work: one
+/// of the tree's batches frees up to 64 values and their nodes.
 pub const RUN_READY: usize = 16;
 
 /// The mmap lock, and how many writers are waiting for it (A7).

@@ -134,12 +134,8 @@ pub fn run(b: Backend, p: &Params) -> Result<Outcome, String> {
     let (alone, with) = (merge(&alone), merge(&with));
     let us = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1e3;
     let headline_ratio = median(&rounds);
-    let mut headline = Metric::new(
-        "max_ratio",
-        "writer max, with readers / alone (round median)",
-        "x",
-        headline_ratio,
-    );
+    let mut headline =
+        Metric::new("max_ratio", "writer max, with readers / alone (round median)", "x", headline_ratio);
     if matches!(b, Backend::Rcuvm(s) if s != Strategy::MmapLock) {
         headline = headline.with_target("<= 2x", headline_ratio <= 2.0, Some(2.0));
     }
