@@ -9,22 +9,35 @@ use rcuvm_rcu::Domain;
 
 const P: u64 = 0x1000;
 
-#[test]
-fn erasing_runs_of_adjacent_entries_keeps_the_tree_valid() {
-    let domain = Arc::new(Domain::new());
+/// Where the dense region starts; the runs go below it.
+const TOP: u64 = 0x7000_0000_0000;
+
+/// A tree holding a dense region that stays: 4000 one-page entries from
+/// `TOP` up.
+fn dense_tree(domain: &Arc<Domain>) -> MapleTree<u64> {
     let tree = MapleTree::new(domain.clone());
-    let top = 0x7000_0000_0000u64;
-    // A dense region that stays: 4000 one-page entries.
     for i in 0..4000u64 {
-        tree.write().insert(top + i * P..top + (i + 1) * P, i).unwrap();
+        tree.write().insert(TOP + i * P..TOP + (i + 1) * P, i).unwrap();
     }
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next = || {
+    tree
+}
+
+/// xorshift64 from `seed`.
+fn xorshift(mut x: u64) -> impl FnMut() -> u64 {
+    move || {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
         x
-    };
+    }
+}
+
+#[test]
+fn erasing_runs_of_adjacent_entries_keeps_the_tree_valid() {
+    let domain = Arc::new(Domain::new());
+    let tree = dense_tree(&domain);
+    let top = TOP;
+    let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
     for round in 0..200u64 {
         // A run of n adjacent pages below the region, top-down, as
         // mmap(NULL) places them while the previous ones stay.
@@ -57,18 +70,9 @@ fn erasing_runs_of_adjacent_entries_keeps_the_tree_valid() {
 #[test]
 fn top_down_placement_with_batched_run_erases_keeps_the_tree_valid() {
     let domain = Arc::new(Domain::new());
-    let tree = MapleTree::new(domain.clone());
-    let top = 0x7000_0000_0000u64;
-    for i in 0..4000u64 {
-        tree.write().insert(top + i * P..top + (i + 1) * P, i).unwrap();
-    }
-    let mut x = 0x2545_f491_4f6c_dd1du64;
-    let mut next = || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
+    let tree = dense_tree(&domain);
+    let top = TOP;
+    let mut next = xorshift(0x2545_f491_4f6c_dd1d);
     let mut queue = std::collections::VecDeque::new();
     for step in 0..20_000u64 {
         let a = tree.write().empty_area_rev(0x1000, top, P).unwrap();

@@ -117,6 +117,19 @@ fn hold(v: &Canary, cov: &Coverage) {
     cov.set_holding(false);
 }
 
+/// A reader thread: one section in which it loads `p` and holds what it
+/// found (`hold`).
+fn spawn_reader(d: &Arc<Domain>, p: &Arc<RcuPtr<Canary>>, cov: &'static Coverage) -> thread::JoinHandle<()> {
+    let (d, p) = (d.clone(), p.clone());
+    thread::spawn(move || {
+        let g = d.read();
+        if let Some(v) = p.load(&g) {
+            hold(v, cov);
+        }
+        drop(g);
+    })
+}
+
 /// What a model's schedules covered, across its iterations. Plain std
 /// atomics, which loom does not model: its threads run one at a time, so they
 /// record the order in which the explored schedule ran the steps.
@@ -168,16 +181,7 @@ fn synchronize_waits_for_reader() {
         let d = Arc::new(Domain::new());
         let drops = Arc::new(AtomicUsize::new(0));
         let p = Arc::new(RcuPtr::new(&d, Some(Canary::new(&drops))));
-        let reader = {
-            let (d, p) = (d.clone(), p.clone());
-            thread::spawn(move || {
-                let g = d.read();
-                if let Some(v) = p.load(&g) {
-                    hold(v, &COV);
-                }
-                drop(g);
-            })
-        };
+        let reader = spawn_reader(&d, &p, &COV);
         let unlinked = p.take().expect("only this thread unlinks");
         COV.writer_waits();
         let old = unlinked.synchronize();
@@ -199,16 +203,7 @@ fn retire_never_frees_under_a_guard() {
         let d = Arc::new(Domain::new());
         let drops = Arc::new(AtomicUsize::new(0));
         let p = Arc::new(RcuPtr::new(&d, Some(Canary::new(&drops))));
-        let reader = {
-            let (d, p) = (d.clone(), p.clone());
-            thread::spawn(move || {
-                let g = d.read();
-                if let Some(v) = p.load(&g) {
-                    hold(v, &COV);
-                }
-                drop(g);
-            })
-        };
+        let reader = spawn_reader(&d, &p, &COV);
         {
             let g = d.read();
             let v = p.load(&g).expect("only this thread unlinks");
@@ -249,16 +244,7 @@ fn caller_run_callbacks_never_free_under_a_guard() {
         assert_eq!(d.run_ready(8), 0);
         let drops = Arc::new(AtomicUsize::new(0));
         let p = Arc::new(RcuPtr::new(&d, Some(Canary::new(&drops))));
-        let reader = {
-            let (d, p) = (d.clone(), p.clone());
-            thread::spawn(move || {
-                let g = d.read();
-                if let Some(v) = p.load(&g) {
-                    hold(v, &COV);
-                }
-                drop(g);
-            })
-        };
+        let reader = spawn_reader(&d, &p, &COV);
         // A scheduling point, so that the reader may hold the value first.
         thread::yield_now();
         COV.writer_waits();
@@ -399,16 +385,7 @@ fn expedited_waits_for_reader() {
         let d = Arc::new(Domain::new());
         let drops = Arc::new(AtomicUsize::new(0));
         let p = Arc::new(RcuPtr::new(&d, Some(Canary::new(&drops))));
-        let reader = {
-            let (d, p) = (d.clone(), p.clone());
-            thread::spawn(move || {
-                let g = d.read();
-                if let Some(v) = p.load(&g) {
-                    hold(v, &COV);
-                }
-                drop(g);
-            })
-        };
+        let reader = spawn_reader(&d, &p, &COV);
         let unlinked = p.take().expect("only this thread unlinks");
         COV.writer_waits();
         d.synchronize_expedited();
@@ -436,16 +413,7 @@ fn poll_state_waits_for_reader() {
         let d = Arc::new(Domain::new());
         let drops = Arc::new(AtomicUsize::new(0));
         let p = Arc::new(RcuPtr::new(&d, Some(Canary::new(&drops))));
-        let reader = {
-            let (d, p) = (d.clone(), p.clone());
-            thread::spawn(move || {
-                let g = d.read();
-                if let Some(v) = p.load(&g) {
-                    hold(v, &COV);
-                }
-                drop(g);
-            })
-        };
+        let reader = spawn_reader(&d, &p, &COV);
         // Someone else's grace period, which may or may not have started
         // after the unlink below.
         let other = {
