@@ -80,8 +80,6 @@ struct QueueState {
     /// C6: callbacks whose grace period has passed, each with its batch's
     /// first sequence number, for callers of `run_ready`.
     ready: VecDeque<(u64, Deferred)>,
-    /// C6: some thread has called `run_ready`.
-    callers_run: bool,
     /// The reclaimer sleeps with no timeout: only a notification wakes it.
     reclaimer_idle: bool,
     /// C6: each batch put in `ready`, in order, and when; records of
@@ -156,8 +154,8 @@ pub(crate) struct CallbackQueue {
     /// a caller with nothing to run takes no lock (a stale value only
     /// defers a bite to the next call).
     ready_hint: AtomicU64,
-    /// C6: `QueueState::callers_run`, read the same way.
-    callers_hint: AtomicBool,
+    /// C6: some thread has called `run_ready` (set once, never cleared).
+    callers_run: AtomicBool,
 }
 
 impl std::fmt::Debug for CallbackQueue {
@@ -173,7 +171,7 @@ impl CallbackQueue {
             work: Condvar::new(),
             finished: Condvar::new(),
             ready_hint: AtomicU64::new(0),
-            callers_hint: AtomicBool::new(false),
+            callers_run: AtomicBool::new(false),
         }
     }
 }
@@ -284,12 +282,12 @@ pub(crate) fn run_ready(d: &DomainInner, max: usize) -> usize {
         return 0;
     }
     let q = &d.callbacks;
-    if q.callers_hint.load(Ordering::Relaxed) && q.ready_hint.load(Ordering::Relaxed) == 0 {
+    if q.callers_run.load(Ordering::Relaxed) && q.ready_hint.load(Ordering::Relaxed) == 0 {
         return 0;
     }
+    // A reclaimer that misses this store runs its next batch itself.
+    q.callers_run.store(true, Ordering::Relaxed);
     let mut st = q.state.lock();
-    st.callers_run = true;
-    q.callers_hint.store(true, Ordering::Relaxed);
     let n = max.min(st.ready.len());
     if n == 0 {
         return 0;
@@ -351,7 +349,7 @@ fn reclaimer(d: Arc<DomainInner>) {
         }
         let backlog = st.enqueued - st.run;
         let expedite = st.barrier_waiters > 0 || backlog > d.config.callback_limit as u64 / 2;
-        let leave = st.callers_run && !expedite;
+        let leave = d.callbacks.callers_run.load(Ordering::Relaxed) && !expedite;
         let (start, batch) = st.take_batch();
         drop(st);
         run_batch(&d, start, batch, expedite, leave);
