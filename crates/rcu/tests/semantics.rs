@@ -462,6 +462,18 @@ fn global_domain_is_shared() {
     a.synchronize();
 }
 
+/// Queues `n` callbacks on `d` that count themselves in the result.
+fn count_calls(d: &Domain, n: usize) -> Arc<AtomicUsize> {
+    let ran = Arc::new(AtomicUsize::new(0));
+    for _ in 0..n {
+        let r = ran.clone();
+        d.call(move || {
+            r.fetch_add(1, Ordering::SeqCst);
+        });
+    }
+    ran
+}
+
 /// Waits up to `secs` for `f` to hold, polling.
 fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
     let t0 = std::time::Instant::now();
@@ -514,13 +526,7 @@ fn run_ready_runs_a_callback_only_after_its_grace_period() {
 fn what_callers_leave_ready_the_reclaimer_runs() {
     let d = Domain::with_config(Config::default().ready_delay(Duration::from_millis(5)));
     assert_eq!(d.run_ready(8), 0);
-    let ran = Arc::new(AtomicUsize::new(0));
-    for _ in 0..100 {
-        let r = ran.clone();
-        d.call(move || {
-            r.fetch_add(1, Ordering::SeqCst);
-        });
-    }
+    let ran = count_calls(&d, 100);
     // No one calls run_ready again, and no barrier: the reclaimer must.
     assert!(eventually(5, || ran.load(Ordering::SeqCst) == 100), "ran {}", ran.load(Ordering::SeqCst));
     assert_eq!(d.stats().callbacks_run_by_callers, 0);
@@ -530,13 +536,7 @@ fn what_callers_leave_ready_the_reclaimer_runs() {
 fn barrier_waits_for_callbacks_left_to_callers() {
     let d = Domain::with_config(Config::default().ready_delay(Duration::from_secs(3)));
     assert_eq!(d.run_ready(8), 0);
-    let ran = Arc::new(AtomicUsize::new(0));
-    for _ in 0..10 {
-        let r = ran.clone();
-        d.call(move || {
-            r.fetch_add(1, Ordering::SeqCst);
-        });
-    }
+    let ran = count_calls(&d, 10);
     // Some may be run by us, the rest by the barrier's reclaimer.
     d.run_ready(3);
     d.barrier();
@@ -565,13 +565,7 @@ fn run_ready_inside_a_section_runs_nothing() {
 fn barrier_waits_for_a_batch_that_callers_split() {
     let d = Domain::with_config(Config::default().ready_delay(Duration::from_secs(3)));
     assert_eq!(d.run_ready(0), 0);
-    let ran = Arc::new(AtomicUsize::new(0));
-    for _ in 0..10 {
-        let r = ran.clone();
-        d.call(move || {
-            r.fetch_add(1, Ordering::SeqCst);
-        });
-    }
+    let ran = count_calls(&d, 10);
     // One callback of the batch runs here, the other nine are left.
     assert!(eventually(2, || d.run_ready(1) == 1), "the batch never became ready");
     d.barrier();

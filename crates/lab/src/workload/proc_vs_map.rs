@@ -30,12 +30,17 @@
 //! - PM4. With [`Params::pin`](super::Params) (mod.rs W4), the writer runs
 //!   on the last CPU this process may use and the readers on the others,
 //!   and it warms up for [`WARMUP`] seconds, not measured, before the
-//!   first round. Why: unbound, the scheduler moved the reader onto the
-//!   writer's CPU now and then, and the writer waited a whole time slice
-//!   (2–4 ms) in most rounds with readers: the median of the rounds'
-//!   ratios was 2.8–24× unbound against 1.3–2.1× bound (three runs each,
-//!   2026-12-06); the first calls of a new thread took 4–6 ms once (its
-//!   allocator heap), which made the first round's alone maximum.
+//!   first round. Why: unbound, with three threads busy on two CPUs, the
+//!   writer lost its CPU for up to a time slice (2–4 ms; the traces showed
+//!   an rcuvm thread, `kdamond` or another tenant running instead) in most
+//!   rounds with readers; bound, the reader never shares its CPU. The median of the rounds'
+//!   ratios (2026-12-06, three runs each, not alternated): glibc build
+//!   2.84×, 4.01×, 23.96× unbound, 2.10×, 2.60×, 2.62× bound a few minutes
+//!   later; with mimalloc as the lab's allocator (tried, not kept) 2.83–
+//!   10.72× unbound, 1.33–2.07× bound. With mimalloc the first round's
+//!   alone maximum was 4.5–5.7 ms in all three runs, and the warm-up's own
+//!   first calls took 4.3–4.7 ms (traced); the warm-up keeps such one-time
+//!   costs of a new thread out of the rounds whatever the allocator.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
@@ -89,8 +94,8 @@ pub fn run(b: Backend, p: &Params) -> Result<Outcome, String> {
             if let Some(c) = writer_cpu {
                 bind_to_cpu(c);
             }
-            // PM4: a warm-up, not measured (the thread's first calls set up
-            // its allocator heap and RCU registration: 4–6 ms once).
+            // PM4: a warm-up, not measured (a new thread's first calls set
+            // up its allocator heap and RCU registration).
             let _ = writer(&sp, WARMUP);
             for _ in 0..ROUNDS {
                 alone.push(writer(&sp, secs));
