@@ -44,6 +44,13 @@
 //!   bites, the frees stay on its CPU and in its allocator cache, and the
 //!   reclaimer no longer takes a CPU away from another thread for a long
 //!   batch (measured in the lab's `proc-vs-map`, vm mm.rs A8).
+//! - C8. A thread knows every domain whose callbacks it is running, at any
+//!   depth (a callback of one domain may run another's through
+//!   `run_ready`): inside a callback of a domain, `barrier` of that domain
+//!   panics and `call` does not help with its backlog (C3), since either
+//!   would wait for the callback that is running. Keeping only the
+//!   innermost domain let a callback of `A`, run from a callback of `B`,
+//!   call `B.barrier()` and wait forever.
 //!
 //! # Linux
 //! `call_rcu()`, `kfree_rcu()`, `rcu_barrier()`; the callback-flood handling
@@ -51,7 +58,7 @@
 //! Linux runs callbacks: on the CPU that queued them (`rcu_core()` from
 //! softirq), at most `blimit` at a time.
 
-use std::cell::Cell;
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
@@ -63,8 +70,16 @@ use crate::sync::{
 };
 
 rcu_thread_local! {
-    /// The domain whose callbacks this thread is running now (0: none).
-    static RUNNING_CALLBACKS: Cell<u64> = Cell::new(0);
+    /// The domains whose callbacks this thread is running now, innermost
+    /// last: a callback of one domain may run another's (`run_ready`), and
+    /// every domain of the stack must be seen (C8).
+    static RUNNING_CALLBACKS: RefCell<Vec<u64>> = RefCell::new(Vec::new());
+}
+
+/// Whether this thread is inside a callback of the domain `id` (C8), at
+/// any depth.
+fn in_callback_of(id: u64) -> bool {
+    RUNNING_CALLBACKS.with(|r| r.borrow().contains(&id))
 }
 
 #[derive(Default)]
@@ -178,7 +193,7 @@ impl CallbackQueue {
 
 /// Whether this thread may wait for a grace period of `d` (C3, P4).
 fn may_wait(d: &DomainInner) -> bool {
-    reader::nesting_in(d) == 0 && RUNNING_CALLBACKS.with(|r| r.get()) != d.id()
+    reader::nesting_in(d) == 0 && !in_callback_of(d.id())
 }
 
 /// Queues `cb` to run after a grace period of `d` (C1, C3, C4).
@@ -244,14 +259,15 @@ fn run_batch(d: &DomainInner, start: u64, batch: Vec<Deferred>, expedite: bool, 
 
 /// Runs callbacks whose grace period has passed, outside the queue's lock.
 fn run_callbacks(d: &DomainInner, cbs: impl IntoIterator<Item = Deferred>) {
-    let prev = RUNNING_CALLBACKS.with(|r| r.replace(d.id()));
+    RUNNING_CALLBACKS.with(|r| r.borrow_mut().push(d.id()));
     for cb in cbs {
         if catch_unwind(AssertUnwindSafe(|| cb.run())).is_err() {
             d.stats.callbacks_panicked.fetch_add(1, Ordering::Relaxed);
             eprintln!("rcuvm-rcu: an RCU callback panicked; the panic was caught");
         }
     }
-    RUNNING_CALLBACKS.with(|r| r.set(prev));
+    // Each callback's panic was caught above, so this always runs.
+    RUNNING_CALLBACKS.with(|r| r.borrow_mut().pop());
 }
 
 /// Runs callbacks taken from `ready` and counts their batches' progress.
@@ -360,7 +376,7 @@ fn reclaimer(d: Arc<DomainInner>) {
 pub(crate) fn barrier(d: &DomainInner) {
     d.assert_outside_read_section("barrier()");
     assert!(
-        RUNNING_CALLBACKS.with(|r| r.get()) != d.id(),
+        !in_callback_of(d.id()),
         "rcuvm-rcu: barrier() called from an RCU callback of the same domain; \
          it would wait for itself forever"
     );

@@ -213,6 +213,45 @@ fn barrier_from_a_callback_panics_and_the_panic_is_contained() {
     assert!(seen.load(Ordering::SeqCst));
 }
 
+/// callback.rs C8: a callback of `a` that runs inside a callback of `b`
+/// (through `a.run_ready`) and calls `b.barrier()` panics instead of
+/// waiting for the callback it runs in. The scenario runs on its own
+/// thread so that a regression fails the test instead of hanging it.
+#[test]
+fn barrier_from_a_callback_nested_in_a_callback_of_the_same_domain_panics() {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        // `a` leaves ready callbacks to callers for long enough that the
+        // one below runs inside `b`'s callback, not on `a`'s reclaimer.
+        let a = Arc::new(Domain::with_config(Config::default().ready_delay(Duration::from_secs(30))));
+        let b = Arc::new(Domain::new());
+        a.run_ready(1); // from now on `a`'s reclaimer leaves batches to callers
+        let message = Arc::new(std::sync::Mutex::new(None));
+        let (b2, m2) = (b.clone(), message.clone());
+        a.call(move || {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| b2.barrier()));
+            let m = r.err().and_then(|e| e.downcast_ref::<&str>().map(|s| s.to_string()));
+            *m2.lock().unwrap() = Some(m);
+        });
+        let a2 = a.clone();
+        b.call(move || {
+            // `a`'s callback becomes ready after its grace period.
+            for _ in 0..5000 {
+                if a2.run_ready(16) > 0 {
+                    return;
+                }
+                thread::sleep(Duration::from_millis(1));
+            }
+        });
+        b.barrier();
+        let m = message.lock().unwrap().take();
+        let _ = tx.send(m);
+    });
+    let got = rx.recv_timeout(Duration::from_secs(20)).expect("b.barrier() inside b's callback hung");
+    let msg = got.expect("a's callback ran inside b's").expect("b.barrier() panicked");
+    assert!(msg.contains("barrier() called from an RCU callback"), "{msg}");
+}
+
 #[test]
 fn a_panicking_callback_is_counted_and_the_reclaimer_survives() {
     let d = Domain::new();
