@@ -23,9 +23,16 @@
 //! - F5. Freed frames go first to the freeing thread's own list (Linux's
 //!   per-CPU `pcp` lists), which holds at most [`PCP_HIGH`] frames; the
 //!   excess goes to the shared list. An allocation takes from its own list,
-//!   then the shared one, then steals from other threads' lists, and only
-//!   then carves a never-used frame: memory grows only when no list anywhere
-//!   has a free frame.
+//!   then the shared one, then carves a never-used frame, and takes from
+//!   other threads' lists only when no frame is left to carve (Linux
+//!   drains other CPUs' `pcp` lists only under memory pressure). Memory
+//!   thus exceeds what is in use by at most the frames parked on other
+//!   threads' lists (`PCP_HIGH` each). Why not take those first: they are
+//!   the warmest frames of a thread that is still running, often written
+//!   with cached stores (F6), and a thread that takes them pays a transfer
+//!   of every line from the other CPU's cache while the owner, short of
+//!   its own frames, takes cold ones; a faulter beside a churner took a
+//!   few thousand a second that way (`fault_pair`, docs/benchmarks.md).
 //! - F6. Zero-filling (F3) uses non-temporal stores on x86-64 (`movnti`, an
 //!   aligned 8-byte store per word, then `sfence`), in inline asm. Why: a
 //!   fault-heavy thread zeroes gigabytes per second; cached stores read
@@ -116,6 +123,14 @@ fn note_freed(pfn: Pfn) {
 /// Whether this thread freed `pfn` among its last frees (F6), forgetting it.
 fn recently_freed_here(pfn: Pfn) -> bool {
     RECENTLY_FREED.with(|r| r[pfn as usize % RECENT].replace(Pfn::MAX) == pfn)
+}
+
+/// Moves up to `want` frames from the end of `list` (the most recently
+/// freed) to `into`.
+fn take_last(list: &Mutex<Vec<Pfn>>, into: &mut Vec<Pfn>, want: usize) {
+    let mut l = list.lock().unwrap_or_else(|e| e.into_inner());
+    let k = l.len().saturating_sub(want);
+    into.extend(l.drain(k..));
 }
 
 /// A page frame number: index of a frame in its [`PhysMem`].
@@ -348,9 +363,14 @@ impl PhysMem {
 
     /// A never-used frame, carving a new chunk when needed.
     fn carve(&self) -> Option<Pfn> {
-        let pfn = self.next.fetch_add(1, Ordering::Relaxed);
+        // Never past the end: at the limit, allocations keep asking (F5).
+        let cap = (self.chunks.len() * CHUNK) as u64;
+        let pfn = self
+            .next
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < cap).then_some(n + 1))
+            .ok()?;
         let ci = (pfn as usize) / CHUNK;
-        let slot = self.chunks.get(ci)?;
+        let slot = &self.chunks[ci];
         if slot.load(Ordering::Acquire).is_null() {
             // All-zero bytes are valid `Frame`s (zeroed atomics), which is
             // also F3 for fresh frames.
@@ -372,31 +392,27 @@ impl PhysMem {
     }
 
     /// Moves up to `n` free frames to `out` (a per-CPU cache refill): from
-    /// this thread's list, the shared list, then other threads' lists (F5).
+    /// this thread's list, then the shared list (F5).
     fn take_free(&self, out: &mut Vec<Pfn>, n: usize) {
-        let me = pcp_index();
-        // Up to `want` frames from `list`, the most recently freed (the
-        // warmest) last, where `pop` finds them first.
-        let take = |list: &Mutex<Vec<Pfn>>, into: &mut Vec<Pfn>, want: usize| {
-            let mut l = list.lock().unwrap_or_else(|e| e.into_inner());
-            let k = l.len().saturating_sub(want);
-            into.extend(l.drain(k..));
-        };
+        // The most recently freed (the warmest) last, where `pop` finds
+        // them first.
         let mut mine = Vec::new();
-        take(&self.pcp[me].list, &mut mine, n);
-        let mut want = n - mine.len();
-        if want > 0 {
-            let before = out.len();
-            take(&self.free, out, want);
-            for i in 1..PCP_LISTS {
-                want = n - mine.len() - (out.len() - before);
-                if want == 0 {
-                    break;
-                }
-                take(&self.pcp[(me + i) % PCP_LISTS].list, out, want);
-            }
+        take_last(&self.pcp[pcp_index()].list, &mut mine, n);
+        if mine.len() < n {
+            take_last(&self.free, out, n - mine.len());
         }
         out.append(&mut mine);
+    }
+
+    /// A frame from another thread's list, when nothing is left to carve
+    /// (F5): the one it freed longest ago, the least likely to be in its
+    /// cache.
+    fn take_from_others(&self) -> Option<Pfn> {
+        let me = pcp_index();
+        (1..PCP_LISTS).find_map(|i| {
+            let mut l = self.pcp[(me + i) % PCP_LISTS].list.lock().unwrap_or_else(|e| e.into_inner());
+            (!l.is_empty()).then(|| l.remove(0))
+        })
     }
 
     /// A zero-filled frame owned by `owner` (F3), or `None` when physical
@@ -415,7 +431,14 @@ impl PhysMem {
                 self.frame(p).zero(recently_freed_here(p));
                 p
             }
-            None => self.carve()?,
+            None => match self.carve() {
+                Some(p) => p,
+                None => {
+                    let p = self.take_from_others()?;
+                    self.frame(p).zero(false);
+                    p
+                }
+            },
         };
         self.frame(pfn).owner.store(owner.pack(), Ordering::Release);
         self.pcp[pcp_index()].in_use.fetch_add(1, Ordering::Relaxed);
@@ -567,39 +590,28 @@ mod tests {
             assert!(pm.frame(f).data.iter().all(|w| w.load(Ordering::Relaxed) == 7), "a neighbour untouched");
         }
         assert_eq!(pm.stats().in_use, 3);
-        // F6's other path: a frame freed by another thread is not in this
-        // thread's cache, so it is zeroed with streaming stores.
-        for w in &pm.frame(b).data {
-            w.store(9, Ordering::Relaxed);
-        }
-        std::thread::scope(|s| {
-            s.spawn(|| pm.free([b]));
-        });
-        let c = pm.alloc(Owner::Anon { mm: 1, vpn: 7 }).unwrap();
-        assert_eq!(c, b, "the other thread's frame is reused");
-        assert!(pm.frame(c).data.iter().all(|w| w.load(Ordering::Relaxed) == 0), "F3 when streamed too");
-        for f in [lo, hi] {
-            assert!(pm.frame(f).data.iter().all(|w| w.load(Ordering::Relaxed) == 7), "a neighbour untouched");
-        }
+        // F6's other path (streaming stores, for a frame another thread
+        // freed): `at_the_limit_other_threads_lists_are_used`.
     }
 
-    /// F5: a thread gets back the frames it freed last; frames on another
-    /// thread's list are stolen before memory grows; the counts add up.
+    /// F5: a thread gets back the frames it freed last; another thread
+    /// takes the shared list's frames, then carves rather than take the
+    /// first thread's (its warm ones); the counts add up.
     #[test]
-    fn per_thread_lists_reuse_warm_frames_and_never_grow_memory_needlessly() {
+    fn per_thread_lists_reuse_warm_frames_and_others_carve_before_taking_them() {
         let pm = PhysMem::new(1 << 16);
         let anon = |vpn| Owner::Anon { mm: 1, vpn };
         let mut cache = FrameCache::default();
         let mine: Vec<Pfn> = (0..3 * PCP_HIGH as u64).map(|v| cache.alloc(&pm, anon(v)).unwrap()).collect();
-        let carved = pm.stats().carved;
         pm.free(mine.iter().copied());
         cache.drain(&pm);
         // The most recently freed come back first.
         let again = pm.alloc(anon(0)).unwrap();
         assert_eq!(again, *mine.last().unwrap(), "warmest first");
         pm.free([again]);
-        // Another thread takes them all (its own list is empty) without
-        // carving a single new frame: shared list, then this thread's list.
+        let (carved, shared) = (pm.stats().carved, pm.free.lock().unwrap().len());
+        let parked: Vec<Pfn> = pm.pcp[pcp_index()].list.lock().unwrap().clone();
+        assert_eq!(parked.len(), PCP_HIGH, "this thread keeps PCP_HIGH frames");
         let n = mine.len();
         let pm2 = &pm;
         let theirs = std::thread::scope(|s| {
@@ -612,7 +624,8 @@ mod tests {
             .join()
             .unwrap()
         });
-        assert_eq!(pm.stats().carved, carved, "frames free anywhere are used before carving");
+        assert_eq!(pm.stats().carved, carved + (n - shared), "the shared list first, then fresh frames");
+        assert!(theirs.iter().all(|p| !parked.contains(p)), "no frame taken from this thread's list");
         let mut sorted = theirs.clone();
         sorted.sort_unstable();
         sorted.dedup();
@@ -620,6 +633,31 @@ mod tests {
         assert_eq!(pm.stats().in_use, n, "counts from both threads add up");
         pm.free(theirs);
         assert_eq!(pm.stats().in_use, 0);
+    }
+
+    /// F5: with nothing left to carve, an allocation takes another thread's
+    /// free frames (the oldest first, zeroed) instead of failing.
+    #[test]
+    fn at_the_limit_other_threads_lists_are_used() {
+        let pm = PhysMem::new(CHUNK);
+        let anon = |vpn| Owner::Anon { mm: 1, vpn };
+        let all: Vec<Pfn> = std::iter::from_fn(|| pm.alloc(anon(1))).collect();
+        assert_eq!(all.len(), CHUNK - 1, "one chunk, less the zero page");
+        for &p in &all {
+            for w in &pm.frame(p).data {
+                w.store(5, Ordering::Relaxed);
+            }
+        }
+        // Another thread frees them all: they stay on its list (fewer than
+        // PCP_HIGH).
+        std::thread::scope(|s| {
+            s.spawn(|| pm.free(all.iter().copied()));
+        });
+        assert_eq!(pm.free.lock().unwrap().len(), 0);
+        let got: Vec<Pfn> = std::iter::from_fn(|| pm.alloc(anon(2))).collect();
+        assert_eq!(got, all, "every frame, oldest free first");
+        assert!(got.iter().all(|&p| pm.frame(p).data.iter().all(|w| w.load(Ordering::Relaxed) == 0)), "F3");
+        assert_eq!(pm.stats().carved, CHUNK, "nothing carved past the end");
     }
 
     #[test]
