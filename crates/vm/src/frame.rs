@@ -590,8 +590,27 @@ mod tests {
             assert!(pm.frame(f).data.iter().all(|w| w.load(Ordering::Relaxed) == 7), "a neighbour untouched");
         }
         assert_eq!(pm.stats().in_use, 3);
-        // F6's other path (streaming stores, for a frame another thread
-        // freed): `at_the_limit_other_threads_lists_are_used`.
+        // F6's other path: a frame freed by another thread is not in this
+        // thread's cache, so it is zeroed with streaming stores. It comes
+        // back through the shared list: the other thread's oldest free,
+        // spilled when its list passed PCP_HIGH (F5).
+        for w in &pm.frame(b).data {
+            w.store(9, Ordering::Relaxed);
+        }
+        let more: Vec<Pfn> =
+            (0..PCP_HIGH as u64).map(|v| pm.alloc(Owner::Anon { mm: 1, vpn: 8 + v }).unwrap()).collect();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                pm.free([b]);
+                pm.free(more.iter().copied());
+            });
+        });
+        let c = pm.alloc(Owner::Anon { mm: 1, vpn: 7 }).unwrap();
+        assert_eq!(c, b, "the other thread's frame is reused");
+        assert!(pm.frame(c).data.iter().all(|w| w.load(Ordering::Relaxed) == 0), "F3 when streamed too");
+        for f in [lo, hi] {
+            assert!(pm.frame(f).data.iter().all(|w| w.load(Ordering::Relaxed) == 7), "a neighbour untouched");
+        }
     }
 
     /// F5: a thread gets back the frames it freed last; another thread
