@@ -2,7 +2,7 @@
 //! snapshot back into VMAs.
 //!
 //! # Owns
-//! [`render_line`], [`parse`], [`MapsError`].
+//! [`render_line`] and [`write_line`], [`parse`], [`MapsError`].
 //!
 //! # Invariants
 //! - M1. `parse(render(v))` gives back every field a maps line carries, and
@@ -20,7 +20,7 @@
 //! like; [`parse`] infers them as Linux sets them for an ordinary mapping
 //! (see `flags_from_perms`).
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::sync::Arc;
 
 use crate::vma::{Backing, FileId, PAGE_SHIFT, PAGE_SIZE, VmFlags, Vma};
@@ -30,6 +30,14 @@ const HEADER_WIDTH: usize = 72;
 
 /// The `/proc/pid/maps` line of `v`, without the newline.
 pub fn render_line(v: &Vma) -> String {
+    let mut s = String::new();
+    write_line(&mut s, v);
+    s
+}
+
+/// Appends the `/proc/pid/maps` line of `v`, without the newline, to
+/// `out` (a whole file renders into one buffer: no allocation per line).
+pub fn write_line(out: &mut String, v: &Vma) {
     // Only file mappings show their offset; anonymous ones print 0 whatever
     // their `vm_pgoff` (`show_map_vma`).
     let (maj, min, ino, off) = match &v.backing {
@@ -37,7 +45,9 @@ pub fn render_line(v: &Vma) -> String {
         Backing::Anon => (0, 0, 0, 0),
     };
     let f = v.flags;
-    let mut s = format!(
+    let start = out.len();
+    let _ = write!(
+        out,
         "{:08x}-{:08x} {}{}{}{} {:08x} {:02x}:{:02x} {} ",
         v.start,
         v.end,
@@ -55,13 +65,12 @@ pub fn render_line(v: &Vma) -> String {
         Backing::Anon => v.name.as_ref(),
     };
     if let Some(name) = name {
-        while s.len() < HEADER_WIDTH {
-            s.push(' ');
+        while out.len() - start < HEADER_WIDTH {
+            out.push(' ');
         }
-        s.push(' ');
-        s.push_str(name);
+        out.push(' ');
+        out.push_str(name);
     }
-    s
 }
 
 /// A malformed maps snapshot: where, and what is wrong.

@@ -825,11 +825,18 @@ impl AddressSpace {
     pub fn maps(&self) -> String {
         #[cfg(feature = "record")]
         let start = crate::record::now();
-        let lines = self.read_stable(0, usize::MAX, |e| Some(maps::render_line(&view(e, &self.layout))));
-        let mut out = String::new();
-        for l in lines {
-            let _ = writeln!(out, "{l}");
-        }
+        // Every line renders into one buffer; `read_stable` keeps the range
+        // of each line it keeps. A torn read or a take-back leaves its text
+        // behind, so the kept lines are copied out unless (as almost always)
+        // they are the whole buffer in order.
+        let mut text = String::new();
+        let lines = self.read_stable(0, usize::MAX, |e| {
+            let at = text.len();
+            maps::write_line(&mut text, &view(e, &self.layout));
+            text.push('\n');
+            Some(at..text.len())
+        });
+        let out = kept_lines(text, &lines);
         #[cfg(feature = "record")]
         self.record_read(crate::record::ReadKind::Maps, &out, start);
         out
@@ -949,6 +956,13 @@ impl Drop for AddressSpace {
 /// what they read; the slice below only covers a read that A5 then throws
 /// away (the old VMA over part of its old range during a split). Anonymous
 /// VMAs without a name get `[heap]`/`[stack]` as Linux derives them.
+/// The text of the `kept` ranges of `text`, in order: `text` itself when
+/// they cover it whole and in order (no copy).
+fn kept_lines(text: String, kept: &[std::ops::Range<usize>]) -> String {
+    let whole = kept.iter().try_fold(0, |end, r| (r.start == end).then_some(r.end)) == Some(text.len());
+    if whole { text } else { kept.iter().map(|r| &text[r.clone()]).collect() }
+}
+
 fn view(e: &Entry<'_, Vma>, layout: &Layout) -> Vma {
     let v = e.value;
     let mut out = if v.start == e.range.start && v.end == e.range.end {
@@ -968,6 +982,17 @@ mod tests {
     use crate::strategy::REAP_BATCH;
     use crate::vma::PAGE_SIZE;
     use std::time::Duration;
+
+    /// `maps()` renders every read of an entry into one buffer; the lines
+    /// a torn read or a take-back dropped must not reach the output.
+    #[test]
+    fn maps_keeps_only_the_kept_lines_of_its_buffer() {
+        let text = "a\nb\nstale\nc\n".to_string();
+        assert_eq!(kept_lines(text.clone(), &[0..2, 2..4, 10..12]), "a\nb\nc\n");
+        assert_eq!(kept_lines(text.clone(), &[0..2, 2..4, 4..10, 10..12]), text, "whole, in order");
+        assert_eq!(kept_lines(text.clone(), &[0..2, 2..4]), "a\nb\n", "a dropped tail");
+        assert_eq!(kept_lines(String::new(), &[]), "");
+    }
 
     /// unmap.rs U5: while a writer waits for the mmap lock, each mm call
     /// erases a bounded batch of expired dead entries; with nobody waiting,
