@@ -889,13 +889,16 @@ impl AddressSpace {
             Owner::PageCache => Some(false),
             Owner::Zero | Owner::Free => None,
         };
+        // One buffer, as in `maps`.
+        let mut text = String::new();
         let entries = self.read_stable(0, usize::MAX, |e| {
             // The walk runs under the guard, which keeps the tables (PT5).
             let v = view(e, &self.layout);
             let (a, f) = self.hw.pt.rss(v.start, v.end, &kind);
-            let mut out = String::new();
+            let at = text.len();
             let kb = |pages: u64| pages << (PAGE_SHIFT - 10);
-            let _ = writeln!(out, "{}", maps::render_line(&v));
+            maps::write_line(&mut text, &v);
+            text.push('\n');
             for (name, val) in [
                 ("Size:", v.len() >> 10),
                 ("KernelPageSize:", 4),
@@ -903,12 +906,12 @@ impl AddressSpace {
                 ("Rss:", kb(a + f)),
                 ("Anonymous:", kb(a)),
             ] {
-                let _ = writeln!(out, "{name:<16}{val:>8} kB");
+                let _ = writeln!(text, "{name:<16}{val:>8} kB");
             }
-            let _ = writeln!(out, "VmFlags: {}", maps::vm_flags_mnemonics(v.flags));
-            Some(out)
+            let _ = writeln!(text, "VmFlags: {}", maps::vm_flags_mnemonics(v.flags));
+            Some(at..text.len())
         });
-        let out = entries.concat();
+        let out = kept_lines(text, &entries);
         #[cfg(feature = "record")]
         self.record_read(crate::record::ReadKind::Smaps, &out, start);
         out
