@@ -25,8 +25,7 @@ fn main() {
     for i in 0..n / 2 {
         mm.mprotect(base + (2 * i + 1) * 4096, 4096, Prot::READ).expect("mprotect");
     }
-    let reads: [(&str, fn(&AddressSpace) -> String); 2] =
-        [("maps", AddressSpace::maps), ("smaps", AddressSpace::smaps)];
+    let reads: [(&str, Read); 2] = [("maps", AddressSpace::maps), ("smaps", AddressSpace::smaps)];
     println!("{} VMAs", mm.maps().lines().count());
     for (name, read) in reads {
         let best = (0..5)
