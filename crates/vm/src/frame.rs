@@ -20,19 +20,24 @@
 //!   `PhysMem` lives; PTEs that map them hold no count (unmapping them
 //!   frees nothing).
 //!
-//! - F5. Freed frames go first to the freeing thread's own list (Linux's
-//!   per-CPU `pcp` lists), which holds at most [`PCP_HIGH`] frames; the
-//!   excess goes to the shared list. An allocation takes from its own list,
-//!   then the shared one, then carves a never-used frame, and takes from
-//!   other threads' lists only when no frame is left to carve (Linux
-//!   drains other CPUs' `pcp` lists only under memory pressure). Memory
-//!   thus exceeds what is in use by at most the frames parked on other
-//!   threads' lists (`PCP_HIGH` each). Why not take those first: they are
-//!   the warmest frames of a thread that is still running, often written
-//!   with cached stores (F6), and a thread that takes them pays a transfer
-//!   of every line from the other CPU's cache while the owner, short of
-//!   its own frames, takes cold ones; a faulter beside a churner took a
-//!   few thousand a second that way (`fault_pair`, docs/benchmarks.md).
+//! - F5. Freed frames go to the freeing thread's own list (Linux's per-CPU
+//!   `pcp` lists), which holds at most [`PCP_HIGH`] frames; the excess,
+//!   oldest first, goes to the shared list. An allocation takes from its
+//!   own list (the most recently freed first), then the shared list, then
+//!   the oldest frames another thread's list holds beyond [`PCP_KEEP`],
+//!   then carves a never-used frame, and takes from the warm ends of other
+//!   threads' lists only when nothing is left to carve. Memory thus
+//!   exceeds what is in use by at most `PCP_KEEP` frames per thread.
+//!   Why a thread keeps so much: a thread that unmaps and maps again gets
+//!   its own frames back instead of another CPU's (two faulters that
+//!   traded frames through the shared list scaled 1.20–1.58× on two CPUs,
+//!   1.72–1.91× keeping them; `rcuvm run --workload page-fault`, five
+//!   runs each, alternated). Why
+//!   not take another thread's warm frames: a thread still running wrote
+//!   them lately (often with cached stores, F6), so each costs a transfer
+//!   of every line from the other CPU's cache, and the owner, short of its
+//!   own, takes cold ones; a faulter beside a churner lost 4–9 points of
+//!   the throughput it kept that way (`fault_pair`, docs/benchmarks.md).
 //! - F6. Zero-filling (F3) uses non-temporal stores on x86-64 (`movnti`, an
 //!   aligned 8-byte store per word, then `sfence`), in inline asm. Why: a
 //!   fault-heavy thread zeroes gigabytes per second; cached stores read
@@ -73,7 +78,7 @@
 //! stale or cross-file mapping is visible in the data.
 
 use std::cell::Cell;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
@@ -87,8 +92,12 @@ pub const WORDS: usize = 512;
 const CHUNK: usize = 512;
 /// Per-thread free lists (F5); threads share them round-robin past this.
 const PCP_LISTS: usize = 16;
-/// Most frames one per-thread list keeps (F5): 8 MiB, a cache's worth.
-pub const PCP_HIGH: usize = 2048;
+/// Most frames one per-thread list keeps (F5): 128 MiB, so that a thread
+/// that unmaps and maps again gets its own frames back.
+pub const PCP_HIGH: usize = 32768;
+/// Frames of a per-thread list that other threads leave to it while they
+/// can carve (F5): 8 MiB, the recent, warm end of the list.
+pub const PCP_KEEP: usize = 2048;
 
 std::thread_local! {
     /// This thread's per-thread free list: an index below [`PCP_LISTS`],
@@ -127,7 +136,7 @@ fn recently_freed_here(pfn: Pfn) -> bool {
 
 /// Moves up to `want` frames from the end of `list` (the most recently
 /// freed) to `into`.
-fn take_last(list: &Mutex<Vec<Pfn>>, into: &mut Vec<Pfn>, want: usize) {
+fn take_last(list: &Mutex<VecDeque<Pfn>>, into: &mut Vec<Pfn>, want: usize) {
     let mut l = list.lock().unwrap_or_else(|e| e.into_inner());
     let k = l.len().saturating_sub(want);
     into.extend(l.drain(k..));
@@ -296,7 +305,7 @@ pub struct PhysStats {
 /// its own: a fault touches no line another thread's faults write.
 #[derive(Debug, Default)]
 struct Pcp {
-    list: Mutex<Vec<Pfn>>,
+    list: Mutex<VecDeque<Pfn>>,
     /// Frames this list's threads handed out minus those they freed
     /// (negative when frames move between threads); the sum over all lists
     /// is the number in use.
@@ -309,7 +318,7 @@ pub struct PhysMem {
     /// Next never-used pfn.
     next: AtomicU64,
     /// The shared free list.
-    free: Mutex<Vec<Pfn>>,
+    free: Mutex<VecDeque<Pfn>>,
     /// The per-thread free lists (F5).
     pcp: Box<[CachePadded<Pcp>]>,
     page_cache: Mutex<HashMap<(u32, u32, u64, u64), Pfn>>,
@@ -331,7 +340,7 @@ impl PhysMem {
         let mut pm = PhysMem {
             chunks,
             next: AtomicU64::new(0),
-            free: Mutex::new(Vec::new()),
+            free: Mutex::new(VecDeque::new()),
             pcp: (0..PCP_LISTS).map(|_| CachePadded::default()).collect(),
             page_cache: Mutex::new(HashMap::new()),
             zero: 0,
@@ -392,14 +401,26 @@ impl PhysMem {
     }
 
     /// Moves up to `n` free frames to `out` (a per-CPU cache refill): from
-    /// this thread's list, then the shared list (F5).
+    /// this thread's list, the shared list, then the oldest frames other
+    /// threads' lists hold beyond [`PCP_KEEP`] (F5).
     fn take_free(&self, out: &mut Vec<Pfn>, n: usize) {
+        let me = pcp_index();
         // The most recently freed (the warmest) last, where `pop` finds
         // them first.
         let mut mine = Vec::new();
-        take_last(&self.pcp[pcp_index()].list, &mut mine, n);
+        take_last(&self.pcp[me].list, &mut mine, n);
+        let before = out.len();
         if mine.len() < n {
             take_last(&self.free, out, n - mine.len());
+        }
+        for i in 1..PCP_LISTS {
+            let want = n - mine.len() - (out.len() - before);
+            if want == 0 {
+                break;
+            }
+            let mut l = self.pcp[(me + i) % PCP_LISTS].list.lock().unwrap_or_else(|e| e.into_inner());
+            let k = want.min(l.len().saturating_sub(PCP_KEEP));
+            out.extend(l.drain(..k));
         }
         out.append(&mut mine);
     }
@@ -411,7 +432,7 @@ impl PhysMem {
         let me = pcp_index();
         (1..PCP_LISTS).find_map(|i| {
             let mut l = self.pcp[(me + i) % PCP_LISTS].list.lock().unwrap_or_else(|e| e.into_inner());
-            (!l.is_empty()).then(|| l.remove(0))
+            l.pop_front()
         })
     }
 
@@ -471,10 +492,10 @@ impl PhysMem {
 
     /// Puts free frames on this thread's list, moving what passes
     /// [`PCP_HIGH`] to the shared list, oldest first (F5).
-    fn give_back(&self, mut batch: Vec<Pfn>) {
+    fn give_back(&self, batch: Vec<Pfn>) {
         let spill = {
             let mut l = self.pcp[pcp_index()].list.lock().unwrap_or_else(|e| e.into_inner());
-            l.append(&mut batch);
+            l.extend(batch);
             let over = l.len().saturating_sub(PCP_HIGH);
             (over > 0).then(|| l.drain(..over).collect::<Vec<_>>())
         };
@@ -592,13 +613,13 @@ mod tests {
         assert_eq!(pm.stats().in_use, 3);
         // F6's other path: a frame freed by another thread is not in this
         // thread's cache, so it is zeroed with streaming stores. It comes
-        // back through the shared list: the other thread's oldest free,
-        // spilled when its list passed PCP_HIGH (F5).
+        // back as the oldest frame of that thread's list beyond PCP_KEEP
+        // (F5).
         for w in &pm.frame(b).data {
             w.store(9, Ordering::Relaxed);
         }
         let more: Vec<Pfn> =
-            (0..PCP_HIGH as u64).map(|v| pm.alloc(Owner::Anon { mm: 1, vpn: 8 + v }).unwrap()).collect();
+            (0..PCP_KEEP as u64).map(|v| pm.alloc(Owner::Anon { mm: 1, vpn: 8 + v }).unwrap()).collect();
         std::thread::scope(|s| {
             s.spawn(|| {
                 pm.free([b]);
@@ -614,23 +635,24 @@ mod tests {
     }
 
     /// F5: a thread gets back the frames it freed last; another thread
-    /// takes the shared list's frames, then carves rather than take the
-    /// first thread's (its warm ones); the counts add up.
+    /// takes the oldest frames it holds beyond PCP_KEEP, then carves rather
+    /// than take its warm ones; the counts add up.
     #[test]
-    fn per_thread_lists_reuse_warm_frames_and_others_carve_before_taking_them() {
+    fn per_thread_lists_reuse_warm_frames_and_others_take_only_the_cold_end() {
         let pm = PhysMem::new(1 << 16);
         let anon = |vpn| Owner::Anon { mm: 1, vpn };
         let mut cache = FrameCache::default();
-        let mine: Vec<Pfn> = (0..3 * PCP_HIGH as u64).map(|v| cache.alloc(&pm, anon(v)).unwrap()).collect();
+        let mine: Vec<Pfn> = (0..3 * PCP_KEEP as u64).map(|v| cache.alloc(&pm, anon(v)).unwrap()).collect();
         pm.free(mine.iter().copied());
         cache.drain(&pm);
         // The most recently freed come back first.
         let again = pm.alloc(anon(0)).unwrap();
         assert_eq!(again, *mine.last().unwrap(), "warmest first");
         pm.free([again]);
-        let (carved, shared) = (pm.stats().carved, pm.free.lock().unwrap().len());
-        let parked: Vec<Pfn> = pm.pcp[pcp_index()].list.lock().unwrap().clone();
-        assert_eq!(parked.len(), PCP_HIGH, "this thread keeps PCP_HIGH frames");
+        let carved = pm.stats().carved;
+        let list: Vec<Pfn> = pm.pcp[pcp_index()].list.lock().unwrap().iter().copied().collect();
+        assert!(list.len() >= 3 * PCP_KEEP, "this thread keeps its frees (up to PCP_HIGH)");
+        let (cold, warm) = list.split_at(list.len() - PCP_KEEP);
         let n = mine.len();
         let pm2 = &pm;
         let theirs = std::thread::scope(|s| {
@@ -643,8 +665,9 @@ mod tests {
             .join()
             .unwrap()
         });
-        assert_eq!(pm.stats().carved, carved + (n - shared), "the shared list first, then fresh frames");
-        assert!(theirs.iter().all(|p| !parked.contains(p)), "no frame taken from this thread's list");
+        assert!(cold.iter().all(|p| theirs.contains(p)), "the cold end went to the other thread");
+        assert!(theirs.iter().all(|p| !warm.contains(p)), "the warm end stayed");
+        assert_eq!(pm.stats().carved, carved + (n - cold.len()), "then fresh frames");
         let mut sorted = theirs.clone();
         sorted.sort_unstable();
         sorted.dedup();
