@@ -6,7 +6,9 @@
 //! address space, writes every page, unmaps it, repeats: the lab's
 //! fault-churn faulter. Beside it, on the second CPU, a thread that does
 //! one of:
-//! - `churn`: map 16 KiB far away, write its 4 pages, unmap (the lab's churner);
+//! - `churn`: map 16 KiB at a far hint, write its 4 pages, unmap (the lab's
+//!   churner); `churn-far`: the same with a hint that moves every cycle,
+//!   so that it is always free (it prints how many mappings missed their hint);
 //! - `map-only`: map and unmap 16 KiB, no write (VMA churn, no fault);
 //! - `madvise`: write the 4 pages of one 16 KiB mapping, `MADV_DONTNEED` it
 //!   (faults and zaps, no VMA change);
@@ -39,8 +41,9 @@ const PAGE: u64 = 4096;
 /// Where the second thread maps (a hint, far from the faulter's mappings).
 const HINT: u64 = 0x10_0000_0000;
 const MADV_DONTNEED: i32 = 4;
-const MODES: [&str; 13] = [
+const MODES: [&str; 14] = [
     "churn",
+    "churn-far",
     "churn-shared-phys",
     "churn-other-mm",
     "map-only",
@@ -124,13 +127,21 @@ fn second_loop(mode: &str, mm: &Arc<AddressSpace>, stop: &AtomicBool) -> u64 {
         _ => mm,
     };
     let mut cpu = mm.cpu();
-    let mut n = 0u64;
+    let (mut n, mut off_hint) = (0u64, 0u64);
     // The madvise kind's one mapping (the others map their own).
     let base = if kind == "madvise" { mm.mmap(HINT, SMALL, rw(), anon(), None, 0).expect("mmap") } else { 0 };
     while !stop.load(Ordering::Relaxed) {
         match kind {
-            "churn" => {
-                let a = mm.mmap(HINT, SMALL, rw(), anon(), None, 0).expect("mmap");
+            "churn" | "churn-far" => {
+                // `churn-far`: a hint that moves on every cycle, so that no
+                // dead entry (rcu-dead) holds it and the mapping stays far
+                // from the faulter's; `churn`'s fixed hint mostly lands just
+                // below it under rcu-dead (lab fault_churn.rs).
+                let hint = if kind == "churn" { HINT } else { HINT + (n % 4096) * 2 * SMALL };
+                let a = mm.mmap(hint, SMALL, rw(), anon(), None, 0).expect("mmap");
+                if a != hint {
+                    off_hint += 1;
+                }
                 for i in 0..SMALL / PAGE {
                     cpu.write(a + i * PAGE, i).expect("write");
                 }
@@ -161,6 +172,9 @@ fn second_loop(mode: &str, mm: &Arc<AddressSpace>, stop: &AtomicBool) -> u64 {
             }
         }
         n += 1;
+    }
+    if kind.starts_with("churn") {
+        eprintln!("{mode}: {off_hint} of {n} mappings not at their hint");
     }
     n
 }

@@ -404,36 +404,34 @@ impl PhysMem {
     /// this thread's list, the shared list, then the oldest frames other
     /// threads' lists hold beyond [`PCP_KEEP`] (F5).
     fn take_free(&self, out: &mut Vec<Pfn>, n: usize) {
-        let me = pcp_index();
         // The most recently freed (the warmest) last, where `pop` finds
         // them first.
         let mut mine = Vec::new();
-        take_last(&self.pcp[me].list, &mut mine, n);
+        take_last(&self.pcp[pcp_index()].list, &mut mine, n);
         let before = out.len();
         if mine.len() < n {
             take_last(&self.free, out, n - mine.len());
         }
+        let short = n - mine.len() - (out.len() - before);
+        self.take_from_others(out, short, PCP_KEEP);
+        out.append(&mut mine);
+    }
+
+    /// Moves up to `want` frames from other threads' lists to `out`, from
+    /// each the ones it freed longest ago (the least likely to be in its
+    /// cache), leaving each at least `keep` (F5: [`PCP_KEEP`] while frames
+    /// can be carved, 0 when none can).
+    fn take_from_others(&self, out: &mut Vec<Pfn>, mut want: usize, keep: usize) {
+        let me = pcp_index();
         for i in 1..PCP_LISTS {
-            let want = n - mine.len() - (out.len() - before);
             if want == 0 {
                 break;
             }
             let mut l = self.pcp[(me + i) % PCP_LISTS].list.lock().unwrap_or_else(|e| e.into_inner());
-            let k = want.min(l.len().saturating_sub(PCP_KEEP));
+            let k = want.min(l.len().saturating_sub(keep));
             out.extend(l.drain(..k));
+            want -= k;
         }
-        out.append(&mut mine);
-    }
-
-    /// A frame from another thread's list, when nothing is left to carve
-    /// (F5): the one it freed longest ago, the least likely to be in its
-    /// cache.
-    fn take_from_others(&self) -> Option<Pfn> {
-        let me = pcp_index();
-        (1..PCP_LISTS).find_map(|i| {
-            let mut l = self.pcp[(me + i) % PCP_LISTS].list.lock().unwrap_or_else(|e| e.into_inner());
-            l.pop_front()
-        })
     }
 
     /// A zero-filled frame owned by `owner` (F3), or `None` when physical
@@ -455,7 +453,9 @@ impl PhysMem {
             None => match self.carve() {
                 Some(p) => p,
                 None => {
-                    let p = self.take_from_others()?;
+                    let mut one = Vec::new();
+                    self.take_from_others(&mut one, 1, 0);
+                    let p = one.pop()?;
                     self.frame(p).zero(false);
                     p
                 }

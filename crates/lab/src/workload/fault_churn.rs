@@ -32,14 +32,15 @@
 //!
 //! Under `rcu-dead` the hint is mostly not free: the previous cycle's dead
 //! entry still holds it until a grace period has passed, and mmap then
-//! places top-down, as Linux does with a hint it cannot honour. Measured
-//! (200,000 cycles beside a 64 MiB mapping, 2026-12-06): the hint was
-//! honoured in about 400, the rest landed among about 1,200 addresses just
-//! below the faulter's mapping, and the ~400 that touched it merged with
-//! it. A churner whose hint moved on every cycle (so that it was always
-//! free, far away) kept the same share of the faulter's throughput within
-//! the noise (`fault_pair`'s experiment, docs/benchmarks.md): the
-//! placement is part of the design under test, and not what it loses.
+//! places top-down, as Linux does with a hint it cannot honour, just
+//! below the faulter's mapping (merging with it when it touches it).
+//! Measured with `cargo run --release -p rcuvm --example fault_pair --
+//! churn 2 3` and `-- churn-far 2 3` (2026-12-06, two runs each): the
+//! churner missed its hint in over 99.8% of its mappings; one whose hint
+//! moved every cycle (always free, far away) missed it in 0–184 of
+//! 527–611 k and kept the same share of the faulter's throughput (0.913
+//! and 0.914 against 0.932 and 0.913). The placement is part of the
+//! design under test, and not what it loses.
 //!
 //! # Invariants
 //! - FC1. Both phases run the same faulting loop on a fresh address space
