@@ -38,18 +38,18 @@ pub fn run(secs: f64) {
     {
         let mut w = tree.write();
         for (i, &(s, e)) in ranges.iter().enumerate() {
-            w.insert(s..e, i).expect("ranges are disjoint");
+            w.insert(s..e, i as u32).expect("ranges are disjoint");
         }
     }
-    let btree: RwLock<BTreeMap<u64, (u64, usize)>> =
-        RwLock::new(ranges.iter().enumerate().map(|(i, &(s, e))| (s, (e, i))).collect());
+    let btree: RwLock<BTreeMap<u64, (u64, u32)>> =
+        RwLock::new(ranges.iter().enumerate().map(|(i, &(s, e))| (s, (e, i as u32))).collect());
     let probes: Vec<u64> = (0..1 << 16)
         .map(|_| {
             let (s, e) = ranges[(xorshift(&mut x) % N) as usize];
             s + xorshift(&mut x) % (e - s)
         })
         .collect();
-    let time = |f: &dyn Fn(u64) -> Option<usize>| {
+    let time = |f: &dyn Fn(u64) -> Option<u32>| {
         let t0 = Instant::now();
         let mut n = 0u64;
         while t0.elapsed().as_secs_f64() < secs / 4.0 {
@@ -62,7 +62,7 @@ pub fn run(secs: f64) {
     };
     let maple_ns = time(&|a| {
         let g = tree.domain().read();
-        tree.load(a, &g).map(|e| *e.value)
+        tree.load(a, &g).map(|e| e.value)
     });
     let btree_ns = time(&|a| {
         let m = btree.read().expect("not poisoned");
@@ -79,7 +79,7 @@ pub fn run(secs: f64) {
         let (s, e) = ranges[i];
         let mut w = tree.write();
         w.erase(s..e).expect("valid range");
-        w.store(s..e, i).expect("valid range");
+        w.store(s..e, i as u32).expect("valid range");
         pairs += 1;
     }
     let churn = t0.elapsed().as_nanos() as f64 / pairs as f64 / 2.0;

@@ -46,13 +46,15 @@ const SIZES: [usize; 4] = [1_000, 10_000, 100_000, 1_000_000];
 mod common;
 use common::{Rng, probes, ranges};
 
-type Value = usize;
+/// Every structure holds a `u32` index in its nodes (the maple tree in its
+/// slot words, value.rs), so the lookups compare like with like.
+type Val = u32;
 
-fn build_maple(rs: &[(u64, u64)]) -> MapleTree<Value> {
+fn build_maple(rs: &[(u64, u64)]) -> MapleTree<Val> {
     let t = MapleTree::new(Arc::new(Domain::new()));
     let mut w = t.write();
     for (i, &(s, e)) in rs.iter().enumerate() {
-        w.insert(s..e, i).unwrap();
+        w.insert(s..e, i as Val).unwrap();
     }
     drop(w);
     // Free the nodes the build replaced, so memory counts only the tree.
@@ -61,46 +63,46 @@ fn build_maple(rs: &[(u64, u64)]) -> MapleTree<Value> {
 }
 
 /// Keyed by start; lookup by `range(..=addr).next_back()`.
-fn build_btree(rs: &[(u64, u64)]) -> RwLock<BTreeMap<u64, (u64, Value)>> {
-    RwLock::new(rs.iter().enumerate().map(|(i, &(s, e))| (s, (e, i))).collect())
+fn build_btree(rs: &[(u64, u64)]) -> RwLock<BTreeMap<u64, (u64, Val)>> {
+    RwLock::new(rs.iter().enumerate().map(|(i, &(s, e))| (s, (e, i as Val))).collect())
 }
 
 /// Keyed by last address (forward-only range scans find the first range
 /// ending at or above the address).
-fn build_scc(rs: &[(u64, u64)]) -> scc::TreeIndex<u64, (u64, Value)> {
+fn build_scc(rs: &[(u64, u64)]) -> scc::TreeIndex<u64, (u64, Val)> {
     let t = scc::TreeIndex::new();
     for (i, &(s, e)) in rs.iter().enumerate() {
-        let _ = t.insert_sync(e - 1, (s, i));
+        let _ = t.insert_sync(e - 1, (s, i as Val));
     }
     t
 }
 
-fn build_skip(rs: &[(u64, u64)]) -> crossbeam_skiplist::SkipMap<u64, (u64, Value)> {
+fn build_skip(rs: &[(u64, u64)]) -> crossbeam_skiplist::SkipMap<u64, (u64, Val)> {
     let t = crossbeam_skiplist::SkipMap::new();
     for (i, &(s, e)) in rs.iter().enumerate() {
-        t.insert(e - 1, (s, i));
+        t.insert(e - 1, (s, i as Val));
     }
     t
 }
 
-fn maple_get(t: &MapleTree<Value>, a: u64) -> Option<Value> {
+fn maple_get(t: &MapleTree<Val>, a: u64) -> Option<Val> {
     let g = t.domain().read();
-    t.load(a, &g).map(|e| *e.value)
+    t.load(a, &g).map(|e| e.value)
 }
-fn btree_get(t: &RwLock<BTreeMap<u64, (u64, Value)>>, a: u64) -> Option<Value> {
+fn btree_get(t: &RwLock<BTreeMap<u64, (u64, Val)>>, a: u64) -> Option<Val> {
     let m = t.read();
     m.range(..=a).next_back().filter(|(_, (e, _))| *e > a).map(|(_, (_, v))| *v)
 }
-fn scc_get(t: &scc::TreeIndex<u64, (u64, Value)>, a: u64) -> Option<Value> {
+fn scc_get(t: &scc::TreeIndex<u64, (u64, Val)>, a: u64) -> Option<Val> {
     let g = scc::Guard::new();
     t.range(a.., &g).next().filter(|(_, (s, _))| *s <= a).map(|(_, (_, v))| *v)
 }
-fn skip_get(t: &crossbeam_skiplist::SkipMap<u64, (u64, Value)>, a: u64) -> Option<Value> {
+fn skip_get(t: &crossbeam_skiplist::SkipMap<u64, (u64, Val)>, a: u64) -> Option<Val> {
     t.lower_bound(Bound::Included(&a)).filter(|e| e.value().0 <= a).map(|e| e.value().1)
 }
 
 /// Runs `f` over the probes on `threads` threads, `iters` lookups each.
-fn timed<F: Fn(u64) -> Option<Value> + Sync>(threads: usize, iters: u64, ps: &[Vec<u64>], f: F) -> Duration {
+fn timed<F: Fn(u64) -> Option<Val> + Sync>(threads: usize, iters: u64, ps: &[Vec<u64>], f: F) -> Duration {
     let t0 = Instant::now();
     std::thread::scope(|s| {
         for p in ps.iter().take(threads) {
@@ -128,9 +130,7 @@ fn memory_and_lookups(c: &mut Criterion) {
         let m_scc = LIVE.load(Ordering::Relaxed) - base - m_maple - m_btree;
         let skip = build_skip(&rs);
         let m_skip = LIVE.load(Ordering::Relaxed) - base - m_maple - m_btree - m_scc;
-        // Values are `usize` behind an `Arc` in the maple tree (16 bytes of
-        // counts + 8 of value, rounded by the allocator): report the node
-        // memory separately from that.
+        // `maple_total` adds the node pool (alloc.rs) to the nodes.
         let nodes = maple.stats().bytes as f64;
         println!(
             "memory: n={n} bytes/entry maple_nodes={:.1} maple_total={:.1} btreemap={:.1} scc={:.1} skiplist={:.1} plain_array=24.0 height={}",
@@ -193,7 +193,7 @@ fn churn(c: &mut Criterion) {
                 let (s, e) = rs[i];
                 let mut w = maple.write();
                 w.erase(s..e).unwrap();
-                w.store(s..e, i).unwrap();
+                w.store(s..e, i as Val).unwrap();
             })
         });
         g.bench_function(BenchmarkId::new("RwLock<BTreeMap>", n), |b| {
@@ -202,7 +202,7 @@ fn churn(c: &mut Criterion) {
                 let (s, e) = rs[i];
                 let mut m = btree.write();
                 m.remove(&s);
-                m.insert(s, (e, i));
+                m.insert(s, (e, i as Val));
             })
         });
         g.bench_function(BenchmarkId::new("scc::TreeIndex", n), |b| {
@@ -210,7 +210,7 @@ fn churn(c: &mut Criterion) {
                 let i = (r.next() % n as u64) as usize;
                 let (s, e) = rs[i];
                 scc.remove_sync(&(e - 1));
-                let _ = scc.insert_sync(e - 1, (s, i));
+                let _ = scc.insert_sync(e - 1, (s, i as Val));
             })
         });
         g.bench_function(BenchmarkId::new("crossbeam SkipMap", n), |b| {
@@ -218,7 +218,7 @@ fn churn(c: &mut Criterion) {
                 let i = (r.next() % n as u64) as usize;
                 let (s, e) = rs[i];
                 skip.remove(&(e - 1));
-                skip.insert(e - 1, (s, i));
+                skip.insert(e - 1, (s, i as Val));
             })
         });
         maple.validate().unwrap();

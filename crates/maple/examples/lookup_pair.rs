@@ -8,69 +8,171 @@
 //! node placement depends on when the reclaimer recycled blocks during the
 //! build) vary by ±20%, more than the gap between the two.
 //!
-//! Run: `cargo run --release -p rcuvm-maple --example lookup_pair -- [entries] [rounds]`
-//! (defaults 10^6 and 20; `PAIR_VERBOSE=1` prints every round). Same data and
-//! probes as the bench: VMA-like ranges of 4–64 KiB with 4–64 KiB gaps, each
-//! lookup a random address inside a random range, the value read.
+//! Run: `cargo run --release -p rcuvm-maple --example lookup_pair -- [entries] [rounds] [inline|arc]`
+//! (defaults 10^6, 20 and `inline`; `PAIR_VERBOSE=1` prints every round).
+//! Same data and probes as the bench: VMA-like ranges of 4–64 KiB with 4–64
+//! KiB gaps, each lookup a random address inside a random range, the value
+//! read. `inline`: both hold a `u32` index in their nodes (the tree in its
+//! slot words, value.rs); `arc`: both hold an `Arc<u64>` and the lookup
+//! reads through it, as a VMA tree's user does. The scaling rounds use a
+//! tree of the same kind.
 use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Instant;
 
-use rcuvm_maple::MapleTree;
+use rcuvm_maple::{MapleTree, Value};
 use rcuvm_rcu::Domain;
 
 #[path = "../benches/common/mod.rs"]
 mod common;
 
+/// Rounds of this many lookups alternate.
+const PER: usize = 1 << 20;
+
+/// The mean time per lookup of `get` over `probes`, in ns.
+fn round(probes: &[u64], get: impl Fn(u64) -> Option<u64>) -> f64 {
+    let t0 = Instant::now();
+    for i in 0..PER {
+        black_box(get(probes[i % probes.len()]));
+    }
+    t0.elapsed().as_nanos() as f64 / PER as f64
+}
+
 fn main() {
     let n: usize = std::env::args().nth(1).map_or(1_000_000, |s| s.parse().unwrap());
     let rounds: usize = std::env::args().nth(2).map_or(20, |s| s.parse().unwrap());
+    let values = std::env::args().nth(3).unwrap_or_else(|| "inline".into());
     let rs = common::ranges(n);
     let probes = common::probes(&rs, 1 << 16, 7);
-    let t = MapleTree::new(Arc::new(Domain::new()));
+    let (tm, tb) = match values.as_str() {
+        // Both hold a `u32` index in the node: the tree in its slot word.
+        "inline" => {
+            let t: MapleTree<u32> = MapleTree::new(Arc::new(Domain::new()));
+            {
+                let mut w = t.write();
+                for (i, &(s, e)) in rs.iter().enumerate() {
+                    w.insert(s..e, i as u32).unwrap();
+                }
+            }
+            t.domain().barrier();
+            let b: parking_lot::RwLock<BTreeMap<u64, (u64, u32)>> = parking_lot::RwLock::new(
+                rs.iter().enumerate().map(|(i, &(s, e))| (s, (e, i as u32))).collect(),
+            );
+            alternate(
+                rounds,
+                &probes,
+                |a| {
+                    let g = t.domain().read();
+                    t.load(a, &g).map(|e| u64::from(e.value))
+                },
+                |a| {
+                    let m = b.read();
+                    m.range(..=a).next_back().filter(|(_, (e, _))| *e > a).map(|(_, (_, v))| u64::from(*v))
+                },
+            )
+        }
+        // Both hold a pointer to a value in its own allocation, read
+        // through it: what a VMA tree does.
+        "arc" => {
+            let t: MapleTree<Arc<u64>> = MapleTree::new(Arc::new(Domain::new()));
+            let vals: Vec<Arc<u64>> = (0..n as u64).map(Arc::new).collect();
+            {
+                let mut w = t.write();
+                for (i, &(s, e)) in rs.iter().enumerate() {
+                    w.insert(s..e, vals[i].clone()).unwrap();
+                }
+            }
+            t.domain().barrier();
+            let b: parking_lot::RwLock<BTreeMap<u64, (u64, Arc<u64>)>> = parking_lot::RwLock::new(
+                rs.iter().enumerate().map(|(i, &(s, e))| (s, (e, vals[i].clone()))).collect(),
+            );
+            drop(vals);
+            alternate(
+                rounds,
+                &probes,
+                |a| {
+                    let g = t.domain().read();
+                    t.load(a, &g).map(|e| *e.value)
+                },
+                |a| {
+                    let m = b.read();
+                    m.range(..=a).next_back().filter(|(_, (e, _))| *e > a).map(|(_, (_, v))| **v)
+                },
+            )
+        }
+        other => panic!("values: `inline` or `arc`, not {other:?}"),
+    };
+    report(n, &values, tm, tb);
+    if values == "arc" {
+        scaling(n, rounds, &rs, &probes, |i| Arc::new(i as u64), |v| *v);
+    } else {
+        scaling(n, rounds, &rs, &probes, |i| i as u32, u64::from);
+    }
+}
+
+/// Alternates rounds of the tree and of the BTreeMap.
+fn alternate(
+    rounds: usize,
+    probes: &[u64],
+    maple: impl Fn(u64) -> Option<u64>,
+    btree: impl Fn(u64) -> Option<u64>,
+) -> (Vec<f64>, Vec<f64>) {
+    let (mut tm, mut tb) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        tm.push(round(probes, &maple));
+        tb.push(round(probes, &btree));
+    }
+    (tm, tb)
+}
+
+fn med(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn report(n: usize, values: &str, mut tm: Vec<f64>, mut tb: Vec<f64>) {
+    if std::env::var_os("PAIR_VERBOSE").is_some() {
+        eprintln!("maple {tm:.0?}\nbtree {tb:.0?}");
+    }
+    let (m, b) = (med(&mut tm), med(&mut tb));
+    println!(
+        "n={n} values={values} maple median {m:.1} ns (min {:.1}) btree median {b:.1} ns (min {:.1}) btree/maple {:.2}",
+        tm[0],
+        tb[0],
+        b / m
+    );
+}
+
+/// The tree alone, one thread against two at once.
+fn scaling<V: Value>(
+    n: usize,
+    rounds: usize,
+    rs: &[(u64, u64)],
+    probes: &[u64],
+    mk: impl Fn(usize) -> V,
+    read: impl Fn(V::Ref<'_>) -> u64 + Sync,
+) {
+    let t: MapleTree<V> = MapleTree::new(Arc::new(Domain::new()));
     {
         let mut w = t.write();
         for (i, &(s, e)) in rs.iter().enumerate() {
-            w.insert(s..e, i).unwrap();
+            w.insert(s..e, mk(i)).unwrap();
         }
     }
     t.domain().barrier();
-    let b: parking_lot::RwLock<BTreeMap<u64, (u64, usize)>> =
-        parking_lot::RwLock::new(rs.iter().enumerate().map(|(i, &(s, e))| (s, (e, i))).collect());
-    let per = 1usize << 20;
-    let (mut tm, mut tb) = (Vec::new(), Vec::new());
-    for _ in 0..rounds {
-        let t0 = Instant::now();
-        for i in 0..per {
-            let a = probes[i % probes.len()];
-            let g = t.domain().read();
-            black_box(t.load(a, &g).map(|e| *e.value));
-        }
-        tm.push(t0.elapsed().as_nanos() as f64 / per as f64);
-        let t0 = Instant::now();
-        for i in 0..per {
-            let a = probes[i % probes.len()];
-            let m = b.read();
-            black_box(m.range(..=a).next_back().filter(|(_, (e, _))| *e > a).map(|(_, (_, v))| *v));
-        }
-        tb.push(t0.elapsed().as_nanos() as f64 / per as f64);
-    }
     // The same tree looked up by one thread, then by two at once (each with
     // its own probes), alternating: the scaling target's check.
-    let probes2 = common::probes(&rs, 1 << 16, 8);
+    let probes2 = common::probes(rs, 1 << 16, 8);
     let lookups = |ps: &[u64]| {
-        let t0 = Instant::now();
-        for i in 0..per {
-            let a = ps[i % ps.len()];
+        round(ps, |a| {
             let g = t.domain().read();
-            black_box(t.load(a, &g).map(|e| *e.value));
-        }
-        t0.elapsed().as_nanos() as f64 / per as f64
+            t.load(a, &g).map(|e| read(e.value))
+        })
     };
     let (mut t1, mut t2, mut scaling) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..rounds {
-        let one = lookups(&probes);
+        let one = lookups(probes);
         let start = std::sync::Barrier::new(2);
         let two = std::thread::scope(|s| {
             let h = s.spawn(|| {
@@ -78,7 +180,7 @@ fn main() {
                 lookups(&probes2)
             });
             start.wait();
-            let mine = lookups(&probes);
+            let mine = lookups(probes);
             mine.max(h.join().unwrap())
         });
         t1.push(one);
@@ -86,26 +188,12 @@ fn main() {
         scaling.push(2.0 * one / two);
     }
     if std::env::var_os("PAIR_VERBOSE").is_some() {
-        eprintln!("maple {tm:.0?}\nbtree {tb:.0?}\n1 thread {t1:.0?}\n2 threads {t2:.0?}");
+        eprintln!("1 thread {t1:.0?}\n2 threads {t2:.0?}");
     }
-    tm.sort_by(f64::total_cmp);
-    tb.sort_by(f64::total_cmp);
-    let med = |v: &Vec<f64>| v[v.len() / 2];
-    println!(
-        "n={n} maple median {:.1} ns (min {:.1}) btree median {:.1} ns (min {:.1}) btree/maple {:.2}",
-        med(&tm),
-        tm[0],
-        med(&tb),
-        tb[0],
-        med(&tb) / med(&tm)
-    );
-    t1.sort_by(f64::total_cmp);
-    t2.sort_by(f64::total_cmp);
-    scaling.sort_by(f64::total_cmp);
     println!(
         "n={n} maple 1 thread median {:.1} ns, 2 threads median {:.1} ns per lookup per thread, 2 threads / 1 thread median {:.2}x",
-        med(&t1),
-        med(&t2),
-        med(&scaling)
+        med(&mut t1),
+        med(&mut t2),
+        med(&mut scaling)
     );
 }

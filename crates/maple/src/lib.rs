@@ -11,8 +11,11 @@
 //! Layout (256-byte nodes, as Linux): leaves have 16 slots and 15 pivots;
 //! internal nodes have 10 children, 9 pivots and 10 gaps. See `node.rs`.
 //!
-//! Values are stored as `Arc<T>`: a store that splits an entry leaves the
-//! same value on both sides, as Linux's tree does with its raw pointers.
+//! A value is one word in a leaf slot (see [`Value`]): an `Arc<T>`, whose
+//! count lets a store that splits an entry leave the same value on both
+//! sides, as Linux's tree does with its raw pointers; or a small integer
+//! kept in the slot itself, as Linux's `xa_mk_value()` entries are, which a
+//! lookup reads without another cache miss.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs, clippy::undocumented_unsafe_blocks)]
@@ -22,8 +25,10 @@ mod node;
 mod sync;
 mod tree;
 mod validate;
+mod value;
 mod walk;
 mod write;
 
 pub use tree::{Entry, Error, Iter, MapleTree, TreeStats};
+pub use value::Value;
 pub use write::Writer;

@@ -25,8 +25,8 @@
 //!   tree's shape. Readers use them only to skip subtrees; the leaf a gap
 //!   search ends in is authoritative. Under the write lock they are exact
 //!   (tree.rs T3).
-//! - N4. Leaf slots hold `Arc::into_raw` pointers (null = empty range); each
-//!   non-null slot owns one strong count.
+//! - N4. Leaf slots hold value words (value.rs; null = empty range); each
+//!   non-null slot owns its value once (value.rs V2).
 //!
 //! # Linux
 //! `struct maple_range_64` (leaf: 15 pivots, 16 slots) and
@@ -36,10 +36,10 @@
 
 use std::marker::PhantomData;
 use std::ptr::NonNull;
-use std::sync::Arc;
 
 use crate::alloc::{Block, NODE_LAYOUT};
 use crate::sync::{AtomicPtr, AtomicU64, Ordering};
+use crate::value::Word;
 
 /// Slots in a leaf.
 pub(crate) const LEAF_SLOTS: usize = 16;
@@ -91,7 +91,8 @@ pub(crate) fn count(meta: u64) -> usize {
 pub(crate) struct Leaf<T> {
     pub(crate) meta: Meta,
     pub(crate) pivots: [u64; LEAF_SLOTS - 1],
-    pub(crate) slots: [AtomicPtr<T>; LEAF_SLOTS],
+    pub(crate) slots: [AtomicPtr<()>; LEAF_SLOTS],
+    _t: PhantomData<*const T>,
 }
 
 /// An internal node: 8 + 72 + 80 + 80 = 240 bytes, padded to 256.
@@ -241,7 +242,7 @@ impl<T> NodePtr<T> {
 
     /// Builds, in `block`, a leaf holding `items` (`(last, value)`; the last
     /// item's `last` is the node maximum and is not stored).
-    pub(crate) fn new_leaf(block: Block, items: &[(u64, *const T)]) -> Self {
+    pub(crate) fn new_leaf(block: Block, items: &[(u64, Word)]) -> Self {
         debug_assert!((1..=LEAF_SLOTS).contains(&items.len()));
         let mut pivots = [u64::MAX; LEAF_SLOTS - 1];
         for (p, it) in pivots.iter_mut().zip(&items[..items.len() - 1]) {
@@ -253,7 +254,7 @@ impl<T> NodePtr<T> {
         let p = block.as_ptr().cast::<Leaf<T>>();
         // SAFETY: the block is NODE_LAYOUT-sized and aligned (asserted below)
         // and unused (alloc.rs A1).
-        unsafe { p.write(Leaf { meta: Meta::new(true, items.len()), pivots, slots }) };
+        unsafe { p.write(Leaf { meta: Meta::new(true, items.len()), pivots, slots, _t: PhantomData }) };
         // SAFETY: `p` is non-null: it came from a `Block`.
         NodePtr { ptr: unsafe { NonNull::new_unchecked(p.cast()) }, _t: PhantomData }
     }
@@ -288,24 +289,6 @@ impl<T> NodePtr<T> {
         // gives up the only claim on this one.
         unsafe { Block::from_raw(self.ptr.cast()) }
     }
-}
-
-/// Releases one strong count of a slot value (N4).
-///
-/// # Safety
-/// `p` is non-null, came from `Arc::into_raw`, and its count is released once.
-pub(crate) unsafe fn release_value<T>(p: *const T) {
-    // SAFETY: by contract.
-    drop(unsafe { Arc::from_raw(p) });
-}
-
-/// Takes one more strong count of a slot value (N4).
-///
-/// # Safety
-/// `p` is non-null and came from `Arc::into_raw` with a count still held.
-pub(crate) unsafe fn clone_value<T>(p: *const T) {
-    // SAFETY: by contract.
-    unsafe { Arc::increment_strong_count(p) };
 }
 
 /// The slot bounds of slot `i` of a node spanning `[min, max]` (N2).

@@ -39,6 +39,7 @@ use rcuvm_rcu::{Domain, Guard};
 use crate::alloc::{Block, NodePool};
 use crate::node::{self, Meta, NodePtr, NodeRef};
 use crate::sync::{AtomicPtr, AtomicUsize, Mutex, Ordering};
+use crate::value::{Value, Word};
 use crate::walk::SlotView;
 use crate::write::{Garbage, Writer, WriterState};
 
@@ -71,79 +72,94 @@ pub(crate) fn check_range(r: &Range<u64>) -> Result<(u64, u64), Error> {
 }
 
 /// A stored range and its value, borrowed for as long as the read lasts.
-pub struct Entry<'a, T> {
+pub struct Entry<'a, V: Value> {
     /// The entry's half-open range.
     pub range: Range<u64>,
-    /// The value.
-    pub value: &'a T,
-    raw: *const T,
+    /// The value: `&T` for an `Arc<T>` tree, a copy for integers kept in the
+    /// slot (value.rs).
+    pub value: V::Ref<'a>,
+    word: Word,
 }
 
-impl<T> Entry<'_, T> {
-    /// A counted reference to the value, usable after the read ends.
-    pub fn to_arc(&self) -> Arc<T> {
-        // SAFETY: `raw` came from `Arc::into_raw` and the slot still holds its
-        // count while this entry's borrow (a guard or the write lock) lasts.
+impl<V: Value> Entry<'_, V> {
+    /// An owner of the value, usable after the read ends (a new `Arc`
+    /// count, or a copy).
+    pub fn to_owned_value(&self) -> V {
+        // SAFETY: the slot still owns `word` while this entry's borrow (a
+        // guard or the write lock) lasts, so one more owner may be made and
+        // taken (value.rs V2).
         unsafe {
-            Arc::increment_strong_count(self.raw);
-            Arc::from_raw(self.raw)
+            V::clone_word(self.word);
+            V::from_word(self.word)
         }
     }
 }
 
-impl<T> Clone for Entry<'_, T> {
-    fn clone(&self) -> Self {
-        Entry { range: self.range.clone(), value: self.value, raw: self.raw }
+impl<T: Send + Sync + 'static> Entry<'_, Arc<T>> {
+    /// A counted reference to the value, usable after the read ends.
+    pub fn to_arc(&self) -> Arc<T> {
+        self.to_owned_value()
     }
 }
 
-impl<T: fmt::Debug> fmt::Debug for Entry<'_, T> {
+impl<V: Value> Clone for Entry<'_, V> {
+    fn clone(&self) -> Self {
+        Entry { range: self.range.clone(), value: self.value, word: self.word }
+    }
+}
+
+impl<'a, V: Value> fmt::Debug for Entry<'a, V>
+where
+    V::Ref<'a>: fmt::Debug,
+{
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:#x}..{:#x} => {:?}", self.range.start, self.range.end, self.value)
     }
 }
 
 /// The lock-free core: the root and what readers need.
-pub(crate) struct Raw<T> {
+pub(crate) struct Raw<V> {
     pub(crate) root: AtomicPtr<Meta>,
     pub(crate) len: AtomicUsize,
-    _t: PhantomData<*const T>,
+    _t: PhantomData<*const V>,
 }
 
-impl<T> Raw<T> {
+impl<V> Raw<V> {
     /// The current root (T1).
     #[inline(always)]
-    pub(crate) fn root(&self) -> NodePtr<T> {
+    pub(crate) fn root(&self) -> NodePtr<V> {
         // ORDERING: Acquire pairs with the writer's Release root store: the
         // new nodes' contents are visible.
         let p = self.root.load(Ordering::Acquire);
         // SAFETY: the root is never null (T1) and was made by `as_raw`.
         unsafe { NodePtr::from_raw(p) }
     }
+}
 
-    fn to_entry<'a>(s: SlotView<T>) -> Option<Entry<'a, T>> {
+impl<V: Value> Raw<V> {
+    fn to_entry<'a>(s: SlotView) -> Option<Entry<'a, V>> {
         if s.value.is_null() {
             return None;
         }
-        // SAFETY: a non-null slot value is a live `Arc<T>` (node.rs N4) that is
+        // SAFETY: a non-null slot word owns its value (node.rs N4), which is
         // released only after a grace period, or under the write lock; `'a`
         // is bounded by the caller's guard or write-lock borrow.
-        let value = unsafe { &*s.value };
-        Some(Entry { range: s.lo..s.hi + 1, value, raw: s.value })
+        let value = unsafe { V::borrow(s.value) };
+        Some(Entry { range: s.lo..s.hi + 1, value, word: s.value })
     }
 
-    pub(crate) fn entry_at<'a>(&self, addr: u64) -> Option<Entry<'a, T>> {
+    pub(crate) fn entry_at<'a>(&self, addr: u64) -> Option<Entry<'a, V>> {
         if addr == u64::MAX {
             return None; // never stored: ranges end at u64::MAX at most
         }
         Self::to_entry(self.walk(addr))
     }
 
-    pub(crate) fn first_from<'a>(&self, addr: u64) -> Option<Entry<'a, T>> {
+    pub(crate) fn first_from<'a>(&self, addr: u64) -> Option<Entry<'a, V>> {
         self.find(addr).and_then(Self::to_entry)
     }
 
-    pub(crate) fn last_before<'a>(&self, addr: u64) -> Option<Entry<'a, T>> {
+    pub(crate) fn last_before<'a>(&self, addr: u64) -> Option<Entry<'a, V>> {
         self.find_rev(addr).and_then(Self::to_entry)
     }
 
@@ -173,9 +189,9 @@ impl<T> Raw<T> {
 /// let tree = MapleTree::new(Arc::new(Domain::new()));
 /// {
 ///     let mut w = tree.write();
-///     w.insert(0x1000..0x3000, "text").unwrap();
-///     w.insert(0x5000..0x6000, "heap").unwrap();
-///     assert!(w.insert(0x2000..0x4000, "clash").is_err());
+///     w.insert(0x1000..0x3000, Arc::new("text")).unwrap();
+///     w.insert(0x5000..0x6000, Arc::new("heap")).unwrap();
+///     assert!(w.insert(0x2000..0x4000, Arc::new("clash")).is_err());
 /// }
 /// let g = tree.domain().read();
 /// let e = tree.load(0x2fff, &g).unwrap();
@@ -184,26 +200,38 @@ impl<T> Raw<T> {
 /// let all: Vec<_> = tree.iter_from(0, &g).map(|e| *e.value).collect();
 /// assert_eq!(all, ["text", "heap"]);
 /// ```
-pub struct MapleTree<T: Send + Sync + 'static> {
-    pub(crate) raw: Raw<T>,
+///
+/// Small integers are kept in the slot itself (see [`Value`]), and a read
+/// returns a copy:
+/// ```
+/// # use std::sync::Arc;
+/// # use rcuvm_maple::MapleTree;
+/// # use rcuvm_rcu::Domain;
+/// let tree: MapleTree<u32> = MapleTree::new(Arc::new(Domain::new()));
+/// tree.write().insert(0x1000..0x2000, 7).unwrap();
+/// let g = tree.domain().read();
+/// assert_eq!(tree.load(0x1800, &g).map(|e| e.value), Some(7));
+/// ```
+pub struct MapleTree<V: Value> {
+    pub(crate) raw: Raw<V>,
     pub(crate) domain: Arc<Domain>,
     /// `domain.id()`, kept here so checking a guard costs no pointer chase.
     domain_id: u64,
     pub(crate) pool: Arc<NodePool>,
-    writer: Mutex<WriterState<T>>,
+    writer: Mutex<WriterState<V>>,
 }
 
-// SAFETY: the raw pointers inside are owned `Arc<T>` counts and nodes; the
-// tree hands out `&T` to many threads (T: Sync) and drops `T` on the
-// reclaimer thread (T: Send).
-unsafe impl<T: Send + Sync + 'static> Send for MapleTree<T> {}
+// SAFETY: the raw pointers inside are nodes and slot words, each owning
+// its value once (value.rs V2); the tree hands out reads of values to many
+// threads (V: Sync) and drops values on the reclaimer thread (V: Send).
+unsafe impl<V: Value> Send for MapleTree<V> {}
 // SAFETY: as above; shared access is the RCU read side or the write lock.
-unsafe impl<T: Send + Sync + 'static> Sync for MapleTree<T> {}
+unsafe impl<V: Value> Sync for MapleTree<V> {}
 
-impl<T: Send + Sync + 'static> MapleTree<T> {
+impl<V: Value> MapleTree<V> {
     /// An empty tree whose nodes are freed through `domain`'s grace periods.
     pub fn new(domain: Arc<Domain>) -> Self {
-        let root = NodePtr::<T>::new_leaf(Block::alloc(), &[(u64::MAX, std::ptr::null())]);
+        let root = NodePtr::<V>::new_leaf(Block::alloc(), &[(u64::MAX, std::ptr::null())]);
         let pool = Arc::new(NodePool::new());
         MapleTree {
             raw: Raw { root: AtomicPtr::new(root.as_raw()), len: AtomicUsize::new(0), _t: PhantomData },
@@ -223,7 +251,7 @@ impl<T: Send + Sync + 'static> MapleTree<T> {
     ///
     /// Context: may block on another writer; never inside a section that
     /// another writer's caller waits on.
-    pub fn write(&self) -> Writer<'_, T> {
+    pub fn write(&self) -> Writer<'_, V> {
         Writer { tree: self, state: self.writer.lock() }
     }
 
@@ -236,19 +264,19 @@ impl<T: Send + Sync + 'static> MapleTree<T> {
     ///
     /// Context: RCU read side (`guard` of [`domain`](Self::domain)); lock-free.
     #[inline]
-    pub fn load<'a>(&'a self, addr: u64, guard: &'a Guard<'_>) -> Option<Entry<'a, T>> {
+    pub fn load<'a>(&'a self, addr: u64, guard: &'a Guard<'_>) -> Option<Entry<'a, V>> {
         self.check_guard(guard);
         self.raw.entry_at(addr)
     }
 
     /// The first entry that contains `addr` or lies above it.
-    pub fn find<'a>(&'a self, addr: u64, guard: &'a Guard<'_>) -> Option<Entry<'a, T>> {
+    pub fn find<'a>(&'a self, addr: u64, guard: &'a Guard<'_>) -> Option<Entry<'a, V>> {
         self.check_guard(guard);
         self.raw.first_from(addr)
     }
 
     /// The first entry entirely above `addr` (starting after it).
-    pub fn next<'a>(&'a self, addr: u64, guard: &'a Guard<'_>) -> Option<Entry<'a, T>> {
+    pub fn next<'a>(&'a self, addr: u64, guard: &'a Guard<'_>) -> Option<Entry<'a, V>> {
         self.check_guard(guard);
         if addr == u64::MAX {
             return None;
@@ -269,7 +297,7 @@ impl<T: Send + Sync + 'static> MapleTree<T> {
     }
 
     /// The last entry entirely below `addr` (ending at or before it).
-    pub fn prev<'a>(&'a self, addr: u64, guard: &'a Guard<'_>) -> Option<Entry<'a, T>> {
+    pub fn prev<'a>(&'a self, addr: u64, guard: &'a Guard<'_>) -> Option<Entry<'a, V>> {
         self.check_guard(guard);
         if addr == 0 {
             return None;
@@ -293,7 +321,7 @@ impl<T: Send + Sync + 'static> MapleTree<T> {
     /// ended, so the iteration never goes backwards, never yields two
     /// overlapping entries, never follows a stale node, and yields every
     /// entry that exists for the whole iteration.
-    pub fn iter_from<'a>(&'a self, addr: u64, guard: &'a Guard<'_>) -> Iter<'a, T> {
+    pub fn iter_from<'a>(&'a self, addr: u64, guard: &'a Guard<'_>) -> Iter<'a, V> {
         self.check_guard(guard);
         Iter { raw: &self.raw, next: Some(addr), resumed: false }
     }
@@ -326,7 +354,7 @@ impl<T: Send + Sync + 'static> MapleTree<T> {
     pub fn stats(&self) -> TreeStats {
         let _w = self.write();
         let mut s = TreeStats { entries: self.len(), ..TreeStats::default() };
-        fn visit<T>(n: NodePtr<T>, depth: usize, s: &mut TreeStats) {
+        fn visit<V>(n: NodePtr<V>, depth: usize, s: &mut TreeStats) {
             s.height = s.height.max(depth + 1);
             // SAFETY: write lock held: reachable nodes stay allocated.
             let cnt = node::count(unsafe { n.meta() }.load());
@@ -350,7 +378,7 @@ impl<T: Send + Sync + 'static> MapleTree<T> {
     }
 }
 
-impl<T: Send + Sync + 'static> Drop for MapleTree<T> {
+impl<V: Value> Drop for MapleTree<V> {
     fn drop(&mut self) {
         // No reader can exist: every read borrows the tree. Free at once,
         // including what the writer retired and had not handed to RCU yet.
@@ -360,20 +388,22 @@ impl<T: Send + Sync + 'static> Drop for MapleTree<T> {
             drop(pending);
             w.blocks.release();
         }
-        fn free<T>(n: NodePtr<T>) {
+        fn free<V: Value>(n: NodePtr<V>) {
             // SAFETY: `&mut` tree: nothing else reaches these nodes.
             let cnt = node::count(unsafe { n.meta() }.load());
             // SAFETY: as above.
             match unsafe { n.get() } {
-                NodeRef::Leaf(l) => {
+                NodeRef::Leaf(l) if V::OWNS => {
                     for s in &l.slots[..cnt] {
                         let p = s.load(Ordering::Relaxed).cast_const();
                         if !p.is_null() {
-                            // SAFETY: each non-null slot owns one count (N4).
-                            unsafe { node::release_value(p) };
+                            // SAFETY: each non-null slot owns its value once
+                            // (N4), given up here once.
+                            drop(unsafe { V::from_word(p) });
                         }
                     }
                 }
+                NodeRef::Leaf(_) => {}
                 NodeRef::Inner(i) => {
                     for c in (0..cnt).map(|k| i.child(k)) {
                         free(c);
@@ -387,7 +417,7 @@ impl<T: Send + Sync + 'static> Drop for MapleTree<T> {
     }
 }
 
-impl<T: Send + Sync + 'static> fmt::Debug for MapleTree<T> {
+impl<V: Value> fmt::Debug for MapleTree<V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MapleTree").field("len", &self.len()).finish_non_exhaustive()
     }
@@ -411,16 +441,16 @@ pub struct TreeStats {
 }
 
 /// Iterator from [`MapleTree::iter_from`].
-pub struct Iter<'a, T> {
-    raw: &'a Raw<T>,
+pub struct Iter<'a, V: Value> {
+    raw: &'a Raw<V>,
     next: Option<u64>,
     /// Whether an entry was yielded (the first may contain the start address).
     resumed: bool,
 }
 
-impl<'a, T> Iterator for Iter<'a, T> {
-    type Item = Entry<'a, T>;
-    fn next(&mut self) -> Option<Entry<'a, T>> {
+impl<'a, V: Value> Iterator for Iter<'a, V> {
+    type Item = Entry<'a, V>;
+    fn next(&mut self) -> Option<Entry<'a, V>> {
         loop {
             let at = self.next?;
             let e = self.raw.first_from(at)?;

@@ -10,6 +10,7 @@
 use crate::node::{self, INNER_MIN, LEAF_MIN, NodePtr, NodeRef};
 use crate::sync::Ordering;
 use crate::tree::MapleTree;
+use crate::value::Value;
 
 struct Check {
     leaf_depth: Option<usize>,
@@ -20,7 +21,7 @@ struct Check {
     next_addr: u64,
 }
 
-impl<T: Send + Sync + 'static> MapleTree<T> {
+impl<T: Value> MapleTree<T> {
     /// Checks every structural invariant; returns the first violation.
     pub fn validate(&self) -> Result<(), String> {
         let _w = self.write();

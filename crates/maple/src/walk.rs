@@ -27,13 +27,14 @@
 use crate::node::{self, Leaf, NodePtr, NodeRef};
 use crate::sync::Ordering;
 use crate::tree::Raw;
+use crate::value::Word;
 
 /// One leaf slot as a walk saw it: `[lo, hi]` inclusive, `value` may be null.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct SlotView<T> {
+pub(crate) struct SlotView {
     pub(crate) lo: u64,
     pub(crate) hi: u64,
-    pub(crate) value: *const T,
+    pub(crate) value: Word,
 }
 
 impl<T> Raw<T> {
@@ -64,7 +65,7 @@ impl<T> Raw<T> {
 
     /// The leaf slot covering `addr` (W1).
     #[inline]
-    pub(crate) fn walk(&self, addr: u64) -> SlotView<T> {
+    pub(crate) fn walk(&self, addr: u64) -> SlotView {
         loop {
             let (leaf, cnt, min, max) = self.leaf_for(addr);
             let i = node::find_slot(&leaf.pivots, cnt, addr);
@@ -80,7 +81,7 @@ impl<T> Raw<T> {
     }
 
     /// The first non-empty slot whose range ends at or above `addr`.
-    pub(crate) fn find(&self, mut addr: u64) -> Option<SlotView<T>> {
+    pub(crate) fn find(&self, mut addr: u64) -> Option<SlotView> {
         loop {
             let (found, leaf_max) = self.scan_leaf(addr, true);
             if found.is_some() {
@@ -94,7 +95,7 @@ impl<T> Raw<T> {
     }
 
     /// The last non-empty slot whose range starts at or below `addr`.
-    pub(crate) fn find_rev(&self, mut addr: u64) -> Option<SlotView<T>> {
+    pub(crate) fn find_rev(&self, mut addr: u64) -> Option<SlotView> {
         loop {
             let (found, leaf_min) = self.scan_leaf(addr, false);
             if found.is_some() {
@@ -109,7 +110,7 @@ impl<T> Raw<T> {
 
     /// Scans the leaf covering `addr` from `addr`'s slot upwards (or
     /// downwards) for a non-empty slot. Returns it, and the leaf's max (min).
-    fn scan_leaf(&self, addr: u64, up: bool) -> (Option<SlotView<T>>, u64) {
+    fn scan_leaf(&self, addr: u64, up: bool) -> (Option<SlotView>, u64) {
         loop {
             let (leaf, cnt, min, max) = self.leaf_for(addr);
             let start = node::find_slot(&leaf.pivots, cnt, addr);

@@ -53,37 +53,38 @@ use crate::alloc::{Block, Blocks, NodePool};
 use crate::node::{self, INNER_MIN, INNER_SLOTS, LEAF_MIN, LEAF_SLOTS, NodePtr, NodeRef};
 use crate::sync::{MutexGuard, Ordering};
 use crate::tree::{Entry, Error, MapleTree, Raw, check_range};
+use crate::value::{Value, Word};
 
 /// One level of a writer's descent: the node, the slot taken in it, and the
 /// node's bounds.
 #[derive(Debug)]
-struct Level<T> {
-    node: NodePtr<T>,
+struct Level<V> {
+    node: NodePtr<V>,
     idx: usize,
     min: u64,
     max: u64,
 }
 
-impl<T> Clone for Level<T> {
+impl<V> Clone for Level<V> {
     fn clone(&self) -> Self {
         *self
     }
 }
-impl<T> Copy for Level<T> {}
+impl<V> Copy for Level<V> {}
 
 /// Nodes and values to free after a grace period.
-pub(crate) struct Garbage<T> {
-    pub(crate) nodes: Vec<NodePtr<T>>,
-    pub(crate) values: Vec<*const T>,
+pub(crate) struct Garbage<V: Value> {
+    pub(crate) nodes: Vec<NodePtr<V>>,
+    pub(crate) values: Vec<Word>,
     /// Where the nodes go after the grace period (alloc.rs A1).
     pool: Option<Arc<NodePool>>,
 }
 
-// SAFETY: the nodes are unreachable (R1) and the values are `Arc<T>` counts,
-// which may be dropped on any thread when `T: Send + Sync`.
-unsafe impl<T: Send + Sync> Send for Garbage<T> {}
+// SAFETY: the nodes are unreachable (R1) and the values are owners of `V`
+// (value.rs V2), which may be dropped on any thread as `V: Send + Sync`.
+unsafe impl<V: Value> Send for Garbage<V> {}
 
-impl<T> Garbage<T> {
+impl<V: Value> Garbage<V> {
     pub(crate) fn new(pool: Option<Arc<NodePool>>) -> Self {
         Garbage { nodes: Vec::new(), values: Vec::new(), pool }
     }
@@ -92,12 +93,12 @@ impl<T> Garbage<T> {
     }
 }
 
-impl<T> Drop for Garbage<T> {
+impl<V: Value> Drop for Garbage<V> {
     fn drop(&mut self) {
         for v in self.values.drain(..) {
-            // SAFETY: each value pointer here owns one count (N4), given up
-            // by the tree exactly once.
-            unsafe { node::release_value(v) };
+            // SAFETY: each word here owns its value once (N4), given up by
+            // the tree exactly once.
+            drop(unsafe { V::from_word(v) });
         }
         let blocks = self.nodes.drain(..).map(|n| {
             // SAFETY: unreachable since before the grace period that ran
@@ -118,19 +119,19 @@ const FLUSH_NODES: usize = 256;
 const FLUSH_VALUES: usize = 64;
 
 /// State kept under the write lock, reused across stores.
-pub(crate) struct WriterState<T> {
-    leaf_items: Vec<(u64, *const T)>,
+pub(crate) struct WriterState<V: Value> {
+    leaf_items: Vec<(u64, Word)>,
     pub(crate) blocks: Blocks,
     /// Nodes reachable from the root (sizes the pool, alloc.rs A2).
     live_nodes: usize,
     /// Retired since the last hand-over to RCU (R1).
-    pub(crate) garbage: Garbage<T>,
+    pub(crate) garbage: Garbage<V>,
 }
 
 // SAFETY: the raw pointers are only used under the write lock.
-unsafe impl<T: Send + Sync> Send for WriterState<T> {}
+unsafe impl<V: Value> Send for WriterState<V> {}
 
-impl<T> WriterState<T> {
+impl<V: Value> WriterState<V> {
     pub(crate) fn new(pool: Arc<NodePool>) -> Self {
         WriterState {
             leaf_items: Vec::new(),
@@ -145,13 +146,13 @@ impl<T> WriterState<T> {
 ///
 /// Readers keep running while a writer works; they see each store either
 /// entirely or not at all.
-pub struct Writer<'t, T: Send + Sync + 'static> {
-    pub(crate) tree: &'t MapleTree<T>,
-    pub(crate) state: MutexGuard<'t, WriterState<T>>,
+pub struct Writer<'t, V: Value> {
+    pub(crate) tree: &'t MapleTree<V>,
+    pub(crate) state: MutexGuard<'t, WriterState<V>>,
 }
 
-impl<T: Send + Sync + 'static> Writer<'_, T> {
-    fn raw(&self) -> &Raw<T> {
+impl<V: Value> Writer<'_, V> {
+    fn raw(&self) -> &Raw<V> {
         &self.tree.raw
     }
 
@@ -160,12 +161,12 @@ impl<T: Send + Sync + 'static> Writer<'_, T> {
     /// # Errors
     /// [`Error::InvalidRange`] for an empty or inverted range;
     /// [`Error::Exists`] if anything is stored in `range`.
-    pub fn insert(&mut self, range: Range<u64>, value: impl Into<Arc<T>>) -> Result<(), Error> {
+    pub fn insert(&mut self, range: Range<u64>, value: V) -> Result<(), Error> {
         let (a, b) = check_range(&range)?;
         if self.raw().find(a).is_some_and(|s| s.lo <= b) {
             return Err(Error::Exists);
         }
-        self.store_raw(a, b, Arc::into_raw(value.into()));
+        self.store_raw(a, b, value.into_word());
         Ok(())
     }
 
@@ -175,9 +176,9 @@ impl<T: Send + Sync + 'static> Writer<'_, T> {
     ///
     /// # Errors
     /// [`Error::InvalidRange`] for an empty or inverted range.
-    pub fn store(&mut self, range: Range<u64>, value: impl Into<Arc<T>>) -> Result<(), Error> {
+    pub fn store(&mut self, range: Range<u64>, value: V) -> Result<(), Error> {
         let (a, b) = check_range(&range)?;
-        self.store_raw(a, b, Arc::into_raw(value.into()));
+        self.store_raw(a, b, value.into_word());
         Ok(())
     }
 
@@ -212,7 +213,7 @@ impl<T: Send + Sync + 'static> Writer<'_, T> {
     /// # Errors
     /// [`Error::InvalidRange`]; [`Error::NotFound`] if no entry spans exactly
     /// `range`.
-    pub fn replace(&mut self, range: Range<u64>, value: impl Into<Arc<T>>) -> Result<Arc<T>, Error> {
+    pub fn replace(&mut self, range: Range<u64>, value: V) -> Result<V, Error> {
         let (a, b) = check_range(&range)?;
         let path = self.descend(a);
         let leaf_level = path[0];
@@ -225,26 +226,29 @@ impl<T: Send + Sync + 'static> Writer<'_, T> {
         if lo != a || hi != b || cur.is_null() {
             return Err(Error::NotFound);
         }
-        let new = Arc::into_raw(value.into());
+        let new = value.into_word();
         // ORDERING: Release publishes the new value's contents to readers.
         leaf.slots[leaf_level.idx].store(new.cast_mut(), Ordering::Release);
-        // SAFETY: `cur` owned one count (N4); we keep one for the caller and
-        // hand one to the grace period, so readers still using it are safe.
-        unsafe { node::clone_value(cur) };
-        // SAFETY: as above: `cur` still holds the count we just took.
-        let old = unsafe { Arc::from_raw(cur) };
-        self.state.garbage.values.push(cur.cast_const());
-        self.maybe_flush();
-        Ok(old)
+        let cur = cur.cast_const();
+        if V::OWNS {
+            // SAFETY: `cur` owned its value once (N4); we make one more owner
+            // for the caller and hand the slot's to the grace period, so
+            // readers still using it are safe.
+            unsafe { V::clone_word(cur) };
+            self.state.garbage.values.push(cur);
+            self.maybe_flush();
+        }
+        // SAFETY: the owner made above (or, V3, none needed).
+        Ok(unsafe { V::from_word(cur) })
     }
 
     /// The entry covering `addr`, as the writer sees it.
-    pub fn load(&self, addr: u64) -> Option<Entry<'_, T>> {
+    pub fn load(&self, addr: u64) -> Option<Entry<'_, V>> {
         self.tree.raw.entry_at(addr)
     }
 
     /// The first entry containing `addr` or above it, as the writer sees it.
-    pub fn find(&self, addr: u64) -> Option<Entry<'_, T>> {
+    pub fn find(&self, addr: u64) -> Option<Entry<'_, V>> {
         self.tree.raw.first_from(addr)
     }
 
@@ -284,7 +288,7 @@ impl<T: Send + Sync + 'static> Writer<'_, T> {
 
     /// The writer's descent to the leaf covering `addr`: `path[0]` is the
     /// leaf, `path[len - 1]` the root.
-    fn descend(&self, addr: u64) -> Vec<Level<T>> {
+    fn descend(&self, addr: u64) -> Vec<Level<V>> {
         let mut path = Vec::with_capacity(8);
         let mut n = self.raw().root();
         let (mut min, mut max) = (0u64, u64::MAX);
@@ -311,7 +315,7 @@ impl<T: Send + Sync + 'static> Writer<'_, T> {
     }
 
     /// Stores `v` (an owned count, or null) over `[a, b]` (R1–R4).
-    pub(crate) fn store_raw(&mut self, mut a: u64, mut b: u64, v: *const T) {
+    pub(crate) fn store_raw(&mut self, mut a: u64, mut b: u64, v: Word) {
         if v.is_null() {
             // R4: absorb the free ranges next to the one being made.
             if a > 0 {
@@ -335,7 +339,7 @@ impl<T: Send + Sync + 'static> Writer<'_, T> {
         // SAFETY: as above.
         let (cnt_a, cnt_b) =
             unsafe { (node::count(la.node.meta().load()), node::count(lb.node.meta().load())) };
-        let slot = |l: &node::Leaf<T>, i: usize| l.slots[i].load(Ordering::Relaxed).cast_const();
+        let slot = |l: &node::Leaf<V>, i: usize| l.slots[i].load(Ordering::Relaxed).cast_const();
 
         // R2: an exact fit of one non-null entry by another is an in-place store.
         if la.node == lb.node && la.idx == lb.idx && !v.is_null() {
@@ -344,8 +348,10 @@ impl<T: Send + Sync + 'static> Writer<'_, T> {
             if lo == a && hi == b && !cur.is_null() {
                 // ORDERING: Release publishes the value's contents.
                 leaf_a.slots[la.idx].store(v.cast_mut(), Ordering::Release);
-                self.state.garbage.values.push(cur);
-                self.maybe_flush();
+                if V::OWNS {
+                    self.state.garbage.values.push(cur);
+                    self.maybe_flush();
+                }
                 return;
             }
         }
@@ -381,8 +387,9 @@ impl<T: Send + Sync + 'static> Writer<'_, T> {
         if same_slot {
             if !va.is_null() {
                 match (left_kept, right_kept) {
-                    // SAFETY: `va` holds a count; the second remnant needs one more.
-                    (true, true) => unsafe { node::clone_value(va) },
+                    // SAFETY: `va` owns its value; the second remnant needs
+                    // one more owner (value.rs V2).
+                    (true, true) => unsafe { V::clone_word(va) },
                     (false, false) => garbage.values.push(va),
                     _ => {}
                 }
@@ -450,7 +457,11 @@ impl<T: Send + Sync + 'static> Writer<'_, T> {
         self.state.leaf_items = items;
         let pending = &mut self.state.garbage;
         pending.nodes.append(&mut garbage.nodes);
-        pending.values.append(&mut garbage.values);
+        if V::OWNS {
+            pending.values.append(&mut garbage.values);
+        } else {
+            garbage.values.clear(); // V3: counted in `removed`, nothing to free
+        }
         self.maybe_flush();
     }
 
@@ -458,21 +469,21 @@ impl<T: Send + Sync + 'static> Writer<'_, T> {
     /// returns the new root (R1, R3).
     fn rebuild(
         &self,
-        pa: &mut Vec<Level<T>>,
-        pb: &mut Vec<Level<T>>,
-        leaf_items: &mut Vec<(u64, *const T)>,
-        garbage: &mut Garbage<T>,
+        pa: &mut Vec<Level<V>>,
+        pb: &mut Vec<Level<V>>,
+        leaf_items: &mut Vec<(u64, Word)>,
+        garbage: &mut Garbage<V>,
         removed: &mut usize,
         blocks: &mut Blocks,
-    ) -> Option<NodePtr<T>> {
+    ) -> Option<NodePtr<V>> {
         let height = pa.len() - 1;
         let pool = &*self.tree.pool;
         let mut block = || blocks.get(pool);
-        let mut inner_items: Vec<(u64, NodePtr<T>, u64)> = Vec::new();
-        let mut consumed: Vec<NodePtr<T>> = Vec::new();
+        let mut inner_items: Vec<(u64, NodePtr<V>, u64)> = Vec::new();
+        let mut consumed: Vec<NodePtr<V>> = Vec::new();
         // R7: every level's consumed nodes, which no retirement of an
         // overwritten subtree may retire again.
-        let mut consumed_below: Vec<NodePtr<T>> = Vec::new();
+        let mut consumed_below: Vec<NodePtr<V>> = Vec::new();
         let mut level = 0;
         loop {
             let is_leaf = level == 0;
@@ -599,13 +610,13 @@ impl<T: Send + Sync + 'static> Writer<'_, T> {
             let (na, nb) = unsafe { (a.node.inner(), b.node.inner()) };
             // SAFETY: as above.
             let (ca, cb) = unsafe { (node::count(a.node.meta().load()), node::count(b.node.meta().load())) };
-            let mut up: Vec<(u64, NodePtr<T>, u64)> = Vec::with_capacity(ca + new_nodes.len() + cb);
+            let mut up: Vec<(u64, NodePtr<V>, u64)> = Vec::with_capacity(ca + new_nodes.len() + cb);
             for i in 0..a.idx {
                 up.push((node::slot_range(&na.pivots, ca, i, a.min, a.max).1, na.child(i), na.gap(i)));
             }
             up.extend_from_slice(&new_nodes);
             // Children strictly between the span's edges were overwritten.
-            let between: Vec<NodePtr<T>> = if a.node == b.node {
+            let between: Vec<NodePtr<V>> = if a.node == b.node {
                 (a.idx + 1..b.idx).map(|i| na.child(i)).collect()
             } else {
                 (a.idx + 1..ca).map(|i| na.child(i)).chain((0..b.idx).map(|i| nb.child(i))).collect()
@@ -624,7 +635,7 @@ impl<T: Send + Sync + 'static> Writer<'_, T> {
 
 /// Recomputes gaps up the path after child `path[0].idx` of `path[0].node`
 /// changed, stopping where the largest gap of a node does not change (N6).
-fn fix_gaps<T>(path: &[Level<T>]) {
+fn fix_gaps<V>(path: &[Level<V>]) {
     for w in path.windows(2) {
         let (n, parent) = (w[0], w[1]);
         // SAFETY: write lock held: nodes on the path stay allocated.
@@ -641,11 +652,11 @@ fn fix_gaps<T>(path: &[Level<T>]) {
 
 /// Adds levels on top while the root level has more than one node, then
 /// drops single-child roots.
-fn grow_and_collapse<T>(
-    mut top: Vec<(u64, NodePtr<T>, u64)>,
-    garbage: &mut Garbage<T>,
+fn grow_and_collapse<V: Value>(
+    mut top: Vec<(u64, NodePtr<V>, u64)>,
+    garbage: &mut Garbage<V>,
     block: &mut impl FnMut() -> Block,
-) -> NodePtr<T> {
+) -> NodePtr<V> {
     while top.len() > 1 {
         top = split_inners(&top, INNER_SLOTS, (true, true), block);
     }
@@ -664,7 +675,12 @@ fn grow_and_collapse<T>(
 
 /// Frees a whole overwritten subtree after the grace period, except nodes
 /// whose items were moved elsewhere (`keep`, at any level: R7).
-fn retire_subtree<T>(n: NodePtr<T>, keep: &[NodePtr<T>], garbage: &mut Garbage<T>, removed: &mut usize) {
+fn retire_subtree<V: Value>(
+    n: NodePtr<V>,
+    keep: &[NodePtr<V>],
+    garbage: &mut Garbage<V>,
+    removed: &mut usize,
+) {
     if keep.contains(&n) {
         return;
     }
@@ -708,13 +724,13 @@ fn chunks(n: usize, cap: usize, (left_edge, right_edge): (bool, bool)) -> Vec<Ra
 }
 
 /// New leaves for `items` spanning from `min`; returns inner items.
-fn split_leaves<T>(
-    items: &[(u64, *const T)],
+fn split_leaves<V>(
+    items: &[(u64, Word)],
     mut min: u64,
     cap: usize,
     edges: (bool, bool),
     block: &mut impl FnMut() -> Block,
-) -> Vec<(u64, NodePtr<T>, u64)> {
+) -> Vec<(u64, NodePtr<V>, u64)> {
     let mut out = Vec::with_capacity(2);
     for r in chunks(items.len(), cap, edges) {
         let part = &items[r];
@@ -734,12 +750,12 @@ fn split_leaves<T>(
 }
 
 /// New internal nodes for `items`; returns their items.
-fn split_inners<T>(
-    items: &[(u64, NodePtr<T>, u64)],
+fn split_inners<V>(
+    items: &[(u64, NodePtr<V>, u64)],
     cap: usize,
     edges: (bool, bool),
     block: &mut impl FnMut() -> Block,
-) -> Vec<(u64, NodePtr<T>, u64)> {
+) -> Vec<(u64, NodePtr<V>, u64)> {
     let mut out = Vec::with_capacity(2);
     for r in chunks(items.len(), cap, edges) {
         let part = &items[r];

@@ -20,11 +20,11 @@ fn model(f: impl Fn() + Sync + Send + 'static) {
 
 /// A full root leaf: 7 entries and 8 free ranges between and around them
 /// (15 slots); one more insert splits it.
-fn full_leaf() -> MapleTree<u64> {
+fn full_leaf() -> MapleTree<std::sync::Arc<u64>> {
     let t = MapleTree::new(std::sync::Arc::new(Domain::new()));
     let mut w = t.write();
     for i in 0..7u64 {
-        w.insert(i * 0x10 + 1..i * 0x10 + 8, i).unwrap();
+        w.insert(i * 0x10 + 1..i * 0x10 + 8, std::sync::Arc::new(i)).unwrap();
     }
     drop(w);
     assert_eq!(t.stats().height, 1);
@@ -47,7 +47,7 @@ fn load_during_root_split() {
                 assert!(new.is_none() || new == Some((0x71..0x78, 7)), "{new:?}");
             })
         };
-        t.write().insert(0x71..0x78, 7).unwrap();
+        t.write().insert(0x71..0x78, std::sync::Arc::new(7)).unwrap();
         assert_eq!(t.stats().height, 2, "the insert did not split the root");
         r.join().unwrap();
         t.validate().unwrap();
@@ -75,7 +75,7 @@ fn iterate_during_split_and_erase() {
         };
         {
             let mut w = t.write();
-            w.insert(0x71..0x78, 7).unwrap();
+            w.insert(0x71..0x78, std::sync::Arc::new(7)).unwrap();
             w.erase(0x31..0x38).unwrap();
         }
         r.join().unwrap();
@@ -100,7 +100,7 @@ fn load_during_in_place_replace() {
                 assert!(v == t.load(0x22, &g).map(|e| *e.value) || v == Some(2));
             })
         };
-        let old = t.write().replace(0x21..0x28, 20u64).unwrap();
+        let old = t.write().replace(0x21..0x28, std::sync::Arc::new(20u64)).unwrap();
         assert_eq!(*old, 2);
         r.join().unwrap();
     });

@@ -30,7 +30,7 @@ fn bytes_per_entry(order: &[(u64, u64)]) -> (f64, usize) {
     {
         let mut w = t.write();
         for (i, &(s, e)) in order.iter().enumerate() {
-            w.insert(s..e, i).unwrap();
+            w.insert(s..e, i as u32).unwrap();
         }
     }
     t.validate().unwrap();

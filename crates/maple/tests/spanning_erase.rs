@@ -14,10 +14,10 @@ const TOP: u64 = 0x7000_0000_0000;
 
 /// A tree holding a dense region that stays: 4000 one-page entries from
 /// `TOP` up.
-fn dense_tree(domain: &Arc<Domain>) -> MapleTree<u64> {
+fn dense_tree(domain: &Arc<Domain>) -> MapleTree<Arc<u64>> {
     let tree = MapleTree::new(domain.clone());
     for i in 0..4000u64 {
-        tree.write().insert(TOP + i * P..TOP + (i + 1) * P, i).unwrap();
+        tree.write().insert(TOP + i * P..TOP + (i + 1) * P, Arc::new(i)).unwrap();
     }
     tree
 }
@@ -44,7 +44,7 @@ fn erasing_runs_of_adjacent_entries_keeps_the_tree_valid() {
         let n = 1 + next() % 3000;
         let lo = top - n * P;
         for i in (0..n).rev() {
-            tree.write().insert(lo + i * P..lo + (i + 1) * P, round).unwrap();
+            tree.write().insert(lo + i * P..lo + (i + 1) * P, Arc::new(round)).unwrap();
         }
         tree.validate().unwrap();
         // Erase it in a few runs, in random order.
@@ -76,7 +76,7 @@ fn top_down_placement_with_batched_run_erases_keeps_the_tree_valid() {
     let mut queue = std::collections::VecDeque::new();
     for step in 0..20_000u64 {
         let a = tree.write().empty_area_rev(0x1000, top, P).unwrap();
-        tree.write().insert(a..a + P, step).unwrap();
+        tree.write().insert(a..a + P, Arc::new(step)).unwrap();
         queue.push_back((a, a + P));
         if next() % 64 == 0 {
             let k = (next() as usize % queue.len()) + 1;
@@ -117,7 +117,7 @@ fn short_spanning_erases_that_borrow_a_cousin_retire_each_node_once() {
         for j in (i + 8..=n).step_by(8) {
             let tree = MapleTree::new(domain.clone());
             for k in (0..n).rev() {
-                tree.write().insert(base + k * P..base + (k + 1) * P, k).unwrap();
+                tree.write().insert(base + k * P..base + (k + 1) * P, Arc::new(k)).unwrap();
             }
             let removed = tree.write().erase(base + i * P..base + j * P).unwrap();
             assert_eq!(removed as u64, j - i, "erase {i}..{j}");

@@ -47,14 +47,14 @@ fn check(v: &Val, range: &std::ops::Range<u64>, done0: u64, started1: u64) {
 
 #[test]
 fn readers_only_see_states_that_existed_during_their_call() {
-    let tree = Arc::new(MapleTree::<Val>::new(Arc::new(Domain::new())));
+    let tree = Arc::new(MapleTree::<Arc<Val>>::new(Arc::new(Domain::new())));
     let clock = Arc::new(Clock { started: AtomicU64::new(0), done: AtomicU64::new(0) });
     let stop = Arc::new(AtomicBool::new(false));
     let mk = |s: u64, e: u64, birth: u64| Val { start: s, end: e, birth, death: AtomicU64::new(u64::MAX) };
     {
         let mut w = tree.write();
         for c in (0..CELLS).step_by(PINNED as usize) {
-            w.insert(c * CELL..c * CELL + CELL / 2, mk(c * CELL, c * CELL + CELL / 2, 0)).unwrap();
+            w.insert(c * CELL..c * CELL + CELL / 2, Arc::new(mk(c * CELL, c * CELL + CELL / 2, 0))).unwrap();
         }
     }
     let mut readers = Vec::new();
@@ -142,7 +142,7 @@ fn readers_only_see_states_that_existed_during_their_call() {
         let mut w = tree.write();
         match (x >> 8) % 3 {
             0 if !covered(&model, s) => {
-                w.insert(s..e, mk(s, e, k)).unwrap();
+                w.insert(s..e, Arc::new(mk(s, e, k))).unwrap();
                 model.insert(s, e);
             }
             1 if covered(&model, s) => {
@@ -173,7 +173,7 @@ fn readers_only_see_states_that_existed_during_their_call() {
                 for (&ms, _) in model.range(s2..e2) {
                     w.load(ms).unwrap().value.death.store(k, Ordering::Release);
                 }
-                w.store(s2..e2, mk(s2, e2, k)).unwrap();
+                w.store(s2..e2, Arc::new(mk(s2, e2, k))).unwrap();
                 let keys: Vec<u64> = model.range(s2..e2).map(|(s, _)| *s).collect();
                 for ks in keys {
                     model.remove(&ks);

@@ -36,7 +36,7 @@ fn dropping_tree_and_domain_frees_everything() {
         let before = LIVE.load(Ordering::SeqCst);
         {
             let domain = Arc::new(Domain::new());
-            let tree: MapleTree<Vec<u64>> = MapleTree::new(domain.clone());
+            let tree: MapleTree<Arc<Vec<u64>>> = MapleTree::new(domain.clone());
             let mut x = 7u64;
             for i in 0..20_000u64 {
                 x ^= x << 13;
@@ -45,9 +45,9 @@ fn dropping_tree_and_domain_frees_everything() {
                 let a = (x % 5000) * 0x1000;
                 let mut w = tree.write();
                 match i % 3 {
-                    0 => drop(w.store(a..a + 0x3000, vec![i; 4])),
+                    0 => drop(w.store(a..a + 0x3000, Arc::new(vec![i; 4]))),
                     1 => drop(w.erase(a..a + 0x2000)),
-                    _ => drop(w.insert(a..a + 0x1000, vec![i])),
+                    _ => drop(w.insert(a..a + 0x1000, Arc::new(vec![i]))),
                 }
             }
             tree.validate().unwrap();

@@ -134,7 +134,7 @@ impl std::ops::Deref for MmapLock {
 /// memory through its own [`Cpu`] ([`AddressSpace::cpu`]).
 pub struct AddressSpace {
     domain: Arc<Domain>,
-    vmas: CachePadded<MapleTree<Vma>>,
+    vmas: CachePadded<MapleTree<Arc<Vma>>>,
     cfg: MmConfig,
     layout: Layout,
     /// The mmap lock: writers always; faults and readers only under
@@ -479,7 +479,7 @@ impl AddressSpace {
         &self.hw
     }
 
-    pub(crate) fn vmas_tree(&self) -> &MapleTree<Vma> {
+    pub(crate) fn vmas_tree(&self) -> &MapleTree<Arc<Vma>> {
         &self.vmas
     }
 
@@ -791,7 +791,7 @@ impl AddressSpace {
             let mut w = mm.vmas.write();
             for v in vmas {
                 // `parse` rejected overlaps, so this cannot fail.
-                w.insert(v.start..v.end, v).expect("parse() checked that lines do not overlap");
+                w.insert(v.start..v.end, Arc::new(v)).expect("parse() checked that lines do not overlap");
             }
         }
     }
@@ -860,7 +860,7 @@ impl AddressSpace {
         &self,
         from: u64,
         limit: usize,
-        collect: impl FnMut(&Entry<'_, Vma>) -> Option<T>,
+        collect: impl FnMut(&Entry<'_, Arc<Vma>>) -> Option<T>,
     ) -> Vec<T> {
         let whole = self.reader_lock();
         let side = Side { mm: self, whole: whole.is_some() };
@@ -966,7 +966,7 @@ fn kept_lines(text: String, kept: &[std::ops::Range<usize>]) -> String {
     if whole { text } else { kept.iter().map(|r| &text[r.clone()]).collect() }
 }
 
-fn view(e: &Entry<'_, Vma>, layout: &Layout) -> Vma {
+fn view(e: &Entry<'_, Arc<Vma>>, layout: &Layout) -> Vma {
     let v = e.value;
     let mut out = if v.start == e.range.start && v.end == e.range.end {
         v.clone()

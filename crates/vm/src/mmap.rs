@@ -89,9 +89,9 @@ fn page_align(x: u64) -> Option<u64> {
 
 /// The state an mm call works on, under the mmap lock.
 pub(crate) struct MmCall<'a> {
-    pub(crate) w: Writer<'a, Vma>,
+    pub(crate) w: Writer<'a, Arc<Vma>>,
     /// The tree `w` writes (for lookups that need a guard).
-    pub(crate) tree: &'a MapleTree<Vma>,
+    pub(crate) tree: &'a MapleTree<Arc<Vma>>,
     /// The VMA domain.
     pub(crate) domain: &'a Domain,
     pub(crate) cfg: &'a MmConfig,
@@ -153,7 +153,7 @@ impl MmCall<'_> {
     /// is widened first (mm.rs A6).
     pub(crate) fn store(&mut self, r: std::ops::Range<u64>, v: Vma) {
         self.widen_txn(r.start, r.end);
-        self.w.store(r, v).expect("a VMA's range is never empty");
+        self.w.store(r, Arc::new(v)).expect("a VMA's range is never empty");
     }
 
     /// A tree erase of `r`, widening as [`MmCall::store`] does.

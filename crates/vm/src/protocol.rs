@@ -39,7 +39,7 @@ pub const TXN_LOG: u64 = 16;
 /// entry, a new mapping) is a change: VMAs are immutable, so a new object
 /// is a new state.
 pub fn vma_still_mapped<T: Send + Sync + 'static>(
-    tree: &MapleTree<T>,
+    tree: &MapleTree<Arc<T>>,
     va: u64,
     seen: &T,
     g: &rcuvm_rcu::Guard<'_>,
@@ -49,7 +49,7 @@ pub fn vma_still_mapped<T: Send + Sync + 'static>(
 
 /// Entries (live and dead) overlapping `[start, end)`, in order, as the
 /// writer sees them (PR2).
-pub fn entries_in<T: Send + Sync + 'static>(w: &Writer<'_, T>, start: u64, end: u64) -> Vec<Arc<T>> {
+pub fn entries_in<T: Send + Sync + 'static>(w: &Writer<'_, Arc<T>>, start: u64, end: u64) -> Vec<Arc<T>> {
     let mut out = Vec::new();
     let mut at = start;
     while at < end {
@@ -101,11 +101,11 @@ pub trait ReadSide<T> {
 /// entry that begins below the end of the previous line is newer (a merge
 /// over what was read): the lines it covers are taken back.
 pub fn read_stable<T, R, S>(
-    tree: &MapleTree<T>,
+    tree: &MapleTree<Arc<T>>,
     side: &S,
     from: u64,
     limit: usize,
-    mut collect: impl FnMut(&Entry<'_, T>) -> Option<R>,
+    mut collect: impl FnMut(&Entry<'_, Arc<T>>) -> Option<R>,
 ) -> Vec<R>
 where
     T: Send + Sync + 'static,

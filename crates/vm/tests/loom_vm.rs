@@ -315,7 +315,7 @@ impl Frame {
 /// The parts of `AddressSpace` and `Hw` (mm.rs) the race goes through.
 struct Mm {
     /// The VMA tree; its domain is the VMA domain.
-    tree: MapleTree<Vma1>,
+    tree: MapleTree<std::sync::Arc<Vma1>>,
     /// The per-mm TLB domain (tlb.rs `Shootdown::domain`).
     tlb: Domain,
     /// tlb.rs `Shootdown::generation`.
@@ -608,7 +608,7 @@ fn munmap(mm: &Mm, s: Strategy, m: Mutation, cov: &Cov1) -> Option<rcuvm::rcu::G
         Strategy::RcuDead => {
             // unmap.rs `bury`: a dead entry over the range; its RCU callback
             // would mark it expired after a grace period (`poll_state`).
-            w.store(VA..VA + PAGE, Vma1::new(OLD, true)).unwrap();
+            w.store(VA..VA + PAGE, std::sync::Arc::new(Vma1::new(OLD, true))).unwrap();
             Some(mm.tree.domain().get_state())
         }
         Strategy::RcuSync => {
@@ -684,14 +684,14 @@ fn mmap_fixed(
         }
     }
     // store_merged.
-    w.store(VA..VA + PAGE, Vma1::new(NEW, false)).unwrap();
+    w.store(VA..VA + PAGE, std::sync::Arc::new(Vma1::new(NEW, false))).unwrap();
     dead
 }
 
 /// The end of unmap.rs `reap_dead` for the dead entry at `VA`: erase its
 /// range, then `free_tables` of the gap and `finish(g, vma_gp_passed =
 /// true)`: the table after a grace period of the TLB domain only (T6).
-fn reap(mm: &Mm, w: &mut rcuvm::maple::Writer<'_, Vma1>) {
+fn reap(mm: &Mm, w: &mut rcuvm::maple::Writer<'_, std::sync::Arc<Vma1>>) {
     w.erase(VA..VA + PAGE).unwrap();
     let t = {
         let _g = mm.pmd_lock.lock().unwrap();
@@ -719,7 +719,7 @@ fn fault_model(name: &'static str, s: Strategy, vmacache: bool, m: Mutation, cov
             phase: AtomicUsize::new(0),
             violation: std::sync::Mutex::new(None),
         });
-        mm.tree.write().insert(VA..VA + PAGE, Vma1::new(OLD, false)).unwrap();
+        mm.tree.write().insert(VA..VA + PAGE, std::sync::Arc::new(Vma1::new(OLD, false))).unwrap();
         // With the vmacache, the CPU starts with the old VMA cached, as
         // after a fault on another of its pages: its first fault here takes
         // it from the cache, racing with munmap's detached mark.
@@ -935,7 +935,7 @@ struct TxnSlot {
 
 /// The parts of `AddressSpace`/`Hw` the reader goes through.
 struct Maps {
-    tree: MapleTree<Vma2>,
+    tree: MapleTree<std::sync::Arc<Vma2>>,
     /// mm.rs `Hw::write_seq` (A5).
     write_seq: AtomicU64,
     /// mm.rs `Hw::txn_log` (A6), cut down to two slots (the models make
@@ -967,13 +967,20 @@ impl Maps {
         };
         let mut w = m.tree.write();
         for &(start, end, id) in vmas {
-            w.insert(start..end, Vma2 { start, end, id, dead: false }).unwrap();
+            w.insert(start..end, std::sync::Arc::new(Vma2 { start, end, id, dead: false })).unwrap();
         }
         drop(w);
         m
     }
     /// mmap.rs `MmCall::store`: inside a change, `widen_txn` first.
-    fn store(&self, w: &mut rcuvm::maple::Writer<'_, Vma2>, start: u64, end: u64, id: u32, dead: bool) {
+    fn store(
+        &self,
+        w: &mut rcuvm::maple::Writer<'_, std::sync::Arc<Vma2>>,
+        start: u64,
+        end: u64,
+        id: u32,
+        dead: bool,
+    ) {
         let k = self.txn.load(StdOrdering::Relaxed);
         if k != usize::MAX && self.widen {
             // `widen_txn`.
@@ -985,7 +992,7 @@ impl Maps {
                 slot.hi.store(end, Ordering::Relaxed);
             }
         }
-        w.store(start..end, Vma2 { start, end, id, dead }).unwrap();
+        w.store(start..end, std::sync::Arc::new(Vma2 { start, end, id, dead })).unwrap();
     }
     /// mmap.rs `MmCall::tree_txn`: take the change's slot (A6), then
     /// `write_seq` odd around `f`.
@@ -1093,21 +1100,22 @@ fn read_maps(maps: &Maps, seqcount: bool, cov: &Cov2) -> Vec<Line> {
     // same start).
     let last = Cell::new(None::<(u64, u64)>);
     let took_back = Cell::new(false);
-    let lines = protocol::read_stable(&maps.tree, &side, 0, usize::MAX, |e: &Entry<'_, Vma2>| {
-        if last.get().is_some_and(|(s, end)| e.range.start < end && e.range.start != s) {
-            took_back.set(true);
-        }
-        last.set(Some((e.range.start, e.range.end)));
-        if cov.open.load(StdOrdering::Relaxed) && !cov.this_inside.swap(true, StdOrdering::Relaxed) {
-            cov.read_inside_txn.fetch_add(1, StdOrdering::Relaxed);
-        }
-        Some(Line {
-            start: e.range.start,
-            end: e.range.end,
-            vma: (e.value.start, e.value.end),
-            id: e.value.id,
-        })
-    });
+    let lines =
+        protocol::read_stable(&maps.tree, &side, 0, usize::MAX, |e: &Entry<'_, std::sync::Arc<Vma2>>| {
+            if last.get().is_some_and(|(s, end)| e.range.start < end && e.range.start != s) {
+                took_back.set(true);
+            }
+            last.set(Some((e.range.start, e.range.end)));
+            if cov.open.load(StdOrdering::Relaxed) && !cov.this_inside.swap(true, StdOrdering::Relaxed) {
+                cov.read_inside_txn.fetch_add(1, StdOrdering::Relaxed);
+            }
+            Some(Line {
+                start: e.range.start,
+                end: e.range.end,
+                vma: (e.value.start, e.value.end),
+                id: e.value.id,
+            })
+        });
     if took_back.get() {
         cov.took_back.fetch_add(1, StdOrdering::Relaxed);
     }
