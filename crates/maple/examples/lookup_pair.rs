@@ -164,12 +164,41 @@ fn scaling<V: Value>(
     // The same tree looked up by one thread, then by two at once (each with
     // its own probes), alternating: the scaling target's check.
     let probes2 = common::probes(rs, 1 << 16, 8);
-    let lookups = |ps: &[u64]| {
+    let maple = one_vs_two(rounds, probes, &probes2, |ps| {
         round(ps, |a| {
             let g = t.domain().read();
             t.load(a, &g).map(|e| read(e.value))
         })
-    };
+    });
+    drop(t);
+    // What this machine's memory allows two threads that only chase
+    // pointers: a BTreeMap read by both with no lock at all.
+    let b: BTreeMap<u64, (u64, u32)> = rs.iter().enumerate().map(|(i, &(s, e))| (s, (e, i as u32))).collect();
+    let plain = one_vs_two(rounds, probes, &probes2, |ps| {
+        round(ps, |a| b.range(..=a).next_back().filter(|(_, (e, _))| *e > a).map(|(_, (_, v))| u64::from(*v)))
+    });
+    for (name, (mut t1, mut t2, mut x)) in [("maple", maple), ("unlocked BTreeMap", plain)] {
+        if std::env::var_os("PAIR_VERBOSE").is_some() {
+            eprintln!("{name}: 1 thread {t1:.0?}\n2 threads {t2:.0?}");
+        }
+        println!(
+            "n={n} {name} 1 thread median {:.1} ns, 2 threads median {:.1} ns per lookup per thread, 2 threads / 1 thread median {:.2}x",
+            med(&mut t1),
+            med(&mut t2),
+            med(&mut x)
+        );
+    }
+}
+
+/// Rounds of `lookups` on one thread, then on two at once (each with its
+/// own probes), alternating: the times per lookup per thread and the
+/// throughput ratios.
+fn one_vs_two(
+    rounds: usize,
+    probes: &[u64],
+    probes2: &[u64],
+    lookups: impl Fn(&[u64]) -> f64 + Sync,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
     let (mut t1, mut t2, mut scaling) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..rounds {
         let one = lookups(probes);
@@ -177,7 +206,7 @@ fn scaling<V: Value>(
         let two = std::thread::scope(|s| {
             let h = s.spawn(|| {
                 start.wait();
-                lookups(&probes2)
+                lookups(probes2)
             });
             start.wait();
             let mine = lookups(probes);
@@ -187,13 +216,5 @@ fn scaling<V: Value>(
         t2.push(two);
         scaling.push(2.0 * one / two);
     }
-    if std::env::var_os("PAIR_VERBOSE").is_some() {
-        eprintln!("1 thread {t1:.0?}\n2 threads {t2:.0?}");
-    }
-    println!(
-        "n={n} maple 1 thread median {:.1} ns, 2 threads median {:.1} ns per lookup per thread, 2 threads / 1 thread median {:.2}x",
-        med(&mut t1),
-        med(&mut t2),
-        med(&mut scaling)
-    );
+    (t1, t2, scaling)
 }
