@@ -828,8 +828,10 @@ impl AddressSpace {
         // Every line renders into one buffer; `read_stable` keeps the range
         // of each line it keeps. A torn read or a take-back leaves its text
         // behind, so the kept lines are copied out unless (as almost always)
-        // they are the whole buffer in order.
-        let mut text = String::new();
+        // they are the whole buffer in order. Sized up front for lines of
+        // 64 bytes (most are shorter), so that a read does not grow its
+        // buffer a dozen times.
+        let mut text = String::with_capacity(self.vmas.len() * 64);
         let lines = self.read_stable(0, usize::MAX, |e| {
             let at = text.len();
             maps::write_line(&mut text, &view(e, &self.layout));
@@ -889,8 +891,8 @@ impl AddressSpace {
             Owner::PageCache => Some(false),
             Owner::Zero | Owner::Free => None,
         };
-        // One buffer, as in `maps`.
-        let mut text = String::new();
+        // One buffer, as in `maps` (an entry renders to about 500 bytes).
+        let mut text = String::with_capacity(self.vmas.len() * 512);
         let entries = self.read_stable(0, usize::MAX, |e| {
             // The walk runs under the guard, which keeps the tables (PT5).
             let v = view(e, &self.layout);

@@ -112,7 +112,9 @@ where
     S: ReadSide<T>,
 {
     let whole = side.whole_locked();
-    let mut out: Vec<(u64, u64, R)> = Vec::new();
+    // Sized for every entry up front (dead ones included): growing it by
+    // doubling costs a dozen reallocations per read of a big address space.
+    let mut out: Vec<(u64, u64, R)> = Vec::with_capacity(limit.min(tree.len()));
     let mut at = from;
     let mut torn = 0;
     loop {
