@@ -52,6 +52,17 @@
 //!   slept 1,927 times in 2 s on this lock in `call`, while the reclaimer
 //!   holding it slept on the arena lock in a free (perf, sched_switch with
 //!   call stacks).
+//! - C10. Callers finish a late batch's grace period. The reclaimer keeps
+//!   each batch it takes in `waiting`, with the grace-period state that
+//!   completes it (grace.rs P2), while it waits; a batch whose state is
+//!   complete moves to `ready`, whoever completed it. A caller of
+//!   `run_ready` that finds nothing ready and the oldest waiting batch
+//!   taken `ready_delay` ago or more tries a grace period itself, without
+//!   blocking (grace.rs P5), at most once per `ready_delay`. Why: with
+//!   every CPU busy (the lab's proc-vs-map: a writer and a maps reader that
+//!   never sleeps on two CPUs), the reclaimer waited for a CPU for tens of
+//!   milliseconds; `rcu-dead`'s dead entries, expired by callbacks, piled
+//!   up to their bound, and munmap waited for grace periods.
 //! - C8. A thread knows every domain whose callbacks it is running, at any
 //!   depth (a callback of one domain may run another's through
 //!   `run_ready`): inside a callback of a domain, `barrier` of that domain
@@ -72,6 +83,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use crate::deferred::Deferred;
 use crate::domain::DomainInner;
+use crate::grace::GpState;
 use crate::reader;
 use crate::sync::{
     self, Arc, AtomicBool, AtomicU64, Condvar, JoinHandle, Mutex, Ordering, rcu_thread_local, thread,
@@ -106,6 +118,9 @@ struct QueueState {
     /// C6: callbacks whose grace period has passed, each with its batch's
     /// first sequence number, for callers of `run_ready`.
     ready: VecDeque<(u64, Deferred)>,
+    /// C10: batches waiting for their grace period: the state that
+    /// completes it, the batch's first sequence number, when it was taken.
+    waiting: VecDeque<(GpState, u64, std::time::Instant, Vec<Deferred>)>,
     /// The reclaimer sleeps with no timeout: only a notification wakes it.
     reclaimer_idle: bool,
     /// C6: each batch put in `ready`, in order, and when; records of
@@ -166,6 +181,32 @@ impl QueueState {
         hint.store(self.ready.len() as u64, Ordering::Relaxed);
     }
 
+    /// C10: moves every waiting batch whose grace period is complete (all
+    /// of them with `force`: the domain is shutting down) to `ready`, and
+    /// the emptied vectors it does not keep to `unused` (sized by the
+    /// caller before locking, C9). Keeps `help_at` up to date.
+    fn promote(&mut self, d: &DomainInner, force: bool, unused: &mut Vec<Vec<Deferred>>) {
+        while self.waiting.front().is_some_and(|w| force || d.poll_state(w.0)) {
+            let (_, start, _, mut batch) = self.waiting.pop_front().expect("checked above");
+            self.ready.extend(batch.drain(..).map(|cb| (start, cb)));
+            self.readied.push_back((start, std::time::Instant::now()));
+            unused.push(self.recycle(batch));
+        }
+        d.callbacks.ready_hint.store(self.ready.len() as u64, Ordering::Relaxed);
+        self.set_help_at(d);
+    }
+
+    /// C10: callers may help from `ready_delay` after the oldest waiting
+    /// batch was taken (never, with none waiting).
+    fn set_help_at(&self, d: &DomainInner) {
+        let q = &d.callbacks;
+        let at = self.waiting.front().map_or(u64::MAX, |w| {
+            let taken = w.2.saturating_duration_since(q.epoch).as_nanos() as u64;
+            taken.saturating_add(d.config.ready_delay.as_nanos() as u64)
+        });
+        q.help_at.store(at, Ordering::Relaxed);
+    }
+
     /// Counts `n` callbacks of the batch `start` as run (C2, C6).
     fn finish(&mut self, start: u64, n: usize) {
         if let Some(i) = self.in_flight.iter().position(|b| b.0 == start) {
@@ -191,6 +232,10 @@ pub(crate) struct CallbackQueue {
     ready_hint: AtomicU64,
     /// C6: some thread has called `run_ready` (set once, never cleared).
     callers_run: AtomicBool,
+    /// C10: when callers may next try to finish a waiting batch's grace
+    /// period, in ns since `epoch` (`u64::MAX`: none waits).
+    help_at: AtomicU64,
+    epoch: std::time::Instant,
 }
 
 impl std::fmt::Debug for CallbackQueue {
@@ -207,6 +252,8 @@ impl CallbackQueue {
             finished: Condvar::new(),
             ready_hint: AtomicU64::new(0),
             callers_run: AtomicBool::new(false),
+            help_at: AtomicU64::new(u64::MAX),
+            epoch: std::time::Instant::now(),
         }
     }
 }
@@ -256,20 +303,29 @@ pub(crate) fn enqueue(d: &Arc<DomainInner>, cb: Deferred) {
 /// Waits for a grace period (unless the domain is gone), then runs `batch`,
 /// or with `leave` hands it to callers of `run_ready` (C6).
 fn run_batch(d: &DomainInner, start: u64, mut batch: Vec<Deferred>, expedite: bool, leave: bool) {
+    if leave {
+        // C10: wait where callers can see the batch and finish its grace
+        // period if this thread is slow to; then leave it in `ready` (C6),
+        // from which a barrier or shutdown has the reclaimer run it.
+        let state = d.get_state();
+        let mut unused = Vec::with_capacity(2);
+        {
+            let mut st = d.callbacks.state.lock();
+            st.waiting.push_back((state, start, std::time::Instant::now(), batch));
+            st.set_help_at(d);
+            if !st.shutdown {
+                drop(st);
+                d.synchronize_unchecked(expedite);
+                st = d.callbacks.state.lock();
+            }
+            let force = st.shutdown;
+            st.promote(d, force, &mut unused);
+        }
+        drop(unused); // C9: freed with the lock released
+        return;
+    }
     if !d.callbacks.state.lock().shutdown {
         d.synchronize_unchecked(expedite);
-    }
-    if leave {
-        let mut st = d.callbacks.state.lock();
-        if !st.shutdown && st.barrier_waiters == 0 {
-            st.ready.extend(batch.drain(..).map(|cb| (start, cb)));
-            st.readied.push_back((start, std::time::Instant::now()));
-            d.callbacks.ready_hint.store(st.ready.len() as u64, Ordering::Relaxed);
-            let unused = st.recycle(batch);
-            drop(st);
-            drop(unused); // C9: freed with the lock released
-            return;
-        }
     }
     let n = batch.len();
     run_callbacks(d, batch.drain(..));
@@ -337,7 +393,7 @@ pub(crate) fn run_ready(d: &DomainInner, max: usize) -> usize {
         return 0;
     }
     let q = &d.callbacks;
-    if q.callers_run.load(Ordering::Relaxed) && q.ready_hint.load(Ordering::Relaxed) == 0 {
+    if q.callers_run.load(Ordering::Relaxed) && q.ready_hint.load(Ordering::Relaxed) == 0 && !help(d) {
         return 0;
     }
     // A reclaimer that misses this store runs its next batch itself.
@@ -356,6 +412,37 @@ pub(crate) fn run_ready(d: &DomainInner, max: usize) -> usize {
     run_taken(d, &mut bite);
     d.stats.callbacks_run_by_callers.fetch_add(n as u64, Ordering::Relaxed);
     n
+}
+
+/// C10: finishes the grace period of the oldest waiting batch if it is
+/// late, without blocking; returns whether a batch became ready.
+fn help(d: &DomainInner) -> bool {
+    let q = &d.callbacks;
+    if q.help_at.load(Ordering::Relaxed) == u64::MAX {
+        return false; // none waits: no clock read
+    }
+    let now = sync::elapsed_ns(q.epoch);
+    if now < q.help_at.load(Ordering::Relaxed) {
+        return false;
+    }
+    // At most one try per `ready_delay` (the try costs a membarrier and a
+    // scan of the reader slots), whoever wins this swap.
+    let next = now.saturating_add(d.config.ready_delay.as_nanos() as u64);
+    let at = q.help_at.load(Ordering::Relaxed);
+    if at > now || q.help_at.compare_exchange(at, next, Ordering::Relaxed, Ordering::Relaxed).is_err() {
+        return false;
+    }
+    let Some(state) = q.state.lock().waiting.front().map(|w| w.0) else { return false };
+    if !d.try_grace_period(state) {
+        return false;
+    }
+    let mut unused = Vec::with_capacity(2);
+    let mut st = q.state.lock();
+    st.promote(d, false, &mut unused);
+    let ready = !st.ready.is_empty();
+    drop(st);
+    drop(unused);
+    ready
 }
 
 /// The reclaimer thread's loop: one batch per grace period, until shutdown

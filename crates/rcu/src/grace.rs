@@ -19,6 +19,18 @@
 //!   arrives while one runs needs the one after (`completed + 2`).
 //! - P4. No grace period may be waited for from inside a read-side section of
 //!   the same domain: it would wait for itself. That panics instead.
+//! - P5. A caller that must not wait can still finish a grace period for a
+//!   state `s`: [`try_grace_period`](DomainInner::try_grace_period) joins
+//!   the newest grace period begun after `s` was taken (the counter is past
+//!   `s` only through such a begin) or begins one, fences, and scans every
+//!   slot once; if no slot blocks it, that grace period is complete (P2)
+//!   for everyone, whoever began it. One begun by the reclaimer that then
+//!   lost its CPU before its own fence is still sound: the caller fences
+//!   after loading the counter, which is what P1 asks of whoever scans.
+//!   (A first version joined "the counter as it is", which a fresh
+//!   domain's counter never begun is not: the unit test below caught it
+//!   answering "complete" with a reader inside. `poll_state` was not
+//!   fooled, but no state ever completed that way.)
 //!
 //! # Linux
 //! `synchronize_rcu()`, `synchronize_rcu_expedited()`,
@@ -144,6 +156,33 @@ impl DomainInner {
         });
     }
 
+    /// P5: one attempt, that never blocks, at a grace period that completes
+    /// `s` (a state taken earlier). Returns whether `s` is complete now.
+    pub(crate) fn try_grace_period(&self, s: GpState) -> bool {
+        if self.poll_state(s) {
+            return true;
+        }
+        // The counter passes `s` only through grace periods begun after
+        // `s` was taken: join the newest, or begin one.
+        let need = s.0 + GP_UNIT;
+        let mut g = self.read_side.gp.load(Ordering::SeqCst);
+        if g < need {
+            // ORDERING: SeqCst RMW, as in `grace_period` (P1).
+            g = self.read_side.gp.fetch_add(GP_UNIT, Ordering::SeqCst) + GP_UNIT;
+        }
+        // P1, P5: the fence after the counter (this thread's load or bump).
+        membarrier::writer_fence();
+        for slot in self.registry.snapshot() {
+            if slot.blocks(g) {
+                return false;
+            }
+        }
+        // ORDERING: as in `grace_period`.
+        self.gp_completed.fetch_max(g, Ordering::AcqRel);
+        self.stats.caller_gps.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
     /// A cookie for [`poll_state`](Self::poll_state) (P2).
     pub(crate) fn get_state(&self) -> GpState {
         // ORDERING: the fence orders the caller's unlinking stores (an
@@ -161,5 +200,40 @@ impl DomainInner {
     pub(crate) fn poll_state(&self, s: GpState) -> bool {
         // ORDERING: Acquire pairs with the AcqRel fetch_max in `grace_period`.
         self.gp_completed.load(Ordering::Acquire) >= s.0 + GP_UNIT
+    }
+}
+
+#[cfg(all(test, not(rcuvm_loom)))]
+mod tests {
+    use crate::Domain;
+
+    /// P5: a try never waits, completes nothing while a reader that predates
+    /// it is inside, and completes a grace period (for every state taken
+    /// before it) once that reader left.
+    #[test]
+    fn try_grace_period_waits_for_no_one_and_completes_only_when_readers_left() {
+        let d = Domain::new();
+        let inner = &d.inner;
+        let state = inner.get_state();
+        let (entered, leave) = (std::sync::Barrier::new(2), std::sync::Barrier::new(2));
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let _g = d.read();
+                entered.wait();
+                leave.wait();
+            });
+            entered.wait();
+            for _ in 0..3 {
+                assert!(
+                    !inner.try_grace_period(state),
+                    "completed while a reader that predates it is inside"
+                );
+                assert!(!inner.poll_state(state));
+            }
+            leave.wait();
+        });
+        assert!(inner.try_grace_period(state));
+        assert!(inner.poll_state(state));
+        assert_eq!(d.stats().caller_gps, 1);
     }
 }

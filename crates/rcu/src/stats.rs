@@ -34,6 +34,7 @@ pub(crate) struct StatsInner {
     pub(crate) callbacks_pending_max: AtomicU64,
     pub(crate) helped_batches: AtomicU64,
     pub(crate) callbacks_run_by_callers: AtomicU64,
+    pub(crate) caller_gps: AtomicU64,
     latency: Mutex<(Histogram<u64>, Histogram<u64>)>,
 }
 
@@ -48,6 +49,7 @@ impl StatsInner {
             callbacks_pending_max: AtomicU64::new(0),
             helped_batches: AtomicU64::new(0),
             callbacks_run_by_callers: AtomicU64::new(0),
+            caller_gps: AtomicU64::new(0),
             latency: Mutex::new((histogram(), histogram())),
         }
     }
@@ -78,6 +80,7 @@ impl StatsInner {
             callbacks_panicked: self.callbacks_panicked.load(Ordering::Relaxed),
             helped_batches: self.helped_batches.load(Ordering::Relaxed),
             callbacks_run_by_callers: self.callbacks_run_by_callers.load(Ordering::Relaxed),
+            caller_gps: self.caller_gps.load(Ordering::Relaxed),
             reader_slots: readers,
             gp_latency_ns: h.0.clone(),
             expedited_latency_ns: h.1.clone(),
@@ -108,6 +111,9 @@ pub struct Stats {
     pub helped_batches: u64,
     /// Callbacks run by callers of `run_ready` (callback.rs C6).
     pub callbacks_run_by_callers: u64,
+    /// Grace periods completed by callers that would not wait for the
+    /// reclaimer (grace.rs P5, callback.rs C10).
+    pub caller_gps: u64,
     /// Reader slots ever registered (one per thread that used the domain at
     /// the same time as others).
     pub reader_slots: usize,

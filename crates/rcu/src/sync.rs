@@ -89,6 +89,11 @@ mod imp {
         since.elapsed() >= d
     }
 
+    /// Nanoseconds since `epoch`.
+    pub(crate) fn elapsed_ns(epoch: std::time::Instant) -> u64 {
+        epoch.elapsed().as_nanos() as u64
+    }
+
     /// Declares a thread-local; `const` initialised so access is a plain
     /// TLS offset with no lazy-init check.
     macro_rules! rcu_thread_local {
@@ -171,6 +176,11 @@ mod imp {
     /// `wait_timeout` that timed out).
     pub(crate) fn has_passed(_since: std::time::Instant, _d: std::time::Duration) -> bool {
         true
+    }
+
+    /// As `has_passed`: later than any deadline.
+    pub(crate) fn elapsed_ns(_epoch: std::time::Instant) -> u64 {
+        u64::MAX
     }
 
     macro_rules! rcu_thread_local {

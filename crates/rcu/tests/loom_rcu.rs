@@ -237,6 +237,7 @@ fn retire_never_frees_under_a_guard() {
 fn caller_run_callbacks_never_free_under_a_guard() {
     static COV: Coverage = Coverage::new();
     static BY_CALLER: StdAtomicUsize = StdAtomicUsize::new(0);
+    static CALLER_GP: StdAtomicUsize = StdAtomicUsize::new(0);
     check("caller_run_callbacks_never_free_under_a_guard", 2, || {
         COV.start_iteration();
         let d = Arc::new(Domain::new());
@@ -261,6 +262,11 @@ fn caller_run_callbacks_never_free_under_a_guard() {
         if d.stats().callbacks_run_by_callers > 0 {
             BY_CALLER.fetch_add(1, StdOrdering::Relaxed);
         }
+        // callback.rs C10: under loom every batch is late, so the caller
+        // also tries to finish its grace period itself (grace.rs P5).
+        if d.stats().caller_gps > 0 {
+            CALLER_GP.fetch_add(1, StdOrdering::Relaxed);
+        }
         drop(p);
         drop(d);
         assert_eq!(drops.load(SeqCst), 1);
@@ -268,8 +274,10 @@ fn caller_run_callbacks_never_free_under_a_guard() {
     COV.assert_overlapped("caller_run_callbacks_never_free_under_a_guard");
     let n = BY_CALLER.load(StdOrdering::Relaxed);
     assert!(n > 0, "no explored schedule had the caller run the callback");
+    let g = CALLER_GP.load(StdOrdering::Relaxed);
+    assert!(g > 0, "no explored schedule had the caller finish a grace period");
     eprintln!(
-        "loom model caller_run_callbacks_never_free_under_a_guard: the caller ran it in {n} iterations"
+        "loom model caller_run_callbacks_never_free_under_a_guard: the caller ran it in {n} iterations, finished its grace period in {g}"
     );
 }
 
