@@ -35,6 +35,17 @@
 //!   lock-free reading falls back to the lock, so writers cannot starve it.
 //!   The reader is protocol.rs `read_stable`, which the loom model
 //!   (tests/loom_vm.rs) runs too.
+//! - A5b. A call whose change to what readers show is a single tree store
+//!   does not make `write_seq` odd: a mapping placed over no VMA (the dead
+//!   entries it reaps first are not shown), an unmapping with no remnant
+//!   of one VMA (one dead entry) or, without dead entries, of any number
+//!   (one erase). Readers see a single store whole (maple walk.rs W1), and
+//!   a merge it makes is taken back as A2 says. Why: in `proc-vs-map`
+//!   under `rcu-dead` the writer's mmap and munmap, back to back, tore a
+//!   maps reader's read of the stretch below the first VMA (all dead
+//!   entries) about 14,000 times in a run, and the reader took the mmap
+//!   lock about 1,450 times, at the start of almost every scan: the writer
+//!   then waited for it.
 //! - A6. Such a change keeps, in the slot of a small log (`txn_log`), the
 //!   range it has stored into so far, widened before each store; a read
 //!   is redone only if a change that ran during it stored into what the

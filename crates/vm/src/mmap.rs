@@ -313,12 +313,19 @@ impl MmCall<'_> {
         // mmap_region: unmap what MAP_FIXED overlaps, then map.
         let v = Vma::new(addr, addr + len, vm, pgoff, backing, None, None);
         // mm.rs A5: a MAP_FIXED replacement is one change to readers (no
-        // hole between the old mapping's removal and the new one).
-        self.tree_txn(|c| {
-            c.munmap_range(addr, addr + len)?;
-            c.insert_merged(v);
-            Ok::<(), Errno>(())
-        })?;
+        // hole between the old mapping's removal and the new one). Over no
+        // VMA, the mapping is one store (dead entries it reaps first are
+        // not shown to readers), which readers see whole without the
+        // seqcount (A5b).
+        if self.overlapping(addr, addr + len).is_empty() {
+            self.insert_merged(v);
+        } else {
+            self.tree_txn(|c| {
+                c.munmap_range(addr, addr + len)?;
+                c.insert_merged(v);
+                Ok::<(), Errno>(())
+            })?;
+        }
         // vm_mmap_pgoff(): locked (or MAP_POPULATE) mappings are faulted
         // in, errors ignored (mlock.rs L3).
         let populate = MapFlags::POPULATE | MapFlags::NONBLOCK;
@@ -468,15 +475,25 @@ impl MmCall<'_> {
         let last = hit.last().expect("non-empty");
         let (first, last) = (first.clone(), last.clone());
         // mm.rs A5: the remnants and the removal are one change to readers.
-        let dead = self.tree_txn(|c| {
-            if first.start < start {
-                c.store(first.start..start, first.slice(first.start, start));
-            }
-            if last.end > end {
-                c.store(end..last.end, last.slice(end, last.end));
-            }
-            c.bury(&hit, start, end)
-        });
+        // With no remnant, the removal is one store (an erase of the whole
+        // range, or one dead entry over one VMA), seen whole without the
+        // seqcount (A5b).
+        let one_store = first.start >= start
+            && last.end <= end
+            && (hit.len() == 1 || self.hw.strategy != crate::Strategy::RcuDead);
+        let dead = if one_store {
+            self.bury(&hit, start, end)
+        } else {
+            self.tree_txn(|c| {
+                if first.start < start {
+                    c.store(first.start..start, first.slice(first.start, start));
+                }
+                if last.end > end {
+                    c.store(end..last.end, last.slice(end, last.end));
+                }
+                c.bury(&hit, start, end)
+            })
+        };
         self.unmap_pages(start, end, !dead, &hit);
         self.after_unmap();
         Ok(())
