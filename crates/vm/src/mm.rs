@@ -266,6 +266,9 @@ impl crate::protocol::ReadSide<Vma> for Side<'_> {
     fn is_dead(&self, v: &Vma) -> bool {
         v.is_dead()
     }
+    fn cut(&self, range: &std::ops::Range<u64>, v: &Vma) -> bool {
+        (v.start, v.end) != (range.start, range.end)
+    }
 }
 
 /// Spins of a lockless reader waiting for a writer's change to end before

@@ -18,7 +18,17 @@
 //!   reaping of dead entries (`MmCall::reap_dead`) look at: every entry
 //!   overlapping a range, dead entries included (strategy.rs S4).
 //! - PR3. [`read_stable`]: the lockless reader of mm.rs A2 and A5
-//!   (`AddressSpace::read_stable`).
+//!   (`AddressSpace::read_stable`). An entry whose tree range is not its
+//!   VMA's own range is a read torn like any other: every change stores a
+//!   VMA over exactly its range, so such an entry was cut by a store of a
+//!   change under way, and the change's range (A6) need not cover it yet.
+//!   Found in the suite's `maps-race` under `vma-lock` (one read in about
+//!   a million): a shrink after an in-place expand (`tree_txn { store the
+//!   remnant; erase the tail }`) cut the grown VMA to the tail, and a
+//!   reader whose earlier line was the VMA before the expand read that tail
+//!   as a VMA of its own; the change's range then held only the remnant.
+//!   The loom model `maps_vs_shrink_after_expand` finds it without this
+//!   check.
 
 use std::sync::Arc;
 
@@ -87,6 +97,11 @@ pub trait ReadSide<T> {
     fn whole_locked(&self) -> bool;
     /// Whether `v` is a dead entry (vma.rs V5), which readers skip.
     fn is_dead(&self, v: &T) -> bool;
+    /// Whether the entry over `range` holding `v` was cut: its tree range
+    /// is not `v`'s own. Every change stores a VMA over exactly its own
+    /// range, so such an entry was cut by a later store of a change still
+    /// under way (PR3).
+    fn cut(&self, range: &std::ops::Range<u64>, v: &T) -> bool;
 }
 
 /// Calls `collect` on each live entry from `from` up, in address order,
@@ -126,14 +141,17 @@ where
         while let Some(e) = next.as_ref().filter(|e| side.is_dead(e.value)) {
             next = tree.find(e.range.end, &g);
         }
+        // PR3: an entry cut short by a store of a change under way.
+        let cut = next.as_ref().is_some_and(|e| side.cut(&e.range, e.value));
         let item = next.map(|e| (e.range.clone(), collect(&e)));
         drop(g);
+        debug_assert!(!(locked && cut), "PR3: a cut entry under the mmap lock");
         if !locked {
             let s2 = side.seq();
             // What the read depends on: from `at` to the end of the entry
             // found (everything above `at` when none was).
             let upto = item.as_ref().map_or(u64::MAX, |(r, _)| r.end);
-            if touched(side, s1, s2, at, upto) {
+            if cut || touched(side, s1, s2, at, upto) {
                 torn += 1;
                 // Wait out the change under way, if any, before reading
                 // again (the next read would only see it again).

@@ -994,6 +994,20 @@ impl Maps {
         }
         w.store(start..end, std::sync::Arc::new(Vma2 { start, end, id, dead })).unwrap();
     }
+    /// mmap.rs `MmCall::erase`: inside a change, `widen_txn` first.
+    fn erase(&self, w: &mut rcuvm::maple::Writer<'_, std::sync::Arc<Vma2>>, start: u64, end: u64) {
+        let k = self.txn.load(StdOrdering::Relaxed);
+        if k != usize::MAX && self.widen {
+            let slot = &self.txn_log[k % 2];
+            if start < slot.lo.load(Ordering::Relaxed) {
+                slot.lo.store(start, Ordering::Relaxed);
+            }
+            if end > slot.hi.load(Ordering::Relaxed) {
+                slot.hi.store(end, Ordering::Relaxed);
+            }
+        }
+        w.erase(start..end).unwrap();
+    }
     /// mmap.rs `MmCall::tree_txn`: take the change's slot (A6), then
     /// `write_seq` odd around `f`.
     fn tree_txn(&self, cov: &Cov2, f: impl FnOnce()) {
@@ -1020,6 +1034,8 @@ struct LoomSide<'a> {
     maps: &'a Maps,
     /// (c): without the seqcount check, `seq` reads a constant.
     seqcount: bool,
+    /// (f): without protocol.rs PR3's check, no entry counts as cut.
+    extent: bool,
 }
 
 impl ReadSide<Vma2> for LoomSide<'_> {
@@ -1053,6 +1069,9 @@ impl ReadSide<Vma2> for LoomSide<'_> {
     }
     fn is_dead(&self, v: &Vma2) -> bool {
         v.dead
+    }
+    fn cut(&self, range: &std::ops::Range<u64>, v: &Vma2) -> bool {
+        self.extent && (v.start, v.end) != (range.start, range.end)
     }
 }
 
@@ -1094,7 +1113,12 @@ impl Cov2 {
 /// The reader: `protocol::read_stable` itself (mm.rs `read_stable`), then
 /// the checks common to both models (P4).
 fn read_maps(maps: &Maps, seqcount: bool, cov: &Cov2) -> Vec<Line> {
-    let side = LoomSide { maps, seqcount };
+    read_maps_with(maps, seqcount, true, cov)
+}
+
+/// [`read_maps`], with PR3's check of cut entries on or off (f).
+fn read_maps_with(maps: &Maps, seqcount: bool, extent: bool, cov: &Cov2) -> Vec<Line> {
+    let side = LoomSide { maps, seqcount, extent };
     // The last entry collected: one that begins below its end, at another
     // start, makes the reader take lines back (a redone read begins at the
     // same start).
@@ -1216,6 +1240,63 @@ fn maps_vs_mremap() {
     let n = COV.took_back.load(StdOrdering::Relaxed);
     eprintln!("loom model maps_vs_mremap: {n} iterations had the reader take back a line");
     assert!(n > 0, "maps_vs_mremap: no schedule had the reader take back a line the merge covered");
+}
+
+const A_SMALL: u32 = 8;
+const A_BIG: u32 = 9;
+const A_SMALL2: u32 = 10;
+
+/// A maps reader against an in-place expand (one store, no change of
+/// several stores: mm.rs A5b) and then a shrink of the same VMA
+/// (`tree_txn { store the remnant; erase the tail }`), with PR3's check on
+/// or off.
+fn shrink_model(name: &'static str, extent: bool, cov: &'static Cov2) {
+    // Bound 2 finds (f); 3 takes about 3 minutes here (2.9 M schedules, passed).
+    let bound = Bound::Fixed(2);
+    check(name, bound, move || {
+        cov.start_iteration();
+        let maps = Arc::new(Maps::new(&[(0x10, 0x20, A_SMALL), (0x80, 0x90, C)]));
+        let reader = {
+            let maps = maps.clone();
+            thread::spawn(move || {
+                let lines = read_maps_with(&maps, true, extent, cov);
+                // P4: A's range shows one of its states, whole.
+                let a: Vec<_> =
+                    lines.iter().filter(|l| 0x10 <= l.start && l.start < 0x30).map(|l| l.id).collect();
+                assert!(a == [A_SMALL] || a == [A_BIG] || a == [A_SMALL2], "A shown half shrunk: {lines:?}");
+            })
+        };
+        {
+            // mremap.rs: grow in place (one store), then shrink (munmap of
+            // the tail: a remnant, so a change of two stores).
+            let _mmap_lock = maps.mmap_lock.lock().unwrap();
+            let mut w = maps.tree.write();
+            maps.store(&mut w, 0x10, 0x30, A_BIG, false);
+            maps.tree_txn(cov, || {
+                maps.store(&mut w, 0x10, 0x20, A_SMALL2, false);
+                maps.erase(&mut w, 0x20, 0x30);
+            });
+        }
+        reader.join().unwrap();
+    });
+}
+
+// Checks P4 for a maps reader against a shrink after an in-place expand:
+// the shrink's first store cuts the grown VMA to its tail (protocol.rs PR3).
+#[test]
+fn maps_vs_shrink_after_expand() {
+    static COV: Cov2 = Cov2::new();
+    shrink_model("maps_vs_shrink_after_expand", true, &COV);
+}
+
+// Checks that the shrink model catches (f): a reader that takes a cut
+// entry for a VMA (protocol.rs PR3 off).
+#[test]
+fn mutation_cut_entries_not_torn() {
+    static COV: Cov2 = Cov2::new();
+    expect_caught("cut_entries_not_torn", &["half-updated", "half shrunk", "overlap", "backwards"], || {
+        shrink_model("mutation_cut_entries_not_torn", false, &COV)
+    });
 }
 
 // Checks that model 2 catches (c): the maps reader without the seqcount check.
