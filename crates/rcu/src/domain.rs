@@ -290,7 +290,11 @@ impl Domain {
     ///
     /// From the first call on, the reclaimer leaves each finished batch to
     /// callers for [`Config::ready_delay`] before it runs what they left
-    /// (callback.rs C6). Call it where the thread holds no lock a callback
+    /// (callback.rs C6). When nothing is ready but a batch has waited for
+    /// its grace period `ready_delay` or more (the reclaimer has no CPU),
+    /// the call tries that grace period itself, without blocking: one
+    /// `membarrier` and a scan of the reader slots, at most once per
+    /// `ready_delay` per domain (C10). Call it where the thread holds no lock a callback
     /// might take, typically right after queueing work with
     /// [`call`](Self::call), with a `max` above the number queued per call
     /// so that callers keep up.
