@@ -237,6 +237,9 @@ pub fn run(b: Backend, p: &Params) -> Result<Outcome, String> {
     }
     let list = rounds.iter().map(|x| format!("{x:.2}x")).collect::<Vec<_>>().join(", ");
     let sorted = |s: &Slow| {
+        if s.calls() == 0 {
+            return "none".to_string();
+        }
         format!(
             "{} calls: {} preempted, {} blocked, {} on its CPU; the worst ({:.2} ms) {}",
             s.calls(),
