@@ -23,7 +23,10 @@
 //!   stretch of the address space in one state: `write_seq` is odd while
 //!   a writer makes a change of several tree stores (`MmCall::tree_txn`:
 //!   a split and its pieces, munmap's remnants and removal, a `MAP_FIXED`
-//!   replacement; not the zaps, shootdowns or grace periods after them),
+//!   replacement; not the zaps, shootdowns or grace periods after them,
+//!   except in a `MAP_FIXED` replacement of a mapping, whose unmapping,
+//!   with its zap, shootdown and any grace period it waits for, runs
+//!   inside the change: readers wait, then take the mmap lock),
 //!   and a reader reads each entry between two loads of it, again if such
 //!   a change ran meanwhile; an entry that begins below the previous line's end is a
 //!   newer merge, and the lines it covers are taken back. So no line mixes
