@@ -50,7 +50,7 @@
 //!   (only a lagging CPU in a strategy the checker catches) has defined
 //!   behaviour and sees old or zero words; the `sfence` makes the zeros
 //!   visible before the PTE that maps the frame. A frame this thread freed
-//!   among its last [`RECENT`] frees is zeroed with cached stores (`rep
+//!   among its last `RECENT` (64) frees is zeroed with cached stores (`rep
 //!   stosq`) instead: it is probably still in this CPU's cache, and a
 //!   thread that maps, touches and unmaps a few pages in a loop keeps them
 //!   there instead of writing them to memory every time. Measured
