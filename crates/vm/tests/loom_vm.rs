@@ -981,21 +981,16 @@ impl Maps {
         id: u32,
         dead: bool,
     ) {
-        let k = self.txn.load(StdOrdering::Relaxed);
-        if k != usize::MAX && self.widen {
-            // `widen_txn`.
-            let slot = &self.txn_log[k % 2];
-            if start < slot.lo.load(Ordering::Relaxed) {
-                slot.lo.store(start, Ordering::Relaxed);
-            }
-            if end > slot.hi.load(Ordering::Relaxed) {
-                slot.hi.store(end, Ordering::Relaxed);
-            }
-        }
+        self.widen_txn(start, end);
         w.store(start..end, std::sync::Arc::new(Vma2 { start, end, id, dead })).unwrap();
     }
     /// mmap.rs `MmCall::erase`: inside a change, `widen_txn` first.
     fn erase(&self, w: &mut rcuvm::maple::Writer<'_, std::sync::Arc<Vma2>>, start: u64, end: u64) {
+        self.widen_txn(start, end);
+        w.erase(start..end).unwrap();
+    }
+    /// mmap.rs `MmCall::widen_txn` (A6), unless the model turns it off (e).
+    fn widen_txn(&self, start: u64, end: u64) {
         let k = self.txn.load(StdOrdering::Relaxed);
         if k != usize::MAX && self.widen {
             let slot = &self.txn_log[k % 2];
@@ -1006,7 +1001,6 @@ impl Maps {
                 slot.hi.store(end, Ordering::Relaxed);
             }
         }
-        w.erase(start..end).unwrap();
     }
     /// mmap.rs `MmCall::tree_txn`: take the change's slot (A6), then
     /// `write_seq` odd around `f`.
