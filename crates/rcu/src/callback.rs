@@ -421,18 +421,15 @@ pub(crate) fn run_ready(d: &DomainInner, max: usize) -> usize {
 /// late, without blocking; returns whether a batch became ready.
 fn help(d: &DomainInner) -> bool {
     let q = &d.callbacks;
-    if q.help_at.load(Ordering::Relaxed) == u64::MAX {
+    let at = q.help_at.load(Ordering::Relaxed);
+    if at == u64::MAX {
         return false; // none waits: no clock read
     }
     let now = sync::elapsed_ns(q.epoch);
-    if now < q.help_at.load(Ordering::Relaxed) {
-        return false;
-    }
     // At most one try per `ready_delay` (the try costs a membarrier and a
     // scan of the reader slots), whoever wins this swap.
     let next = now.saturating_add(d.config.ready_delay.as_nanos() as u64);
-    let at = q.help_at.load(Ordering::Relaxed);
-    if at > now || q.help_at.compare_exchange(at, next, Ordering::Relaxed, Ordering::Relaxed).is_err() {
+    if now < at || q.help_at.compare_exchange(at, next, Ordering::Relaxed, Ordering::Relaxed).is_err() {
         return false;
     }
     let Some(state) = q.state.lock().waiting.front().map(|w| w.0) else { return false };
