@@ -7,7 +7,7 @@
 
 #[cfg(not(rcuvm_loom))]
 mod imp {
-    pub(crate) use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+    pub(crate) use std::sync::atomic::{AtomicIsize, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
     /// A mutex that ignores poisoning (S1).
     #[derive(Debug, Default)]
@@ -27,7 +27,7 @@ mod imp {
 
 #[cfg(rcuvm_loom)]
 mod imp {
-    pub(crate) use loom::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+    pub(crate) use loom::sync::atomic::{AtomicIsize, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
     /// loom's mutex with the std facade's API (S1).
     #[derive(Debug)]

@@ -45,6 +45,14 @@
 //!   allocator's lock, held by the threads that free the writer's old
 //!   nodes and values (the lab's proc-vs-map writer slept there thousands
 //!   of times in 2 s under glibc).
+//! - R9. Retired nodes and values go to RCU in batches whose vectors are
+//!   sized once, below glibc's large-request size ([`LARGE_REQUEST`]), and
+//!   never grow: a store that would overflow the batch hands it over
+//!   first. Why: a batch's vectors grew by doubling, and each growth past
+//!   1 KiB made glibc merge every small free chunk of the arena first
+//!   (`malloc_consolidate`): 46,000 times in 8 s of rcuvm's proc-vs-map
+//!   (uprobes). A single store that retires more than a batch holds still
+//!   grows it.
 //!
 //! # Concurrency
 //! One writer at a time: a [`Writer`] holds the tree's mutex. Readers never
@@ -98,6 +106,11 @@ impl<V: Value> Garbage<V> {
     pub(crate) fn new(pool: Option<Arc<NodePool>>) -> Self {
         Garbage { nodes: Vec::new(), values: Vec::new(), pool }
     }
+    /// R9: a batch sized once for [`FLUSH_NODES`] and [`FLUSH_VALUES`].
+    fn batch(pool: Option<Arc<NodePool>>) -> Self {
+        let values = if V::OWNS { Vec::with_capacity(FLUSH_VALUES) } else { Vec::new() };
+        Garbage { nodes: Vec::with_capacity(FLUSH_NODES), values, pool }
+    }
     fn is_empty(&self) -> bool {
         self.nodes.is_empty() && self.values.is_empty()
     }
@@ -125,8 +138,15 @@ impl<V: Value> Drop for Garbage<V> {
 
 /// Retired nodes are handed to RCU in batches of this many (or of
 /// `FLUSH_VALUES` values): one callback per batch, not per store.
-const FLUSH_NODES: usize = 256;
+const FLUSH_NODES: usize = 120;
 const FLUSH_VALUES: usize = 64;
+
+/// R9: glibc serves a request of this many bytes or more from its large
+/// bins, and first merges every free chunk of its fast bins
+/// (`malloc_consolidate`): 1,024-byte chunks less the 16-byte header.
+const LARGE_REQUEST: usize = 1008;
+const _: () = assert!(FLUSH_NODES * size_of::<usize>() < LARGE_REQUEST);
+const _: () = assert!(FLUSH_VALUES * size_of::<usize>() < LARGE_REQUEST);
 
 /// R8: the vectors a store works in, kept between stores so that a store
 /// in steady state allocates nothing but nodes.
@@ -139,6 +159,11 @@ struct Scratch<V: Value> {
     consumed: Vec<NodePtr<V>>,
     consumed_below: Vec<NodePtr<V>>,
     between: Vec<NodePtr<V>>,
+    /// The path down to a cousin a short span borrows from (R3), and its
+    /// items.
+    cousin_path: Vec<Level<V>>,
+    borrowed_leaf: Vec<(u64, Word)>,
+    borrowed_inner: Vec<(u64, NodePtr<V>, u64)>,
     /// What one store replaced; emptied into the writer's pending garbage.
     garbage: Garbage<V>,
 }
@@ -154,6 +179,9 @@ impl<V: Value> Scratch<V> {
             consumed: Vec::new(),
             consumed_below: Vec::new(),
             between: Vec::new(),
+            cousin_path: Vec::new(),
+            borrowed_leaf: Vec::new(),
+            borrowed_inner: Vec::new(),
             garbage: Garbage::new(None),
         }
     }
@@ -181,7 +209,7 @@ impl<V: Value> WriterState<V> {
             scratch: Some(Scratch::new()),
             blocks: Blocks::default(),
             live_nodes: 1,
-            garbage: Garbage::new(Some(pool)),
+            garbage: Garbage::batch(Some(pool)),
         }
     }
 }
@@ -259,8 +287,10 @@ impl<V: Value> Writer<'_, V> {
     /// `range`.
     pub fn replace(&mut self, range: Range<u64>, value: V) -> Result<V, Error> {
         let (a, b) = check_range(&range)?;
-        let path = self.descend(a);
-        let leaf_level = path[0];
+        let mut sc = self.state.scratch.take().unwrap_or_else(Scratch::new);
+        self.descend_into(a, &mut sc.pa);
+        let leaf_level = sc.pa[0];
+        self.state.scratch = Some(sc);
         // SAFETY: we hold the write lock: nodes reachable now stay allocated.
         let leaf = unsafe { leaf_level.node.leaf() };
         // SAFETY: as above.
@@ -279,6 +309,7 @@ impl<V: Value> Writer<'_, V> {
             // for the caller and hand the slot's to the grace period, so
             // readers still using it are safe.
             unsafe { V::clone_word(cur) };
+            self.flush_before(0, 1);
             self.state.garbage.values.push(cur);
             self.maybe_flush();
         }
@@ -319,27 +350,32 @@ impl<V: Value> Writer<'_, V> {
         }
     }
 
+    /// Hands the batch to RCU first if `nodes` and `values` more would not
+    /// fit in it (R9): it never grows.
+    fn flush_before(&mut self, nodes: usize, values: usize) {
+        let g = &self.state.garbage;
+        if g.nodes.len() + nodes > g.nodes.capacity() || g.values.len() + values > g.values.capacity() {
+            self.flush();
+        }
+    }
+
     /// Hands everything retired so far to RCU: it is freed (nodes go back
     /// to the pool) after a grace period.
     pub fn flush(&mut self) {
         if self.state.garbage.is_empty() {
             return;
         }
-        let fresh = Garbage::new(self.state.garbage.pool.clone());
+        let fresh = Garbage::batch(self.state.garbage.pool.clone());
         let g = std::mem::replace(&mut self.state.garbage, fresh);
+        if let Some(pool) = &g.pool {
+            pool.retiring(g.nodes.len());
+        }
         self.tree.domain.call(move || drop(g));
     }
 
-    /// The writer's descent to the leaf covering `addr`: `path[0]` is the
-    /// leaf, `path[len - 1]` the root.
-    fn descend(&self, addr: u64) -> Vec<Level<V>> {
-        let mut path = Vec::with_capacity(8);
-        self.descend_into(addr, &mut path);
-        path
-    }
-
-    /// [`descend`](Self::descend) into `path` (cleared first), reusing its
-    /// memory (R8).
+    /// The writer's descent to the leaf covering `addr`, into `path`
+    /// (cleared first, its memory reused: R8): `path[0]` is the leaf,
+    /// `path[len - 1]` the root.
     fn descend_into(&self, addr: u64, path: &mut Vec<Level<V>>) {
         path.clear();
         let mut n = self.raw().root();
@@ -407,6 +443,7 @@ impl<V: Value> Writer<'_, V> {
                 leaf_a.slots[la.idx].store(v.cast_mut(), Ordering::Release);
                 self.state.scratch = Some(sc);
                 if V::OWNS {
+                    self.flush_before(0, 1);
                     self.state.garbage.values.push(cur);
                     self.maybe_flush();
                 }
@@ -513,6 +550,8 @@ impl<V: Value> Writer<'_, V> {
         let len = self.raw().len.load(Ordering::Relaxed);
         self.raw().len.store(len + added - removed, Ordering::Relaxed);
         self.state.leaf_items = items;
+        let owned = if V::OWNS { garbage.values.len() } else { 0 };
+        self.flush_before(garbage.nodes.len(), owned);
         let pending = &mut self.state.garbage;
         pending.nodes.append(&mut garbage.nodes);
         if V::OWNS {
@@ -533,7 +572,20 @@ impl<V: Value> Writer<'_, V> {
         removed: &mut usize,
         blocks: &mut Blocks,
     ) -> Option<NodePtr<V>> {
-        let Scratch { pa, pb, inner_items, new_nodes, up, consumed, consumed_below, between, garbage } = sc;
+        let Scratch {
+            pa,
+            pb,
+            inner_items,
+            new_nodes,
+            up,
+            consumed,
+            consumed_below,
+            between,
+            cousin_path,
+            borrowed_leaf,
+            borrowed_inner,
+            garbage,
+        } = sc;
         let height = pa.len() - 1;
         let pool = &*self.tree.pool;
         let mut block = || blocks.get(pool);
@@ -583,10 +635,10 @@ impl<V: Value> Writer<'_, V> {
                     break;
                 };
                 let addr = if left { span_min - 1 } else { span_max + 1 };
-                let np = self.descend(addr);
-                let nb = np[level];
+                self.descend_into(addr, cousin_path);
+                let nb = cousin_path[level];
                 let path = if left { &mut **pa } else { &mut **pb };
-                path[level..].copy_from_slice(&np[level..]);
+                path[level..].copy_from_slice(&cousin_path[level..]);
                 consumed.push(nb.node);
                 let before = if is_leaf { leaf_items.len() } else { inner_items.len() };
                 // SAFETY: write lock held.
@@ -594,32 +646,32 @@ impl<V: Value> Writer<'_, V> {
                 // SAFETY: as above.
                 match unsafe { nb.node.get() } {
                     NodeRef::Leaf(l) => {
-                        let mut add: Vec<_> = (0..cnt)
-                            .map(|i| {
-                                (
-                                    node::slot_range(&l.pivots, cnt, i, nb.min, nb.max).1,
-                                    l.slots[i].load(Ordering::Relaxed).cast_const(),
-                                )
-                            })
-                            .collect();
+                        borrowed_leaf.clear();
+                        borrowed_leaf.extend((0..cnt).map(|i| {
+                            (
+                                node::slot_range(&l.pivots, cnt, i, nb.min, nb.max).1,
+                                l.slots[i].load(Ordering::Relaxed).cast_const(),
+                            )
+                        }));
                         if left {
-                            add.append(leaf_items);
-                            *leaf_items = add;
+                            // R8: the two vectors trade places; both keep
+                            // their memory for the next store.
+                            borrowed_leaf.append(leaf_items);
+                            std::mem::swap(leaf_items, borrowed_leaf);
                         } else {
-                            leaf_items.append(&mut add);
+                            leaf_items.append(borrowed_leaf);
                         }
                     }
                     NodeRef::Inner(n) => {
-                        let mut add: Vec<_> = (0..cnt)
-                            .map(|i| {
-                                (node::slot_range(&n.pivots, cnt, i, nb.min, nb.max).1, n.child(i), n.gap(i))
-                            })
-                            .collect();
+                        borrowed_inner.clear();
+                        borrowed_inner.extend((0..cnt).map(|i| {
+                            (node::slot_range(&n.pivots, cnt, i, nb.min, nb.max).1, n.child(i), n.gap(i))
+                        }));
                         if left {
-                            add.append(inner_items);
-                            *inner_items = add;
+                            borrowed_inner.append(inner_items);
+                            std::mem::swap(inner_items, borrowed_inner);
                         } else {
-                            inner_items.append(&mut add);
+                            inner_items.append(borrowed_inner);
                         }
                     }
                 }
