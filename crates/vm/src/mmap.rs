@@ -114,7 +114,9 @@ pub(crate) struct MmCall<'a> {
     /// Writers waiting for the mmap lock (mm.rs A7).
     pub(crate) lock_waiters: &'a std::sync::atomic::AtomicU32,
     /// Dead entries (`rcu-dead`, strategy.rs S4).
-    pub(crate) dead: &'a mut std::collections::VecDeque<(u64, u64, Arc<crate::strategy::DeadRange>)>,
+    pub(crate) dead: &'a mut std::collections::VecDeque<Arc<Vma>>,
+    /// Scratch for the runs `reap_dead` erases (unmap.rs U7).
+    pub(crate) reap_runs: &'a mut Vec<(u64, u64)>,
 }
 
 impl MmCall<'_> {
@@ -152,8 +154,13 @@ impl MmCall<'_> {
     /// A tree store of `v` over `r`; inside a `tree_txn`, the change's range
     /// is widened first (mm.rs A6).
     pub(crate) fn store(&mut self, r: std::ops::Range<u64>, v: Vma) {
+        self.store_arc(r, Arc::new(v));
+    }
+
+    /// [`MmCall::store`] of a VMA object the caller keeps a reference to.
+    pub(crate) fn store_arc(&mut self, r: std::ops::Range<u64>, v: Arc<Vma>) {
         self.widen_txn(r.start, r.end);
-        self.w.store(r, Arc::new(v)).expect("a VMA's range is never empty");
+        self.w.store(r, v).expect("a VMA's range is never empty");
     }
 
     /// A tree erase of `r`, widening as [`MmCall::store`] does.
@@ -185,14 +192,14 @@ impl MmCall<'_> {
     }
 
     /// Entries (VMAs and dead entries) overlapping `[start, end)`, in order.
-    pub(crate) fn entries_in(&self, start: u64, end: u64) -> Vec<Arc<Vma>> {
+    pub(crate) fn entries_in(&self, start: u64, end: u64) -> crate::protocol::Entries<Vma> {
         // protocol.rs PR2, the step the loom model's placement runs too.
         crate::protocol::entries_in(&self.w, start, end)
     }
 
     /// VMAs overlapping `[start, end)`, in order (dead entries are not
     /// VMAs: vma.rs V5).
-    pub(crate) fn overlapping(&self, start: u64, end: u64) -> Vec<Arc<Vma>> {
+    pub(crate) fn overlapping(&self, start: u64, end: u64) -> crate::protocol::Entries<Vma> {
         let mut v = self.entries_in(start, end);
         v.retain(|v| !v.is_dead());
         v

@@ -57,10 +57,15 @@ pub fn vma_still_mapped<T: Send + Sync + 'static>(
     tree.load(va, g).is_some_and(|e| std::ptr::eq(e.value, seen))
 }
 
+/// What [`entries_in`] finds: kept inline up to two entries, the common
+/// case (one VMA, or a VMA and its neighbour), so that an mm call's lookup
+/// allocates nothing (mm.rs A9).
+pub type Entries<T> = smallvec::SmallVec<[Arc<T>; 2]>;
+
 /// Entries (live and dead) overlapping `[start, end)`, in order, as the
 /// writer sees them (PR2).
-pub fn entries_in<T: Send + Sync + 'static>(w: &Writer<'_, Arc<T>>, start: u64, end: u64) -> Vec<Arc<T>> {
-    let mut out = Vec::new();
+pub fn entries_in<T: Send + Sync + 'static>(w: &Writer<'_, Arc<T>>, start: u64, end: u64) -> Entries<T> {
+    let mut out = Entries::new();
     let mut at = start;
     while at < end {
         let Some(e) = w.find(at) else { break };

@@ -4,7 +4,7 @@
 //!
 //! # Owns
 //! [`Strategy`], the per-VMA lock protocol (`vma_start_read`,
-//! `vma_start_write`) and `DeadRange` (solution 3's dead entries).
+//! `vma_start_write`) and `DeadMark` (solution 3's dead entries).
 //!
 //! # Invariants
 //! - S1. In every strategy, writers (mm calls) serialise on the mmap write
@@ -116,18 +116,36 @@ pub const DEAD_LIMIT: usize = 8192;
 /// Most expired dead entries an mm call erases on its way in (unmap.rs U5).
 pub const REAP_BATCH: usize = 16;
 
-/// The states of a dead entry (S4).
-const PENDING: u8 = 0;
-const EXPIRED: u8 = 1;
-const REAPED: u8 = 2;
+/// The states of a VMA object: live, or a dead entry's (S4).
+const LIVE: u8 = 0;
+const PENDING: u8 = 1;
+const EXPIRED: u8 = 2;
+const REAPED: u8 = 3;
 
-/// A range left dead by an `rcu-dead` munmap (vma.rs V5).
+/// Whether a VMA object is a dead entry left by an `rcu-dead` munmap
+/// (vma.rs V5), and if so, where it stands: waiting for its grace period,
+/// expired by the RCU callback, or claimed by the call that erases it. It
+/// lives in the dead entry itself, so a munmap allocates nothing for it
+/// (mm.rs A9).
 #[derive(Debug, Default)]
-pub(crate) struct DeadRange {
+pub(crate) struct DeadMark {
     state: AtomicU8,
 }
 
-impl DeadRange {
+impl DeadMark {
+    /// A new dead entry's mark: waiting for its grace period.
+    pub(crate) fn pending() -> DeadMark {
+        DeadMark { state: AtomicU8::new(PENDING) }
+    }
+    /// A copy of the mark as it stands now (a snapshot: a copy of a dead
+    /// entry is not expired with it).
+    pub(crate) fn snapshot(&self) -> DeadMark {
+        DeadMark { state: AtomicU8::new(self.state.load(Ordering::Acquire)) }
+    }
+    /// Whether the object is a dead entry.
+    pub(crate) fn is_dead(&self) -> bool {
+        self.state.load(Ordering::Relaxed) != LIVE
+    }
     /// The grace period since the munmap has passed (the RCU callback).
     pub(crate) fn expire(&self) {
         let _ = self.state.compare_exchange(PENDING, EXPIRED, Ordering::AcqRel, Ordering::Acquire);

@@ -43,6 +43,10 @@
 //!   range the last one's dead entry still holds). Measured in
 //!   `proc-vs-map` (rcu-dead): 600–4,700 entries reaped at once took
 //!   0.3–2.4 ms one by one and 0.1–0.3 ms as runs, for one or two runs.
+//! - U7. Reaping allocates nothing in steady state: the runs it erases are
+//!   gathered in a vector the mm state keeps between calls, and the dead
+//!   entries it pops are the tomb VMAs themselves (strategy.rs
+//!   `DeadMark`; mm.rs A9).
 //! - U3. Under `rcu-sync`, munmap returns only after a grace period of the
 //!   VMA domain: no fault or reader that found an unmapped VMA is still
 //!   running when the range can be reused.
@@ -63,7 +67,7 @@ use crate::mmap::MmCall;
 use crate::pgtable::VA_END;
 #[cfg(doc)]
 use crate::strategy::REAP_BATCH;
-use crate::strategy::{self, DEAD_LIMIT, DeadRange, Strategy};
+use crate::strategy::{self, DEAD_LIMIT, DeadMark, Strategy};
 use crate::tlb::MmuGather;
 use crate::vma::Vma;
 
@@ -109,15 +113,16 @@ impl MmCall<'_> {
         }
         for v in hit {
             let (s, e) = (v.start.max(start), v.end.min(end));
-            let d = Arc::new(DeadRange::default());
             let mut tomb = v.slice(s, e);
-            tomb.rt.dead = Some(d.clone());
-            self.store(s..e, tomb);
-            self.dead.push_back((s, e, d.clone()));
+            tomb.rt.dead = DeadMark::pending();
+            let tomb = Arc::new(tomb);
+            self.store_arc(s..e, tomb.clone());
+            self.dead.push_back(tomb.clone());
             self.hw.dead.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             // ORDERING: the callback runs after a grace period that began
-            // after the dead entry was published.
-            self.domain.call(move || d.expire());
+            // after the dead entry was published. (One `Arc`: rcuvm-rcu
+            // keeps it without allocating, its deferred.rs D3.)
+            self.domain.call(move || tomb.rt.dead.expire());
         }
         true
     }
@@ -225,16 +230,23 @@ impl MmCall<'_> {
         if self.dead.is_empty() {
             return;
         }
-        let mut reap = Vec::new();
-        while self.dead.front().is_some_and(|(_, _, d)| d.expired())
+        // U7: the runs are gathered in the call's scratch vector.
+        let mut runs = std::mem::take(self.reap_runs);
+        runs.clear();
+        let mut take = |t: &Arc<Vma>| {
+            if t.rt.dead.claim() {
+                runs.push((t.start, t.end));
+            }
+        };
+        while self.dead.front().is_some_and(|t| t.rt.dead.expired())
             && (self.reap_budget > 0 || self.lock_waiters.load(Ordering::Relaxed) == 0)
         {
-            reap.extend(self.dead.pop_front());
+            take(&self.dead.pop_front().expect("checked front"));
             self.reap_budget = self.reap_budget.saturating_sub(1);
         }
         if force && self.entries_in(start, end).iter().any(|v| v.is_dead()) {
             let overlaps = |s: u64, e: u64| s < end && start < e;
-            if self.dead.iter().any(|(s, e, d)| overlaps(*s, *e) && !d.expired()) {
+            if self.dead.iter().any(|t| overlaps(t.start, t.end) && !t.rt.dead.expired()) {
                 // Who waits: a munmap past the bound (U4), or a call that
                 // reuses a dead range (S4), counted apart.
                 let (n, ns) = if (start, end) == (0, u64::MAX) {
@@ -247,15 +259,19 @@ impl MmCall<'_> {
                 n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 ns.fetch_add(t.elapsed().as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
             }
-            for x in std::mem::take(self.dead) {
-                if overlaps(x.0, x.1) { reap.push(x) } else { self.dead.push_back(x) }
-            }
+            self.dead.retain(|t| {
+                if overlaps(t.start, t.end) {
+                    take(t);
+                    false
+                } else {
+                    true
+                }
+            });
         }
-        if reap.is_empty() {
+        if runs.is_empty() {
+            *self.reap_runs = runs;
             return;
         }
-        let mut runs: Vec<(u64, u64)> =
-            reap.iter().filter(|(_, _, d)| d.claim()).map(|(s, e, _)| (*s, *e)).collect();
         self.hw.dead.fetch_sub(runs.len(), std::sync::atomic::Ordering::Relaxed);
         // U6: neighbours go in one erase (their union holds only them).
         runs.sort_unstable_by_key(|r| r.0);
@@ -275,6 +291,7 @@ impl MmCall<'_> {
             let (floor, ceiling) = self.gap_around(*s, *e);
             self.hw.pt.free_tables(floor, ceiling, *s, (*e).min(VA_END), &mut g);
         }
+        *self.reap_runs = runs;
         self.finish(g, true);
     }
 }
