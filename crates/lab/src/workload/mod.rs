@@ -40,6 +40,7 @@ mod mmap1;
 mod page_fault;
 mod proc_vs_map;
 mod replay;
+mod stall;
 mod vmglobal;
 mod vmlocal;
 mod vmpipeline;
@@ -171,8 +172,8 @@ pub const ALL: &[Workload] = &[
     },
     Workload {
         name: "proc-vs-map",
-        about: "McKenney: mmap+munmap latency among 2000 VMAs, alone and with maps readers",
-        phases: 2,
+        about: "McKenney: mmap+munmap latency among 2000 VMAs, alone and with maps readers, beside a control",
+        phases: 4,
         unsupported: everywhere,
         run: proc_vs_map::run,
     },

@@ -8,7 +8,7 @@
 //! `max(1, threads - 1)` readers read the whole maps file in a loop. The
 //! headline is the writer's maximum latency with readers over its maximum
 //! alone (PM3: per round, their median); p50 and p99 are reported beside
-//! it.
+//! it. Each round also runs a control, alone and with its readers (PM6).
 //!
 //! # Invariants
 //! - PM1. Both phases run on the same address space with the same 2000
@@ -41,19 +41,24 @@
 //!   alone maximum was 4.5–5.7 ms in all three runs, and the warm-up's own
 //!   first calls took 4.3–4.7 ms (traced); the warm-up keeps such one-time
 //!   costs of a new thread out of the rounds whatever the allocator.
-//! - PM5. The writer sorts its calls of [`SLOW_NS`] or more by what its
-//!   own context-switch counts (`getrusage(RUSAGE_THREAD)`, read after
-//!   every call of [`CHECK_NS`] or more) did during them: *preempted*
-//!   (another thread took its CPU), *blocked* (it slept: a lock), or *on
-//!   its CPU* (its own work, page faults, or the virtual CPU not running).
-//!   Reported beside the ratio, not subtracted from it. Why: on this
-//!   shared 2-vCPU machine (2026-12-06, traced with `perf sched` and
-//!   cpu-clock samples) most of the writer's worst calls with readers were
-//!   not the design's. With no CPU idle, a nice -10 process of the machine
-//!   (`process_api`'s `tokio-rt-worker`) or a `kworker` took the writer's
-//!   CPU for 0.5-2.2 ms; or a vCPU did not run at all for 2-3 ms (no
-//!   cpu-clock samples on it). The maxima with readers clustered at
-//!   5.1-5.2 and 15.1-15.2 ms, for the kernel backend too.
+//! - PM5. The writer sorts its calls of [`SLOW_NS`] or more by where
+//!   their time went (stall.rs ST1: on its CPU, preempted, blocked, or its
+//!   virtual CPU stolen by the hypervisor). Reported beside the ratio, not
+//!   subtracted from it. Why: on this shared 2-vCPU machine (2026-12-06,
+//!   traced with `perf sched` and cpu-clock samples) most of the writer's
+//!   worst calls with readers were not the design's: with no CPU idle, a
+//!   nice -10 process of the machine or a `kworker` took the writer's CPU
+//!   for 0.5-2.2 ms, or a vCPU did not run at all for 2-3 ms.
+//! - PM6. A control runs in the same rounds, each phase as long as the
+//!   real ones: a writer whose call fills a private page, alone and beside
+//!   readers that fill private buffers ([`NULL_READER_BYTES`]), bound to
+//!   the same CPUs. Its ratio (`floor_ratio`) is what the machine alone
+//!   does to a writer's maximum when the other CPU is busy; the headline
+//!   and its target are unchanged. Why: a C loop that only read the clock
+//!   saw no gap over 0.3 ms in 8 s with the other CPU idle, and gaps of
+//!   2.8-5.1 ms with it busy (2026-12-06, three runs each); a maximum
+//!   ratio over 2x can be the machine's alone, and the control shows
+//!   when it is.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
@@ -63,6 +68,7 @@ use hdrhistogram::Histogram;
 use rcuvm::{MapFlags, Prot, Strategy};
 
 use super::backend::{Monitor, P, RW, Space};
+use super::stall::{SLOW_NS, StallClock, Stalls};
 use super::{Backend, Metric, Outcome, Params, allowed_cpus, bind_to_cpu, median, must};
 
 /// VMAs the writer works among.
@@ -74,86 +80,59 @@ const ROUNDS: usize = 4;
 /// The writer's unmeasured warm-up, in seconds (PM4).
 const WARMUP: f64 = 0.05;
 
-/// A writer call at least this long is sorted by why it was slow (PM5), ns.
-const SLOW_NS: u64 = 250_000;
+/// Bytes of private memory each control reader writes over and over
+/// (PM6): about what a maps read of the 2000 VMAs renders.
+const NULL_READER_BYTES: usize = 128 << 10;
 
-/// The thread's context switches are read after calls this long (PM5), ns:
-/// often enough that a switch is counted against the call it fell in.
-const CHECK_NS: u64 = 20_000;
+/// A timed loop's latencies (ns) and its slow calls.
+type Timed = Result<(Histogram<u64>, Stalls), String>;
 
-/// PM5: the writer's slow calls, sorted by what the thread's context
-/// switch counts did during them.
-#[derive(Clone, Copy, Debug, Default)]
-struct Slow {
-    /// Lost the CPU to another thread (an involuntary switch).
-    preempted: u64,
-    /// Slept (a voluntary switch: a lock, or the kernel waiting).
-    blocked: u64,
-    /// Neither: on the CPU all along (its own work, page faults), or the
-    /// virtual CPU itself did not run.
-    on_cpu: u64,
-    /// The slowest call's class and length (ns).
-    worst: (&'static str, u64),
-}
-
-impl Slow {
-    fn add(&mut self, o: &Slow) {
-        self.preempted += o.preempted;
-        self.blocked += o.blocked;
-        self.on_cpu += o.on_cpu;
-        if o.worst.1 > self.worst.1 {
-            self.worst = o.worst;
-        }
-    }
-    fn calls(&self) -> u64 {
-        self.preempted + self.blocked + self.on_cpu
-    }
-}
-
-/// This thread's (voluntary, involuntary) context switches so far.
-fn switches() -> (i64, i64) {
-    // SAFETY: `getrusage` fills the zeroed struct it is given; RUSAGE_THREAD
-    // asks for the calling thread only.
-    let ru = unsafe {
-        let mut ru: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_THREAD, &mut ru);
-        ru
-    };
-    (ru.ru_nvcsw, ru.ru_nivcsw)
-}
-
-fn writer(sp: &Space, secs: f64) -> Result<(Histogram<u64>, Slow), String> {
+/// Times `call` in a loop for `secs` (hdrhistogram, ns), sorting its slow
+/// calls by cause (stall.rs ST1).
+fn timed_loop(secs: f64, mut call: impl FnMut() -> Result<(), String>) -> Timed {
     let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("histogram bounds");
-    let mut slow = Slow::default();
-    let mut last = switches();
+    let mut clock = StallClock::new();
     let t0 = Instant::now();
     while t0.elapsed().as_secs_f64() < secs {
         let t = Instant::now();
-        let a = must("mmap", sp.mmap(0, P, RW, MapFlags::empty()))?;
-        must("munmap", sp.munmap(a, P))?;
+        call()?;
         let ns = t.elapsed().as_nanos() as u64;
         h.saturating_record(ns);
-        if ns >= CHECK_NS {
-            let now = switches();
-            if ns >= SLOW_NS {
-                let class = if now.1 > last.1 {
-                    slow.preempted += 1;
-                    "preempted"
-                } else if now.0 > last.0 {
-                    slow.blocked += 1;
-                    "blocked"
-                } else {
-                    slow.on_cpu += 1;
-                    "on its CPU"
-                };
-                if ns > slow.worst.1 {
-                    slow.worst = (class, ns);
-                }
-            }
-            last = now;
-        }
+        clock.after_call(ns);
     }
-    Ok((h, slow))
+    Ok((h, clock.stalls))
+}
+
+/// The writer's loop: map 4 KiB and unmap it.
+fn writer(sp: &Space, secs: f64) -> Timed {
+    timed_loop(secs, || {
+        let a = must("mmap", sp.mmap(0, P, RW, MapFlags::empty()))?;
+        must("munmap", sp.munmap(a, P))
+    })
+}
+
+/// PM6: the control writer, whose call touches only its own page, as
+/// long as a real call at the median or so.
+fn null_writer(secs: f64) -> Timed {
+    let mut page = vec![0u8; P as usize];
+    let mut n = 0u8;
+    timed_loop(secs, || {
+        n = n.wrapping_add(1);
+        page.fill(n);
+        std::hint::black_box(&mut page);
+        Ok(())
+    })
+}
+
+/// PM6: the control reader: writes its own buffer until `stop`.
+fn null_reader(stop: &AtomicBool) {
+    let mut buf = vec![0u8; NULL_READER_BYTES];
+    let mut n = 0u8;
+    while !stop.load(Ordering::Relaxed) {
+        n = n.wrapping_add(1);
+        buf.fill(n);
+        std::hint::black_box(&mut buf);
+    }
 }
 
 /// Runs both phases on `b`, in [`ROUNDS`] interleaved rounds (PM3).
@@ -171,7 +150,35 @@ pub fn run(b: Backend, p: &Params) -> Result<Outcome, String> {
     let cpus = if p.pin { allowed_cpus() } else { Vec::new() };
     let writer_cpu = cpus.last().copied();
     let reader_cpu = |i: usize| (!cpus.is_empty()).then(|| cpus[i % (cpus.len() - 1).max(1)]);
-    let (mut alone, mut with) = (Vec::new(), Vec::new());
+    let readers = p.threads.saturating_sub(1).max(1);
+    // With `readers` threads running `read` on their CPUs, times `write`.
+    let with_readers = |read: &(dyn Fn(&AtomicBool) + Sync), write: &dyn Fn() -> Timed| {
+        let stop = AtomicBool::new(false);
+        thread::scope(|s| {
+            for i in 0..readers {
+                let (stop, cpu) = (&stop, reader_cpu(i));
+                s.spawn(move || {
+                    if let Some(c) = cpu {
+                        bind_to_cpu(c);
+                    }
+                    read(stop);
+                });
+            }
+            // Let the readers start before timing the writer.
+            thread::sleep(Duration::from_millis(20));
+            let t = write();
+            stop.store(true, Ordering::Relaxed);
+            t
+        })
+    };
+    let maps_reader = |stop: &AtomicBool| {
+        while !stop.load(Ordering::Relaxed) {
+            std::hint::black_box(sp.maps());
+            scans.fetch_add(1, Ordering::Relaxed);
+        }
+    };
+    let (mut alone, mut with, mut null_alone, mut null_with) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     thread::scope(|s| {
         s.spawn(|| {
             if let Some(c) = writer_cpu {
@@ -180,46 +187,36 @@ pub fn run(b: Backend, p: &Params) -> Result<Outcome, String> {
             // PM4: a warm-up, not measured (a new thread's first calls set
             // up its allocator heap and RCU registration).
             let _ = writer(&sp, WARMUP);
+            let _ = null_writer(WARMUP);
             for _ in 0..ROUNDS {
                 alone.push(writer(&sp, secs));
-                let stop = AtomicBool::new(false);
-                with.push(thread::scope(|s| {
-                    for i in 0..p.threads.saturating_sub(1).max(1) {
-                        let (stop, scans, sp) = (&stop, &scans, &sp);
-                        let cpu = reader_cpu(i);
-                        s.spawn(move || {
-                            if let Some(c) = cpu {
-                                bind_to_cpu(c);
-                            }
-                            while !stop.load(Ordering::Relaxed) {
-                                std::hint::black_box(sp.maps());
-                                scans.fetch_add(1, Ordering::Relaxed);
-                            }
-                        });
-                    }
-                    // Let the readers start before timing the writer.
-                    thread::sleep(Duration::from_millis(20));
-                    let h = writer(&sp, secs);
-                    stop.store(true, Ordering::Relaxed);
-                    h
-                }));
+                null_alone.push(null_writer(secs));
+                with.push(with_readers(&maps_reader, &|| writer(&sp, secs)));
+                null_with.push(with_readers(&null_reader, &|| null_writer(secs)));
             }
         });
     });
     let costs = mon.finish();
     must("munmap", sp.munmap(base, 2 * VMAS * P))?;
-    let (alone, slow_alone): (Vec<_>, Vec<_>) =
-        alone.into_iter().collect::<Result<Vec<_>, _>>()?.into_iter().unzip();
-    let (with, slow_with): (Vec<_>, Vec<_>) =
-        with.into_iter().collect::<Result<Vec<_>, _>>()?.into_iter().unzip();
-    let total = |v: &[Slow]| {
-        let mut t = Slow::default();
-        v.iter().for_each(|s| t.add(s));
-        t
+    let split = |v: Vec<Timed>| -> Result<(Vec<Histogram<u64>>, Stalls), String> {
+        let mut stalls = Stalls::default();
+        let mut hs = Vec::new();
+        for t in v {
+            let (h, st) = t?;
+            stalls.add(&st);
+            hs.push(h);
+        }
+        Ok((hs, stalls))
     };
-    let (slow_alone, slow_with) = (total(&slow_alone), total(&slow_with));
+    let (alone, slow_alone) = split(alone)?;
+    let (with, slow_with) = split(with)?;
+    let (null_alone, _) = split(null_alone)?;
+    let (null_with, slow_null_with) = split(null_with)?;
     let ratio = |w: &Histogram<u64>, a: &Histogram<u64>| w.max() as f64 / a.max().max(1) as f64;
-    let rounds: Vec<f64> = with.iter().zip(&alone).map(|(w, a)| ratio(w, a)).collect();
+    let per_round = |w: &[Histogram<u64>], a: &[Histogram<u64>]| -> Vec<f64> {
+        w.iter().zip(a).map(|(w, a)| ratio(w, a)).collect()
+    };
+    let (rounds, null_rounds) = (per_round(&with, &alone), per_round(&null_with, &null_alone));
     let merge = |v: &[Histogram<u64>]| {
         let mut h = v[0].clone();
         for x in &v[1..] {
@@ -227,7 +224,8 @@ pub fn run(b: Backend, p: &Params) -> Result<Outcome, String> {
         }
         h
     };
-    let (alone, with) = (merge(&alone), merge(&with));
+    let (alone, with, null_alone, null_with) =
+        (merge(&alone), merge(&with), merge(&null_alone), merge(&null_with));
     let us = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1e3;
     let headline_ratio = median(&rounds);
     let mut headline =
@@ -235,28 +233,21 @@ pub fn run(b: Backend, p: &Params) -> Result<Outcome, String> {
     if matches!(b, Backend::Rcuvm(s) if s != Strategy::MmapLock) {
         headline = headline.with_target("<= 2x", headline_ratio <= 2.0, Some(2.0));
     }
-    let list = rounds.iter().map(|x| format!("{x:.2}x")).collect::<Vec<_>>().join(", ");
-    let sorted = |s: &Slow| {
-        if s.calls() == 0 {
-            return "none".to_string();
-        }
-        format!(
-            "{} calls: {} preempted, {} blocked, {} on its CPU; the worst ({:.2} ms) {}",
-            s.calls(),
-            s.preempted,
-            s.blocked,
-            s.on_cpu,
-            s.worst.1 as f64 / 1e6,
-            s.worst.0
-        )
-    };
+    let list = |v: &[f64]| v.iter().map(|x| format!("{x:.2}x")).collect::<Vec<_>>().join(", ");
     let mut notes = vec![
-        format!("max with readers / max alone per round (the headline is their median): {list}"),
+        format!("max with readers / max alone per round (the headline is their median): {}", list(&rounds)),
         format!(
-            "writer calls over {} us (PM5), alone: {}; with readers: {}",
+            "control (PM6: a writer and readers that share nothing, same rounds): {} per round; max {:.0} us alone, {:.0} us with its readers",
+            list(&null_rounds),
+            null_alone.max() as f64 / 1e3,
+            null_with.max() as f64 / 1e3
+        ),
+        format!(
+            "writer calls over {} us (PM5), alone: {}; with readers: {}; the control's with its readers: {}",
             SLOW_NS / 1000,
-            sorted(&slow_alone),
-            sorted(&slow_with)
+            slow_alone.describe(),
+            slow_with.describe(),
+            slow_null_with.describe()
         ),
     ];
     if b == Backend::Linux {
@@ -266,6 +257,12 @@ pub fn run(b: Backend, p: &Params) -> Result<Outcome, String> {
     Ok(Outcome {
         metrics: vec![
             headline,
+            Metric::new(
+                "floor_ratio",
+                "control: max with readers / alone, sharing nothing (round median, PM6)",
+                "x",
+                median(&null_rounds),
+            ),
             Metric::new(
                 "max_ratio_all",
                 "writer max latency, with readers / alone (whole run)",
@@ -285,10 +282,10 @@ pub fn run(b: Backend, p: &Params) -> Result<Outcome, String> {
                 scans.into_inner() as f64 / p.seconds,
             ),
             Metric::new(
-                "slow_preempted",
-                "writer calls over 250 us with readers that lost the CPU to another thread (PM5)",
+                "slow_machine",
+                "writer calls over 250 us with readers that were off the CPU, preempted or vCPU stolen (PM5)",
                 "count",
-                slow_with.preempted as f64,
+                (slow_with.preempted + slow_with.stolen) as f64,
             ),
         ],
         notes,
