@@ -9,24 +9,26 @@
 //!   reader: it only enters the pool from a grace-period callback (write.rs
 //!   R1), so the writer may overwrite it at once.
 //! - A2. The pool keeps at most `cap` blocks: a quarter of the tree's live
-//!   nodes (at least `POOL_MIN`), plus [`IN_FLIGHT_FACTOR`] times the
-//!   blocks retired and still waiting for their grace period, counted
-//!   when blocks are returned;
-//!   what does not fit goes back to the global allocator, so a tree that
-//!   shrinks, or stops churning, stops keeping spare memory.
+//!   nodes (at least `POOL_MIN`), plus the most blocks that were waiting
+//!   for their grace period at once over the last [`PEAK_WINDOW`] to
+//!   twice that many batches retired. What does not fit goes back to the
+//!   global allocator, so a tree that shrinks, or stops churning, stops
+//!   keeping spare memory.
 //! - A3. Why the blocks in flight count: a writer that churns retires
 //!   blocks at the rate it builds them, and they come back a grace period
-//!   later; a pool capped at a quarter of a small tree freed most of them
-//!   to the allocator and the writer allocated as many anew (rcuvm's
-//!   proc-vs-map: 2.06 node allocations and frees per mmap+munmap pair on
-//!   a tree of 4,000 entries). Counted once, 0.40; twice, 0.17; four
-//!   times, 0.03 (rcuvm's `tests/mm_allocs.rs`): the blocks in the
-//!   writer's stock and its unflushed batch are not counted, and batches
-//!   come back unevenly. The memory the pool keeps for this is a few
-//!   times what is already waiting to be freed. Each allocation counts
-//!   twice over under glibc: an aligned block is carved out of a larger
-//!   chunk whose ends are freed as small chunks into the fast bins, which
-//!   an allocation later merges all at once (`malloc_consolidate`, up to
+//!   later, all of a grace period's batches at once; over the next one
+//!   the writer needs about as many again. A pool capped at a quarter of a
+//!   small tree freed most of them to the allocator and the writer
+//!   allocated as many anew (2.06 node allocations and frees per
+//!   mmap+munmap pair on a tree of 4,000 entries under rcuvm's `rcu-dead`,
+//!   0.46 under `vma-lock`; a cap of four times the blocks still in flight
+//!   when a batch came back left 0.03 and 0.46). With the peak,
+//!   0.000–0.008 under every strategy (rcuvm's `tests/mm_allocs.rs` prints the
+//!   census). The memory kept for this is at most what was already
+//!   waiting to be freed at the peak. Each allocation counts twice over
+//!   under glibc: an aligned block is carved out of a larger chunk whose
+//!   ends are freed as small chunks into the fast bins, which an
+//!   allocation later merges all at once (`malloc_consolidate`, up to
 //!   0.9 ms in rcuvm's proc-vs-map writer, uprobes).
 //!
 //! # Why
@@ -46,9 +48,9 @@ use crate::sync::{AtomicIsize, AtomicUsize, Mutex, Ordering};
 /// The fewest spare blocks a pool may keep (A2).
 const POOL_MIN: usize = 16;
 
-/// A3: the pool may keep this many times the blocks waiting for their
-/// grace period.
-const IN_FLIGHT_FACTOR: usize = 4;
+/// A3: the window, in batches retired, over which the pool remembers the
+/// most blocks that were waiting for a grace period at once.
+const PEAK_WINDOW: usize = 256;
 
 /// Size and alignment of every node (node.rs asserts both layouts fit).
 pub(crate) const NODE_LAYOUT: Layout = match Layout::from_size_align(256, 64) {
@@ -102,6 +104,11 @@ pub(crate) struct NodePool {
     /// dip below zero only at teardown, where the writer's unflushed
     /// batch is given back without having been counted.
     in_flight: AtomicIsize,
+    /// A3: the most `in_flight` reached in this window of batches and in
+    /// the one before, and batches retired so far.
+    peak: AtomicUsize,
+    prev_peak: AtomicUsize,
+    batches: AtomicUsize,
 }
 
 impl NodePool {
@@ -110,6 +117,9 @@ impl NodePool {
             free: Mutex::new(Vec::new()),
             cap: AtomicUsize::new(POOL_MIN),
             in_flight: AtomicIsize::new(0),
+            peak: AtomicUsize::new(0),
+            prev_peak: AtomicUsize::new(0),
+            batches: AtomicUsize::new(0),
         }
     }
 
@@ -120,9 +130,14 @@ impl NodePool {
         self.cap.store(POOL_MIN + live / 4, Ordering::Relaxed);
     }
 
-    /// Counts `n` blocks the writer hands to RCU (A2, A3).
+    /// Counts a batch of `n` blocks the writer hands to RCU (A2, A3).
     pub(crate) fn retiring(&self, n: usize) {
-        self.in_flight.fetch_add(n as isize, Ordering::Relaxed);
+        let now = (self.in_flight.fetch_add(n as isize, Ordering::Relaxed) + n as isize).max(0) as usize;
+        if self.batches.fetch_add(1, Ordering::Relaxed) % PEAK_WINDOW == PEAK_WINDOW - 1 {
+            self.prev_peak.store(self.peak.swap(now, Ordering::Relaxed), Ordering::Relaxed);
+        } else {
+            self.peak.fetch_max(now, Ordering::Relaxed);
+        }
     }
 
     /// Returns `blocks`, which went through their grace period, to the
@@ -133,9 +148,9 @@ impl NodePool {
     /// rcuvm, under the mmap lock), and must not wait while hundreds of
     /// blocks go back to the allocator one by one.
     pub(crate) fn give(&self, blocks: impl ExactSizeIterator<Item = Block>) {
-        let n = blocks.len() as isize;
-        let waiting = (self.in_flight.fetch_sub(n, Ordering::Relaxed) - n).max(0) as usize;
-        let cap = self.cap.load(Ordering::Relaxed) + IN_FLIGHT_FACTOR * waiting;
+        self.in_flight.fetch_sub(blocks.len() as isize, Ordering::Relaxed);
+        let peak = self.peak.load(Ordering::Relaxed).max(self.prev_peak.load(Ordering::Relaxed));
+        let cap = self.cap.load(Ordering::Relaxed) + peak;
         let mut blocks = blocks;
         {
             let mut free = self.free.lock();
