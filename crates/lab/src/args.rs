@@ -70,7 +70,7 @@ pub struct RunArgs {
     #[arg(long, default_value = "all")]
     pub strategy: String,
     /// Seconds of each measured phase (a workload has one or two; the
-    /// default makes the whole suite take about two and a half minutes).
+    /// default makes the whole suite take about three minutes).
     #[arg(long, default_value_t = 2.0, value_parser = seconds)]
     pub seconds: f64,
     /// Threads (default: the CPUs of this machine).
