@@ -49,6 +49,12 @@ const PAIRS: &[(&str, &str, &str, &[&str])] = &[
         &["p99_alone", "p99_churned"],
     ),
     ("page-fault", "page-fault: faults/s, one thread and all", "page faults", &["faults1", "faults"]),
+    (
+        "proc-vs-map",
+        "proc-vs-map: max ratio, the writer's beside the control's (PM6: sharing nothing)",
+        "max with readers / alone",
+        &["max_ratio", "floor_ratio"],
+    ),
     ("proc-vs-map", "proc-vs-map: writer (mmap+munmap) max latency", "latency", &["max_alone", "max_with"]),
     ("proc-vs-map", "proc-vs-map: writer (mmap+munmap) p99 latency", "latency", &["p99_alone", "p99_with"]),
 ];
