@@ -114,6 +114,9 @@ rcu_thread_local! {
     static BITE: Cell<Vec<(u64, Deferred)>> = Cell::new(Vec::new());
 }
 
+/// C11: the largest `BITE` a thread keeps between calls (callbacks).
+const BITE_KEEP: usize = 256;
+
 /// Whether this thread is inside a callback of the domain `id` (C8), at
 /// any depth.
 fn in_callback_of(id: u64) -> bool {
@@ -421,7 +424,9 @@ pub(crate) fn run_ready(d: &DomainInner, max: usize) -> usize {
     // C9: sized before the lock is taken (a stale hint at worst grows it
     // under the lock, rarely).
     let hint = q.ready_hint.load(Ordering::Relaxed) as usize;
-    let mut bite = BITE.with(Cell::take);
+    // `try_with`: a thread-local destructor may call this after `BITE`
+    // is gone; it then works in a vector of its own.
+    let mut bite = BITE.try_with(Cell::take).unwrap_or_default();
     bite.reserve(max.min(hint.max(1)));
     let mut st = q.state.lock();
     let n = max.min(st.ready.len());
@@ -433,7 +438,10 @@ pub(crate) fn run_ready(d: &DomainInner, max: usize) -> usize {
     } else {
         drop(st);
     }
-    BITE.with(|b| b.set(bite));
+    // A vector grown for an unusually large `max` is not kept.
+    if bite.capacity() <= BITE_KEEP {
+        let _ = BITE.try_with(|b| b.set(bite));
+    }
     n
 }
 

@@ -13,7 +13,7 @@
 //!   is kept in the `Deferred` itself, not boxed: `call` then allocates
 //!   nothing, as Linux's `call_rcu()` allocates nothing (its `rcu_head` is
 //!   inside the object). Why: the common callback captures one `Arc`
-//!   (rcuvm's dead-entry expiry, a retired batch); boxed, each was an
+//!   (rcuvm's dead-entry expiry); boxed, each was an
 //!   8-byte allocation freed on another call's path, and under glibc
 //!   those small chunks collect in the fast bins until an allocation
 //!   merges them all at once (`malloc_consolidate`), which made the

@@ -59,7 +59,9 @@ pub fn vma_still_mapped<T: Send + Sync + 'static>(
 
 /// What [`entries_in`] finds: kept inline up to two entries, the common
 /// case (one VMA, or a VMA and its neighbour), so that an mm call's lookup
-/// allocates nothing (mm.rs A9).
+/// allocates nothing (mm.rs A9). The `smallvec` 1.x type is part of this
+/// module's API (it exists for the loom models and the mm calls); it
+/// derefs to a slice and iterates like a `Vec`.
 pub type Entries<T> = smallvec::SmallVec<[Arc<T>; 2]>;
 
 /// Entries (live and dead) overlapping `[start, end)`, in order, as the

@@ -668,7 +668,7 @@ fn mmap_fixed(
     let mut w = mm.tree.write();
     let mut dead = dead;
     if let Some(s) = dead {
-        // reap_dead: the expired entries first (`DeadRange::expired`: the
+        // reap_dead: the expired entries first (`DeadMark::expired`: the
         // callback marks it after a grace period), then with `force` (which
         // inject.rs `PlacementIgnoresDead` turns off) every dead entry in
         // the range, found by the vm's own look at it (protocol.rs PR2).
