@@ -124,7 +124,7 @@ impl DomainInner {
         // that load the new value with Acquire see them (reader.rs `lock`).
         let g = self.read_side.gp.fetch_add(GP_UNIT, Ordering::SeqCst) + GP_UNIT;
         membarrier::writer_fence();
-        for slot in self.registry.snapshot() {
+        for slot in self.registry.snapshot().iter() {
             let mut b = Backoff { step: 0, expedited };
             while slot.blocks(g) {
                 b.snooze();
@@ -172,7 +172,7 @@ impl DomainInner {
         }
         // P1, P5: the fence after the counter (this thread's load or bump).
         membarrier::writer_fence();
-        for slot in self.registry.snapshot() {
+        for slot in self.registry.snapshot().iter() {
             if slot.blocks(g) {
                 return false;
             }

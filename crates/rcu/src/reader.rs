@@ -162,15 +162,18 @@ impl ReaderSlot {
     }
 }
 
-/// A domain's list of reader slots (R1).
+/// A domain's list of reader slots (R1), copied on write: a registration
+/// (rare: a thread's first read of the domain) publishes a new list, so a
+/// grace period's snapshot is one reference count, not a copy of the list
+/// (rcu-sync's munmap took one allocation per grace period for it).
 #[derive(Debug)]
 pub(crate) struct Registry {
-    slots: Mutex<Vec<Arc<ReaderSlot>>>,
+    slots: Mutex<Arc<Vec<Arc<ReaderSlot>>>>,
 }
 
 impl Registry {
     pub(crate) fn new() -> Self {
-        Self { slots: Mutex::new(Vec::new()) }
+        Self { slots: Mutex::new(Arc::new(Vec::new())) }
     }
 
     /// Claims a free slot or adds one.
@@ -184,14 +187,17 @@ impl Registry {
             }
         }
         let s = Arc::new(ReaderSlot::new(domain_id));
-        slots.push(s.clone());
+        let mut list = Vec::with_capacity(slots.len() + 1);
+        list.extend(slots.iter().cloned());
+        list.push(s.clone());
+        *slots = Arc::new(list);
         s
     }
 
     /// The slots a grace period must scan. A slot registered after the
     /// snapshot was taken belongs to a reader that entered after the grace
     /// period's fence, which need not be waited for.
-    pub(crate) fn snapshot(&self) -> Vec<Arc<ReaderSlot>> {
+    pub(crate) fn snapshot(&self) -> Arc<Vec<Arc<ReaderSlot>>> {
         self.slots.lock().clone()
     }
 
