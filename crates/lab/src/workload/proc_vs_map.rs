@@ -111,8 +111,9 @@ fn writer(sp: &Space, secs: f64) -> Timed {
     })
 }
 
-/// PM6: the control writer, whose call touches only its own page, as
-/// long as a real call at the median or so.
+/// PM6: the control writer, whose call touches only its own page. It is
+/// shorter than a real call; what sets a control's maximum is a stall of
+/// the machine, not the call's own work.
 fn null_writer(secs: f64) -> Timed {
     let mut page = vec![0u8; P as usize];
     let mut n = 0u8;
