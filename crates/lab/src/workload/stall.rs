@@ -29,9 +29,13 @@
 //! # Why
 //! On this 2-vCPU virtual machine, a spinning thread whose other CPU is
 //! busy sees gaps of 0.3–5.1 ms a few times in 8 s; alone, usually none
-//! (2026-12-06, a C loop reading the clock, three runs each). Counting
-//! switches alone (the first PM5) called a 2.9 ms gap *preempted* when a
-//! `kworker` ran for 5 µs after the vCPU came back (perf sched traces).
+//! (2026-12-06, a C loop reading the clock, three runs each). Over such
+//! gaps the thread's CPU time moved by 0.001–0.04 ms, some with no switch
+//! at all (steal), some with involuntary ones. Counting switches alone
+//! (the first PM5) called every call with an involuntary switch
+//! *preempted*, while the kworkers that `perf sched` showed taking the
+//! writer's CPU ran 2–15 µs each, far shorter than the calls blamed on
+//! them.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
