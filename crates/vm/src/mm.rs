@@ -67,7 +67,7 @@
 //!   `fault-churn` (rcu-dead, a 16 KiB churner beside the faulter): the
 //!   faulter's `mmap` waited 403 µs on average, 7% of its time. Waiting
 //!   writers are counted, so a long operation under the lock can stop for
-//!   them (unmap.rs U5, Linux's `mmap_lock_is_contended`). Spinning
+//!   them (the reaper, A10; Linux's `mmap_lock_is_contended`). Spinning
 //!   alone did not fix it (the churner sometimes held the lock for hundreds
 //!   of µs, unmap.rs U5); with U5 too, the faulter's time asleep on the lock
 //!   fell from 183 to 62 ms in 3 s, and fault-churn's kept fraction rose
@@ -83,11 +83,19 @@
 //!   up to a scheduler tick at a time (4 ms), and with glibc's allocator the
 //!   writer and the reclaimer fought over the arena lock (in `proc-vs-map`
 //!   the writer slept 8,337 times in 4 s, in `malloc`). Measured: see
-//!   docs/benchmarks.md (proc-vs-map).
+//!   docs/benchmarks.md (proc-vs-map). Tried and not kept: a time bound
+//!   (no more callbacks once 20 µs have passed, as Linux's
+//!   `rcu_do_batch()` stops at `rcu_resched_ns`): `proc-vs-map`'s writer
+//!   had fewer calls over 250 µs, but `fault-churn`'s faulters, which make
+//!   two mm calls per 64 MiB cycle, left their heavy callbacks to the
+//!   reclaimer, which took a CPU from them: 2.7–2.8 M faults/s alone
+//!   against 3.45–3.54 M.
 //! - A9. An `rcu-dead` mmap+munmap pair makes no small allocation in steady
-//!   state (`tests/mm_allocs.rs`): the dead entry's state lives in the
-//!   entry (strategy.rs `DeadMark`), its expiry callback is one word that
-//!   rcuvm-rcu keeps without boxing (deferred.rs D3), lookups return up to
+//!   state (`tests/mm_allocs.rs`): the dead entry is a flag in its VMA
+//!   object and a range and grace period state in the mm state's queue
+//!   (strategy.rs `DeadEntry`), no callback is queued per entry (one
+//!   reaper per address space, A10, whose closure rcuvm-rcu keeps without
+//!   boxing: deferred.rs D3), lookups return up to
 //!   two entries inline (protocol.rs `Entries`), reaping reuses its vector
 //!   (unmap.rs U7), and `run_ready` allocates nothing (callback.rs C11).
 //!   What is left per pair is the two VMA objects and, rarely, a tree
@@ -100,6 +108,27 @@
 //!   the first half of this work, fewer but longer, up to 0.9 ms). After:
 //!   1,640 merges, 3.6 ms in all, the longest 0.19 ms (`vma-lock`:
 //!   95,724 and 173 ms before, 1,876 and 4.2 ms after).
+//! - A10. The reaper: while an `rcu-dead` address space has dead entries,
+//!   exactly one RCU callback that erases them is queued or running
+//!   (`MmState::reaper_queued`, set and cleared under the mmap lock). The
+//!   call that leaves the first one queues it; each run tries the mmap
+//!   lock and, if it is free, makes an empty mm call (which erases up to
+//!   [`REAP_BATCH`](crate::strategy::REAP_BATCH) expired entries, unmap.rs
+//!   U5). If no mm call was made since its previous run (the address
+//!   space is idle), it goes on in batches of [`REAPER_IDLE_BATCH`],
+//!   releasing the lock between them, until none is expired or a writer
+//!   waits (A7). It queues itself again while any entry is left, and that
+//!   keeps grace periods running until every entry's state is passed:
+//!   no callback per entry is needed. If the lock is taken, it comes back
+//!   after another grace period (a callback must not sleep on the mmap
+//!   lock: it may run on a thread that holds it). It holds a count of
+//!   the address space's state, so the teardown erases every dead entry
+//!   and runs barriers until that count is back (`Drop`). Why: with every
+//!   call's reaping bounded (unmap.rs U5), nothing else would erase the
+//!   expired entries of an address space that went idle, and with expiry
+//!   by grace-period state (strategy.rs `DeadEntry`) a munmap queues no
+//!   callback of its own. Measured in `proc-vs-map` (rcu-dead, alternated
+//!   with the build before): docs/benchmarks.md.
 //!
 //! # Concurrency
 //! `maps`, `smaps`, `query`, `vmas`: RCU read side, lock-free (under the
@@ -143,6 +172,11 @@ pub const MMAP_LOCK_SPIN: std::time::Duration = std::time::Duration::from_micros
 /// of the tree's batches frees up to 64 values and their nodes.
 pub const RUN_READY: usize = 16;
 
+/// Most expired dead entries the reaper erases per hold of the mmap lock
+/// when the address space is idle (A10): about 40 µs, which a writer that
+/// comes meanwhile waits for at most (it spins that long, A7).
+pub const REAPER_IDLE_BATCH: usize = 256;
+
 /// The mmap lock, and how many writers are waiting for it (A7).
 struct MmapLock {
     rw: parking_lot::RwLock<MmState>,
@@ -163,6 +197,14 @@ impl std::ops::Deref for MmapLock {
 /// Share it between threads in an `Arc`; each simulated thread accesses
 /// memory through its own [`Cpu`] ([`AddressSpace::cpu`]).
 pub struct AddressSpace {
+    /// Everything but the teardown: shared with the deferred reaper of
+    /// dead entries (A10), which holds it weakly.
+    mm: Arc<Mm>,
+}
+
+/// An address space's state (`struct mm_struct`), behind the handle that
+/// tears it down when dropped.
+pub(crate) struct Mm {
     domain: Arc<Domain>,
     vmas: CachePadded<MapleTree<Arc<Vma>>>,
     cfg: MmConfig,
@@ -183,11 +225,17 @@ pub(crate) struct MmState {
     /// `mm->def_flags` (mlock.rs L4).
     def_flags: VmFlags,
     /// Dead entries in the tree (`rcu-dead`), oldest first: the order in
-    /// which their callbacks expire them (RCU callbacks run in order).
-    pub(crate) dead: std::collections::VecDeque<Arc<Vma>>,
+    /// which grace periods pass their states.
+    pub(crate) dead: std::collections::VecDeque<crate::strategy::DeadEntry>,
     /// The runs of dead entries a call erases, kept between calls so that
     /// reaping does not allocate (unmap.rs U7).
     reap_runs: Vec<(u64, u64)>,
+    /// mm calls made so far, and as many as the reaper saw when it last
+    /// ran (A10: equal means the address space was idle meanwhile).
+    calls: u64,
+    reaper_saw: u64,
+    /// The reaper is queued or running (A10): exactly one is, while set.
+    reaper_queued: bool,
 }
 
 /// The hardware half of an address space (A3).
@@ -228,7 +276,7 @@ pub(crate) struct Hw {
 /// The reader's side of `write_seq` and of the mmap lock (protocol.rs
 /// `ReadSide`), for `AddressSpace::read_stable`.
 struct Side<'a> {
-    mm: &'a AddressSpace,
+    mm: &'a Mm,
     /// The mmap read lock is held for the whole read (`mmap-lock`).
     whole: bool,
 }
@@ -349,7 +397,7 @@ impl MmBuilder {
         #[cfg(not(feature = "record"))]
         let _ = self.recorder;
         let domain = Arc::new(Domain::with_config(self.rcu));
-        AddressSpace {
+        let mm = Mm {
             vmas: CachePadded::new(MapleTree::new(domain.clone())),
             domain,
             cfg: self.cfg,
@@ -360,6 +408,9 @@ impl MmBuilder {
                     def_flags: VmFlags::empty(),
                     dead: Default::default(),
                     reap_runs: Vec::new(),
+                    calls: 0,
+                    reaper_saw: 0,
+                    reaper_queued: false,
                 }),
                 waiters: AtomicU32::new(0),
             }),
@@ -383,7 +434,8 @@ impl MmBuilder {
             },
             #[cfg(feature = "record")]
             recorder: self.recorder,
-        }
+        };
+        AddressSpace { mm: Arc::new(mm) }
     }
 }
 
@@ -448,7 +500,7 @@ impl AddressSpace {
 
     /// The fault strategy.
     pub fn strategy(&self) -> Strategy {
-        self.hw.strategy
+        self.mm.hw.strategy
     }
 
     /// A simulated CPU that runs threads of this address space.
@@ -458,75 +510,75 @@ impl AddressSpace {
 
     /// The physical memory.
     pub fn phys(&self) -> &Arc<PhysMem> {
-        &self.hw.phys
+        &self.mm.hw.phys
     }
 
     /// The page tables.
     pub fn page_table(&self) -> &PageTable {
-        &self.hw.pt
+        &self.mm.hw.pt
     }
 
     /// The TLB shootdown machinery.
     pub fn shootdown(&self) -> &Shootdown {
-        &self.hw.tlb
+        &self.mm.hw.tlb
     }
 
     /// Grace periods munmap waited for, and the nanoseconds it spent
     /// (`rcu-sync`'s every munmap; `rcu-dead`'s only past the dead-entry
     /// bound).
     pub fn munmap_syncs(&self) -> (u64, u64) {
-        (self.hw.syncs.load(Ordering::Relaxed), self.hw.sync_ns.load(Ordering::Relaxed))
+        (self.mm.hw.syncs.load(Ordering::Relaxed), self.mm.hw.sync_ns.load(Ordering::Relaxed))
     }
 
     /// Page-table pages unhooked and not yet freed: waiting for their grace
     /// periods (unmap.rs U1), or, under `rcu-refcount`, for the last
     /// reference to their VMA. A sample: writers may run meanwhile.
     pub fn deferred_tables(&self) -> usize {
-        let _g = self.domain.read();
-        self.hw.pt.tables().saturating_sub(self.hw.pt.reachable())
+        let _g = self.mm.domain.read();
+        self.mm.hw.pt.tables().saturating_sub(self.mm.hw.pt.reachable())
     }
 
     /// Grace periods waited for by calls that reused a range unmapped less
     /// than a grace period before (`rcu-dead`: `MAP_FIXED`, an mremap move
     /// or growth, a brk growth over a dead entry), and the nanoseconds.
     pub fn reuse_syncs(&self) -> (u64, u64) {
-        (self.hw.reuse_syncs.load(Ordering::Relaxed), self.hw.reuse_sync_ns.load(Ordering::Relaxed))
+        (self.mm.hw.reuse_syncs.load(Ordering::Relaxed), self.mm.hw.reuse_sync_ns.load(Ordering::Relaxed))
     }
 
     /// Accesses that used a frame while it was freed (cpu.rs C5): always 0
     /// unless the shootdown is broken.
     pub fn use_after_free_accesses(&self) -> u64 {
-        self.hw.use_after_free.load(Ordering::Relaxed)
+        self.mm.hw.use_after_free.load(Ordering::Relaxed)
     }
 
     /// The recorder, if this address space has one (record.rs).
     #[cfg(feature = "record")]
     pub(crate) fn recorder(&self) -> Option<&Arc<Recorder>> {
-        self.recorder.as_ref()
+        self.mm.recorder.as_ref()
     }
 
     /// Leaf entries that were still set in table pages freed by mm calls:
     /// always 0 unless a fault installed a PTE after its range was zapped
     /// (the stale PTE that `rcu-refcount` allows, strategy.rs S5).
     pub fn ptes_in_freed_tables(&self) -> u64 {
-        self.hw.ptes_in_freed_tables.load(Ordering::Relaxed)
+        self.mm.hw.ptes_in_freed_tables.load(Ordering::Relaxed)
     }
 
     pub(crate) fn hw(&self) -> &Hw {
-        &self.hw
+        &self.mm.hw
     }
 
     pub(crate) fn vmas_tree(&self) -> &MapleTree<Arc<Vma>> {
-        &self.vmas
+        &self.mm.vmas
     }
 
     pub(crate) fn mmap_read(&self) -> parking_lot::RwLockReadGuard<'_, MmState> {
-        self.mmap_lock.read()
+        self.mm.mmap_lock.read()
     }
 
     /// The tunables.
     pub fn config(&self) -> &MmConfig {
-        &self.cfg
+        &self.mm.cfg
     }
 
     fn call<R>(&self, f: impl FnOnce(&mut MmCall<'_>) -> R) -> R {
@@ -537,7 +589,7 @@ impl AddressSpace {
     /// (record.rs H2, H3).
     fn logged<R: Outcome>(&self, op: impl FnOnce() -> Op, f: impl FnOnce(&mut MmCall<'_>) -> R) -> R {
         #[cfg(feature = "record")]
-        if let Some(rec) = &self.recorder {
+        if let Some(rec) = &self.mm.recorder {
             return self.call_then(f, |r, start| {
                 let (result, after) = (r.outcome(), self.state());
                 let end = crate::record::now();
@@ -552,8 +604,9 @@ impl AddressSpace {
     /// write lock, so exact.
     #[cfg(feature = "record")]
     fn state(&self) -> Vec<crate::record::VmaState> {
-        let g = self.domain.read();
-        self.vmas
+        let g = self.mm.domain.read();
+        self.mm
+            .vmas
             .iter_from(0, &g)
             .filter(|e| !e.value.is_dead())
             .map(|e| crate::record::VmaState {
@@ -565,75 +618,14 @@ impl AddressSpace {
             .collect()
     }
 
-    /// The mmap lock for writing, spinning before sleeping (A7).
-    fn mmap_write_lock(&self) -> parking_lot::RwLockWriteGuard<'_, MmState> {
-        if let Some(g) = self.mmap_lock.try_write() {
-            return g;
-        }
-        let waiters = &self.mmap_lock.waiters;
-        waiters.fetch_add(1, Ordering::Relaxed);
-        let t0 = std::time::Instant::now();
-        let g = 'spin: loop {
-            // Poll with loads, not read-modify-writes, while it is taken:
-            // the holder's cache line stays put until it unlocks.
-            for _ in 0..64 {
-                if !self.mmap_lock.is_locked() {
-                    if let Some(g) = self.mmap_lock.try_write() {
-                        break 'spin g;
-                    }
-                }
-                std::hint::spin_loop();
-            }
-            if t0.elapsed() >= MMAP_LOCK_SPIN {
-                break self.mmap_lock.write();
-            }
-        };
-        waiters.fetch_sub(1, Ordering::Relaxed);
-        g
-    }
-
     /// The mm call `f`; `done` runs on its result under the mmap lock, told
     /// when the lock was taken (0 without the `record` feature).
     fn call_then<R>(&self, f: impl FnOnce(&mut MmCall<'_>) -> R, done: impl FnOnce(&R, u64)) -> R {
-        let r = self.locked_call(f, done);
+        let r = self.mm.locked_call(f, done);
         // A8: the lock is released; run some of the callbacks this address
         // space's calls queued whose grace period has passed.
-        self.domain.run_ready(RUN_READY);
-        self.hw.tlb.domain().run_ready(RUN_READY);
-        r
-    }
-
-    /// `call_then` under the mmap lock.
-    fn locked_call<R>(&self, f: impl FnOnce(&mut MmCall<'_>) -> R, done: impl FnOnce(&R, u64)) -> R {
-        let mut st = self.mmap_write_lock();
-        #[cfg(feature = "record")]
-        let start = crate::record::now();
-        #[cfg(not(feature = "record"))]
-        let start = 0;
-        let st = &mut *st;
-        let mut c = MmCall {
-            w: self.vmas.write(),
-            tree: &self.vmas,
-            domain: &self.domain,
-            cfg: &self.cfg,
-            layout: &self.layout,
-            hw: &self.hw,
-            next_shmem_ino: &mut st.next_shmem_ino,
-            dead: &mut st.dead,
-            reap_runs: &mut st.reap_runs,
-            def_flags: &mut st.def_flags,
-            txn_depth: 0,
-            txn: 0,
-            reap_budget: crate::strategy::REAP_BATCH,
-            lock_waiters: &self.mmap_lock.waiters,
-        };
-        c.reap_dead(false, 0, u64::MAX);
-        let r = f(&mut c);
-        debug_assert_eq!(c.txn_depth, 0, "A5: every tree_txn ended");
-        drop(c);
-        // A4: vma_end_write_all(), before the mmap lock is released.
-        self.hw.mm_lock_seq.fetch_add(1, Ordering::SeqCst);
-        done(&r, start);
+        self.mm.domain.run_ready(RUN_READY);
+        self.mm.hw.tlb.domain().run_ready(RUN_READY);
         r
     }
 
@@ -674,7 +666,7 @@ impl AddressSpace {
         self.logged(
             || Op::Mprotect { addr, len, prot },
             |c| {
-                if crate::inject::active(self.hw.inject, Injection::HalfUpdatedVma) {
+                if crate::inject::active(self.mm.hw.inject, Injection::HalfUpdatedVma) {
                     c.publish_half_updated(addr, len, prot);
                 }
                 c.mprotect(addr, len, prot)
@@ -701,15 +693,15 @@ impl AddressSpace {
 
     /// The current program break and its start (`mm->brk`, `mm->start_brk`).
     pub fn brk_range(&self) -> (u64, u64) {
-        (self.layout.start_brk.load(Ordering::Relaxed), self.layout.brk.load(Ordering::Relaxed))
+        (self.mm.layout.start_brk.load(Ordering::Relaxed), self.mm.layout.brk.load(Ordering::Relaxed))
     }
 
     /// Sets where the heap starts (what the ELF loader does): `brk` starts
     /// there too. Only before the first `brk` call.
     pub fn set_start_brk(&self, addr: u64) {
-        let _lock = self.mmap_write_lock();
-        self.layout.start_brk.store(addr, Ordering::Relaxed);
-        self.layout.brk.store(addr, Ordering::Relaxed);
+        let _lock = self.mm.mmap_write_lock();
+        self.mm.layout.start_brk.store(addr, Ordering::Relaxed);
+        self.mm.layout.brk.store(addr, Ordering::Relaxed);
     }
 
     /// `mremap(2)`; `new_addr` is used with `MREMAP_FIXED` (flags as in
@@ -805,7 +797,7 @@ impl AddressSpace {
 
     /// Loads the VMAs of a parsed snapshot into this (empty) address space.
     fn fill_from_maps(&self, mut vmas: Vec<Vma>) {
-        let mm = self;
+        let mm = &*self.mm;
         // `[heap]` and `[stack]` are derived from brk and start_stack, not
         // stored (mm.rs Layout): recover those and drop the names.
         let heap: Vec<(u64, u64)> =
@@ -836,27 +828,27 @@ impl AddressSpace {
 
     /// The RCU domain readers of this address space use.
     pub fn domain(&self) -> &Arc<Domain> {
-        &self.domain
+        &self.mm.domain
     }
 
     /// Number of VMAs (`map_count`; dead entries are not VMAs).
     pub fn map_count(&self) -> usize {
-        self.vmas.len() - self.hw.dead.load(Ordering::Relaxed)
+        self.mm.vmas.len() - self.mm.hw.dead.load(Ordering::Relaxed)
     }
 
     /// Dead entries counted in the tree (`rcu-dead`, strategy.rs S4).
     pub fn dead_entries(&self) -> usize {
-        self.hw.dead.load(Ordering::Relaxed)
+        self.mm.hw.dead.load(Ordering::Relaxed)
     }
 
     /// Entries in the VMA tree: VMAs and (`rcu-dead`) dead entries.
     pub fn vmas_in_tree(&self) -> usize {
-        self.vmas.len()
+        self.mm.vmas.len()
     }
 
     /// The mmap read lock, under the `mmap-lock` strategy only (S2).
     fn reader_lock(&self) -> Option<parking_lot::RwLockReadGuard<'_, MmState>> {
-        (self.hw.strategy == Strategy::MmapLock).then(|| self.mmap_lock.read())
+        (self.mm.hw.strategy == Strategy::MmapLock).then(|| self.mm.mmap_lock.read())
     }
 
     /// `/proc/pid/maps`, read under RCU without the mmap lock (A2).
@@ -869,10 +861,10 @@ impl AddressSpace {
         // they are the whole buffer in order. Sized up front for lines of
         // 64 bytes (most are shorter), so that a read does not grow its
         // buffer a dozen times.
-        let mut text = String::with_capacity(self.vmas.len() * 64);
+        let mut text = String::with_capacity(self.mm.vmas.len() * 64);
         let lines = self.read_stable(0, usize::MAX, |e| {
             let at = text.len();
-            maps::write_line(&mut text, &view(e, &self.layout));
+            maps::write_line(&mut text, &view(e, &self.mm.layout));
             text.push('\n');
             Some(at..text.len())
         });
@@ -903,15 +895,15 @@ impl AddressSpace {
         collect: impl FnMut(&Entry<'_, Arc<Vma>>) -> Option<T>,
     ) -> Vec<T> {
         let whole = self.reader_lock();
-        let side = Side { mm: self, whole: whole.is_some() };
+        let side = Side { mm: &self.mm, whole: whole.is_some() };
         // protocol.rs PR3: the loom model of this reader runs the same code.
-        crate::protocol::read_stable(&self.vmas, &side, from, limit, collect)
+        crate::protocol::read_stable(&self.mm.vmas, &side, from, limit, collect)
     }
 
     /// Records a maps, smaps or query read (record.rs H2).
     #[cfg(feature = "record")]
     fn record_read(&self, kind: crate::record::ReadKind, text: &str, start: u64) {
-        if let Some(rec) = &self.recorder {
+        if let Some(rec) = &self.mm.recorder {
             rec.read(kind, text.to_string(), start);
         }
     }
@@ -923,18 +915,18 @@ impl AddressSpace {
     pub fn smaps(&self) -> String {
         #[cfg(feature = "record")]
         let start = crate::record::now();
-        let pm = &*self.hw.phys;
+        let pm = &*self.mm.hw.phys;
         let kind = |pfn| match pm.frame(pfn).owner() {
             Owner::Anon { .. } => Some(true),
             Owner::PageCache => Some(false),
             Owner::Zero | Owner::Free => None,
         };
         // One buffer, as in `maps` (an entry renders to about 500 bytes).
-        let mut text = String::with_capacity(self.vmas.len() * 512);
+        let mut text = String::with_capacity(self.mm.vmas.len() * 512);
         let entries = self.read_stable(0, usize::MAX, |e| {
             // The walk runs under the guard, which keeps the tables (PT5).
-            let v = view(e, &self.layout);
-            let (a, f) = self.hw.pt.rss(v.start, v.end, &kind);
+            let v = view(e, &self.mm.layout);
+            let (a, f) = self.mm.hw.pt.rss(v.start, v.end, &kind);
             let at = text.len();
             let kb = |pages: u64| pages << (PAGE_SHIFT - 10);
             maps::write_line(&mut text, &v);
@@ -961,8 +953,9 @@ impl AddressSpace {
     pub fn query(&self, addr: u64) -> Option<Arc<Vma>> {
         #[cfg(feature = "record")]
         let start = crate::record::now();
-        let found = self
-            .read_stable(addr, 1, |e| Some((e.range.start <= addr).then(|| Arc::new(view(e, &self.layout)))));
+        let found = self.read_stable(addr, 1, |e| {
+            Some((e.range.start <= addr).then(|| Arc::new(view(e, &self.mm.layout))))
+        });
         let r = found.into_iter().next().flatten();
         #[cfg(feature = "record")]
         {
@@ -974,7 +967,7 @@ impl AddressSpace {
 
     /// A snapshot of every VMA, in address order.
     pub fn vmas(&self) -> Vec<Arc<Vma>> {
-        self.read_stable(0, usize::MAX, |e| Some(Arc::new(view(e, &self.layout))))
+        self.read_stable(0, usize::MAX, |e| Some(Arc::new(view(e, &self.mm.layout))))
     }
 }
 
@@ -983,14 +976,143 @@ impl Drop for AddressSpace {
         // Teardown (`exit_mmap`): unmap everything, so every frame goes
         // back and every table is freed; then run the callbacks that free
         // them.
-        let all = self.cfg.task_size;
+        let all = self.mm.cfg.task_size;
         self.call(|c| {
             c.reap_dead(true, 0, u64::MAX);
             let _ = c.munmap_range(0, all);
+            // Under `rcu-dead` the unmapping left dead entries: erase them
+            // too (after a grace period), so that the reaper, which the
+            // barrier below runs if it is queued, finds none and does not
+            // queue itself again (A10).
+            c.reap_dead(true, 0, u64::MAX);
         });
         // Tables wait for the VMA domain, then the TLB domain (tlb.rs T6).
-        self.domain.barrier();
-        self.hw.tlb.domain().barrier();
+        // A10: a queued reaper holds a count of the state; the barrier
+        // runs it, and it finds no dead entry and ends. Again while one is
+        // left (a reaper that found the lock taken by the teardown queued
+        // itself again, maybe after the barrier began), so that the last
+        // count is dropped here, not in a callback of the domain it owns.
+        loop {
+            self.mm.domain.barrier();
+            if Arc::strong_count(&self.mm) == 1 {
+                break;
+            }
+        }
+        self.mm.hw.tlb.domain().barrier();
+    }
+}
+
+impl Mm {
+    /// The mmap lock for writing, spinning before sleeping (A7).
+    pub(crate) fn mmap_write_lock(&self) -> parking_lot::RwLockWriteGuard<'_, MmState> {
+        if let Some(g) = self.mmap_lock.try_write() {
+            return g;
+        }
+        let waiters = &self.mmap_lock.waiters;
+        waiters.fetch_add(1, Ordering::Relaxed);
+        let t0 = std::time::Instant::now();
+        let g = 'spin: loop {
+            // Poll with loads, not read-modify-writes, while it is taken:
+            // the holder's cache line stays put until it unlocks.
+            for _ in 0..64 {
+                if !self.mmap_lock.is_locked() {
+                    if let Some(g) = self.mmap_lock.try_write() {
+                        break 'spin g;
+                    }
+                }
+                std::hint::spin_loop();
+            }
+            if t0.elapsed() >= MMAP_LOCK_SPIN {
+                break self.mmap_lock.write();
+            }
+        };
+        waiters.fetch_sub(1, Ordering::Relaxed);
+        g
+    }
+
+    /// `call_then` under the mmap lock.
+    pub(crate) fn locked_call<R>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&mut MmCall<'_>) -> R,
+        done: impl FnOnce(&R, u64),
+    ) -> R {
+        let mut st = self.mmap_write_lock();
+        #[cfg(feature = "record")]
+        let start = crate::record::now();
+        #[cfg(not(feature = "record"))]
+        let start = 0;
+        st.calls += 1;
+        let r = self.call_in(&mut st, crate::strategy::REAP_BATCH, f);
+        done(&r, start);
+        // A10: dead entries left behind are the reaper's to finish.
+        if !st.dead.is_empty() && !st.reaper_queued {
+            st.reaper_queued = true;
+            self.queue_reaper();
+        }
+        r
+    }
+
+    /// The body of an mm call, under the mmap lock: reaps up to `budget`
+    /// expired dead entries (unmap.rs U5), runs `f`, and ends the call's
+    /// write locks of VMAs (A4).
+    fn call_in<R>(&self, st: &mut MmState, budget: usize, f: impl FnOnce(&mut MmCall<'_>) -> R) -> R {
+        let mut c = MmCall {
+            w: self.vmas.write(),
+            tree: &self.vmas,
+            domain: &self.domain,
+            cfg: &self.cfg,
+            layout: &self.layout,
+            hw: &self.hw,
+            next_shmem_ino: &mut st.next_shmem_ino,
+            dead: &mut st.dead,
+            reap_runs: &mut st.reap_runs,
+            def_flags: &mut st.def_flags,
+            txn_depth: 0,
+            txn: 0,
+            reap_budget: budget,
+        };
+        c.reap_dead(false, 0, u64::MAX);
+        let r = f(&mut c);
+        debug_assert_eq!(c.txn_depth, 0, "A5: every tree_txn ended");
+        drop(c);
+        // A4: vma_end_write_all(), before the mmap lock is released.
+        self.hw.mm_lock_seq.fetch_add(1, Ordering::SeqCst);
+        r
+    }
+
+    /// Queues the reaper (A10) to run after a grace period. Its closure is
+    /// one `Arc`, which rcuvm-rcu keeps without allocating (deferred.rs D3).
+    fn queue_reaper(self: &Arc<Self>) {
+        let mm = Arc::clone(self);
+        self.domain.call(move || mm.reap());
+    }
+
+    /// The reaper (A10): erases expired dead entries that no mm call has,
+    /// a batch at a time, and queues itself again while any are left.
+    fn reap(self: Arc<Self>) {
+        loop {
+            let Some(mut st) = self.mmap_lock.try_write() else {
+                // A call holds the lock (or a reader fell back to it):
+                // come back after another grace period.
+                return self.queue_reaper();
+            };
+            // Idle: no mm call since the reaper last ran.
+            let idle = st.calls == st.reaper_saw;
+            st.reaper_saw = st.calls;
+            let budget = if idle { REAPER_IDLE_BATCH } else { crate::strategy::REAP_BATCH };
+            self.call_in(&mut st, budget, |_| ());
+            if st.dead.is_empty() {
+                st.reaper_queued = false;
+                return;
+            }
+            let more = idle
+                && self.mmap_lock.waiters.load(Ordering::Relaxed) == 0
+                && st.dead.front().is_some_and(|d| self.domain.poll_state(d.gp));
+            drop(st);
+            if !more {
+                return self.queue_reaper();
+            }
+        }
     }
 }
 
@@ -1037,11 +1159,11 @@ mod tests {
         assert_eq!(kept_lines(String::new(), &[]), "");
     }
 
-    /// unmap.rs U5: while a writer waits for the mmap lock, each mm call
-    /// erases a bounded batch of expired dead entries; with nobody waiting,
-    /// one call erases them all.
+    /// unmap.rs U5: an mm call erases at most `REAP_BATCH` expired dead
+    /// entries beyond those it needs; A10: the reaper erases the rest of an
+    /// idle address space's, with no mm call.
     #[test]
-    fn dead_entries_are_erased_in_batches_only_while_a_writer_waits() {
+    fn dead_entries_are_erased_in_batches_and_by_the_reaper_when_idle() {
         // Nothing expires until `barrier()` asks for the grace period.
         let rcu = rcuvm_rcu::Config::default().batch_delay(Duration::from_secs(60));
         let mm = AddressSpace::builder().strategy(Strategy::RcuDead).rcu_config(rcu).build();
@@ -1054,31 +1176,36 @@ mod tests {
                 mm.munmap(many + i * PAGE_SIZE, PAGE_SIZE).unwrap();
             }
             assert_eq!(mm.dead_entries(), n, "nothing expired yet");
-            mm.domain().barrier(); // every dead entry's grace period has passed
-        };
-        // An mm call far from the dead entries, needing none of them.
-        let mut next = 0x20_0000_0000;
-        let mut call = || {
-            mm.mmap(next, PAGE_SIZE, rw, anon, None, 0).unwrap();
-            next += PAGE_SIZE;
         };
 
+        // U5: the body of a call, as `locked_call` runs it (without the
+        // callbacks after it, among which the reaper may be).
         unmap_all(0x10_0000_0000);
-        mm.mmap_lock.waiters.store(1, Ordering::Relaxed); // as if a writer waited
+        let gp = mm.domain().get_state();
+        mm.domain().synchronize();
+        assert!(mm.domain().poll_state(gp), "every dead entry's grace period has passed");
         let mut calls = 0;
         while mm.dead_entries() > 0 {
             let before = mm.dead_entries();
-            call();
+            let mut st = mm.mm.mmap_write_lock();
+            mm.mm.call_in(&mut st, REAP_BATCH, |_| ());
+            drop(st);
             calls += 1;
             assert_eq!(before - mm.dead_entries(), before.min(REAP_BATCH), "call {calls}: one batch");
             assert!(calls <= n, "dead entries never drained");
         }
         assert_eq!(calls, n.div_ceil(REAP_BATCH));
 
+        // A10: the reaper, queued by the munmaps, drains them with no
+        // further call: a batch on its first run (calls were made since it
+        // last ran), the rest on the next (idle).
         unmap_all(0x30_0000_0000);
-        mm.mmap_lock.waiters.store(0, Ordering::Relaxed);
-        call();
-        assert_eq!(mm.dead_entries(), 0, "uncontended, one call erases every expired entry");
+        let mut barriers = 0;
+        while mm.dead_entries() > 0 && barriers < 4 {
+            mm.domain().barrier();
+            barriers += 1;
+        }
+        assert_eq!(mm.dead_entries(), 0, "the reaper left {} dead entries", mm.dead_entries());
         assert_eq!(mm.vmas_in_tree(), mm.map_count());
     }
 }

@@ -109,12 +109,10 @@ pub(crate) struct MmCall<'a> {
     /// The number of the change `tree_txn` is making (mm.rs A6).
     pub(crate) txn: u64,
     /// Expired dead entries this call may still erase beyond those it
-    /// needs while another writer waits for the mmap lock (unmap.rs U5).
+    /// needs (unmap.rs U5).
     pub(crate) reap_budget: usize,
-    /// Writers waiting for the mmap lock (mm.rs A7).
-    pub(crate) lock_waiters: &'a std::sync::atomic::AtomicU32,
     /// Dead entries (`rcu-dead`, strategy.rs S4).
-    pub(crate) dead: &'a mut std::collections::VecDeque<Arc<Vma>>,
+    pub(crate) dead: &'a mut std::collections::VecDeque<crate::strategy::DeadEntry>,
     /// Scratch for the runs `reap_dead` erases (unmap.rs U7).
     pub(crate) reap_runs: &'a mut Vec<(u64, u64)>,
 }
@@ -154,13 +152,8 @@ impl MmCall<'_> {
     /// A tree store of `v` over `r`; inside a `tree_txn`, the change's range
     /// is widened first (mm.rs A6).
     pub(crate) fn store(&mut self, r: std::ops::Range<u64>, v: Vma) {
-        self.store_arc(r, Arc::new(v));
-    }
-
-    /// [`MmCall::store`] of a VMA object the caller keeps a reference to.
-    pub(crate) fn store_arc(&mut self, r: std::ops::Range<u64>, v: Arc<Vma>) {
         self.widen_txn(r.start, r.end);
-        self.w.store(r, v).expect("a VMA's range is never empty");
+        self.w.store(r, Arc::new(v)).expect("a VMA's range is never empty");
     }
 
     /// A tree erase of `r`, widening as [`MmCall::store`] does.

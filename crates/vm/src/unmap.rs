@@ -8,8 +8,10 @@
 //!   frames are freed; tables are freed after a grace period of the VMA
 //!   domain (pgtable.rs PT5, tlb.rs T3).
 //! - U2. Under `rcu-dead`, munmap unhooks no table and waits for no grace
-//!   period: the dead entry keeps the range until an RCU callback marked it
-//!   expired; the next mm call then erases it and unhooks its tables (its
+//!   period: the dead entry keeps the range until a grace period has
+//!   passed the state its munmap took (strategy.rs `DeadEntry`; a no-op
+//!   callback queued after it makes sure one runs); the next mm call then
+//!   erases it and unhooks its tables (its
 //!   grace period has passed, so no fault or smaps reader can be in them;
 //!   only the MMU's walk can, and the shootdown covers that). An mm call
 //!   that needs the range earlier (`MAP_FIXED`) synchronises first.
@@ -18,24 +20,24 @@
 //!   as callers of a full RCU callback queue do), so a munmap storm cannot
 //!   grow the tree without bound. It reaps after its own zap and
 //!   shootdown, never between the dead entry and the zap (U1's order).
-//! - U5. While another writer waits for the mmap lock (mm.rs A7), an mm
-//!   call erases at most [`REAP_BATCH`] expired dead entries beyond those
-//!   it needs, oldest first; the rest wait for the next calls (each munmap
-//!   adds one entry per VMA, so they keep up). Uncontended, it erases every
-//!   expired one. Linux breaks long work under the lock the same way
-//!   (`mmap_lock_is_contended`). Why: a grace period expires the entries of
-//!   every munmap since the previous one at once (about 150 in
-//!   `fault-churn`), and erasing them all in the next call held the mmap
-//!   lock long enough that a thread waiting for it spun past its bound and
-//!   slept. Measured with A7 in place and the bound applied always,
-//!   fault-churn rcu-dead kept 80.8% and 90.0% without the bound,
-//!   84.1–94.3% with it (two and four runs); bounded only while a writer
-//!   waits (an always-bounded call left an idle address space with
-//!   expired entries and their tables: `rcuvm check`'s P6), 86.4–89.8%
-//!   (three runs, the same hour). Forced reaping (a range needed now, or past [`DEAD_LIMIT`]) still
-//!   takes every entry it needs.
+//! - U5. An mm call erases at most [`REAP_BATCH`] expired dead entries
+//!   beyond those it needs, oldest first; the reaper (mm.rs A10) erases
+//!   the rest, also in batches, once the address space is idle. Each
+//!   munmap adds one entry per VMA, so the calls keep up. Forced reaping
+//!   (a range needed now, or past [`DEAD_LIMIT`]) still takes every entry
+//!   it needs. Linux breaks long work under the lock the same way
+//!   (`mmap_lock_is_contended`). Why: a grace period expires the entries
+//!   of every munmap since the previous one at once, 150 in `fault-churn`
+//!   and 1,300–3,000 in `proc-vs-map` when readers make the grace period
+//!   long, and the call that erased them all held the mmap lock for up
+//!   to 420 µs (about 140 ns an entry). History, measured: bounded only
+//!   while another writer waited (for `fault-churn`: 86.4–89.8% kept,
+//!   against 84.1–94.3% bounded always and 80.8–90.0% unbounded), since
+//!   a call bounded always left an idle address space with expired
+//!   entries and their tables (`rcuvm check`'s P6); the reaper now
+//!   removes those, and the bound applies always.
 //! - U6. Reaped entries that touch go in one erase: their union holds only
-//!   them (each was claimed, and only writers change the tree), and one
+//!   them (each left the queue once, and only writers change the tree), and one
 //!   spanning erase rebuilds the few nodes around the run where an erase
 //!   per entry copied a leaf and its ancestors for each. Why: a grace
 //!   period expires every entry of the munmaps since the previous one, and
@@ -43,10 +45,10 @@
 //!   range the last one's dead entry still holds). Measured in
 //!   `proc-vs-map` (rcu-dead): 600–4,700 entries reaped at once took
 //!   0.3–2.4 ms one by one and 0.1–0.3 ms as runs, for one or two runs.
-//! - U7. Reaping allocates nothing in steady state: the runs it erases are
-//!   gathered in a vector the mm state keeps between calls, and the dead
-//!   entries it pops are the tomb VMAs themselves (strategy.rs
-//!   `DeadMark`; mm.rs A9).
+//! - U7. Reaping allocates nothing in steady state and touches no dead
+//!   entry's VMA object: the queue holds each entry's range and grace
+//!   period state (strategy.rs `DeadEntry`), and the runs it erases are
+//!   gathered in a vector the mm state keeps between calls (mm.rs A9).
 //! - U3. Under `rcu-sync`, munmap returns only after a grace period of the
 //!   VMA domain: no fault or reader that found an unmapped VMA is still
 //!   running when the range can be reused.
@@ -67,7 +69,7 @@ use crate::mmap::MmCall;
 use crate::pgtable::VA_END;
 #[cfg(doc)]
 use crate::strategy::REAP_BATCH;
-use crate::strategy::{self, DEAD_LIMIT, DeadMark, Strategy};
+use crate::strategy::{self, DEAD_LIMIT, DeadEntry, Strategy};
 use crate::tlb::MmuGather;
 use crate::vma::Vma;
 
@@ -114,15 +116,16 @@ impl MmCall<'_> {
         for v in hit {
             let (s, e) = (v.start.max(start), v.end.min(end));
             let mut tomb = v.slice(s, e);
-            tomb.rt.dead = DeadMark::pending();
-            let tomb = Arc::new(tomb);
-            self.store_arc(s..e, tomb.clone());
-            self.dead.push_back(tomb.clone());
+            tomb.rt.dead = true;
+            self.store(s..e, tomb);
+            // ORDERING: `get_state` fences after the store above: the state
+            // is passed only by a grace period that began after the dead
+            // entry was published (rcuvm-rcu grace.rs P2).
+            let gp = self.domain.get_state();
+            self.dead.push_back(DeadEntry { start: s, end: e, gp });
             self.hw.dead.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            // ORDERING: the callback runs after a grace period that began
-            // after the dead entry was published. (One `Arc`: rcuvm-rcu
-            // keeps it without allocating, its deferred.rs D3.)
-            self.domain.call(move || tomb.rt.dead.expire());
+            // No callback per entry: the reaper the call queues when it
+            // ends (mm.rs A10) keeps grace periods running until a reap.
         }
         true
     }
@@ -215,12 +218,12 @@ impl MmCall<'_> {
     }
 
     /// Erases dead entries and unhooks their tables (U2): the expired ones,
-    /// oldest first, within the call's budget if a writer waits (U5), and
+    /// oldest first, within the call's budget (U5), and
     /// with `force` every one overlapping `[start, end)`, after waiting for
     /// a grace period if one has not expired.
     ///
     /// Cost: the expired ones come off the front of the queue (their
-    /// callbacks run in order); the forced path scans the queue only when
+    /// states were taken in order); the forced path scans the queue only when
     /// the tree shows a dead entry in the range.
     pub(crate) fn reap_dead(&mut self, force: bool, start: u64, end: u64) {
         // inject.rs: with placement ignoring dead entries, nothing waits
@@ -233,20 +236,16 @@ impl MmCall<'_> {
         // U7: the runs are gathered in the call's scratch vector.
         let mut runs = std::mem::take(self.reap_runs);
         runs.clear();
-        let mut take = |t: &Arc<Vma>| {
-            if t.rt.dead.claim() {
-                runs.push((t.start, t.end));
-            }
-        };
-        while self.dead.front().is_some_and(|t| t.rt.dead.expired())
-            && (self.reap_budget > 0 || self.lock_waiters.load(Ordering::Relaxed) == 0)
-        {
+        let domain = self.domain;
+        let expired = |d: &DeadEntry| domain.poll_state(d.gp);
+        let mut take = |d: &DeadEntry| runs.push((d.start, d.end));
+        while self.reap_budget > 0 && self.dead.front().is_some_and(expired) {
             take(&self.dead.pop_front().expect("checked front"));
-            self.reap_budget = self.reap_budget.saturating_sub(1);
+            self.reap_budget -= 1;
         }
         if force && self.entries_in(start, end).iter().any(|v| v.is_dead()) {
             let overlaps = |s: u64, e: u64| s < end && start < e;
-            if self.dead.iter().any(|t| overlaps(t.start, t.end) && !t.rt.dead.expired()) {
+            if self.dead.iter().any(|d| overlaps(d.start, d.end) && !expired(d)) {
                 // Who waits: a munmap past the bound (U4), or a call that
                 // reuses a dead range (S4), counted apart.
                 let (n, ns) = if (start, end) == (0, u64::MAX) {
@@ -259,9 +258,9 @@ impl MmCall<'_> {
                 n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 ns.fetch_add(t.elapsed().as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
             }
-            self.dead.retain(|t| {
-                if overlaps(t.start, t.end) {
-                    take(t);
+            self.dead.retain(|d| {
+                if overlaps(d.start, d.end) {
+                    take(d);
                     false
                 } else {
                     true

@@ -22,11 +22,10 @@
 //!   a VMA a writer builds from a write-locked one is write-locked too, as
 //!   in Linux, until the writer releases the mmap lock.
 //! - V5. A *dead entry* (strategy `rcu-dead`) is a `Vma` whose `rt.dead`
-//!   marks it dead (strategy.rs `DeadMark`): it reserves a range unmapped
-//!   less than a grace period ago. It is never shown to readers nor
-//!   returned by lookups of mm calls. The mark lives in the object the
-//!   munmap stored, which its RCU callback expires; a clone copies the
-//!   mark as it stands and is never stored (unmap.rs `bury`).
+//!   is set: it reserves a range unmapped less than a grace period ago
+//!   (the mm state's queue keeps when: strategy.rs `DeadEntry`). It is
+//!   never shown to readers nor returned by lookups of mm calls. The flag
+//!   is set before the entry is stored and never changes.
 //! - V6. `rt.detached` is set, for good, before a writer replaces or
 //!   removes the object (unmap.rs `vma_write_lock`, which strategy.rs S3
 //!   makes every writer call first), and so before any page-table change
@@ -176,7 +175,7 @@ pub(crate) struct VmaRt {
     /// The anon_vma given by a fault (0: none), when `Vma::anon_vma` is `None`.
     pub(crate) anon: AtomicU64,
     /// Set on a dead entry (V5).
-    pub(crate) dead: crate::strategy::DeadMark,
+    pub(crate) dead: bool,
     /// Replaced or removed, or about to be (V6).
     pub(crate) detached: AtomicBool,
     /// `rcu-refcount`: the tables its munmap unhooked, freed when the last
@@ -190,7 +189,7 @@ impl Clone for VmaRt {
             lock_seq: AtomicU64::new(self.lock_seq.load(Ordering::SeqCst)),
             readers: AtomicU32::new(0),
             anon: AtomicU64::new(self.anon.load(Ordering::Acquire)),
-            dead: self.dead.snapshot(),
+            dead: self.dead,
             detached: AtomicBool::new(false),
             on_last_put: std::sync::OnceLock::new(),
         }
@@ -199,8 +198,7 @@ impl Clone for VmaRt {
 
 impl PartialEq for VmaRt {
     fn eq(&self, o: &Self) -> bool {
-        self.anon.load(Ordering::Relaxed) == o.anon.load(Ordering::Relaxed)
-            && self.dead.is_dead() == o.dead.is_dead()
+        self.anon.load(Ordering::Relaxed) == o.anon.load(Ordering::Relaxed) && self.dead == o.dead
     }
 }
 impl Eq for VmaRt {}
@@ -209,7 +207,7 @@ impl fmt::Debug for VmaRt {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("VmaRt")
             .field("lock_seq", &self.lock_seq.load(Ordering::Relaxed))
-            .field("dead", &self.dead.is_dead())
+            .field("dead", &self.dead)
             .finish_non_exhaustive()
     }
 }
@@ -268,7 +266,7 @@ impl Vma {
 
     /// Whether this is a dead entry (V5).
     pub(crate) fn is_dead(&self) -> bool {
-        self.rt.dead.is_dead()
+        self.rt.dead
     }
 
     /// Length in bytes.

@@ -1,6 +1,7 @@
 //! Loom models of the address space's two critical races (issue 6): a page
 //! fault against `munmap` followed by `mmap` at the same address, and a
-//! maps reader against a split or an `mremap` move.
+//! maps reader against a split or an `mremap` move; and of the reaper of
+//! dead entries against a writer (model 4, mm.rs A10).
 //!
 //! Run with `ci/loom.sh`, i.e. `RUSTFLAGS="--cfg rcuvm_loom"
 //! LOOM_MAX_PREEMPTIONS=3 CARGO_TARGET_DIR=target/loom cargo test -p rcuvm
@@ -95,7 +96,9 @@
 //!   stale PTE, as (a);
 //! - (d) munmap without the detached mark (V6): the CPU's vmacache keeps
 //!   the unmapped VMA, and an access after the new mmap reaches the old
-//!   VMA's frame (F1).
+//!   VMA's frame (F1);
+//! - (g) a reaper (model 4) that finds the mmap lock taken and does not
+//!   queue itself again: dead entries left in an idle address space (R2).
 //!
 //! Each model also counts, across its iterations, that the interesting
 //! interleaving was explored (a fault that found the old VMA and was
@@ -668,8 +671,9 @@ fn mmap_fixed(
     let mut w = mm.tree.write();
     let mut dead = dead;
     if let Some(s) = dead {
-        // reap_dead: the expired entries first (`DeadMark::expired`: the
-        // callback marks it after a grace period), then with `force` (which
+        // reap_dead: the expired entries first (strategy.rs `DeadEntry`:
+        // a grace period has passed the state the munmap took, as the vm
+        // checks it too), then with `force` (which
         // inject.rs `PlacementIgnoresDead` turns off) every dead entry in
         // the range, found by the vm's own look at it (protocol.rs PR2).
         let expired = mm.tree.domain().poll_state(s);
@@ -1315,4 +1319,172 @@ fn mutation_txn_range_not_widened() {
         &["half-updated", "half done", "backwards", "overlap", "missing"],
         || split_model("mutation_txn_range_not_widened", true, false, &COV),
     );
+}
+
+// ---------------------------------------------------------------------------
+// Model 4: the reaper of dead entries (mm.rs A10) against a writer.
+// ---------------------------------------------------------------------------
+//
+// Mirrored, all of it, on loom mutexes: the mm state behind the mmap lock
+// (`MmState`: the dead entries' queue, `calls`, `reaper_saw`,
+// `reaper_queued`), an mm call's reaping and its end (`Mm::locked_call`,
+// `Mm::call_in`, unmap.rs `reap_dead` without `force`), the reaper
+// (`Mm::reap`) and rcuvm-rcu's callback queue, FIFO, run by a reclaimer
+// thread. Grace periods are abstract: a dead entry buried before the k-th
+// reaper was queued has expired once that reaper runs (a grace period
+// that began after it was queued has passed), and calls reap only
+// entries known expired that way. Invariants:
+// - R1. At most one reaper is queued or running: none is queued when one
+//   is queued (the queue is empty at every push).
+// - R2. Once the writer has stopped and the queue has run dry, no dead
+//   entry is left: no reaper was lost while the writer held the lock.
+
+/// Reaper model: expired entries a call erases (unmap.rs U5's `REAP_BATCH`).
+const REAP_BATCH_MODEL: usize = 1;
+
+struct ReapMm {
+    /// The mmap lock and what it guards.
+    st: Mutex<ReapSt>,
+    /// The domain's callbacks: the queue number of each queued reaper.
+    cbq: Mutex<(std::collections::VecDeque<u64>, u64)>,
+    /// The highest queue number whose grace period has passed.
+    gp_done: AtomicU64,
+    /// Mutation: a reaper that finds the lock taken does not come back.
+    lose_on_contention: bool,
+}
+
+struct ReapSt {
+    /// Dead entries, oldest first: the queue count when each was buried.
+    dead: std::collections::VecDeque<u64>,
+    calls: u64,
+    saw: u64,
+    queued: bool,
+}
+
+impl ReapMm {
+    /// `Domain::call(reaper)`: R1 checked at the push.
+    fn queue_reaper(&self) {
+        let mut q = self.cbq.lock().unwrap();
+        assert!(q.0.is_empty(), "R1: a second reaper queued");
+        q.1 += 1;
+        let k = q.1;
+        q.0.push_back(k);
+    }
+    /// unmap.rs `reap_dead(false, ..)`: up to `budget` expired entries.
+    fn reap_expired(&self, st: &mut ReapSt, budget: usize) {
+        let done = self.gp_done.load(Ordering::SeqCst);
+        let mut n = 0;
+        while n < budget && st.dead.front().is_some_and(|&seq| seq < done) {
+            st.dead.pop_front();
+            n += 1;
+        }
+    }
+    /// `Mm::locked_call` with `bury`: an munmap that leaves a dead entry.
+    fn call(&self, bury: bool) {
+        let mut st = self.st.lock().unwrap();
+        st.calls += 1;
+        self.reap_expired(&mut st, REAP_BATCH_MODEL);
+        if bury {
+            let seq = self.cbq.lock().unwrap().1;
+            st.dead.push_back(seq);
+        }
+        if !st.dead.is_empty() && !st.queued {
+            st.queued = true;
+            self.queue_reaper();
+        }
+    }
+    /// `Mm::reap`, run as the `k`-th queued callback.
+    fn reap(&self, k: u64) {
+        // The grace period before this callback has passed.
+        self.gp_done.fetch_max(k, Ordering::SeqCst);
+        loop {
+            let Ok(mut st) = self.st.try_lock() else {
+                if !self.lose_on_contention {
+                    self.queue_reaper();
+                }
+                return;
+            };
+            let idle = st.calls == st.saw;
+            st.saw = st.calls;
+            self.reap_expired(&mut st, if idle { usize::MAX } else { REAP_BATCH_MODEL });
+            if st.dead.is_empty() {
+                st.queued = false;
+                return;
+            }
+            let done = self.gp_done.load(Ordering::SeqCst);
+            let more = idle && st.dead.front().is_some_and(|&seq| seq < done);
+            drop(st);
+            if !more {
+                self.queue_reaper();
+                return;
+            }
+        }
+    }
+    /// The reclaimer (or a caller's `run_ready`): runs the next queued
+    /// callback, if any.
+    fn run_one(&self) -> bool {
+        let next = self.cbq.lock().unwrap().0.pop_front();
+        match next {
+            Some(k) => {
+                self.reap(k);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+fn reaper_model(name: &'static str, lose_on_contention: bool, bound: Bound) {
+    check(name, bound, move || {
+        let mm = Arc::new(ReapMm {
+            st: Mutex::new(ReapSt { dead: Default::default(), calls: 0, saw: 0, queued: false }),
+            cbq: Mutex::new((Default::default(), 0)),
+            gp_done: AtomicU64::new(0),
+            lose_on_contention,
+        });
+        let w = {
+            let mm = mm.clone();
+            thread::spawn(move || {
+                // munmap, munmap, then a call that buries nothing.
+                mm.call(true);
+                mm.call(true);
+                mm.call(false);
+            })
+        };
+        let r = {
+            let mm = mm.clone();
+            thread::spawn(move || {
+                for _ in 0..2 {
+                    if !mm.run_one() {
+                        thread::yield_now();
+                    }
+                }
+            })
+        };
+        w.join().unwrap();
+        r.join().unwrap();
+        // Idle: the callbacks run until none is queued.
+        let mut runs = 0;
+        while mm.run_one() {
+            runs += 1;
+            assert!(runs < 10, "the reaper never stops queueing itself");
+        }
+        let st = mm.st.lock().unwrap();
+        assert!(st.dead.is_empty(), "R2: {} dead entries left in an idle address space", st.dead.len());
+        assert!(!st.queued, "R2: marked queued with no reaper queued");
+    });
+}
+
+#[test]
+fn reaper_vs_writer() {
+    reaper_model("reaper_vs_writer", false, Bound::Default(3));
+}
+
+// Checks that model 4 catches (g): a reaper that finds the mmap lock taken
+// and does not queue itself again.
+#[test]
+fn mutation_reaper_lost_on_contention() {
+    expect_caught("reaper_lost_on_contention", &["R2"], || {
+        reaper_model("mutation_reaper_lost_on_contention", true, Bound::Fixed(2))
+    });
 }

@@ -15,7 +15,9 @@
 //!   arena (a hint not taken, a move) is unmapped by the next call.
 //! - W3 (P6). After the round: the arena's span is mapped and unmapped
 //!   (so every table of it is freed), both domains'
-//!   callbacks have run, and the page table is back to its root alone;
+//!   callbacks have run, the reaper has erased every dead entry within a
+//!   second of barriers with no mm call, and the page table is back to
+//!   its root alone;
 //!   dead entries never exceeded `DEAD_LIMIT` plus one call's worth; the
 //!   VMA domain's callback backlog stayed within twice its limit; after
 //!   the address space is dropped, every frame of the shared `PhysMem` is
@@ -199,6 +201,19 @@ fn run_round(cfg: RoundCfg, phys: &Arc<PhysMem>, rec: &Arc<Recorder>, teardown: 
     mm.domain().barrier();
     let _ = mm.munmap(ARENA.base, PAGE_SIZE);
     mm.domain().barrier();
+    // Idle now: the reaper (rcuvm mm.rs A10) erases every dead entry left,
+    // a batch per grace period while calls were still made, then all of
+    // them. Give it a second of barriers.
+    let idle = Instant::now();
+    while mm.dead_entries() > 0 && idle.elapsed() < Duration::from_secs(1) {
+        mm.domain().barrier();
+    }
+    if mm.dead_entries() > 0 {
+        report(
+            "P6",
+            format!("{} dead entries left in an idle address space after 1 s of barriers", mm.dead_entries()),
+        );
+    }
     mm.shootdown().domain().barrier();
     if mm.page_table().tables() != 1 {
         report(
