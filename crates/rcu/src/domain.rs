@@ -267,6 +267,22 @@ impl Domain {
         }
     }
 
+    /// One attempt, that never blocks, at a grace period that passes
+    /// `state`: one `membarrier` and a scan of the reader slots (grace.rs
+    /// P5, as callers that help a late batch do, callback.rs C10). Returns
+    /// whether `state` has passed, now. It fails while a reader that began
+    /// before the attempt is still inside (the caller's own section too),
+    /// and succeeds at once when no grace period has run only because
+    /// nobody ran one (a reclaimer that gets no CPU). Linux has no such
+    /// call; the nearest is `start_poll_synchronize_rcu_expedited()`
+    /// followed by `poll_state_synchronize_rcu()`.
+    ///
+    /// Context: any; it costs a `membarrier` (an IPI to each CPU running
+    /// the process), so call it sparingly.
+    pub fn try_complete(&self, state: GpState) -> bool {
+        self.inner.try_grace_period(state)
+    }
+
     /// Runs `f` after a grace period, on the reclaimer thread (or on a caller
     /// that helps with a full backlog, or on a thread that calls
     /// [`run_ready`](Self::run_ready), in that thread's context), never

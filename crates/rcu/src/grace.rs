@@ -158,6 +158,7 @@ impl DomainInner {
 
     /// P5: one attempt, that never blocks, at a grace period that completes
     /// `s` (a state taken earlier). Returns whether `s` is complete now.
+    /// Callers: callback.rs C10, and users through `Domain::try_complete`.
     pub(crate) fn try_grace_period(&self, s: GpState) -> bool {
         if self.poll_state(s) {
             return true;

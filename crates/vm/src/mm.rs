@@ -254,6 +254,9 @@ pub(crate) struct Hw {
     pub(crate) sync_ns: CachePadded<AtomicU64>,
     /// Grace periods munmap waited for.
     pub(crate) syncs: AtomicU64,
+    /// Grace periods of dead entries that calls completed without
+    /// blocking (unmap.rs U8).
+    pub(crate) dead_helps: AtomicU64,
     /// Accesses whose frame was freed while they used it (cpu.rs C5).
     pub(crate) use_after_free: AtomicU64,
     /// Odd while a writer makes a change of several tree stores (A5).
@@ -424,6 +427,7 @@ impl MmBuilder {
                 dead: CachePadded::new(AtomicUsize::new(0)),
                 sync_ns: CachePadded::new(AtomicU64::new(0)),
                 syncs: AtomicU64::new(0),
+                dead_helps: AtomicU64::new(0),
                 use_after_free: AtomicU64::new(0),
                 write_seq: CachePadded::new(AtomicU64::new(0)),
                 txn_log: CachePadded::new(std::array::from_fn(|_| TxnSlot::default())),
@@ -528,6 +532,13 @@ impl AddressSpace {
     /// bound).
     pub fn munmap_syncs(&self) -> (u64, u64) {
         (self.mm.hw.syncs.load(Ordering::Relaxed), self.mm.hw.sync_ns.load(Ordering::Relaxed))
+    }
+
+    /// Grace periods of dead entries that mm calls completed themselves,
+    /// without blocking, because the entries piled up (`rcu-dead`, unmap.rs
+    /// U8).
+    pub fn dead_helps(&self) -> u64 {
+        self.mm.hw.dead_helps.load(Ordering::Relaxed)
     }
 
     /// Page-table pages unhooked and not yet freed: waiting for their grace

@@ -113,6 +113,13 @@ impl std::str::FromStr for Strategy {
 /// period and reaps them all (unmap.rs U4).
 pub const DEAD_LIMIT: usize = 8192;
 
+/// Dead entries past which a munmap helps their grace period along,
+/// without blocking, every [`DEAD_HELP_EVERY`] entries (unmap.rs U8).
+pub const DEAD_HELP: usize = DEAD_LIMIT / 4;
+
+/// How often (in dead entries added) a munmap past [`DEAD_HELP`] tries.
+pub const DEAD_HELP_EVERY: usize = 128;
+
 /// Most expired dead entries an mm call erases on its way in (unmap.rs U5).
 pub const REAP_BATCH: usize = 16;
 

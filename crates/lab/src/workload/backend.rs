@@ -231,6 +231,10 @@ pub struct Costs {
     pub munmap_waits: Option<u64>,
     /// Milliseconds munmap spent waiting for them.
     pub munmap_wait_ms: Option<f64>,
+    /// Grace periods of dead entries that mm calls ended themselves,
+    /// without blocking, because the entries piled up (`rcu-dead`, vm
+    /// unmap.rs U8).
+    pub dead_helps: Option<u64>,
     /// Grace periods every mm call waited for: munmap's, and those of
     /// calls that reused a range still under a dead entry (`rcu-dead`).
     pub sync_waits: Option<u64>,
@@ -261,6 +265,7 @@ impl Costs {
         self.grace_periods = sum(self.grace_periods, o.grace_periods);
         self.munmap_waits = sum(self.munmap_waits, o.munmap_waits);
         self.munmap_wait_ms = sum(self.munmap_wait_ms, o.munmap_wait_ms);
+        self.dead_helps = sum(self.dead_helps, o.dead_helps);
         self.sync_waits = sum(self.sync_waits, o.sync_waits);
         self.sync_wait_ms = sum(self.sync_wait_ms, o.sync_wait_ms);
         self.deferred_kib_max = match (self.deferred_kib_max, o.deferred_kib_max) {
@@ -288,6 +293,7 @@ struct Counters {
     grace_periods: u64,
     munmap_waits: u64,
     munmap_wait_ns: u64,
+    dead_helps: u64,
     reuse_waits: u64,
     reuse_wait_ns: u64,
     shootdowns: u64,
@@ -315,6 +321,7 @@ fn counters(s: &Space) -> Counters {
                 grace_periods: st.grace_periods + st.expedited_grace_periods,
                 munmap_waits,
                 munmap_wait_ns,
+                dead_helps: mm.dead_helps(),
                 reuse_waits,
                 reuse_wait_ns,
                 shootdowns: mm.shootdown().flushes(),
@@ -358,6 +365,7 @@ impl Monitor {
             grace_periods: Some(a.grace_periods - b.grace_periods),
             munmap_waits: Some(a.munmap_waits - b.munmap_waits),
             munmap_wait_ms: Some(ms(a.munmap_wait_ns - b.munmap_wait_ns)),
+            dead_helps: Some(a.dead_helps - b.dead_helps),
             sync_waits: Some(a.munmap_waits + a.reuse_waits - b.munmap_waits - b.reuse_waits),
             sync_wait_ms: Some(ms(a.munmap_wait_ns + a.reuse_wait_ns - b.munmap_wait_ns - b.reuse_wait_ns)),
             shootdowns: Some(a.shootdowns - b.shootdowns),
