@@ -231,13 +231,22 @@ unsafe impl<V: Value> Sync for MapleTree<V> {}
 impl<V: Value> MapleTree<V> {
     /// An empty tree whose nodes are freed through `domain`'s grace periods.
     pub fn new(domain: Arc<Domain>) -> Self {
+        Self::with_free(domain, drop::<V>)
+    }
+
+    /// An empty tree that passes each value a store or erase retired to
+    /// `free` once a grace period has passed, instead of dropping it
+    /// (write.rs R10): a user's own cache of value objects, as Linux's
+    /// mm frees VMAs to `vm_area_cachep`. `free` runs where RCU callbacks
+    /// run; values still in the tree when it is dropped are dropped.
+    pub fn with_free(domain: Arc<Domain>, free: fn(V)) -> Self {
         let root = NodePtr::<V>::new_leaf(Block::alloc(), &[(u64::MAX, std::ptr::null())]);
         let pool = Arc::new(NodePool::new());
         MapleTree {
             raw: Raw { root: AtomicPtr::new(root.as_raw()), len: AtomicUsize::new(0), _t: PhantomData },
             domain_id: domain.id(),
             domain,
-            writer: Mutex::new(WriterState::new(pool.clone())),
+            writer: Mutex::new(WriterState::new(pool.clone(), free)),
             pool,
         }
     }

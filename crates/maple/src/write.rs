@@ -53,6 +53,11 @@
 //!   (`malloc_consolidate`): 46,000 times in 8 s of rcuvm's proc-vs-map
 //!   (uprobes). A single store that retires more than a batch holds still
 //!   grows it.
+//! - R10. A batch passes each retired value to the tree's `free` function
+//!   after the grace period (`drop` unless the tree was made with
+//!   `MapleTree::with_free`): the nodes go back to the tree's pool (A1),
+//!   and a user may keep its value objects the same way (rcuvm's VMAs,
+//!   as Linux's `vm_area_cachep`).
 //!
 //! # Concurrency
 //! One writer at a time: a [`Writer`] holds the tree's mutex. Readers never
@@ -96,6 +101,9 @@ pub(crate) struct Garbage<V: Value> {
     pub(crate) values: Vec<Word>,
     /// Where the nodes go after the grace period (alloc.rs A1).
     pool: Option<Arc<NodePool>>,
+    /// What becomes of each value after the grace period (R10; `drop`
+    /// unless the tree was made with [`MapleTree::with_free`]).
+    free: fn(V),
 }
 
 // SAFETY: the nodes are unreachable (R1) and the values are owners of `V`
@@ -104,12 +112,12 @@ unsafe impl<V: Value> Send for Garbage<V> {}
 
 impl<V: Value> Garbage<V> {
     pub(crate) fn new(pool: Option<Arc<NodePool>>) -> Self {
-        Garbage { nodes: Vec::new(), values: Vec::new(), pool }
+        Garbage { nodes: Vec::new(), values: Vec::new(), pool, free: drop::<V> }
     }
     /// R9: a batch sized once for [`FLUSH_NODES`] and [`FLUSH_VALUES`].
-    fn batch(pool: Option<Arc<NodePool>>) -> Self {
+    fn batch(pool: Option<Arc<NodePool>>, free: fn(V)) -> Self {
         let values = if V::OWNS { Vec::with_capacity(FLUSH_VALUES) } else { Vec::new() };
-        Garbage { nodes: Vec::with_capacity(FLUSH_NODES), values, pool }
+        Garbage { nodes: Vec::with_capacity(FLUSH_NODES), values, pool, free }
     }
     fn is_empty(&self) -> bool {
         self.nodes.is_empty() && self.values.is_empty()
@@ -121,7 +129,7 @@ impl<V: Value> Drop for Garbage<V> {
         for v in self.values.drain(..) {
             // SAFETY: each word here owns its value once (N4), given up by
             // the tree exactly once.
-            drop(unsafe { V::from_word(v) });
+            (self.free)(unsafe { V::from_word(v) });
         }
         let blocks = self.nodes.drain(..).map(|n| {
             // SAFETY: unreachable since before the grace period that ran
@@ -203,13 +211,13 @@ pub(crate) struct WriterState<V: Value> {
 unsafe impl<V: Value> Send for WriterState<V> {}
 
 impl<V: Value> WriterState<V> {
-    pub(crate) fn new(pool: Arc<NodePool>) -> Self {
+    pub(crate) fn new(pool: Arc<NodePool>, free: fn(V)) -> Self {
         WriterState {
             leaf_items: Vec::new(),
             scratch: Some(Scratch::new()),
             blocks: Blocks::default(),
             live_nodes: 1,
-            garbage: Garbage::batch(Some(pool)),
+            garbage: Garbage::batch(Some(pool), free),
         }
     }
 }
@@ -365,7 +373,7 @@ impl<V: Value> Writer<'_, V> {
         if self.state.garbage.is_empty() {
             return;
         }
-        let fresh = Garbage::batch(self.state.garbage.pool.clone());
+        let fresh = Garbage::batch(self.state.garbage.pool.clone(), self.state.garbage.free);
         let g = std::mem::replace(&mut self.state.garbage, fresh);
         if let Some(pool) = &g.pool {
             pool.retiring(g.nodes.len());

@@ -54,6 +54,7 @@ pub mod tlb;
 pub mod uapi;
 mod unmap;
 pub mod vma;
+mod vma_cache;
 
 pub use rcuvm_maple as maple;
 pub use rcuvm_rcu as rcu;

@@ -401,7 +401,7 @@ impl MmBuilder {
         let _ = self.recorder;
         let domain = Arc::new(Domain::with_config(self.rcu));
         let mm = Mm {
-            vmas: CachePadded::new(MapleTree::new(domain.clone())),
+            vmas: CachePadded::new(MapleTree::with_free(domain.clone(), crate::vma_cache::vm_area_free)),
             domain,
             cfg: self.cfg,
             layout: Layout::default(),

@@ -153,7 +153,7 @@ impl MmCall<'_> {
     /// is widened first (mm.rs A6).
     pub(crate) fn store(&mut self, r: std::ops::Range<u64>, v: Vma) {
         self.widen_txn(r.start, r.end);
-        self.w.store(r, Arc::new(v)).expect("a VMA's range is never empty");
+        self.w.store(r, crate::vma_cache::vm_area_alloc(v)).expect("a VMA's range is never empty");
     }
 
     /// A tree erase of `r`, widening as [`MmCall::store`] does.

@@ -1,0 +1,124 @@
+//! The cache of VMA objects (Linux's `vm_area_cachep`): a VMA object whose
+//! last count the tree gives back after its grace period stays, emptied,
+//! in the freeing thread's cache, and that thread's next VMA is built in
+//! it, so that mm calls and the callbacks after them (mm.rs A8) do not go
+//! to the allocator for VMAs.
+//!
+//! # Owns
+//! [`vm_area_alloc`], [`vm_area_free`] and each thread's cache.
+//!
+//! # Invariants
+//! - VC1. Only an object nobody else counts (`Arc::get_mut`) is kept, and
+//!   it is emptied first: its fields are dropped (a name, a file, the
+//!   tables `rcu-refcount` frees on the last put, strategy.rs S5), so a
+//!   cached object holds nothing, and nothing can reach it.
+//! - VC2. A thread keeps at most [`CACHE_OBJECTS`]; past that, and on a
+//!   thread whose cache is gone (thread-local teardown), objects go to
+//!   the allocator.
+//!
+//! Why: an mmap+munmap pair allocated about two VMA objects from glibc
+//! and freed as many (rcu-dead: 1.89 per pair, 0.30–0.45 with the cache,
+//! tests/mm_allocs.rs). Alternated six times (`rcuvm run --workload mmap`),
+//! rcu-dead's mmap1 made 4–22% more pairs a second with the cache and
+//! vma-lock 12–28% more in five of six. It was tried for `proc-vs-map`'s
+//! slowest writer calls with readers, where glibc's frees of the tree's
+//! garbage batches were 36% of the samples: those did not get fewer
+//! (docs/benchmarks.md, "proc-vs-map, late night").
+//!
+//! # Concurrency
+//! Per thread; nothing is shared.
+//!
+//! # Linux
+//! `vm_area_alloc()`/`vm_area_free()` on `vm_area_cachep`, whose per-CPU
+//! slab caches keep freed objects for the next allocation on that CPU.
+
+use std::cell::RefCell;
+use std::sync::Arc;
+
+use crate::vma::{Backing, VmFlags, Vma};
+
+/// Most empty VMA objects a thread keeps (VC2): 600 KiB at most, about a
+/// grace period's worth of proc-vs-map's munmaps (1,024 kept 17% of what
+/// a pair allocates, 4,096 84%: tests/mm_allocs.rs).
+pub const CACHE_OBJECTS: usize = 4096;
+
+thread_local! {
+    static CACHE: RefCell<Vec<Arc<Vma>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// What a cached object holds: nothing that owns memory or a count.
+fn empty() -> Vma {
+    Vma {
+        start: 0,
+        end: 0,
+        flags: VmFlags::empty(),
+        pgoff: 0,
+        backing: Backing::Anon,
+        anon_vma: None,
+        name: None,
+        rt: Default::default(),
+    }
+}
+
+/// `v` in a VMA object of this thread's cache, or a new one.
+pub(crate) fn vm_area_alloc(v: Vma) -> Arc<Vma> {
+    let cached = CACHE.try_with(|c| c.try_borrow_mut().ok().and_then(|mut c| c.pop())).ok().flatten();
+    match cached {
+        Some(mut a) => {
+            // VC1: cached objects are counted by the cache alone.
+            *Arc::get_mut(&mut a).expect("a cached VMA object is not shared") = v;
+            a
+        }
+        None => Arc::new(v),
+    }
+}
+
+/// Gives back a VMA object the tree retired (the tree's `free`, maple
+/// write.rs R10): kept, emptied, if nobody else counts it and the cache
+/// has room; otherwise dropped.
+pub(crate) fn vm_area_free(mut a: Arc<Vma>) {
+    let Some(v) = Arc::get_mut(&mut a) else {
+        return; // another holder (a fault, a vmacache) drops it last
+    };
+    // VC1: drop what it holds now, as its last put would.
+    *v = empty();
+    let _ = CACHE.try_with(|c| {
+        if let Ok(mut c) = c.try_borrow_mut() {
+            if c.len() < CACHE_OBJECTS {
+                if c.capacity() == 0 {
+                    c.reserve_exact(CACHE_OBJECTS);
+                }
+                c.push(a);
+                return;
+            }
+        }
+        drop(a);
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_freed_object_is_emptied_kept_and_reused() {
+        let name: Arc<str> = Arc::from("[anon:x]");
+        let v = Vma { start: 0x1000, end: 0x2000, name: Some(name.clone()), ..empty() };
+        let a = vm_area_alloc(v);
+        let at = Arc::as_ptr(&a);
+        vm_area_free(a);
+        assert_eq!(Arc::strong_count(&name), 1, "the name was dropped with the object's contents");
+        let b = vm_area_alloc(Vma { start: 0x3000, end: 0x4000, ..empty() });
+        assert_eq!(Arc::as_ptr(&b), at, "the same object, reused");
+        assert_eq!((b.start, b.end), (0x3000, 0x4000));
+    }
+
+    #[test]
+    fn a_shared_object_is_not_kept() {
+        let a = vm_area_alloc(Vma { start: 0x1000, end: 0x2000, ..empty() });
+        let other = a.clone();
+        vm_area_free(a);
+        assert_eq!(Arc::strong_count(&other), 1, "its count went, the object stays with its holder");
+        assert_eq!(other.start, 0x1000, "untouched");
+    }
+}
