@@ -98,8 +98,9 @@
 //!   boxing: deferred.rs D3), lookups return up to
 //!   two entries inline (protocol.rs `Entries`), reaping reuses its vector
 //!   (unmap.rs U7), and `run_ready` allocates nothing (callback.rs C11).
-//!   What is left per pair is the two VMA objects and, rarely, a tree
-//!   node (maple alloc.rs A3). Why: under glibc, small chunks freed in
+//!   What is left per pair is, rarely, a tree node (maple alloc.rs A3)
+//!   and the VMA objects the thread's cache of them could not give
+//!   (vma_cache.rs: 0.30–0.45 of two). Why: under glibc, small chunks freed in
 //!   bulk (callbacks run 16 at a time) collect in the arena's fast bins
 //!   until an allocation that needs a large or fresh chunk merges them
 //!   all (`malloc_consolidate`). Before: 3.8 small allocations and 2.06
