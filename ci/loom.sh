@@ -26,6 +26,9 @@
 #   maps_vs_split 34489 2.8 s, maps_vs_mremap 69205 5.9 s at bound 3;
 #   txn_range_not_widened caught in 7 ms. The vm binary now takes 34 s on
 #   one thread.
+# 2026-12-06 night, bound 3: fault_vs_munmap_then_mmap_rcu_dead 60454 8.3 s (the
+#   MAP_FIXED now tries `try_complete` before it waits, vm unmap.rs U8),
+#   reaper_vs_writer 642 0.07 s; the vm binary 59 s on one test thread.
 # The mutation checks run at a fixed bound (2 for the fault model, 1 for the
 # reader; 1 does not catch the fault model's) whatever LOOM_MAX_PREEMPTIONS
 # says, and each is caught in under 0.5 s: fault_without_recheck 0.44 s,

@@ -32,8 +32,10 @@
 //! shoot down, free the frame; `rcu-sync`: erase, zap, unhook the table,
 //! shoot down, free the frame, synchronize, free the table after a TLB
 //! grace period), then maps a new VMA at the same address
-//! with `MAP_FIXED` (`rcu-dead`: the dead entry is live, so it waits for a
-//! grace period, erases it and frees its table after a TLB grace period),
+//! with `MAP_FIXED` (`rcu-dead`: the dead entry is live, so it tries to end
+//! its grace period without blocking and waits for one if a reader is in
+//! the way, unmap.rs U8; then erases it and frees its table after a TLB
+//! grace period),
 //! then accesses the page itself from a CPU of its own.
 //!
 //! The `_vmacache` variants run the same race with fault.rs FL6: the CPU
@@ -679,7 +681,9 @@ fn mmap_fixed(
         let expired = mm.tree.domain().poll_state(s);
         let force = m != Mutation::PlacementIgnoresDead;
         if expired || (force && protocol::entries_in(&w, VA, VA + PAGE).iter().any(|v| v.dead)) {
-            if !expired && m != Mutation::ReapWithoutGracePeriod {
+            // unmap.rs U8: first a try that never blocks (`try_complete`),
+            // then a wait only if a reader is in the way.
+            if !expired && m != Mutation::ReapWithoutGracePeriod && !mm.tree.domain().try_complete(s) {
                 cov.vma_gp_begins();
                 mm.tree.domain().synchronize();
             }
