@@ -114,7 +114,7 @@
 //! callbacks (a callback's work is done by the writer after a synchronize:
 //! one of the callback's schedules, and a later run would only free later;
 //! a dead entry "expires" when `poll_state` says its grace period passed,
-//! as its callback would mark it).
+//! as the vm checks it too (strategy.rs `DeadEntry`)).
 
 #![cfg(rcuvm_loom)]
 
