@@ -198,8 +198,8 @@ impl std::ops::Deref for MmapLock {
 /// Share it between threads in an `Arc`; each simulated thread accesses
 /// memory through its own [`Cpu`] ([`AddressSpace::cpu`]).
 pub struct AddressSpace {
-    /// Everything but the teardown: shared with the deferred reaper of
-    /// dead entries (A10), which holds it weakly.
+    /// Everything but the teardown: shared with the reaper of dead
+    /// entries (A10), whose queued callback holds a count of it.
     mm: Arc<Mm>,
 }
 

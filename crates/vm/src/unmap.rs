@@ -9,9 +9,9 @@
 //!   domain (pgtable.rs PT5, tlb.rs T3).
 //! - U2. Under `rcu-dead`, munmap unhooks no table and waits for no grace
 //!   period: the dead entry keeps the range until a grace period has
-//!   passed the state its munmap took (strategy.rs `DeadEntry`; a no-op
-//!   callback queued after it makes sure one runs); the next mm call then
-//!   erases it and unhooks its tables (its
+//!   passed the state its munmap took (strategy.rs `DeadEntry`; the
+//!   reaper, mm.rs A10, keeps grace periods coming); an mm call or the
+//!   reaper then erases it and unhooks its tables (its
 //!   grace period has passed, so no fault or smaps reader can be in them;
 //!   only the MMU's walk can, and the shootdown covers that). An mm call
 //!   that needs the range earlier (`MAP_FIXED`) synchronises first.

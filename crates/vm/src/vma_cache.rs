@@ -102,6 +102,9 @@ mod tests {
 
     #[test]
     fn a_freed_object_is_emptied_kept_and_reused() {
+        // Earlier tests on this thread (`--test-threads=1`) may have filled
+        // its cache.
+        CACHE.with(|c| c.borrow_mut().clear());
         let name: Arc<str> = Arc::from("[anon:x]");
         let v = Vma { start: 0x1000, end: 0x2000, name: Some(name.clone()), ..empty() };
         let a = vm_area_alloc(v);

@@ -124,7 +124,8 @@ fn a_map_unmap_pair_allocates_its_vmas_and_little_else() {
         // the cache of VMA objects (rcu-dead: 1.89); the callbacks that free
         // them run on this thread (mm.rs A8), so its cache feeds its next
         // calls, except when a grace period frees more at once than it
-        // keeps (rcu-dead: 0.30-0.45; vma-lock 0.22, rcu-sync 0).
-        assert!(vmas < 1.0, "{s:?}: {vmas:.3} VMA objects allocated per pair");
+        // keeps (rcu-dead: 0.30-0.45; vma-lock 0.22, rcu-sync 0), or when
+        // the reclaimer runs them (a preempted test thread): room for that.
+        assert!(vmas < 1.5, "{s:?}: {vmas:.3} VMA objects allocated per pair");
     }
 }
