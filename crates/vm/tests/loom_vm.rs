@@ -100,7 +100,8 @@
 //!   the unmapped VMA, and an access after the new mmap reaches the old
 //!   VMA's frame (F1);
 //! - (g) a reaper (model 4) that finds the mmap lock taken and does not
-//!   queue itself again: dead entries left in an idle address space (R2).
+//!   queue itself again: dead entries left in an idle address space (R2);
+//! - (h) a call that queues a reaper though one is queued (R1).
 //!
 //! Each model also counts, across its iterations, that the interesting
 //! interleaving was explored (a fault that found the old VMA and was
@@ -1355,6 +1356,8 @@ struct ReapMm {
     gp_done: AtomicU64,
     /// Mutation: a reaper that finds the lock taken does not come back.
     lose_on_contention: bool,
+    /// Mutation: a call queues a reaper whether or not one is queued.
+    ignore_queued: bool,
 }
 
 struct ReapSt {
@@ -1392,7 +1395,7 @@ impl ReapMm {
             let seq = self.cbq.lock().unwrap().1;
             st.dead.push_back(seq);
         }
-        if !st.dead.is_empty() && !st.queued {
+        if !st.dead.is_empty() && (!st.queued || self.ignore_queued) {
             st.queued = true;
             self.queue_reaper();
         }
@@ -1438,13 +1441,14 @@ impl ReapMm {
     }
 }
 
-fn reaper_model(name: &'static str, lose_on_contention: bool, bound: Bound) {
+fn reaper_model(name: &'static str, lose_on_contention: bool, ignore_queued: bool, bound: Bound) {
     check(name, bound, move || {
         let mm = Arc::new(ReapMm {
             st: Mutex::new(ReapSt { dead: Default::default(), calls: 0, saw: 0, queued: false }),
             cbq: Mutex::new((Default::default(), 0)),
             gp_done: AtomicU64::new(0),
             lose_on_contention,
+            ignore_queued,
         });
         let w = {
             let mm = mm.clone();
@@ -1481,7 +1485,7 @@ fn reaper_model(name: &'static str, lose_on_contention: bool, bound: Bound) {
 
 #[test]
 fn reaper_vs_writer() {
-    reaper_model("reaper_vs_writer", false, Bound::Default(3));
+    reaper_model("reaper_vs_writer", false, false, Bound::Default(3));
 }
 
 // Checks that model 4 catches (g): a reaper that finds the mmap lock taken
@@ -1489,6 +1493,15 @@ fn reaper_vs_writer() {
 #[test]
 fn mutation_reaper_lost_on_contention() {
     expect_caught("reaper_lost_on_contention", &["R2"], || {
-        reaper_model("mutation_reaper_lost_on_contention", true, Bound::Fixed(2))
+        reaper_model("mutation_reaper_lost_on_contention", true, false, Bound::Fixed(2))
+    });
+}
+
+// Checks that model 4 catches (h): a call that queues a reaper while one is
+// queued already (the flag `reaper_queued` ignored).
+#[test]
+fn mutation_second_reaper() {
+    expect_caught("second_reaper", &["R1"], || {
+        reaper_model("mutation_second_reaper", false, true, Bound::Fixed(2))
     });
 }
