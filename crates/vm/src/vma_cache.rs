@@ -15,6 +15,9 @@
 //! - VC2. A thread keeps at most [`CACHE_OBJECTS`]; past that, and on a
 //!   thread whose cache is gone (thread-local teardown), objects go to
 //!   the allocator.
+//! - VC3. Only a thread that has built a VMA keeps objects: a thread that
+//!   only frees them (the RCU reclaimer, running what mm calls left)
+//!   would fill its cache with objects nobody takes again.
 //!
 //! Why: an mmap+munmap pair allocated about two VMA objects from glibc
 //! and freed as many (rcu-dead: 1.89 per pair, 0.30–0.45 with the cache,
@@ -44,6 +47,8 @@ pub const CACHE_OBJECTS: usize = 4096;
 
 thread_local! {
     static CACHE: RefCell<Vec<Arc<Vma>>> = const { RefCell::new(Vec::new()) };
+    /// VC3: this thread has built a VMA.
+    static BUILDS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// What a cached object holds: nothing that owns memory or a count.
@@ -62,6 +67,7 @@ fn empty() -> Vma {
 
 /// `v` in a VMA object of this thread's cache, or a new one.
 pub(crate) fn vm_area_alloc(v: Vma) -> Arc<Vma> {
+    let _ = BUILDS.try_with(|b| b.set(true));
     let cached = CACHE.try_with(|c| c.try_borrow_mut().ok().and_then(|mut c| c.pop())).ok().flatten();
     match cached {
         Some(mut a) => {
@@ -77,6 +83,9 @@ pub(crate) fn vm_area_alloc(v: Vma) -> Arc<Vma> {
 /// write.rs R10): kept, emptied, if nobody else counts it and the cache
 /// has room; otherwise dropped.
 pub(crate) fn vm_area_free(mut a: Arc<Vma>) {
+    if !BUILDS.try_with(std::cell::Cell::get).unwrap_or(false) {
+        return; // VC3: dropped, as it would be without the cache
+    }
     let Some(v) = Arc::get_mut(&mut a) else {
         return; // another holder (a fault, a vmacache) drops it last
     };
@@ -114,6 +123,19 @@ mod tests {
         let b = vm_area_alloc(Vma { start: 0x3000, end: 0x4000, ..empty() });
         assert_eq!(Arc::as_ptr(&b), at, "the same object, reused");
         assert_eq!((b.start, b.end), (0x3000, 0x4000));
+    }
+
+    #[test]
+    fn a_thread_that_builds_no_vma_keeps_none() {
+        let a =
+            std::thread::spawn(|| Arc::new(Vma { start: 0x1000, end: 0x2000, ..empty() })).join().unwrap();
+        let kept = std::thread::spawn(move || {
+            vm_area_free(a);
+            CACHE.with(|c| c.borrow().len())
+        })
+        .join()
+        .unwrap();
+        assert_eq!(kept, 0);
     }
 
     #[test]
