@@ -1128,11 +1128,6 @@ impl Mm {
     }
 }
 
-/// A VMA as a reader sees it. Its tree range is its own range whenever no
-/// change of several stores is under way (A5), which is when readers keep
-/// what they read; the slice below only covers a read that A5 then throws
-/// away (the old VMA over part of its old range during a split). Anonymous
-/// VMAs without a name get `[heap]`/`[stack]` as Linux derives them.
 /// The text of the `kept` ranges of `text`, in order: `text` itself when
 /// they cover it whole and in order (no copy).
 fn kept_lines(text: String, kept: &[std::ops::Range<usize>]) -> String {
@@ -1140,6 +1135,11 @@ fn kept_lines(text: String, kept: &[std::ops::Range<usize>]) -> String {
     if whole { text } else { kept.iter().map(|r| &text[r.clone()]).collect() }
 }
 
+/// A VMA as a reader sees it. Its tree range is its own range whenever no
+/// change of several stores is under way (A5), which is when readers keep
+/// what they read; the slice below only covers a read that A5 then throws
+/// away (the old VMA over part of its old range during a split). Anonymous
+/// VMAs without a name get `[heap]`/`[stack]` as Linux derives them.
 fn view(e: &Entry<'_, Arc<Vma>>, layout: &Layout) -> Vma {
     let v = e.value;
     let mut out = if v.start == e.range.start && v.end == e.range.end {
