@@ -100,8 +100,8 @@
 //!   (unmap.rs U7), and `run_ready` allocates nothing (callback.rs C11).
 //!   What is left per pair is, rarely, a tree node (maple alloc.rs A3)
 //!   and the VMA objects the thread's cache of them could not give
-//!   (vma_cache.rs: 0.30–0.45 of two). Why: under glibc, small chunks freed in
-//!   bulk (callbacks run 16 at a time) collect in the arena's fast bins
+//!   (vma_cache.rs: 0.30–0.57 of two). Why: under glibc, small chunks freed in
+//!   bulk (callbacks run a few at a time) collect in the arena's fast bins
 //!   until an allocation that needs a large or fresh chunk merges them
 //!   all (`malloc_consolidate`). Before: 3.8 small allocations and 2.06
 //!   node allocations per pair, and the `proc-vs-map` writer's slowest
@@ -167,11 +167,16 @@ use crate::vma::{Backing, PAGE_SHIFT, VmFlags, Vma};
 pub const MMAP_LOCK_SPIN: std::time::Duration = std::time::Duration::from_micros(50);
 
 /// Callbacks of each domain an mm call runs after it (A8). Linux's
-/// `blimit` is 10; each call queues about one per VMA it unmaps (a dead
-/// entry's expiry, its share of the tree's node batches, table frees),
-/// so 16 keeps up with the calls. It bounds the count, not the work: one
-/// of the tree's batches frees up to 64 values and their nodes.
-pub const RUN_READY: usize = 16;
+/// `blimit` is 10; each call queues about one (the tree's garbage batch
+/// of what it replaced, its share of table frees), so 4 keeps up with the
+/// calls, and a late grace period's batch is run a few callbacks a call
+/// rather than 32 in one pair. It bounds the count, not the work: one of
+/// the tree's batches frees up to 64 values and their nodes. Measured
+/// (docs/benchmarks.md, 2026-12-07): with 16, proc-vs-map's writer had
+/// 32 calls over 250 µs on its CPU with readers in twelve runs, against
+/// 16 with 4 (Mann-Whitney p ≈ 0.02); fault-churn kept as much with
+/// either (98.9–101.9% against 99.8–102.3%, six runs each).
+pub const RUN_READY: usize = 4;
 
 /// Most expired dead entries the reaper erases per hold of the mmap lock
 /// when the address space is idle (A10): about 40 µs, which a writer that

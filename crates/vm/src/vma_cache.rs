@@ -32,7 +32,7 @@
 //!   were thousands in one call.
 //!
 //! Why: an mmap+munmap pair allocated about two VMA objects from glibc
-//! and freed as many (rcu-dead: 1.89 per pair, 0.30–0.45 with the cache,
+//! and freed as many (rcu-dead: 1.89 per pair, 0.30–0.57 with the cache,
 //! tests/mm_allocs.rs). Alternated six times (`rcuvm run --workload mmap`),
 //! rcu-dead's mmap1 made 4–22% more pairs a second with the cache and
 //! vma-lock 12–28% more in five of six. It was tried for `proc-vs-map`'s
