@@ -35,6 +35,7 @@ pub(crate) struct StatsInner {
     pub(crate) helped_batches: AtomicU64,
     pub(crate) callbacks_run_by_callers: AtomicU64,
     pub(crate) caller_gps: AtomicU64,
+    pub(crate) caller_takes: AtomicU64,
     latency: Mutex<(Histogram<u64>, Histogram<u64>)>,
 }
 
@@ -50,6 +51,7 @@ impl StatsInner {
             helped_batches: AtomicU64::new(0),
             callbacks_run_by_callers: AtomicU64::new(0),
             caller_gps: AtomicU64::new(0),
+            caller_takes: AtomicU64::new(0),
             latency: Mutex::new((histogram(), histogram())),
         }
     }
@@ -81,6 +83,7 @@ impl StatsInner {
             helped_batches: self.helped_batches.load(Ordering::Relaxed),
             callbacks_run_by_callers: self.callbacks_run_by_callers.load(Ordering::Relaxed),
             caller_gps: self.caller_gps.load(Ordering::Relaxed),
+            caller_takes: self.caller_takes.load(Ordering::Relaxed),
             reader_slots: readers,
             gp_latency_ns: h.0.clone(),
             expedited_latency_ns: h.1.clone(),
@@ -114,6 +117,9 @@ pub struct Stats {
     /// Grace periods completed by callers that would not wait for the
     /// reclaimer (grace.rs P5, callback.rs C10).
     pub caller_gps: u64,
+    /// Batches callers of `run_ready` took from the queue because the
+    /// reclaimer was late to (callback.rs C12).
+    pub caller_takes: u64,
     /// Reader slots ever registered (one per thread that used the domain at
     /// the same time as others).
     pub reader_slots: usize,

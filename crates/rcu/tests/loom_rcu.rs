@@ -238,6 +238,7 @@ fn caller_run_callbacks_never_free_under_a_guard() {
     static COV: Coverage = Coverage::new();
     static BY_CALLER: StdAtomicUsize = StdAtomicUsize::new(0);
     static CALLER_GP: StdAtomicUsize = StdAtomicUsize::new(0);
+    static CALLER_TAKE: StdAtomicUsize = StdAtomicUsize::new(0);
     check("caller_run_callbacks_never_free_under_a_guard", 2, || {
         COV.start_iteration();
         let d = Arc::new(Domain::new());
@@ -250,6 +251,13 @@ fn caller_run_callbacks_never_free_under_a_guard() {
         thread::yield_now();
         COV.writer_waits();
         p.take().expect("only this thread unlinks").retire();
+        // A second callback: the caller takes the batch (callback.rs C12)
+        // if the reclaimer has not taken the first yet.
+        let ran = Arc::new(AtomicUsize::new(0));
+        let r = ran.clone();
+        d.call(move || {
+            r.fetch_add(1, SeqCst);
+        });
         for _ in 0..2 {
             d.run_ready(8);
             thread::yield_now();
@@ -257,6 +265,7 @@ fn caller_run_callbacks_never_free_under_a_guard() {
         d.barrier();
         COV.writer_done();
         assert_eq!(drops.load(SeqCst), 1, "barrier returned before the retired value was freed");
+        assert_eq!(ran.load(SeqCst), 1, "barrier returned before the second callback ran");
         reader.join().unwrap();
         assert_eq!(d.stats().callbacks_panicked, 0, "the retired value was freed under a reader");
         if d.stats().callbacks_run_by_callers > 0 {
@@ -267,6 +276,11 @@ fn caller_run_callbacks_never_free_under_a_guard() {
         if d.stats().caller_gps > 0 {
             CALLER_GP.fetch_add(1, StdOrdering::Relaxed);
         }
+        // C12: the caller took the batch before the reclaimer did; the
+        // barrier above then depended on the reclaimer finishing it.
+        if d.stats().caller_takes > 0 {
+            CALLER_TAKE.fetch_add(1, StdOrdering::Relaxed);
+        }
         drop(p);
         drop(d);
         assert_eq!(drops.load(SeqCst), 1);
@@ -276,8 +290,10 @@ fn caller_run_callbacks_never_free_under_a_guard() {
     assert!(n > 0, "no explored schedule had the caller run the callback");
     let g = CALLER_GP.load(StdOrdering::Relaxed);
     assert!(g > 0, "no explored schedule had the caller finish a grace period");
+    let t = CALLER_TAKE.load(StdOrdering::Relaxed);
+    assert!(t > 0, "no explored schedule had the caller take the batch");
     eprintln!(
-        "loom model caller_run_callbacks_never_free_under_a_guard: the caller ran it in {n} iterations, finished its grace period in {g}"
+        "loom model caller_run_callbacks_never_free_under_a_guard: the caller ran it in {n} iterations, finished its grace period in {g}, took the batch in {t}"
     );
 }
 
