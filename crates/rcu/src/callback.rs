@@ -73,7 +73,12 @@
 //!   clock read) takes the pending callbacks as a batch, with the
 //!   grace-period state that completes it, and leaves it in `waiting`
 //!   (C10), where callers finish its grace period as they do the
-//!   reclaimer's. In `call`, not `run_ready`: there the check put a
+//!   reclaimer's. Every batch enters `waiting` in the lock hold that
+//!   takes it (the reclaimer's too), so `waiting` and `ready` stay in
+//!   batch order. A `call` whose take emptied the queue does not go on
+//!   to C3: its empty batch would stay in flight and stall the watermark
+//!   (C2; found in review, `tests/caller_take.rs`). In `call`, not
+//!   `run_ready`: there the check put a
 //!   clock read on `run_ready`'s fast path whenever a callback was
 //!   pending, which is always under churn; rcuvm's mmap1 (rcu-dead) made
 //!   6–56% fewer pairs than without C12 in all eight alternations,
@@ -170,9 +175,10 @@ struct QueueState {
     /// C6: callbacks whose grace period has passed, each with its batch's
     /// first sequence number, for callers of `run_ready`.
     ready: VecDeque<(u64, Deferred)>,
-    /// C10: batches waiting for their grace period, in batch order, taken
-    /// by the reclaimer or (C12) by a caller: the state that completes
-    /// it, the batch's first sequence number, when it was taken.
+    /// C10: batches waiting for their grace period, in batch order (each
+    /// enters in the lock hold that takes it), taken by the reclaimer or
+    /// (C12) by a caller: the state that completes it, the batch's first
+    /// sequence number, when it was taken.
     waiting: VecDeque<(GpState, u64, std::time::Instant, Vec<Deferred>)>,
     /// The reclaimer sleeps with no timeout: only a notification wakes it.
     reclaimer_idle: bool,
@@ -198,7 +204,11 @@ impl QueueState {
         let start = self.taken;
         self.taken = self.enqueued;
         self.pending_since = None;
-        self.in_flight.push((start, self.pending.len()));
+        // An empty batch is not in flight: nothing would ever finish it,
+        // and a later batch would have the same start (C2).
+        if !self.pending.is_empty() {
+            self.in_flight.push((start, self.pending.len()));
+        }
         // C9: the next batch grows into the spare's memory, not a new one.
         let next = std::mem::take(&mut self.spare);
         (start, std::mem::replace(&mut self.pending, next))
@@ -213,7 +223,9 @@ impl QueueState {
 
     /// C6: how many callbacks at the front of `ready` belong to batches
     /// that became ready at least `delay` ago (`ready` is in batch order:
-    /// only the reclaimer adds to it, a batch at a time).
+    /// only `promote` adds to it, a batch at a time, from the front of
+    /// `waiting`, where every batch enters in the lock hold that takes
+    /// it: C10, C12).
     fn due(&mut self, delay: std::time::Duration) -> usize {
         let front = self.ready.front().map(|r| r.0);
         while self.readied.front().is_some_and(|r| front.is_none_or(|f| r.0 < f)) {
@@ -373,12 +385,13 @@ pub(crate) fn enqueue(d: &Arc<DomainInner>, cb: Deferred) {
         let dd = d.clone();
         st.reclaimer = Some(thread::spawn(move || reclaimer(dd)));
     }
-    if backlog > d.config.callback_limit as u64 && may_wait(d) {
-        // C3: help instead of letting the queue grow.
+    if backlog > d.config.callback_limit as u64 && !st.pending.is_empty() && may_wait(d) {
+        // C3: help instead of letting the queue grow (unless C12 just
+        // took what was pending).
         let (start, batch) = st.take_batch();
         drop(st);
         d.stats.helped_batches.fetch_add(1, Ordering::Relaxed);
-        run_batch(d, start, batch, true, false);
+        run_batch(d, start, batch, true);
         return;
     }
     // Wake the reclaimer only if nothing else will: a timed wait ends by
@@ -391,38 +404,38 @@ pub(crate) fn enqueue(d: &Arc<DomainInner>, cb: Deferred) {
 
 /// A batch's grace period: expedited, or waiting for readers without
 /// yielding (grace.rs P6). Only the reclaimer waits in the second kind
-/// (callers that help, C3, expedite).
+/// (callers that help, C3, expedite), and shares it with nobody else.
 fn batch_grace_period(d: &DomainInner, expedite: bool) {
     d.synchronize_waiting(if expedite { Wait::Expedited } else { Wait::Background });
 }
 
-/// Waits for a grace period (unless the domain is gone), then runs `batch`,
-/// or with `leave` hands it to callers of `run_ready` (C6).
-fn run_batch(d: &DomainInner, start: u64, mut batch: Vec<Deferred>, expedite: bool, leave: bool) {
-    if leave {
-        // C10: wait where callers can see the batch and finish its grace
-        // period if this thread is slow to; then leave it in `ready` (C6),
-        // from which a barrier or shutdown has the reclaimer run it.
-        let state = d.get_state();
-        let mut unused = Vec::with_capacity(2);
-        {
-            let mut st = d.callbacks.state.lock();
-            // C12: a caller may have taken a later batch since this one
-            // was taken; `waiting` stays in batch order, as `ready` must.
-            let at = st.waiting.partition_point(|w| w.1 < start);
-            st.waiting.insert(at, (state, start, std::time::Instant::now(), batch));
-            st.set_help_at(d);
-            if !st.shutdown {
-                drop(st);
-                batch_grace_period(d, expedite);
-                st = d.callbacks.state.lock();
-            }
-            let force = st.shutdown;
-            st.promote(d, force, &mut unused);
-        }
-        drop(unused); // C9: freed with the lock released
-        return;
+/// C10: takes the pending callbacks as a batch and waits for its grace
+/// period where callers can see it and finish it if this thread is slow
+/// to; then leaves it in `ready` (C6), from which a barrier or shutdown
+/// has the reclaimer run it. The batch enters `waiting` in the lock hold
+/// that takes it, so `waiting` (and `ready` after it) stays in batch
+/// order whatever callers take meanwhile (C12).
+fn wait_in_queue<'a>(d: &'a DomainInner, mut st: crate::sync::MutexGuard<'a, QueueState>, expedite: bool) {
+    let (start, batch) = st.take_batch();
+    // ORDERING: `get_state` fences after the callbacks' unlinking stores,
+    // which all came before their `call` (grace.rs P2).
+    let state = d.get_state();
+    st.waiting.push_back((state, start, std::time::Instant::now(), batch));
+    st.set_help_at(d);
+    let mut unused = Vec::with_capacity(2);
+    if !st.shutdown {
+        drop(st);
+        batch_grace_period(d, expedite);
+        st = d.callbacks.state.lock();
     }
+    let force = st.shutdown;
+    st.promote(d, force, &mut unused);
+    drop(st);
+    drop(unused); // C9: freed with the lock released
+}
+
+/// Waits for a grace period (unless the domain is gone), then runs `batch`.
+fn run_batch(d: &DomainInner, start: u64, mut batch: Vec<Deferred>, expedite: bool) {
     if !d.callbacks.state.lock().shutdown {
         batch_grace_period(d, expedite);
     }
@@ -611,7 +624,8 @@ fn reclaimer(d: Arc<DomainInner>) {
             // grace period begun now completes every state taken before),
             // or at shutdown hand them to the runs above.
             let expedite = urgent(&st);
-            if !st.shutdown {
+            let done = st.waiting.front().is_some_and(|w| d.poll_state(w.0));
+            if !st.shutdown && !done {
                 drop(st);
                 batch_grace_period(&d, expedite);
                 st = d.callbacks.state.lock();
@@ -631,10 +645,13 @@ fn reclaimer(d: Arc<DomainInner>) {
         }
         let backlog = st.enqueued - st.run;
         let expedite = st.barrier_waiters > 0 || backlog > d.config.callback_limit as u64 / 2;
-        let leave = d.callbacks.callers_run.load(Ordering::Relaxed) && !expedite;
-        let (start, batch) = st.take_batch();
-        drop(st);
-        run_batch(&d, start, batch, expedite, leave);
+        if d.callbacks.callers_run.load(Ordering::Relaxed) && !expedite {
+            wait_in_queue(&d, st, expedite);
+        } else {
+            let (start, batch) = st.take_batch();
+            drop(st);
+            run_batch(&d, start, batch, expedite);
+        }
     }
 }
 
@@ -670,10 +687,20 @@ pub(crate) fn shutdown(d: &DomainInner) {
         // A panic escaping the reclaimer is already reported by the runtime.
         let _ = h.join();
     }
+    // C12: a batch a caller took after the reclaimer left (and what
+    // callers promoted of it) runs here, before what is pending.
+    let mut left = Vec::new();
     let (start, batch) = {
         let mut st = d.callbacks.state.lock();
         st.dead = true;
+        let mut unused = Vec::new();
+        st.promote(d, true, &mut unused);
+        let n = st.ready.len();
+        st.take_ready(n, &d.callbacks.ready_hint, &mut left);
         st.take_batch()
     };
-    run_batch(d, start, batch, false, false);
+    if !left.is_empty() {
+        run_taken(d, &mut left);
+    }
+    run_batch(d, start, batch, false);
 }

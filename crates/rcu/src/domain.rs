@@ -100,6 +100,9 @@ pub(crate) struct DomainInner {
     pub(crate) registry: Registry,
     pub(crate) share_normal: Share,
     pub(crate) share_expedited: Share,
+    /// grace.rs P6: the reclaimer's grace periods, shared with no caller
+    /// of `synchronize`, which would wait at their sleeping pace.
+    pub(crate) share_background: Share,
     pub(crate) callbacks: CallbackQueue,
     pub(crate) stats: StatsInner,
     pub(crate) config: Config,
@@ -178,6 +181,7 @@ impl Domain {
             registry: Registry::new(),
             share_normal: Share::new(),
             share_expedited: Share::new(),
+            share_background: Share::new(),
             callbacks: CallbackQueue::new(),
             stats: StatsInner::new(),
             config,

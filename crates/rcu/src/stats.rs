@@ -117,8 +117,8 @@ pub struct Stats {
     /// Grace periods completed by callers that would not wait for the
     /// reclaimer (grace.rs P5, callback.rs C10).
     pub caller_gps: u64,
-    /// Batches callers of `run_ready` took from the queue because the
-    /// reclaimer was late to (callback.rs C12).
+    /// Batches a `call` took from the queue because the reclaimer was
+    /// late to (callback.rs C12).
     pub caller_takes: u64,
     /// Reader slots ever registered (one per thread that used the domain at
     /// the same time as others).

@@ -277,7 +277,8 @@ fn caller_run_callbacks_never_free_under_a_guard() {
             CALLER_GP.fetch_add(1, StdOrdering::Relaxed);
         }
         // C12: the caller took the batch before the reclaimer did; the
-        // barrier above then depended on the reclaimer finishing it.
+        // barrier above then depended on a caller's `run_ready` or the
+        // reclaimer finishing it.
         if d.stats().caller_takes > 0 {
             CALLER_TAKE.fetch_add(1, StdOrdering::Relaxed);
         }

@@ -1,6 +1,7 @@
 //! The cache of VMA objects (Linux's `vm_area_cachep`): a VMA object whose
-//! last count the tree gives back after its grace period stays, emptied,
-//! in the freeing thread's cache, and that thread's next VMA is built in
+//! last count the tree gives back after its grace period stays, emptied
+//! (or as it is, if it holds nothing: VC4), in the freeing thread's
+//! cache, and that thread's next VMA is built in
 //! it, so that mm calls and the callbacks after them (mm.rs A8) do not go
 //! to the allocator for VMAs.
 //!
@@ -8,10 +9,10 @@
 //! [`vm_area_alloc`], [`vm_area_free`] and each thread's cache.
 //!
 //! # Invariants
-//! - VC1. Only an object nobody else counts (`Arc::get_mut`) is kept, and
-//!   it is emptied first: its fields are dropped (a name, a file, the
-//!   tables `rcu-refcount` frees on the last put, strategy.rs S5), so a
-//!   cached object holds nothing, and nothing can reach it.
+//! - VC1. Only an object nobody else counts is kept, and it holds
+//!   nothing: an object that holds a name, a file or the tables
+//!   `rcu-refcount` frees on the last put (strategy.rs S5) is emptied
+//!   first (`Arc::get_mut`), its fields dropped; nothing can reach it.
 //! - VC2. A thread keeps at most [`CACHE_OBJECTS`]; past that, and on a
 //!   thread whose cache is gone (thread-local teardown), objects go to
 //!   the allocator.
@@ -108,14 +109,19 @@ pub(crate) fn vm_area_free(mut a: Arc<Vma>) {
     if !BUILDS.try_with(std::cell::Cell::get).unwrap_or(false) {
         return; // VC3: dropped, as it would be without the cache
     }
+    // With the only strong count, no other holder can appear but through
+    // a `Weak` (rcuvm makes none); `vm_area_alloc`'s `Arc::get_mut`
+    // checks again before it writes.
+    if Arc::strong_count(&a) != 1 {
+        return; // another holder (a fault, a vmacache) drops it last
+    }
+    // ORDERING: Acquire, after the count: what the last other holder did
+    // to the object before its Release decrement (say, set its tables,
+    // unmap.rs) is seen by `holds_nothing` below.
+    std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
     if holds_nothing(&a) {
-        // VC4: kept unwritten. With the only strong count, no other holder
-        // can appear but through a `Weak` (rcuvm makes none); either way
-        // `vm_area_alloc`'s `Arc::get_mut` checks again before it writes,
-        // and the object owns nothing that its stay here keeps alive.
-        if Arc::strong_count(&a) != 1 {
-            return; // another holder (a fault, a vmacache) drops it last
-        }
+        // VC4: kept unwritten; the object owns nothing that its stay
+        // here keeps alive.
     } else {
         let Some(v) = Arc::get_mut(&mut a) else {
             return; // as above
