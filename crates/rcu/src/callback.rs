@@ -73,25 +73,27 @@
 //!   clock read) takes the pending callbacks as a batch, with the
 //!   grace-period state that completes it, and leaves it in `waiting`
 //!   (C10), where callers finish its grace period as they do the
-//!   reclaimer's. Every batch enters `waiting` in the lock hold that
-//!   takes it (the reclaimer's too), so `waiting` and `ready` stay in
-//!   batch order. A `call` whose take emptied the queue does not go on
-//!   to C3: its empty batch would stay in flight and stall the watermark
-//!   (C2; found in review, `tests/caller_take.rs`). In `call`, not
-//!   `run_ready`: there the check put a
-//!   clock read on `run_ready`'s fast path whenever a callback was
-//!   pending, which is always under churn; rcuvm's mmap1 (rcu-dead) made
-//!   6–56% fewer pairs than without C12 in all eight alternations,
-//!   and as many with the check in `call` (four alternations). The
-//!   reclaimer treats waiting batches as work: it does not sleep while
-//!   one waits, and finishes their grace period (or, at shutdown, runs
-//!   them) if callers have not within `ready_delay`, so that a barrier
-//!   or shutdown never depends on more calls. Why: C10 only helped a
-//!   batch the reclaimer had taken; with every CPU busy it was often late
-//!   to take one at all, and grace periods ended 4 ms or more late (rcuvm's
-//!   proc-vs-map: 671–1,165 munmaps a run ended one themselves, vm
-//!   unmap.rs U8; the tree's node pool ran dry while its blocks waited,
-//!   and overflowed when they came back at once).
+//!   reclaimer's. The reclaimer treats waiting batches as work: it does
+//!   not sleep while one waits, and finishes their grace period (or, at
+//!   shutdown, runs them) if callers have not within `ready_delay`, so
+//!   that a barrier or shutdown never depends on more calls.
+//!   - Every batch enters `waiting` in the lock hold that takes it (the
+//!     reclaimer's too), so `waiting` and `ready` stay in batch order.
+//!   - A `call` whose take emptied the queue does not go on to C3: its
+//!     empty batch would stay in flight and stall the watermark (C2;
+//!     found in review, `tests/caller_take.rs`).
+//!   - In `call`, not `run_ready`: there the check put a clock read on
+//!     `run_ready`'s fast path whenever a callback was pending, which is
+//!     always under churn; rcuvm's mmap1 (rcu-dead) made 6–56% fewer
+//!     pairs than without C12 in all eight alternations, and as many
+//!     with the check in `call` (four alternations).
+//!
+//!   Why: C10 only helped a batch the reclaimer had taken; with every
+//!   CPU busy it was often late to take one at all, and grace periods
+//!   ended 4 ms or more late (rcuvm's proc-vs-map: 671–1,165 munmaps a
+//!   run ended one themselves, vm unmap.rs U8; the tree's node pool ran
+//!   dry while its blocks waited, and overflowed when they came back at
+//!   once).
 //! - C11. `run_ready` allocates nothing in steady state: the callbacks it
 //!   takes go in a vector the thread keeps (`BITE`), and the list of
 //!   batches they belong to stays on the stack. Why: it runs after every
@@ -410,12 +412,13 @@ fn batch_grace_period(d: &DomainInner, expedite: bool) {
 }
 
 /// C10: takes the pending callbacks as a batch and waits for its grace
-/// period where callers can see it and finish it if this thread is slow
+/// period (not expedited: an urgent batch is run by `run_batch`) where
+/// callers can see it and finish it if this thread is slow
 /// to; then leaves it in `ready` (C6), from which a barrier or shutdown
 /// has the reclaimer run it. The batch enters `waiting` in the lock hold
 /// that takes it, so `waiting` (and `ready` after it) stays in batch
 /// order whatever callers take meanwhile (C12).
-fn wait_in_queue<'a>(d: &'a DomainInner, mut st: crate::sync::MutexGuard<'a, QueueState>, expedite: bool) {
+fn wait_in_queue<'a>(d: &'a DomainInner, mut st: crate::sync::MutexGuard<'a, QueueState>) {
     let (start, batch) = st.take_batch();
     // ORDERING: `get_state` fences after the callbacks' unlinking stores,
     // which all came before their `call` (grace.rs P2).
@@ -425,7 +428,7 @@ fn wait_in_queue<'a>(d: &'a DomainInner, mut st: crate::sync::MutexGuard<'a, Que
     let mut unused = Vec::with_capacity(2);
     if !st.shutdown {
         drop(st);
-        batch_grace_period(d, expedite);
+        batch_grace_period(d, false);
         st = d.callbacks.state.lock();
     }
     let force = st.shutdown;
@@ -646,7 +649,7 @@ fn reclaimer(d: Arc<DomainInner>) {
         let backlog = st.enqueued - st.run;
         let expedite = st.barrier_waiters > 0 || backlog > d.config.callback_limit as u64 / 2;
         if d.callbacks.callers_run.load(Ordering::Relaxed) && !expedite {
-            wait_in_queue(&d, st, expedite);
+            wait_in_queue(&d, st);
         } else {
             let (start, batch) = st.take_batch();
             drop(st);
