@@ -119,10 +119,9 @@ pub(crate) fn vm_area_free(mut a: Arc<Vma>) {
     // to the object before its Release decrement (say, set its tables,
     // unmap.rs) is seen by `holds_nothing` below.
     std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
-    if holds_nothing(&a) {
-        // VC4: kept unwritten; the object owns nothing that its stay
-        // here keeps alive.
-    } else {
+    // VC4: an object that holds nothing is kept unwritten; its stay here
+    // keeps nothing alive.
+    if !holds_nothing(&a) {
         let Some(v) = Arc::get_mut(&mut a) else {
             return; // as above
         };
