@@ -31,7 +31,7 @@
 //!   grace period: it leaves a dead entry (vma.rs V5) over the range, which
 //!   placement cannot use; the page tables under it are unhooked and the
 //!   entry erased only after a grace period (by the first mm call after a
-//!   grace period passed the state the munmap took, [`DeadEntry`]);
+//!   grace period passed the state the munmap took, `DeadEntry`);
 //!   `MAP_FIXED` over a live dead entry synchronises first.
 //! - S5. `rcu-refcount` (solution 2) is *unsafe by design*: a fault takes a
 //!   counted reference to the VMA and installs its PTE without re-checking.
