@@ -51,7 +51,7 @@ fn seconds(s: &str) -> Result<f64, String> {
     }
 }
 
-fn threads(s: &str) -> Result<usize, String> {
+pub(crate) fn threads(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         // 64 threads of page-fault hold 8 GiB on the host at once.
         Ok(v) if (1..=64).contains(&v) => Ok(v),

@@ -46,11 +46,11 @@ pub struct CheckArgs {
     /// A strategy (mmap-lock, vma-lock, rcu-sync, rcu-dead, rcu-refcount) or `all`.
     #[arg(long, default_value = "all")]
     pub strategy: String,
-    /// Seconds per strategy.
-    #[arg(long, default_value_t = 10.0)]
+    /// Seconds per strategy (0.01 to a day).
+    #[arg(long, default_value_t = 10.0, value_parser = seconds, allow_negative_numbers = true)]
     pub seconds: f64,
-    /// Accessor threads (each a simulated CPU).
-    #[arg(long, default_value_t = 2)]
+    /// Accessor threads (each a simulated CPU), 1 to 64.
+    #[arg(long, default_value_t = 2, value_parser = crate::args::threads)]
     pub threads: usize,
     /// The seed (default: from the clock); it fixes every thread's choices,
     /// not the schedule.
@@ -87,6 +87,16 @@ pub struct Summary {
     pub violations: Vec<(u64, Violation)>,
     /// Seconds until the first violation.
     pub first_at: Option<f64>,
+}
+
+/// `--seconds`: finite, from 0.01 (one round's worth of a short run) to a
+/// day (a `Duration` holds it).
+fn seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.01..=86_400.0).contains(&v) => Ok(v),
+        Ok(_) => Err("must be between 0.01 and 86400".into()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// Runs `strategy` for `seconds` (K1).
@@ -159,10 +169,6 @@ pub fn run(a: &CheckArgs) -> i32 {
         }
         Some((_, i)) => i,
     };
-    if a.threads == 0 || a.threads > 64 || a.seconds.is_nan() || a.seconds <= 0.0 {
-        eprintln!("rcuvm check: --threads must be 1..=64 and --seconds positive");
-        return 2;
-    }
     let seed = a.seed.unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
     });
