@@ -4,9 +4,11 @@
 //! - K1. `brk` never returns an errno: a refused move returns the old break
 //!   and changes nothing.
 //! - K2. The heap grows only if the page after the new break stays clear of
-//!   the next VMA's guard gap; growth extends the previous heap VMA when it
-//!   ends at the old break with the same flags, else makes a new anonymous
-//!   VMA (`pgoff` = address >> 12), flagged `VM_ACCOUNT`.
+//!   the next VMA's guard gap; growth extends the VMA that ends at the old
+//!   break when it reaches above `start_brk` (it may start below) and
+//!   would merge (same flags, anonymous, unnamed, contiguous `pgoff`: not
+//!   after an `mremap` moved it), else makes a new anonymous VMA (`pgoff`
+//!   = address >> 12), flagged `VM_ACCOUNT`.
 //! - K3. Shrinking unmaps `[new, old)` (page-aligned) and needs a VMA there.
 //!
 //! # Linux
@@ -70,13 +72,17 @@ impl MmCall<'_> {
             | *self.def_flags;
         let prev = if oldbrk > 0 { self.vma_at(oldbrk - 1) } else { None };
         let v = match prev {
-            // do_brk_flags: expand the brk VMA (one at or above start_brk).
+            // do_brk_flags: expand the VMA that ends at the break, if
+            // `vma_prev_limit(start_brk)` finds it (it reaches above
+            // start_brk, wherever it starts) and `vma_merge_new_range`
+            // would merge a new heap VMA into it (contiguous pgoff too).
             Some(p)
                 if p.end == oldbrk
-                    && p.start >= start_brk
+                    && p.end > start_brk
                     && p.flags == flags
                     && p.backing == Backing::Anon
-                    && p.name.is_none() =>
+                    && p.name.is_none()
+                    && p.pgoff + ((p.end - p.start) >> PAGE_SHIFT) == oldbrk >> PAGE_SHIFT =>
             {
                 // strategy.rs S3: the VMA replaced is write-locked first.
                 self.vma_write_lock(&p);

@@ -64,10 +64,16 @@ fn advise(v: &Vma, advice: i32) -> Result<VmFlags, Errno> {
             }
             f | VmFlags::WIPEONFORK
         }
-        madv::KEEPONFORK => f - VmFlags::WIPEONFORK,
+        // A droppable VMA keeps `VM_WIPEONFORK` and `VM_DONTDUMP`.
+        madv::KEEPONFORK => {
+            if f.contains(VmFlags::DROPPABLE) {
+                return Err(Errno::Einval);
+            }
+            f - VmFlags::WIPEONFORK
+        }
         madv::DONTDUMP => f | VmFlags::DONTDUMP,
         madv::DODUMP => {
-            if !f.contains(VmFlags::HUGETLB) && f.intersects(VM_SPECIAL) {
+            if (!f.contains(VmFlags::HUGETLB) && f.intersects(VM_SPECIAL)) || f.contains(VmFlags::DROPPABLE) {
                 return Err(Errno::Einval);
             }
             f - VmFlags::DONTDUMP

@@ -219,7 +219,7 @@ pub fn parse(text: &str, source: &str) -> Result<Vec<Vma>, MapsError> {
 
 /// The `VmFlags:` mnemonics of `/proc/pid/smaps` for the flags rcuvm
 /// models, in the kernel's order (by bit, `show_smap_vma_flags`).
-const MNEMONICS: [(VmFlags, &str); 28] = [
+const MNEMONICS: [(VmFlags, &str); 29] = [
     (VmFlags::READ, "rd"),
     (VmFlags::WRITE, "wr"),
     (VmFlags::EXEC, "ex"),
@@ -248,6 +248,7 @@ const MNEMONICS: [(VmFlags, &str); 28] = [
     (VmFlags::HUGEPAGE, "hg"),
     (VmFlags::NOHUGEPAGE, "nh"),
     (VmFlags::MERGEABLE, "mg"),
+    (VmFlags::DROPPABLE, "dp"),
 ];
 
 /// `f` as smaps' `VmFlags:` line shows it (without the label), e.g.

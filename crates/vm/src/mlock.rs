@@ -13,8 +13,8 @@
 //!   the walk with `ENOMEM`, the VMAs before it changed (as `mprotect`,
 //!   mprotect.rs Q1; the host kernel confirmed it: no whole-range check
 //!   first).
-//! - L2. A VMA whose lock bits already match, or that is `VM_SPECIAL` or
-//!   hugetlb, is left alone (`mlock_fixup()`); others go through
+//! - L2. A VMA whose lock bits already match, or that is `VM_SPECIAL`,
+//!   hugetlb or droppable, is left alone (`mlock_fixup()`); others go through
 //!   `set_flags` (mprotect.rs Q2, Q4), so a refused split is `ENOMEM` with
 //!   the splits made before it kept.
 //! - L3. Population (`__mm_populate()`) runs after the flags are set and
@@ -103,7 +103,7 @@ impl MmCall<'_> {
 
     /// `mlock_fixup()` (L2).
     fn mlock_fixup(&mut self, v: &Vma, s: u64, e: u64, newflags: VmFlags) -> Result<(), Errno> {
-        if newflags == v.flags || v.flags.intersects(VM_SPECIAL | VmFlags::HUGETLB) {
+        if newflags == v.flags || v.flags.intersects(VM_SPECIAL | VmFlags::HUGETLB | VmFlags::DROPPABLE) {
             return Ok(());
         }
         self.set_flags(v, s, e, newflags)

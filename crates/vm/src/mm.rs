@@ -465,7 +465,9 @@ impl Layout {
     fn derived_name(&self, v: &Vma) -> Option<&'static str> {
         let (sb, b) = (self.start_brk.load(Ordering::Relaxed), self.brk.load(Ordering::Relaxed));
         let st = self.start_stack.load(Ordering::Relaxed);
-        if sb != 0 && v.start <= b && v.end >= sb {
+        // Strict since Linux 6.6: a VMA that only touches the heap's ends
+        // is not the heap.
+        if sb != 0 && v.start < b && v.end > sb {
             Some("[heap]")
         } else if st != 0 && v.start <= st && v.end >= st {
             Some("[stack]")

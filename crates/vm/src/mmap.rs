@@ -13,6 +13,25 @@
 //!   `vma_merge_new_range` would: same file (or both anonymous), same flags
 //!   but `VM_SOFTDIRTY`, compatible `anon_vma`, contiguous `pgoff`, same
 //!   `[anon:…]` name, no `VM_SPECIAL` flag.
+//! - P4. `calc_vm_flag_bits`: `MAP_GROWSDOWN`, `MAP_LOCKED`, `MAP_SYNC` and
+//!   `MAP_STACK` (`VM_NOHUGEPAGE`, as since Linux 6.7) become VMA flags,
+//!   whatever the map type.
+//! - P5. The map type is the low four bits (`MAP_TYPE`): a file takes
+//!   `MAP_SHARED`, `MAP_SHARED_VALIDATE` (which refuses flags outside
+//!   `LEGACY_MAP_MASK` with `EOPNOTSUPP`) or `MAP_PRIVATE`; anonymous
+//!   memory `MAP_SHARED`, `MAP_PRIVATE` or `MAP_DROPPABLE`
+//!   (`VM_DROPPABLE | VM_NORESERVE | VM_WIPEONFORK | VM_DONTDUMP`; not
+//!   with `MAP_LOCKED`, `MAP_HUGETLB` or `MAP_GROWSDOWN`); anything else
+//!   is `EINVAL`, as is `MAP_GROWSDOWN` on a file or shared anonymous
+//!   memory, and `MAP_HUGETLB` on a file (`ksys_mmap_pgoff`: no rcuvm
+//!   file is on hugetlbfs).
+//! - P6. Private anonymous memory whose length is a multiple of 2 MiB,
+//!   mapped with no hint, is placed on a 2 MiB boundary
+//!   (`thp_get_unmapped_area_vmflags`, Linux 6.7+, `IS_ALIGNED(len,
+//!   PMD_SIZE)` since 6.13); `mremap` moves of such memory too. Files and
+//!   shared anonymous memory are placed as any mapping (their
+//!   filesystem's own `get_unmapped_area` is not modelled; shmem's does
+//!   not align with `shmem_enabled=never`, the default).
 //!
 //! # Concurrency
 //! mmap write lock (taken by the `AddressSpace` methods).
@@ -37,6 +56,35 @@ use rcuvm_rcu::Domain;
 
 use crate::uapi::{Errno, MapFlags, Prot};
 use crate::vma::{Backing, FileId, PAGE_SHIFT, PAGE_SIZE, VmFlags, Vma};
+
+/// `PMD_SIZE`: the span of a huge page, to which Linux aligns large
+/// anonymous mappings (P6).
+const PMD_SIZE: u64 = 2 << 20;
+
+/// `MAP_TYPE`: the bits of `mmap`'s flags that say the mapping's type.
+const MAP_TYPE: u32 = 0x0f;
+
+/// `MAP_DROPPABLE`, a map type of its own (Linux 6.11+).
+const MAP_DROPPABLE: u32 = 0x08;
+
+/// `LEGACY_MAP_MASK`: the flags every kernel accepted; `MAP_SHARED_VALIDATE`
+/// refuses the others on a file (`EOPNOTSUPP`). Includes `MAP_32BIT`
+/// (0x40) and the `MAP_HUGE_*` size bits.
+const LEGACY_MAP_MASK: u32 = MapFlags::SHARED_VALIDATE.bits()
+    | MapFlags::FIXED.bits()
+    | MapFlags::ANONYMOUS.bits()
+    | MapFlags::DENYWRITE.bits()
+    | MapFlags::EXECUTABLE.bits()
+    | MapFlags::UNINITIALIZED.bits()
+    | MapFlags::GROWSDOWN.bits()
+    | MapFlags::LOCKED.bits()
+    | MapFlags::NORESERVE.bits()
+    | MapFlags::POPULATE.bits()
+    | MapFlags::NONBLOCK.bits()
+    | MapFlags::STACK.bits()
+    | MapFlags::HUGETLB.bits()
+    | 0x40
+    | (0x3f << 26);
 
 /// The tunables of an address space.
 #[derive(Clone, Debug)]
@@ -222,6 +270,10 @@ impl MmCall<'_> {
         if offset % PAGE_SIZE != 0 {
             return Err(Errno::Einval);
         }
+        // ksys_mmap_pgoff(): MAP_HUGETLB needs a hugetlbfs file (P5).
+        if file.is_some() && !flags.contains(MapFlags::ANONYMOUS) && flags.contains(MapFlags::HUGETLB) {
+            return Err(Errno::Einval);
+        }
         let pgoff = offset >> PAGE_SHIFT;
         if len == 0 {
             return Err(Errno::Einval);
@@ -250,31 +302,58 @@ impl MmCall<'_> {
         }
         let anon = file.is_none() || flags.contains(MapFlags::ANONYMOUS);
         let file = if anon { None } else { file };
-        let addr = self.get_unmapped_area(addr, len, flags)?;
-        if flags.contains(MapFlags::FIXED_NOREPLACE) && !self.overlapping(addr, addr + len).is_empty() {
-            return Err(Errno::Eexist);
-        }
-
+        // P4: `calc_vm_flag_bits`, before placement (which reads them).
         let mut vm = VmFlags::from_prot(prot)
             | *self.def_flags
             | VmFlags::MAYREAD
             | VmFlags::MAYWRITE
             | VmFlags::MAYEXEC;
-        if flags.contains(MapFlags::GROWSDOWN) {
-            vm |= VmFlags::GROWSDOWN;
+        for (map, vm_flag) in [
+            (MapFlags::GROWSDOWN, VmFlags::GROWSDOWN),
+            (MapFlags::LOCKED, VmFlags::LOCKED),
+            (MapFlags::SYNC, VmFlags::SYNC),
+            (MapFlags::STACK, VmFlags::NOHUGEPAGE),
+        ] {
+            if flags.contains(map) {
+                vm |= vm_flag;
+            }
         }
-        if flags.contains(MapFlags::LOCKED) {
-            vm |= VmFlags::LOCKED;
+        let thp = anon && flags.bits() & MapFlags::SHARED.bits() == 0;
+        let addr = self.get_unmapped_area(addr, len, flags, thp)?;
+        if flags.contains(MapFlags::FIXED_NOREPLACE) && !self.overlapping(addr, addr + len).is_empty() {
+            return Err(Errno::Eexist);
         }
-        let kind = flags.bits() & MapFlags::SHARED_VALIDATE.bits();
-        let shared = match kind {
-            0x01 | 0x03 => true,
-            0x02 => false,
+
+        // P5: the map type, after placement as in `do_mmap` (a refused
+        // type under `MAP_FIXED` unmaps nothing).
+        let kind = flags.bits() & MAP_TYPE;
+        let growsdown = vm.contains(VmFlags::GROWSDOWN);
+        let shared = match (file.is_some(), kind) {
+            (true, 0x01 | 0x03) | (false, 0x01) => true,
+            (_, 0x02) => false,
+            // MAP_DROPPABLE: private anonymous memory that may vanish, so
+            // neither locked, nor a stack, nor kept by fork or a core dump.
+            (false, MAP_DROPPABLE) => {
+                if flags.intersects(MapFlags::LOCKED | MapFlags::HUGETLB) || growsdown {
+                    return Err(Errno::Einval);
+                }
+                vm |= VmFlags::DROPPABLE | VmFlags::NORESERVE | VmFlags::WIPEONFORK | VmFlags::DONTDUMP;
+                false
+            }
             _ => return Err(Errno::Einval),
         };
         let mut pgoff = pgoff;
         let backing;
         if let Some(f) = file {
+            // file_mmap_ok(): a regular file's offsets end at MAX_LFS_FILESIZE.
+            if (i64::MAX as u64 - len) >> PAGE_SHIFT < pgoff {
+                return Err(Errno::Eoverflow);
+            }
+            // MAP_SHARED_VALIDATE refuses what legacy MAP_SHARED ignores
+            // (MAP_SYNC too: no rcuvm file is DAX).
+            if kind == 0x03 && flags.bits() & !LEGACY_MAP_MASK != 0 {
+                return Err(Errno::Eopnotsupp);
+            }
             if shared {
                 if prot.contains(Prot::WRITE) && !f.writable {
                     return Err(Errno::Eacces);
@@ -287,8 +366,14 @@ impl MmCall<'_> {
             if !f.readable {
                 return Err(Errno::Eacces);
             }
+            if growsdown {
+                return Err(Errno::Einval);
+            }
             backing = Backing::File(f.id.clone());
         } else if shared {
+            if growsdown {
+                return Err(Errno::Einval);
+            }
             vm |= VmFlags::SHARED | VmFlags::MAYSHARE;
             pgoff = 0;
             // shmem_zero_setup: each shared anonymous mapping is its own file.
@@ -335,14 +420,25 @@ impl MmCall<'_> {
         Ok(addr)
     }
 
-    /// `__get_unmapped_area` with `arch_get_unmapped_area_topdown`.
-    pub(crate) fn get_unmapped_area(&self, addr: u64, len: u64, flags: MapFlags) -> Result<u64, Errno> {
+    /// `__get_unmapped_area` with `arch_get_unmapped_area_topdown`. `thp`:
+    /// the mapping is private anonymous memory, which Linux places on a
+    /// 2 MiB boundary when its length is a multiple of 2 MiB and there is
+    /// no hint (P6).
+    pub(crate) fn get_unmapped_area(
+        &self,
+        addr: u64,
+        len: u64,
+        flags: MapFlags,
+        thp: bool,
+    ) -> Result<u64, Errno> {
         let task = self.cfg.task_size;
         if len > task {
             return Err(Errno::Enomem);
         }
         let addr = if flags.contains(MapFlags::FIXED) {
             addr
+        } else if thp && addr == 0 && len % PMD_SIZE == 0 {
+            self.thp_get_unmapped_area(len)?
         } else {
             let hint_ok = addr != 0
                 && task - len >= addr
@@ -357,6 +453,20 @@ impl MmCall<'_> {
             return Err(Errno::Einval);
         }
         Ok(addr)
+    }
+
+    /// `thp_get_unmapped_area_vmflags` for anonymous memory (offset 0): a
+    /// gap 2 MiB longer than `len`, then the 2 MiB boundary in it, one
+    /// boundary up if the gap starts on one (top-down). Without such a
+    /// gap, the plain search.
+    fn thp_get_unmapped_area(&self, len: u64) -> Result<u64, Errno> {
+        if let Some(padded) = len.checked_add(PMD_SIZE).filter(|&p| p <= self.cfg.task_size) {
+            if let Ok(ret) = self.find_topdown(padded) {
+                let off_sub = ret.wrapping_neg() & (PMD_SIZE - 1);
+                return Ok(if off_sub == 0 { ret + PMD_SIZE } else { ret + off_sub });
+            }
+        }
+        self.find_topdown(len)
     }
 
     /// Whether `[addr, addr + len)` is free, keeping the guard gap below a

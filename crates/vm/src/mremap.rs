@@ -61,6 +61,13 @@ use crate::mmap::MmCall;
 use crate::uapi::{Errno, MREMAP_DONTUNMAP, MREMAP_FIXED, MREMAP_MAYMOVE, MapFlags};
 use crate::vma::{Backing, PAGE_SHIFT, PAGE_SIZE, VmFlags, Vma};
 
+/// Whether a move of `vma` may be placed on a 2 MiB boundary (mmap.rs P6):
+/// `vrm_set_new_addr` passes the VMA's file, and `MAP_SHARED` for a
+/// `VM_MAYSHARE` one, so only private anonymous memory is.
+fn thp_movable(vma: &Vma) -> bool {
+    vma.backing == Backing::Anon && !vma.flags.contains(VmFlags::MAYSHARE)
+}
+
 fn align(x: u64) -> u64 {
     x.checked_add(PAGE_SIZE - 1).map_or(0, |v| v & !(PAGE_SIZE - 1))
 }
@@ -156,7 +163,7 @@ impl MmCall<'_> {
         if flags & MREMAP_MAYMOVE == 0 {
             return Err(Errno::Enomem);
         }
-        let to = self.get_unmapped_area(0, new_len, MapFlags::empty())?;
+        let to = self.get_unmapped_area(0, new_len, MapFlags::empty(), thp_movable(&vma))?;
         self.move_vma(&vma, addr, old_len, new_len, to, flags)
     }
 
@@ -241,7 +248,7 @@ impl MmCall<'_> {
         let to = if flags & MREMAP_FIXED != 0 {
             new_addr
         } else {
-            self.get_unmapped_area(new_addr, new_len, MapFlags::empty())?
+            self.get_unmapped_area(new_addr, new_len, MapFlags::empty(), thp_movable(&vma))?
         };
         self.move_vma(&vma, addr, old_len, new_len, to, flags)
     }

@@ -103,6 +103,8 @@ pub enum Errno {
     Eperm,
     /// `EOVERFLOW` (75)
     Eoverflow,
+    /// `EOPNOTSUPP` (95)
+    Eopnotsupp,
     /// `ENOSYS` (38): never from Linux for these calls; rcuvm's answer to an
     /// advice Linux accepts but rcuvm does not model yet.
     Enosys,
@@ -122,12 +124,13 @@ impl Errno {
             Errno::Enodev => 19,
             Errno::Einval => 22,
             Errno::Eoverflow => 75,
+            Errno::Eopnotsupp => 95,
             Errno::Enosys => 38,
         }
     }
 
     /// Every value rcuvm returns.
-    pub const ALL: [Errno; 11] = [
+    pub const ALL: [Errno; 12] = [
         Errno::Eperm,
         Errno::Ebadf,
         Errno::Eagain,
@@ -138,6 +141,7 @@ impl Errno {
         Errno::Enodev,
         Errno::Einval,
         Errno::Eoverflow,
+        Errno::Eopnotsupp,
         Errno::Enosys,
     ];
 
@@ -164,6 +168,7 @@ impl Errno {
             Errno::Enodev => "ENODEV",
             Errno::Einval => "EINVAL",
             Errno::Eoverflow => "EOVERFLOW",
+            Errno::Eopnotsupp => "EOPNOTSUPP",
             Errno::Enosys => "ENOSYS",
         }
     }

@@ -106,6 +106,10 @@ bitflags::bitflags! {
         const NOHUGEPAGE = 0x4000_0000;
         /// `VM_MERGEABLE` (`MADV_MERGEABLE`, KSM)
         const MERGEABLE = 0x8000_0000;
+        /// `VM_DROPPABLE` (`MAP_DROPPABLE`, Linux 6.11+; `VM_HIGH_ARCH_4`):
+        /// memory the kernel may free under pressure. rcuvm has no
+        /// pressure, so only its flags and refusals are modelled.
+        const DROPPABLE = 1 << 36;
     }
 }
 

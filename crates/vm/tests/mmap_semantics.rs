@@ -312,3 +312,108 @@ fn mmap_without_room_is_enomem() {
     // A smaller one fits, top-down from mmap_base.
     assert_eq!(mm.mmap(0, 0x4_0000, rw(), anon(), None, 0), Ok(0xc_0000));
 }
+
+/// mmap.rs P6, with the addresses this machine's Linux 6.18 gave the same
+/// calls below the same kind of neighbour (a C program, `setarch -R`):
+/// 2 MiB below a mapping at an unaligned address lands on the boundary
+/// under the padded gap's start; an aligned padded gap gives one
+/// boundary up; other lengths and shared memory are placed as usual.
+#[test]
+fn whole_huge_pages_of_anonymous_memory_land_on_huge_page_boundaries() {
+    const M: u64 = 2 << 20;
+    let mm = AddressSpace::new();
+    // The neighbours above, from an unaligned address (libc's bss, there)
+    // up to mmap_base (libc and ld.so, there).
+    let base = mm.config().mmap_base;
+    let top = 0x7fff_f7dd_1000;
+    assert_eq!(mm.mmap(top, base - top, Prot::READ, anon() | MapFlags::FIXED, None, 0), Ok(top));
+    let stack = anon() | MapFlags::STACK;
+    let b = mm.mmap(0, M, rw(), anon(), None, 0).unwrap();
+    assert_eq!(b, 0x7fff_f7a0_0000, "padded gap [top - 4 MiB, top): its first boundary");
+    let c = mm.mmap(0, M, rw(), stack, None, 0).unwrap();
+    assert_eq!(c, 0x7fff_f780_0000, "padded gap starts on a boundary: one up");
+    let d = mm.mmap(0, M + P, rw(), anon(), None, 0).unwrap();
+    assert_eq!(d, c - M - P, "not a whole number of huge pages: no alignment");
+    let e = mm.mmap(0, M, rw(), MapFlags::SHARED | MapFlags::ANONYMOUS, None, 0).unwrap();
+    assert_eq!(e, d - M, "shared anonymous memory: no alignment (shmem_enabled=never)");
+    let f = mm.mmap(0, 2 * M, rw(), anon() | MapFlags::NORESERVE, None, 0).unwrap();
+    assert_eq!(f, 0x7fff_f6e0_0000);
+    // A hint is kept when free, aligned or not.
+    assert_eq!(mm.mmap(0x5000_1000, M, rw(), anon(), None, 0), Ok(0x5000_1000));
+    // MAP_STACK's VM_NOHUGEPAGE (P4).
+    assert!(mm.query(c).unwrap().flags.contains(VmFlags::NOHUGEPAGE));
+    assert!(top > b);
+    // An mremap move of private anonymous memory to a whole number of
+    // huge pages is aligned too.
+    let g = mm.mmap(0x6000_0000, P, rw(), anon() | MapFlags::FIXED, None, 0).unwrap();
+    let moved = mm.mremap(g, P, M, rcuvm::uapi::MREMAP_MAYMOVE, 0).unwrap();
+    assert_eq!(moved % M, 0, "{moved:#x}");
+}
+
+/// mmap.rs P5 for files: offsets past MAX_LFS_FILESIZE, MAP_SHARED_VALIDATE
+/// with flags outside LEGACY_MAP_MASK, MAP_HUGETLB and MAP_GROWSDOWN (the
+/// host kernel's answers for an ext4 file; nothing is mapped).
+#[test]
+fn file_mappings_refuse_what_linux_refuses() {
+    let mm = AddressSpace::new();
+    let id = FileId { dev_major: 0xfe, dev_minor: 0, inode: 7, path: Arc::from("/tmp/f") };
+    let f = MapFile { id, readable: true, writable: true };
+    let fixed = MapFlags::FIXED;
+    let at = 0x3000_0000;
+    let map = |flags: MapFlags, off: u64| mm.mmap(at, P, Prot::READ, flags | fixed, Some(&f), off);
+    for off in [0x7fff_ffff_ffff_f000, 0x8000_0000_0000_0000, 0xffff_ffff_ffff_f000] {
+        assert_eq!(map(MapFlags::PRIVATE, off), Err(Errno::Eoverflow), "{off:#x}");
+    }
+    assert_eq!(map(MapFlags::PRIVATE, 0x7fff_ffff_fffe_0000), Ok(at), "the last offset that fits");
+    mm.munmap(at, P).unwrap();
+    let validate = MapFlags::SHARED_VALIDATE;
+    assert_eq!(map(validate | MapFlags::FIXED_NOREPLACE, 0), Err(Errno::Eopnotsupp));
+    assert_eq!(map(validate | MapFlags::SYNC, 0), Err(Errno::Eopnotsupp));
+    assert_eq!(map(validate | MapFlags::HUGETLB, 0), Err(Errno::Einval));
+    assert_eq!(map(MapFlags::PRIVATE | MapFlags::GROWSDOWN, 0), Err(Errno::Einval));
+    assert_eq!(map(MapFlags::from_bits_retain(0x0b), 0), Err(Errno::Einval), "map type 0xb");
+    assert_eq!(mm.map_count(), 0);
+    // Legacy MAP_SHARED ignores what it does not know; a known extra flag
+    // under MAP_SHARED_VALIDATE is accepted.
+    assert_eq!(map(MapFlags::SHARED | MapFlags::FIXED_NOREPLACE, 0), Ok(at));
+    mm.munmap(at, P).unwrap();
+    assert_eq!(map(validate | MapFlags::POPULATE, 0), Ok(at));
+}
+
+/// brk.rs K2 and `vma_is_initial_heap` (mm.rs), as the host kernel did for
+/// the same sequences.
+#[test]
+fn brk_grows_the_vma_linux_would_and_heap_is_strict() {
+    let sb = 0x5555_5600_0000;
+    // A VMA that straddles start_brk and ends at the break is grown.
+    let mm = AddressSpace::new();
+    mm.set_start_brk(sb);
+    assert_eq!(mm.brk(sb + P), sb + P);
+    mm.munmap(sb, P).unwrap();
+    let below = MapFlags::FIXED_NOREPLACE | anon();
+    assert_eq!(mm.mmap(sb - P, 2 * P, rw(), below, None, 0), Ok(sb - P));
+    assert_eq!(mm.brk(sb + 2 * P), sb + 2 * P);
+    assert_eq!(mm.map_count(), 1);
+    assert_eq!((mm.query(sb).unwrap().start, mm.query(sb).unwrap().end), (sb - P, sb + 2 * P));
+    // A VMA moved (by mremap) to the break keeps its old pgoff: a new heap
+    // VMA is made beside it.
+    let mm = Arc::new(AddressSpace::new());
+    mm.set_start_brk(sb);
+    assert_eq!(mm.brk(sb + P), sb + P);
+    mm.munmap(sb, P).unwrap();
+    let far = mm.mmap(sb + 0x10_0000, P, rw(), anon() | MapFlags::FIXED, None, 0).unwrap();
+    // Written first, so the move keeps its pgoff (an unfaulted anonymous
+    // VMA would take the new address's, `copy_vma`).
+    mm.cpu().write(far, 1).unwrap();
+    let moved = rcuvm::uapi::MREMAP_MAYMOVE | rcuvm::uapi::MREMAP_FIXED;
+    assert_eq!(mm.mremap(far, P, P, moved, sb), Ok(sb));
+    assert_eq!(mm.brk(sb + 2 * P), sb + 2 * P);
+    assert_eq!(mm.map_count(), 2);
+    // With no heap (brk == start_brk), a mapping that ends at start_brk
+    // is not [heap]; one that starts at the break is not either.
+    let mm = AddressSpace::new();
+    mm.set_start_brk(sb);
+    mm.mmap(sb - P, P, rw(), anon() | MapFlags::FIXED, None, 0).unwrap();
+    mm.mmap(sb + 4 * P, P, Prot::READ, anon() | MapFlags::FIXED, None, 0).unwrap();
+    assert!(!mm.maps().contains("[heap]"), "{}", mm.maps());
+}
