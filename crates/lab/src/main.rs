@@ -22,7 +22,17 @@ use clap::Parser;
 
 fn main() {
     let cli = args::Cli::parse();
-    let code = match cli.command.unwrap_or_default() {
+    let command = cli.command.unwrap_or_default();
+    if !matches!(command, args::Command::Run(_)) {
+        // What `rcuvm maps x | head` expects of a Unix tool: a closed pipe
+        // ends it quietly, where Rust's ignored SIGPIPE made `println!`
+        // panic. `run` keeps it ignored and writes fallibly (suite.rs SU4),
+        // since its report must still be written.
+        // SAFETY: `signal` with `SIG_DFL` installs no handler; it runs
+        // before this process starts any thread.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
+    let code = match command {
         args::Command::Run(a) => suite::run(&a),
         args::Command::Check(a) => check::run(&a),
         args::Command::Replay(a) => replay::run(&a),

@@ -310,3 +310,48 @@ fn maps_prints_a_snapshot_and_a_replayed_case() {
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o).1.contains("/nonexistent/maps"));
 }
+
+/// A closed stdout: `run` goes on and writes its report (suite.rs SU4);
+/// the other subcommands end quietly (SIGPIPE), never with a panic. The
+/// pipe's reader is closed before the child can print (it is still
+/// starting up), so its first write finds no reader.
+#[test]
+fn a_closed_stdout_is_no_panic() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+    let spawn = |args: &[&std::ffi::OsStr]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_rcuvm"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run rcuvm");
+        drop(c.stdout.take());
+        c.wait_with_output().expect("wait")
+    };
+    let dir = std::env::temp_dir().join(format!("rcuvm-pipe-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let o = spawn(&[
+        "run".as_ref(),
+        "--workload".as_ref(),
+        "mmap".as_ref(),
+        "--strategy".as_ref(),
+        "rcu-dead".as_ref(),
+        "--seconds".as_ref(),
+        "0.05".as_ref(),
+        "--out".as_ref(),
+        dir.as_os_str(),
+    ]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(dir.join("results.json").is_file(), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+    let end = traces().join("java-churn/end.maps");
+    for args in [vec!["run".as_ref(), "--list".as_ref()], vec!["maps".as_ref(), end.as_os_str()]] {
+        let o = spawn(&args);
+        let (_, err) = text(&o);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        let quiet = o.status.success() || o.status.signal() == Some(libc::SIGPIPE);
+        assert!(quiet, "{args:?}: {:?} {err}", o.status);
+    }
+}
