@@ -33,8 +33,9 @@ pub fn run(a: &MapsArgs) -> i32 {
             }
         }
     } else {
-        let text = match std::fs::read_to_string(&a.path) {
-            Ok(t) => t,
+        // Linux prints names as their bytes (not always UTF-8).
+        let text = match std::fs::read(&a.path) {
+            Ok(b) => String::from_utf8_lossy(&b).into_owned(),
             Err(e) => {
                 eprintln!("rcuvm maps: {}: {e}", a.path.display());
                 return 2;

@@ -122,8 +122,9 @@ impl Case {
     pub fn load(dir: &Path) -> Result<Case, CaseError> {
         let read = |name: &str| -> Result<(String, String), CaseError> {
             let path = dir.join(name);
-            let text =
-                std::fs::read_to_string(&path).map_err(|err| CaseError::Io { path: path.clone(), err })?;
+            // Linux prints names as their bytes; rcuvm keeps them as text.
+            let bytes = std::fs::read(&path).map_err(|err| CaseError::Io { path: path.clone(), err })?;
+            let text = String::from_utf8_lossy(&bytes).into_owned();
             Ok((text, path.display().to_string()))
         };
         let (start_text, start_source) = read("start.maps")?;

@@ -150,13 +150,18 @@ impl fmt::Display for TraceError {
 
 impl std::error::Error for TraceError {}
 
-/// Splits `args` at top-level commas (not inside `<…>`, `(…)` or `{…}`).
+/// Splits `args` at top-level commas (not inside `(…)`, `{…}`, `[…]` or
+/// a descriptor's `<path>`, in which only `>` counts: strace escapes a `>`
+/// in a path, but not a `)` or a `,`).
 fn split_args(args: &str) -> Vec<&str> {
-    let (mut out, mut depth, mut start) = (Vec::new(), 0i32, 0);
+    let (mut out, mut depth, mut start, mut in_path) = (Vec::new(), 0i32, 0, false);
     for (i, c) in args.char_indices() {
         match c {
-            '<' | '(' | '{' | '[' => depth += 1,
-            '>' | ')' | '}' | ']' => depth -= 1,
+            '>' if in_path => in_path = false,
+            _ if in_path => {}
+            '<' => in_path = true,
+            '(' | '{' | '[' => depth += 1,
+            ')' | '}' | ']' => depth -= 1,
             ',' if depth == 0 => {
                 out.push(args[start..i].trim());
                 start = i + 1;
@@ -183,8 +188,55 @@ fn num(s: &str) -> Result<u64, String> {
     r.map_err(|_| format!("{s:?} is not a number"))
 }
 
+/// `s` without strace's comments: it prints bits it has no name for as
+/// `0x10 /* PROT_??? */`.
+fn uncomment(s: &str) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(i) = rest.find("/*") {
+        out.push_str(&rest[..i]);
+        rest = rest[i..].find("*/").map_or("", |j| &rest[i + j + 2..]);
+    }
+    out.push_str(rest);
+    out.trim().to_string()
+}
+
+/// A path as strace `-y` prints it, unescaped: `\\`, `\"`, `\n`, `\t`
+/// and octal `\303\251` (the bytes of a non-ASCII name), read back as
+/// UTF-8 (lossily: rcuvm keeps names as text, and reads maps files the
+/// same way).
+fn unescape(p: &str) -> String {
+    let b = p.as_bytes();
+    let (mut out, mut i) = (Vec::with_capacity(b.len()), 0);
+    while i < b.len() {
+        if b[i] != b'\\' || i + 1 == b.len() {
+            out.push(b[i]);
+            i += 1;
+            continue;
+        }
+        let octal = b[i + 1..].iter().take(3).take_while(|c| (b'0'..=b'7').contains(c)).count();
+        if octal > 0 {
+            let v = b[i + 1..i + 1 + octal].iter().fold(0u32, |v, c| v * 8 + u32::from(c - b'0'));
+            out.push(v as u8);
+            i += 1 + octal;
+            continue;
+        }
+        out.push(match b[i + 1] {
+            b'n' => b'\n',
+            b't' => b'\t',
+            b'r' => b'\r',
+            b'v' => 0x0b,
+            b'f' => 0x0c,
+            c => c,
+        });
+        i += 2;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// `A|B|0x10` with symbolic names looked up in `names`.
 fn flags(s: &str, names: &[(&str, u32)]) -> Result<u32, String> {
+    let s = uncomment(s);
     let mut bits = 0;
     for part in s.split('|') {
         let part = part.trim();
@@ -210,9 +262,12 @@ const PROT: &[(&str, u32)] = &[
 ];
 
 const MAP: &[(&str, u32)] = &[
+    // What strace prints when neither type bit is set.
+    ("MAP_FILE", 0),
     ("MAP_SHARED", 0x01),
     ("MAP_PRIVATE", 0x02),
     ("MAP_SHARED_VALIDATE", 0x03),
+    ("MAP_DROPPABLE", 0x08),
     ("MAP_FIXED", 0x10),
     ("MAP_ANONYMOUS", 0x20),
     ("MAP_32BIT", 0x40),
@@ -260,6 +315,10 @@ const MADV: &[(&str, i32)] = &[
     ("MADV_POPULATE_WRITE", madv::POPULATE_WRITE),
     ("MADV_DONTNEED_LOCKED", madv::DONTNEED_LOCKED),
     ("MADV_COLLAPSE", madv::COLLAPSE),
+    ("MADV_HWPOISON", madv::HWPOISON),
+    ("MADV_SOFT_OFFLINE", madv::SOFT_OFFLINE),
+    ("MADV_GUARD_INSTALL", madv::GUARD_INSTALL),
+    ("MADV_GUARD_REMOVE", madv::GUARD_REMOVE),
 ];
 
 /// `3</path>` or `-1`.
@@ -267,7 +326,7 @@ fn fd(s: &str) -> Result<Option<(i32, Option<String>)>, String> {
     let (n, path) = match s.split_once('<') {
         Some((n, rest)) => {
             let p = rest.strip_suffix('>').ok_or_else(|| format!("descriptor {s:?} has no closing '>'"))?;
-            (n, Some(p.to_string()))
+            (n, Some(unescape(p)))
         }
         None => (s, None),
     };
@@ -310,9 +369,10 @@ fn op(name: &str, args: &str) -> Result<Option<MmOp>, String> {
         }
         "madvise" => {
             want(3)?;
-            let advice = match MADV.iter().find(|(n, _)| *n == a[2]) {
+            let name = uncomment(a[2]);
+            let advice = match MADV.iter().find(|(n, _)| *n == name) {
                 Some((_, v)) => *v,
-                None => num(a[2]).map_err(|_| format!("unknown advice {:?}", a[2]))? as i32,
+                None => num(&name).map_err(|_| format!("unknown advice {:?}", a[2]))? as i32,
             };
             MmOp::Madvise { addr: num(a[0])?, len: num(a[1])?, advice }
         }
@@ -332,10 +392,16 @@ fn op(name: &str, args: &str) -> Result<Option<MmOp>, String> {
     }))
 }
 
+/// `= ? ERESTARTSYS (To be restarted…)` or a bare `= ?`: the call never
+/// returned (S2).
+fn never_returned(res: &str) -> bool {
+    res.split_whitespace().next() == Some("?")
+}
+
 /// `= 0x7f…`, `= 0`, `= -1 ENOMEM (…)`; `None` for `= ?`.
 fn result(s: &str) -> Result<Option<Result<u64, Errno>>, String> {
     let s = s.trim();
-    if s == "?" {
+    if never_returned(s) {
         return Ok(None);
     }
     if let Some(rest) = s.strip_prefix("-1 ") {
@@ -401,7 +467,7 @@ pub fn parse(text: &str, source: &str) -> Result<Vec<TraceCall>, TraceError> {
             let (c, res) = call_and_result(rest).ok_or_else(|| err(format!("no result in {rest:?}")))?;
             (name.to_string(), c[open + 1..].to_string(), res.to_string())
         };
-        if res.trim() == "?" {
+        if never_returned(&res) {
             continue; // S2: never returned
         }
         // S2: a call that is not replayed is skipped before its result is
@@ -449,6 +515,37 @@ mod tests {
         assert_eq!(calls[3].result, Err(Errno::Einval));
         assert!(matches!(calls[4].op, MmOp::Mremap { flags: MREMAP_MAYMOVE, new_addr: None, .. }));
         assert_eq!(calls[5].op, MmOp::Madvise { addr: 0x7f8f016ff000, len: 1024000, advice: madv::DONTNEED });
+    }
+
+    /// What this machine's strace 6.1 prints for bits and advice it has no
+    /// name for, for a call a signal interrupted, and for paths with odd
+    /// characters (found by a review: each was an error or a wrong path).
+    #[test]
+    fn parses_what_strace_prints_for_odd_cases() {
+        let log = r#"1 mprotect(0x1000, 4096, PROT_READ|0x10 /* PROT_??? */) = -1 EINVAL (Invalid argument)
+1 madvise(0x1000, 4096, 0x66 /* MADV_??? */) = 0
+1 mremap(0x1000, 4096, 8192, 0x100 /* MREMAP_??? */) = -1 EINVAL (Invalid argument)
+1 mmap(NULL, 4096, PROT_READ, MAP_FILE, 3</tmp/x>, 0) = -1 EINVAL (Invalid argument)
+1 mmap(NULL, 4096, PROT_READ|PROT_WRITE, MAP_DROPPABLE|MAP_ANONYMOUS, -1, 0) = 0x7f0000000000
+1 madvise(0x1000, 4096, MADV_GUARD_INSTALL) = 0
+1 munmap(0x1000, 4096) = ? ERESTARTSYS (To be restarted if SA_RESTART is set)
+1 mmap(NULL, 4096, PROT_READ, MAP_PRIVATE, 3</tmp/a)b, caf\303\251 \"q\" \\ \76>, 0) = 0x7f0000001000
+"#;
+        let calls = parse(log, "t.strace").unwrap();
+        let ops: Vec<&MmOp> = calls.iter().map(|c| &c.op).collect();
+        assert_eq!(calls.len(), 7, "{ops:?}");
+        assert_eq!(*ops[0], MmOp::Mprotect { addr: 0x1000, len: 4096, prot: Prot::from_bits_retain(0x11) });
+        assert_eq!(*ops[1], MmOp::Madvise { addr: 0x1000, len: 4096, advice: 0x66 });
+        assert!(matches!(ops[2], MmOp::Mremap { flags: 0x100, .. }));
+        assert!(matches!(ops[3], MmOp::Mmap { flags, .. } if flags.bits() == 0));
+        assert!(matches!(ops[4], MmOp::Mmap { flags, .. } if flags.bits() == 0x28));
+        assert_eq!(*ops[5], MmOp::Madvise { addr: 0x1000, len: 4096, advice: madv::GUARD_INSTALL });
+        match ops[6] {
+            MmOp::Mmap { fd: Some((3, Some(p))), offset: 0, .. } => {
+                assert_eq!(p, "/tmp/a)b, café \"q\" \\ >")
+            }
+            o => panic!("{o:?}"),
+        }
     }
 
     #[test]
