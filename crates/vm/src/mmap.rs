@@ -32,6 +32,17 @@
 //!   shared anonymous memory are placed as any mapping (their
 //!   filesystem's own `get_unmapped_area` is not modelled; shmem's does
 //!   not align with `shmem_enabled=never`, the default).
+//! - P7. `MAP_HUGETLB` on anonymous memory is refused as a machine with
+//!   no huge pages reserved (`vm.nr_hugepages = 0`, this one's setting)
+//!   refuses it: `EINVAL` for a page size x86-64 lacks (2 MiB and 1 GiB
+//!   exist) or a fixed address not aligned to it, else `ENOMEM` unless
+//!   `MAP_NORESERVE`. With `MAP_NORESERVE` Linux maps a hugetlbfs file
+//!   (`/anon_hugepage`), which rcuvm does not model: it maps ordinary
+//!   memory (docs/design.md §10).
+//! - P8. `MAP_32BIT` (x86-64) places bottom-up in `[1 GiB, 2 GiB)`, as
+//!   Linux does with address randomisation off (rcuvm never randomises);
+//!   a hint is kept only if free and below 2 GiB; a full window is
+//!   `ENOMEM`. With `MAP_FIXED` it does nothing.
 //!
 //! # Concurrency
 //! mmap write lock (taken by the `AddressSpace` methods).
@@ -64,12 +75,15 @@ const PMD_SIZE: u64 = 2 << 20;
 /// `MAP_TYPE`: the bits of `mmap`'s flags that say the mapping's type.
 const MAP_TYPE: u32 = 0x0f;
 
+/// `MAP_HUGE_SHIFT`: where `MAP_HUGETLB`'s page size (log2) sits in the flags.
+const MAP_HUGE_SHIFT: u32 = 26;
+
 /// `MAP_DROPPABLE`, a map type of its own (Linux 6.11+).
 const MAP_DROPPABLE: u32 = 0x08;
 
 /// `LEGACY_MAP_MASK`: the flags every kernel accepted; `MAP_SHARED_VALIDATE`
 /// refuses the others on a file (`EOPNOTSUPP`). Includes `MAP_32BIT`
-/// (0x40) and the `MAP_HUGE_*` size bits.
+/// and the `MAP_HUGE_*` size bits.
 const LEGACY_MAP_MASK: u32 = MapFlags::SHARED_VALIDATE.bits()
     | MapFlags::FIXED.bits()
     | MapFlags::ANONYMOUS.bits()
@@ -83,7 +97,7 @@ const LEGACY_MAP_MASK: u32 = MapFlags::SHARED_VALIDATE.bits()
     | MapFlags::NONBLOCK.bits()
     | MapFlags::STACK.bits()
     | MapFlags::HUGETLB.bits()
-    | 0x40
+    | MapFlags::BIT32.bits()
     | (0x3f << 26);
 
 /// The tunables of an address space.
@@ -270,10 +284,20 @@ impl MmCall<'_> {
         if offset % PAGE_SIZE != 0 {
             return Err(Errno::Einval);
         }
-        // ksys_mmap_pgoff(): MAP_HUGETLB needs a hugetlbfs file (P5).
-        if file.is_some() && !flags.contains(MapFlags::ANONYMOUS) && flags.contains(MapFlags::HUGETLB) {
+        // ksys_mmap_pgoff(): MAP_HUGETLB needs a hugetlbfs file, or makes
+        // one of a huge page size the machine has (P7).
+        let hugetlb = flags.contains(MapFlags::HUGETLB);
+        let huge_page = if !hugetlb {
+            None
+        } else if file.is_some() && !flags.contains(MapFlags::ANONYMOUS) {
             return Err(Errno::Einval);
-        }
+        } else {
+            match (flags.bits() >> MAP_HUGE_SHIFT) & 0x3f {
+                0 | 21 => Some(PMD_SIZE),
+                30 => Some(1 << 30),
+                _ => return Err(Errno::Einval),
+            }
+        };
         let pgoff = offset >> PAGE_SHIFT;
         if len == 0 {
             return Err(Errno::Einval);
@@ -320,6 +344,16 @@ impl MmCall<'_> {
         }
         let thp = anon && flags.bits() & MapFlags::SHARED.bits() == 0;
         let addr = self.get_unmapped_area(addr, len, flags, thp)?;
+        // P7: hugetlbfs's get_unmapped_area wants a huge-page-aligned fixed
+        // address, and its mmap reserves the pages, which rcuvm has none of.
+        if let Some(huge) = huge_page {
+            if flags.contains(MapFlags::FIXED) && addr % huge != 0 {
+                return Err(Errno::Einval);
+            }
+            if !flags.contains(MapFlags::NORESERVE) {
+                return Err(Errno::Enomem);
+            }
+        }
         if flags.contains(MapFlags::FIXED_NOREPLACE) && !self.overlapping(addr, addr + len).is_empty() {
             return Err(Errno::Eexist);
         }
@@ -435,10 +469,13 @@ impl MmCall<'_> {
         if len > task {
             return Err(Errno::Enomem);
         }
+        let low32 = flags.contains(MapFlags::BIT32);
         let addr = if flags.contains(MapFlags::FIXED) {
             addr
         } else if thp && addr == 0 && len % PMD_SIZE == 0 {
-            self.thp_get_unmapped_area(len)?
+            self.thp_get_unmapped_area(len, low32)?
+        } else if low32 {
+            self.find_32bit(addr, len)?
         } else {
             let hint_ok = addr != 0
                 && task - len >= addr
@@ -459,14 +496,44 @@ impl MmCall<'_> {
     /// gap 2 MiB longer than `len`, then the 2 MiB boundary in it, one
     /// boundary up if the gap starts on one (top-down). Without such a
     /// gap, the plain search.
-    fn thp_get_unmapped_area(&self, len: u64) -> Result<u64, Errno> {
+    /// `low32`: `MAP_32BIT`'s bottom-up search, and yet one boundary up
+    /// when the gap starts on one (Linux tests the mm's top-down flag,
+    /// not the search it made).
+    fn thp_get_unmapped_area(&self, len: u64, low32: bool) -> Result<u64, Errno> {
+        let search = |len| if low32 { self.find_32bit(0, len) } else { self.find_topdown(len) };
         if let Some(padded) = len.checked_add(PMD_SIZE).filter(|&p| p <= self.cfg.task_size) {
-            if let Ok(ret) = self.find_topdown(padded) {
+            if let Ok(ret) = search(padded) {
                 let off_sub = ret.wrapping_neg() & (PMD_SIZE - 1);
                 return Ok(if off_sub == 0 { ret + PMD_SIZE } else { ret + off_sub });
             }
         }
-        self.find_topdown(len)
+        search(len)
+    }
+
+    /// x86-64's `MAP_32BIT` (P8): `arch_get_unmapped_area` bottom-up in
+    /// `[1 GiB, 2 GiB)` (`find_start_end`, without its randomisation), a
+    /// hint kept when free and below 2 GiB; nothing free is `ENOMEM`.
+    fn find_32bit(&self, hint: u64, len: u64) -> Result<u64, Errno> {
+        const BEGIN: u64 = 0x4000_0000;
+        const END: u64 = 0x8000_0000;
+        if len > END {
+            return Err(Errno::Enomem);
+        }
+        if hint != 0 {
+            let a = hint.next_multiple_of(PAGE_SIZE);
+            if END - len >= a && self.is_free_for(a, len) {
+                return Ok(a);
+            }
+        }
+        let mut low = BEGIN;
+        while let Some(a) = self.w.empty_area(low, END, len) {
+            if self.is_free_for(a, len) {
+                return Ok(a);
+            }
+            // Too close under a stack: look above it.
+            low = a + PAGE_SIZE;
+        }
+        Err(Errno::Enomem)
     }
 
     /// Whether `[addr, addr + len)` is free, keeping the guard gap below a

@@ -36,6 +36,8 @@ bitflags::bitflags! {
         const FIXED = 0x10;
         /// `MAP_ANONYMOUS`
         const ANONYMOUS = 0x20;
+        /// `MAP_32BIT` (x86-64): placed below 2 GiB
+        const BIT32 = 0x40;
         /// `MAP_GROWSDOWN`
         const GROWSDOWN = 0x0100;
         /// `MAP_DENYWRITE` (ignored)

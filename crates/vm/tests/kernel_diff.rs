@@ -583,7 +583,29 @@ fn edge_sequences() -> Vec<Vec<Op>> {
         prot: rw,
         flags: MapFlags::from_bits_retain(0x10 | 0x20 | bits),
     };
+    // rcuvm models a machine with no huge pages reserved (mmap.rs P7).
+    let no_huge_pages = ["nr_hugepages", "nr_overcommit_hugepages"]
+        .iter()
+        .all(|f| std::fs::read_to_string(format!("/proc/sys/vm/{f}")).is_ok_and(|v| v.trim() == "0"));
+    let hugetlb = if no_huge_pages {
+        vec![
+            // MAP_HUGETLB with no huge pages reserved: an unaligned fixed
+            // address or a page size x86-64 lacks is EINVAL, else ENOMEM.
+            fixed(20, 0x02 | 0x4_0000),
+            fixed(21, 0x02 | 0x4_0000),
+            fixed(20, 0x02 | 0x4_0000 | (22 << 26)),
+            Op::Mmap {
+                addr: 20 * p,
+                len: p,
+                prot: rw,
+                flags: MapFlags::PRIVATE | MapFlags::ANONYMOUS | MapFlags::HUGETLB,
+            },
+        ]
+    } else {
+        Vec::new()
+    };
     vec![
+        hugetlb,
         // Every map type but MAP_SHARED, MAP_PRIVATE and MAP_DROPPABLE is
         // EINVAL for anonymous memory (MAP_SHARED_VALIDATE too).
         [0x00, 0x03, 0x04, 0x05, 0x06, 0x07, 0x09, 0x0a, 0x0b, 0x0c, 0x0d, 0x0e, 0x0f]

@@ -417,3 +417,24 @@ fn brk_grows_the_vma_linux_would_and_heap_is_strict() {
     mm.mmap(sb + 4 * P, P, Prot::READ, anon() | MapFlags::FIXED, None, 0).unwrap();
     assert!(!mm.maps().contains("[heap]"), "{}", mm.maps());
 }
+
+/// mmap.rs P8: `MAP_32BIT`, with the addresses this machine's Linux 6.18
+/// gave the same six calls with randomisation off (a C program under
+/// `setarch -R`).
+#[test]
+fn map_32bit_places_bottom_up_below_2_gib() {
+    let mm = AddressSpace::new();
+    let low = anon() | MapFlags::BIT32;
+    let got = [
+        mm.mmap(0, P, rw(), low, None, 0),
+        mm.mmap(0, P, Prot::READ, low, None, 0),
+        mm.mmap(0, 2 << 20, rw(), low, None, 0),
+        mm.mmap(0x5000_0000, P, rw(), low, None, 0),
+        mm.mmap(0x9000_0000, P, rw(), low, None, 0),
+        mm.mmap(0, 4 << 20, rw(), low, None, 0),
+    ];
+    let linux = [0x4000_0000, 0x4000_1000, 0x4020_0000, 0x5000_0000, 0x4000_2000, 0x4060_0000];
+    assert_eq!(got, linux.map(Ok));
+    // The window is 1 GiB: a larger mapping does not fit.
+    assert_eq!(mm.mmap(0, 1 << 30, rw(), low, None, 0), Err(Errno::Enomem));
+}
