@@ -57,7 +57,7 @@
 //! like any anonymous memory. Other bracketed names (`[vdso]`, `[vvar]`…)
 //! are special mappings that never merge.
 //!
-//! Not modelled yet: hugetlb, and the stack guard gap in placement other
+//! Not modelled yet: hugetlb pages (P7), and the stack guard gap in placement other
 //! than below `VM_GROWSDOWN` VMAs.
 
 use std::sync::Arc;
