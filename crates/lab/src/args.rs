@@ -7,8 +7,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 /// rcuvm: an RCU-protected address-space manager and the lab that measures it.
+///
+/// With no subcommand, runs the whole suite (`rcuvm run`: about three
+/// minutes on 2 CPUs) and writes rcuvm-report/.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about = None)]
+#[command(name = "rcuvm", version)]
 pub struct Cli {
     /// What to do; `run` (the whole suite) when omitted.
     #[command(subcommand)]

@@ -145,7 +145,6 @@ pub fn capture(dir: &Path, cmd: &[std::ffi::OsString]) -> Result<Option<i32>, Ca
     need("strace", "-V")?;
     need("gcc", "--version")?;
     let io = |what: &str, p: &Path, e: std::io::Error| CaptureError(format!("{what} {}: {e}", p.display()));
-    std::fs::create_dir_all(dir).map_err(|e| io("cannot create", dir, e))?;
     let tmp = tempfile::Builder::new()
         .prefix("rcuvm-capture-")
         .tempdir()
@@ -190,8 +189,13 @@ pub fn capture(dir: &Path, cmd: &[std::ffi::OsString]) -> Result<Option<i32>, Ca
         .map_err(|e| CaptureError(format!("cannot run strace: {e}")))?;
     let text = std::fs::read_to_string(&log)
         .map_err(|e| io("strace wrote no log (is ptrace allowed here?):", &log, e))?;
+    if let Some(why) = exec_failure(&text) {
+        return Err(CaptureError(format!("cannot run `{}`: {why}", cmd_line(cmd))));
+    }
     let cut =
         cut(&text).map_err(|e| CaptureError(format!("in the strace log of `{}`: {e}", cmd_line(cmd))))?;
+    // Only now: a capture that fails leaves no empty case behind.
+    std::fs::create_dir_all(dir).map_err(|e| io("cannot create", dir, e))?;
     for (kind, name) in [("start", "start.maps"), ("end", "end.maps")] {
         let from = snapshot_path(work, kind, cut.pid);
         let to = dir.join(name);
@@ -214,6 +218,20 @@ pub fn capture(dir: &Path, cmd: &[std::ffi::OsString]) -> Result<Option<i32>, Ca
         dir.display()
     );
     Ok(status.code())
+}
+
+/// Why the command never ran, if no `execve` in the log succeeded (the
+/// log traces them all): strace found no such program, or the first
+/// `execve`'s error (`EACCES (Permission denied)`).
+fn exec_failure(log: &str) -> Option<String> {
+    let execs: Vec<&str> = log.lines().filter(|l| l.contains("execve(")).collect();
+    if execs.iter().any(|l| l.trim_end().ends_with("= 0")) {
+        return None;
+    }
+    Some(match execs.first() {
+        None => "strace did not start it (its message is above)".to_string(),
+        Some(l) => l.rsplit_once("= -1 ").map_or("its execve failed", |(_, e)| e).trim().to_string(),
+    })
 }
 
 /// The command as one line, for messages.
@@ -377,6 +395,17 @@ fn snapshot_path(dir: &Path, kind: &str, pid: u32) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_command_that_never_ran_is_named_so() {
+        let path_search = "7 execve(\"/usr/local/bin/x\", [\"x\"], 0x7ff /* 9 vars */) = -1 ENOENT (No such file or directory)\n\
+                           7 execve(\"/usr/bin/x\", [\"x\"], 0x7ff /* 9 vars */) = 0\n";
+        assert_eq!(exec_failure(path_search), None);
+        let denied =
+            "7 execve(\"/tmp/x.sh\", [\"/tmp/x.sh\"], 0x7ff /* 9 vars */) = -1 EACCES (Permission denied)\n";
+        assert_eq!(exec_failure(denied).as_deref(), Some("EACCES (Permission denied)"));
+        assert!(exec_failure("").unwrap().contains("strace did not start it"));
+    }
 
     #[test]
     fn cut_keeps_the_root_process_between_its_markers() {
