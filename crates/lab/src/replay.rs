@@ -49,12 +49,23 @@ pub fn run(a: &ReplayArgs) -> i32 {
         }
     };
     let cmp = r.compare(&case.end);
-    report(dir, &r, &cmp, a.exact)
+    report(dir, &r, &cmp, &case.skipped, a.exact)
 }
 
-fn report(dir: &Path, r: &Replay, cmp: &Comparison, exact: bool) -> i32 {
+fn report(
+    dir: &Path,
+    r: &Replay,
+    cmp: &Comparison,
+    skipped: &std::collections::BTreeMap<String, usize>,
+    exact: bool,
+) -> i32 {
     println!("replay {}", dir.display());
-    println!("calls: {} applied", r.applied);
+    let not_replayed: Vec<String> = skipped.iter().map(|(n, k)| format!("{n} x{k}")).collect();
+    if not_replayed.is_empty() {
+        println!("calls: {} applied", r.applied);
+    } else {
+        println!("calls: {} applied; not replayed: {}", r.applied, not_replayed.join(", "));
+    }
     println!(
         "results: {}/{} as the kernel's; errno: {}/{} failed calls failed with the kernel's errno",
         r.applied - r.disagreements.len(),

@@ -110,6 +110,8 @@ pub struct Case {
     pub start_source: String,
     /// The calls of `trace.strace`.
     pub calls: Vec<TraceCall>,
+    /// Calls of `trace.strace` not replayed, by name (strace.rs S3).
+    pub skipped: std::collections::BTreeMap<String, usize>,
     /// `end.maps`, parsed.
     pub end: Vec<Vma>,
 }
@@ -132,10 +134,10 @@ impl Case {
         // trace is even read.
         maps::parse(&start_text, &start_source).map_err(CaseError::Maps)?;
         let (trace, trace_source) = read("trace.strace")?;
-        let calls = strace::parse(&trace, &trace_source).map_err(CaseError::Trace)?;
+        let (calls, skipped) = strace::parse_counting(&trace, &trace_source).map_err(CaseError::Trace)?;
         let (end_text, end_source) = read("end.maps")?;
         let end = maps::parse(&end_text, &end_source).map_err(CaseError::Maps)?;
-        Ok(Case { start_text, start_source, calls, end })
+        Ok(Case { start_text, start_source, calls, skipped, end })
     }
 }
 
@@ -602,6 +604,7 @@ mod tests {
             start_text: start.to_string(),
             start_source: "start.maps".into(),
             calls: strace::parse(trace, "trace.strace").unwrap(),
+            skipped: Default::default(),
             end: vmas(end),
         }
     }

@@ -2,7 +2,7 @@
 //! kernel's results.
 //!
 //! # Owns
-//! [`parse`], [`TraceCall`], [`MmOp`], [`TraceError`].
+//! [`parse`], [`parse_counting`], [`TraceCall`], [`MmOp`], [`TraceError`].
 //!
 //! # Invariants
 //! - S1. Every memory call of the log becomes one [`TraceCall`], in the order
@@ -14,13 +14,15 @@
 //!   memory calls that are not replayed (`mlock`, `mbind`, `msync`…),
 //!   whatever their result. Anything else that cannot be parsed is an error
 //!   naming the source and the line.
+//! - S3. Skipped calls are counted by name ([`parse_counting`]), so a
+//!   replay can say what it did not apply (a misspelt name among them).
 //!
 //! # Linux
 //! strace's output format: `PID  name(args) = result`, failures as
 //! `= -1 ENOMEM (Cannot allocate memory)`, descriptors with `-y` as
 //! `3</path/to/file>`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
 use crate::uapi::{Errno, MREMAP_DONTUNMAP, MREMAP_FIXED, MREMAP_MAYMOVE, MapFlags, Prot, madv};
@@ -422,7 +424,17 @@ fn call_and_result(s: &str) -> Option<(&str, &str)> {
 
 /// Parses a whole log (S1, S2); `source` names it in errors.
 pub fn parse(text: &str, source: &str) -> Result<Vec<TraceCall>, TraceError> {
+    parse_counting(text, source).map(|(calls, _)| calls)
+}
+
+/// [`parse`], and how many calls of each name were skipped as not
+/// replayed (S3).
+pub fn parse_counting(
+    text: &str,
+    source: &str,
+) -> Result<(Vec<TraceCall>, BTreeMap<String, usize>), TraceError> {
     let mut out = Vec::new();
+    let mut skipped = BTreeMap::new();
     let mut pending: HashMap<u32, (String, String)> = HashMap::new();
     for (i, raw) in text.lines().enumerate() {
         let lineno = i + 1;
@@ -461,7 +473,12 @@ pub fn parse(text: &str, source: &str) -> Result<Vec<TraceCall>, TraceError> {
                 return Err(err(format!("not a system call: {rest:?}")));
             }
             if let Some(before) = rest.strip_suffix("<unfinished ...>") {
-                pending.insert(tid, (name.to_string(), before[open + 1..].trim_end().to_string()));
+                let args = before[open + 1..].trim_end().to_string();
+                // A second start on a thread whose first never resumed:
+                // the first never returned (counted, S3).
+                if let Some((lost, _)) = pending.insert(tid, (name.to_string(), args)) {
+                    *skipped.entry(format!("{lost} (never resumed)")).or_insert(0) += 1;
+                }
                 continue;
             }
             let (c, res) = call_and_result(rest).ok_or_else(|| err(format!("no result in {rest:?}")))?;
@@ -472,11 +489,17 @@ pub fn parse(text: &str, source: &str) -> Result<Vec<TraceCall>, TraceError> {
         }
         // S2: a call that is not replayed is skipped before its result is
         // read: it may fail with an errno no mm call returns (mbind's EIO).
-        let Some(op) = op(&name, &args).map_err(err)? else { continue };
+        let Some(op) = op(&name, &args).map_err(err)? else {
+            *skipped.entry(name).or_insert(0) += 1;
+            continue;
+        };
         let Some(result) = result(&res).map_err(err)? else { continue };
         out.push(TraceCall { line: lineno, tid, op, result });
     }
-    Ok(out)
+    for (name, _) in pending.into_values() {
+        *skipped.entry(format!("{name} (never resumed)")).or_insert(0) += 1;
+    }
+    Ok((out, skipped))
 }
 
 #[cfg(test)]
@@ -546,6 +569,18 @@ mod tests {
             }
             o => panic!("{o:?}"),
         }
+    }
+
+    /// S3: what is not replayed is counted by name, a misspelt call too.
+    #[test]
+    fn skipped_calls_are_counted() {
+        let log = "1 mlock(0x1000, 4096) = 0\n1 mbind(0x1000, 4096, MPOL_BIND, [0x1], 2, 0) = -1 EIO (x)\n\
+                   1 mlock(0x1000, 4096) = 0\n1 mmapp(NULL, 4096) = 0x1000\n1 munmap(0x1000, 4096) = 0\n\
+                   2 mmap(NULL, 4096, PROT_READ, MAP_PRIVATE|MAP_ANONYMOUS, -1, 0 <unfinished ...>\n";
+        let (calls, skipped) = parse_counting(log, "t").unwrap();
+        assert_eq!(calls.len(), 1);
+        let skipped: Vec<(&str, usize)> = skipped.iter().map(|(n, k)| (n.as_str(), *k)).collect();
+        assert_eq!(skipped, [("mbind", 1), ("mlock", 2), ("mmap (never resumed)", 1), ("mmapp", 1)]);
     }
 
     #[test]
