@@ -150,7 +150,15 @@ fn parse_line(line: &str) -> Result<Vma, String> {
     let perms = field()?;
     let offset = field()?;
     let dev = field()?;
-    let inode = field()?;
+    // Linux ends a line without a name with a space after the inode; an
+    // editor may have trimmed it.
+    let inode = match rest.split_once(' ') {
+        Some((f, r)) => {
+            rest = r;
+            f
+        }
+        None => std::mem::take(&mut rest),
+    };
     let name = rest.trim_start_matches(' ');
     let name = (!name.is_empty()).then_some(name);
 
@@ -284,6 +292,14 @@ mod tests {
         );
     }
 
+    /// A nameless line with its trailing space trimmed is the same line.
+    #[test]
+    fn a_trimmed_nameless_line_parses() {
+        let trimmed = parse_line("7f0000000000-7f0000001000 rw-p 00000000 00:00 0").unwrap();
+        assert_eq!(trimmed, parse_line("7f0000000000-7f0000001000 rw-p 00000000 00:00 0 ").unwrap());
+        assert_eq!((trimmed.start, trimmed.end, trimmed.name), (0x7f00_0000_0000, 0x7f00_0000_1000, None));
+    }
+
     #[test]
     fn malformed_lines_name_source_and_line() {
         let good = "00400000-00401000 r--p 00000000 fe:00 1                                  /bin/x\n";
@@ -296,6 +312,7 @@ mod tests {
             ("00400000-00401000 r--p 00000000 00:00 x ", "inode"),
             ("00400000-00401000 r--p", "too few fields"),
             ("garbage", "too few fields"),
+            ("00400000-00401000 r--p 00000000 00:00", "too few fields"),
             ("", "empty line"),
         ];
         for (line, what) in cases {
