@@ -822,7 +822,7 @@ impl AddressSpace {
         let heap: Vec<(u64, u64)> =
             vmas.iter().filter(|v| v.name.as_deref() == Some("[heap]")).map(|v| (v.start, v.end)).collect();
         if let (Some(first), Some(last)) = (heap.first(), heap.last()) {
-            // Every [heap] line satisfies `start <= brk && end >= start_brk`
+            // Every [heap] line satisfies `start < brk && end > start_brk`
             // (vma_is_initial_heap): the heap starts at the first one.
             mm.layout.start_brk.store(first.0, Ordering::Relaxed);
             mm.layout.brk.store(last.1, Ordering::Relaxed);
