@@ -43,6 +43,9 @@
 //!   Linux does with address randomisation off (rcuvm never randomises);
 //!   a hint is kept only if free and below 2 GiB; a full window is
 //!   `ENOMEM`. With `MAP_FIXED` it does nothing.
+//! - P9. VMAs at or above `TASK_SIZE` (a snapshot's `[vsyscall]`, the
+//!   gate area) are in the tree for maps to show, but no mm call finds
+//!   or changes them, as `vma_lookup` never returns the gate VMA.
 //!
 //! # Concurrency
 //! mmap write lock (taken by the `AddressSpace` methods).
@@ -253,10 +256,12 @@ impl MmCall<'_> {
     }
 
     /// VMAs overlapping `[start, end)`, in order (dead entries are not
-    /// VMAs: vma.rs V5).
+    /// VMAs: vma.rs V5). P9: nor is a snapshot's `[vsyscall]`, above
+    /// `TASK_SIZE`: Linux's gate area, which maps shows and no mm call
+    /// finds (`vma_lookup`).
     pub(crate) fn overlapping(&self, start: u64, end: u64) -> crate::protocol::Entries<Vma> {
         let mut v = self.entries_in(start, end);
-        v.retain(|v| !v.is_dead());
+        v.retain(|v| !v.is_dead() && v.start < self.cfg.task_size);
         v
     }
 
@@ -266,8 +271,12 @@ impl MmCall<'_> {
         self.entries_in(start, end).is_empty()
     }
 
+    /// The VMA holding `addr` (not a dead entry, not the gate area: P9).
     pub(crate) fn vma_at(&self, addr: u64) -> Option<Arc<Vma>> {
-        self.w.load(addr).filter(|e| !e.value.is_dead()).map(|e| e.to_arc())
+        self.w
+            .load(addr)
+            .filter(|e| !e.value.is_dead() && e.value.start < self.cfg.task_size)
+            .map(|e| e.to_arc())
     }
 
     /// `do_mmap`.

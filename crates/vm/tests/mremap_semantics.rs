@@ -170,3 +170,28 @@ fn dontunmap_of_a_whole_vma_drops_its_anon_vma() {
     assert_eq!(mm.mremap(A, P, P, MREMAP_MAYMOVE | MREMAP_DONTUNMAP, hint), Ok(hint));
     assert!(mm.query(A).is_some());
 }
+
+/// A source range that wraps past 2^64 or runs past TASK_SIZE: the host
+/// kernel's answers (a C program, Linux 6.18), and no overflow (these
+/// tests build with overflow checks).
+#[test]
+fn a_source_that_wraps_is_efault() {
+    let mm = AddressSpace::new();
+    let top = 0xffff_ffff_ffff_f000;
+    assert_eq!(mm.mremap(top, 8192, 4096, 0, 0), Err(Errno::Efault));
+    assert_eq!(mm.mremap(top, 8192, 16384, MREMAP_MAYMOVE, 0), Err(Errno::Efault));
+    assert_eq!(mm.mremap(top, u64::MAX, 4096, MREMAP_MAYMOVE, 0), Err(Errno::Efault));
+    let fixed = MREMAP_MAYMOVE | MREMAP_FIXED;
+    assert_eq!(mm.mremap(top, 8192, 8192, fixed, 0x1000_0000), Err(Errno::Efault));
+    assert_eq!(mm.mremap(top, 8192, 4096, fixed, 0x1000_0000), Err(Errno::Efault));
+    // With a VMA there: a shrink's tail past TASK_SIZE is EINVAL (its
+    // munmap), a growth past the VMA EFAULT.
+    let a = 0x7f00_0000_0000;
+    mm.mmap(a, 2 * P, Prot::READ, MapFlags::PRIVATE | MapFlags::ANONYMOUS | MapFlags::FIXED, None, 0)
+        .unwrap();
+    assert_eq!(mm.mremap(a, 0x8000_0000_0000, P, 0, 0), Err(Errno::Einval));
+    assert_eq!(mm.mremap(a, 0x1000_0000_0000, P, 0, 0), Err(Errno::Einval));
+    assert_eq!(mm.mremap(a, 0xffff_ffff_ffff_f000, P, 0, 0), Err(Errno::Einval));
+    assert_eq!(mm.mremap(a, 0x1000_0000_0000, 0x2000_0000_0000, MREMAP_MAYMOVE, 0), Err(Errno::Efault));
+    assert_eq!(mm.map_count(), 1);
+}

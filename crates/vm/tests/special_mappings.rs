@@ -33,3 +33,27 @@ fn mlock_leaves_special_mappings_alone() {
     assert!(after[0].flags.contains(VmFlags::PFNMAP | VmFlags::IO | VmFlags::DONTEXPAND | VmFlags::DONTDUMP));
     assert!(after[2].flags.contains(VmFlags::DONTEXPAND));
 }
+
+/// `[vsyscall]` is the gate area: maps shows it, but no mm call finds it
+/// (`vma_lookup` never returns it). The errnos are the host kernel's for
+/// the same calls on its own `[vsyscall]` page (a C program, Linux 6.18).
+#[test]
+fn no_mm_call_touches_the_vsyscall_page() {
+    use rcuvm::uapi::{MREMAP_FIXED, madv};
+    use rcuvm::{MapFlags, Prot};
+    let snap = "ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsyscall]\n";
+    let mm = AddressSpace::from_maps(snap, "snapshot").unwrap();
+    let (v, p) = (0xffff_ffff_ff60_0000, 4096);
+    let before = mm.maps();
+    assert_eq!(mm.mprotect(v, p, Prot::READ), Err(Errno::Enomem));
+    assert_eq!(mm.madvise(v, p, madv::DONTFORK), Err(Errno::Enomem));
+    assert_eq!(mm.madvise(v, p, madv::NORMAL), Err(Errno::Enomem));
+    assert_eq!(mm.mlock(v, p), Err(Errno::Enomem));
+    assert_eq!(mm.munlock(v, p), Err(Errno::Enomem));
+    assert_eq!(mm.munmap(v, p), Err(Errno::Einval));
+    assert_eq!(mm.mremap(v, p, 2 * p, MREMAP_MAYMOVE, 0), Err(Errno::Efault));
+    assert_eq!(mm.mremap(v, p, p, MREMAP_MAYMOVE | MREMAP_FIXED, 0x1000_0000), Err(Errno::Efault));
+    let fixed = MapFlags::PRIVATE | MapFlags::ANONYMOUS | MapFlags::FIXED;
+    assert_eq!(mm.mmap(v, p, Prot::READ | Prot::WRITE, fixed, None, 0), Err(Errno::Enomem));
+    assert_eq!(mm.maps(), before);
+}
