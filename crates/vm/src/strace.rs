@@ -553,10 +553,13 @@ mod tests {
 1 madvise(0x1000, 4096, MADV_GUARD_INSTALL) = 0
 1 munmap(0x1000, 4096) = ? ERESTARTSYS (To be restarted if SA_RESTART is set)
 1 mmap(NULL, 4096, PROT_READ, MAP_PRIVATE, 3</tmp/a)b, caf\303\251 \"q\" \\ \76>, 0) = 0x7f0000001000
+1 mmap(NULL, 4096, PROT_READ, MAP_SHARED, 4</dev/mem>, 0) = -1 ENXIO (No such device or address)
 "#;
         let calls = parse(log, "t.strace").unwrap();
         let ops: Vec<&MmOp> = calls.iter().map(|c| &c.op).collect();
-        assert_eq!(calls.len(), 7, "{ops:?}");
+        assert_eq!(calls.len(), 8, "{ops:?}");
+        // An errno rcuvm never returns is the kernel's answer all the same.
+        assert_eq!(calls[7].result, Err(Errno::Enxio));
         assert_eq!(*ops[0], MmOp::Mprotect { addr: 0x1000, len: 4096, prot: Prot::from_bits_retain(0x11) });
         assert_eq!(*ops[1], MmOp::Madvise { addr: 0x1000, len: 4096, advice: 0x66 });
         assert!(matches!(ops[2], MmOp::Mremap { flags: 0x100, .. }));

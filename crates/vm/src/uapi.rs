@@ -110,6 +110,31 @@ pub enum Errno {
     /// `ENOSYS` (38): never from Linux for these calls; rcuvm's answer to an
     /// advice Linux accepts but rcuvm does not model yet.
     Enosys,
+    // What the kernel may answer and rcuvm never does (a device's mmap,
+    // a signal, a file system): read from traces and the host backend, so
+    // that they compare as disagreements rather than fail to parse.
+    /// `EINTR` (4): from the kernel only.
+    Eintr,
+    /// `EIO` (5): from the kernel only.
+    Eio,
+    /// `ENXIO` (6): from the kernel only.
+    Enxio,
+    /// `EBUSY` (16): from the kernel only.
+    Ebusy,
+    /// `ENFILE` (23): from the kernel only.
+    Enfile,
+    /// `EMFILE` (24): from the kernel only.
+    Emfile,
+    /// `ETXTBSY` (26): from the kernel only.
+    Etxtbsy,
+    /// `EFBIG` (27): from the kernel only.
+    Efbig,
+    /// `ENOSPC` (28): from the kernel only.
+    Enospc,
+    /// `EROFS` (30): from the kernel only.
+    Erofs,
+    /// `EHWPOISON` (133): from the kernel only.
+    Ehwpoison,
 }
 
 impl Errno {
@@ -128,11 +153,22 @@ impl Errno {
             Errno::Eoverflow => 75,
             Errno::Eopnotsupp => 95,
             Errno::Enosys => 38,
+            Errno::Eintr => 4,
+            Errno::Eio => 5,
+            Errno::Enxio => 6,
+            Errno::Ebusy => 16,
+            Errno::Enfile => 23,
+            Errno::Emfile => 24,
+            Errno::Etxtbsy => 26,
+            Errno::Efbig => 27,
+            Errno::Enospc => 28,
+            Errno::Erofs => 30,
+            Errno::Ehwpoison => 133,
         }
     }
 
-    /// Every value rcuvm returns.
-    pub const ALL: [Errno; 12] = [
+    /// Every value rcuvm returns, then those only the kernel does.
+    pub const ALL: [Errno; 23] = [
         Errno::Eperm,
         Errno::Ebadf,
         Errno::Eagain,
@@ -145,6 +181,17 @@ impl Errno {
         Errno::Eoverflow,
         Errno::Eopnotsupp,
         Errno::Enosys,
+        Errno::Eintr,
+        Errno::Eio,
+        Errno::Enxio,
+        Errno::Ebusy,
+        Errno::Enfile,
+        Errno::Emfile,
+        Errno::Etxtbsy,
+        Errno::Efbig,
+        Errno::Enospc,
+        Errno::Erofs,
+        Errno::Ehwpoison,
     ];
 
     /// The value for a number, if it is one rcuvm returns.
@@ -172,6 +219,17 @@ impl Errno {
             Errno::Eoverflow => "EOVERFLOW",
             Errno::Eopnotsupp => "EOPNOTSUPP",
             Errno::Enosys => "ENOSYS",
+            Errno::Eintr => "EINTR",
+            Errno::Eio => "EIO",
+            Errno::Enxio => "ENXIO",
+            Errno::Ebusy => "EBUSY",
+            Errno::Enfile => "ENFILE",
+            Errno::Emfile => "EMFILE",
+            Errno::Etxtbsy => "ETXTBSY",
+            Errno::Efbig => "EFBIG",
+            Errno::Enospc => "ENOSPC",
+            Errno::Erofs => "EROFS",
+            Errno::Ehwpoison => "EHWPOISON",
         }
     }
 }
