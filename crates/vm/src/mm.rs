@@ -451,12 +451,16 @@ impl MmBuilder {
 
 /// `start_brk`, `brk` and `start_stack`: written under the mmap lock, read
 /// by maps readers without it (as Linux's `show_map_vma` reads `mm->brk`),
-/// to name `[heap]` and `[stack]`. Zero: none.
+/// to name `[heap]` and `[stack]`. Zero: none. And the gate area's VMAs.
 #[derive(Debug, Default)]
 pub(crate) struct Layout {
     pub(crate) start_brk: AtomicU64,
     pub(crate) brk: AtomicU64,
     pub(crate) start_stack: AtomicU64,
+    /// VMAs at or above `TASK_SIZE` (a snapshot's `[vsyscall]`, mmap.rs
+    /// P9): in the tree for maps, not in `map_count`, as Linux's gate VMA
+    /// is not. Set once, when a snapshot is loaded.
+    pub(crate) gate_vmas: AtomicUsize,
 }
 
 impl Layout {
@@ -817,6 +821,8 @@ impl AddressSpace {
     /// Loads the VMAs of a parsed snapshot into this (empty) address space.
     fn fill_from_maps(&self, mut vmas: Vec<Vma>) {
         let mm = &*self.mm;
+        let gate = vmas.iter().filter(|v| v.start >= mm.cfg.task_size).count();
+        mm.layout.gate_vmas.store(gate, Ordering::Relaxed);
         // `[heap]` and `[stack]` are derived from brk and start_stack, not
         // stored (mm.rs Layout): recover those and drop the names.
         let heap: Vec<(u64, u64)> =
@@ -850,9 +856,12 @@ impl AddressSpace {
         &self.mm.domain
     }
 
-    /// Number of VMAs (`map_count`; dead entries are not VMAs).
+    /// Number of VMAs (`map_count`; dead entries and the gate area are not
+    /// counted: mmap.rs P9).
     pub fn map_count(&self) -> usize {
-        self.mm.vmas.len() - self.mm.hw.dead.load(Ordering::Relaxed)
+        self.mm.vmas.len()
+            - self.mm.hw.dead.load(Ordering::Relaxed)
+            - self.mm.layout.gate_vmas.load(Ordering::Relaxed)
     }
 
     /// Dead entries counted in the tree (`rcu-dead`, strategy.rs S4).

@@ -246,7 +246,8 @@ impl MmCall<'_> {
 
     /// `map_count`: entries of the tree that are VMAs (not dead entries).
     pub(crate) fn map_count(&self) -> usize {
-        self.w.tree_len() - self.dead.len()
+        // P9: the gate area is in the tree, not in map_count.
+        self.w.tree_len() - self.dead.len() - self.layout.gate_vmas.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Entries (VMAs and dead entries) overlapping `[start, end)`, in order.
