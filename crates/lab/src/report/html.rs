@@ -16,7 +16,7 @@ fn esc(s: &str) -> String {
 const STYLE: &str = "body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}\
 table{border-collapse:collapse;margin:.5em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}\
 td:first-child,th:first-child{text-align:left}.met{background:#dfd}.missed{background:#fdd;font-weight:bold}\
-img{width:49%;border:1px solid #eee;margin:.3em 0}.note{color:#555;font-size:13px}code{background:#f4f4f4}";
+img{width:49%;border:1px solid #eee;margin:.3em 0}.wide{overflow-x:auto}.note{color:#555;font-size:13px}code{background:#f4f4f4}";
 
 /// The page.
 pub fn render(run: &Run, plots: &[(&'static str, Vec<Plot>)]) -> String {
@@ -55,11 +55,13 @@ pub fn render(run: &Run, plots: &[(&'static str, Vec<Plot>)]) -> String {
             esc(&verdict(mt).unwrap_or_default())
         );
     }
-    let (n, ms) = rcu_sync_cost(run);
-    let _ = write!(
-        h,
-        "</table><p>rcu-sync's munmap waited for {n} grace periods, {ms:.1} ms in all (shown; no target).</p>"
-    );
+    h.push_str("</table>");
+    if let Some((n, ms)) = rcu_sync_cost(run) {
+        let _ = write!(
+            h,
+            "<p>rcu-sync's munmap waited for {n} grace periods, {ms:.1} ms in all (shown; no target).</p>"
+        );
+    }
     for (w, ps) in plots {
         let about = workload::find(w).map_or("", |w| w.about);
         let _ = write!(h, "<h2 id=\"{w}\">{w}</h2><p>{}</p>", esc(about));
@@ -84,7 +86,9 @@ fn table(h: &mut String, run: &Run, w: &str) {
         return;
     };
     let keys = super::keys(&cells);
-    h.push_str("<table><tr><th>backend</th>");
+    // A workload's table has a column per figure and cost: wider than the
+    // page, so it scrolls within its own box.
+    h.push_str("<div class=\"wide\"><table><tr><th>backend</th>");
     for m in &keys {
         let _ = write!(h, "<th title=\"{}\">{} ({})</th>", esc(m.label), esc(m.label), esc(m.unit));
     }
@@ -127,7 +131,7 @@ fn table(h: &mut String, run: &Run, w: &str) {
         }
         h.push_str("</tr>");
     }
-    h.push_str("</table>");
+    h.push_str("</table></div>");
     for n in notes {
         let _ = write!(h, "<p class=\"note\">{}</p>", esc(&n));
     }

@@ -99,13 +99,13 @@ pub fn targets(run: &Run) -> Vec<(&str, &str, &Metric)> {
     out
 }
 
-/// What `rcu-sync`'s munmap cost over the run: grace periods waited, ms.
-pub fn rcu_sync_cost(run: &Run) -> (u64, f64) {
-    run.cells
-        .iter()
-        .filter(|c| c.backend == "rcu-sync")
-        .filter_map(|c| c.outcome.as_ref())
-        .fold((0, 0.0), |(n, ms), o| {
-            (n + o.costs.munmap_waits.unwrap_or(0), ms + o.costs.munmap_wait_ms.unwrap_or(0.0))
-        })
+/// What `rcu-sync`'s munmap cost over the run: grace periods waited, ms;
+/// `None` when no `rcu-sync` cell was measured (nothing to show).
+pub fn rcu_sync_cost(run: &Run) -> Option<(u64, f64)> {
+    let mut cells =
+        run.cells.iter().filter(|c| c.backend == "rcu-sync").filter_map(|c| c.outcome.as_ref()).peekable();
+    cells.peek()?;
+    Some(cells.fold((0, 0.0), |(n, ms), o| {
+        (n + o.costs.munmap_waits.unwrap_or(0), ms + o.costs.munmap_wait_ms.unwrap_or(0.0))
+    }))
 }

@@ -79,9 +79,12 @@ pub fn render(run: &Run) -> String {
             verdict(m).unwrap_or_default()
         );
     }
-    let (n, ms) = rcu_sync_cost(run);
-    let _ =
-        writeln!(out, "  rcu-sync munmap waited for {n} grace periods, {ms:.1} ms in all (shown, no target)");
+    if let Some((n, ms)) = rcu_sync_cost(run) {
+        let _ = writeln!(
+            out,
+            "  rcu-sync munmap waited for {n} grace periods, {ms:.1} ms in all (shown, no target)"
+        );
+    }
     let _ = writeln!(
         out,
         "wall time: {:.0} s; load average at start {}, at end {}",
