@@ -160,6 +160,10 @@ impl Cpu {
     ///
     /// # Errors
     /// The signal Linux would send (C3).
+    ///
+    /// # Panics
+    /// If `op` makes an mm call (`mmap`, `munmap`…) on this address space:
+    /// the call would wait for this access to end (mm.rs A11).
     pub fn access(
         &mut self,
         va: u64,

@@ -468,7 +468,7 @@ impl PhysMem {
 
     /// Frees frames that nothing can reach any more (F2). Page-cache frames
     /// and the zero page in `pfns` are skipped (F4).
-    pub fn free(&self, pfns: impl IntoIterator<Item = Pfn>) {
+    pub(crate) fn free(&self, pfns: impl IntoIterator<Item = Pfn>) {
         let mut n = 0;
         let mut batch = Vec::new();
         for pfn in pfns {

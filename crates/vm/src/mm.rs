@@ -130,6 +130,11 @@
 //!   by grace-period state (strategy.rs `DeadEntry`) a munmap queues no
 //!   callback of its own. Measured in `proc-vs-map` (rcu-dead, alternated
 //!   with the build before): docs/benchmarks.md.
+//! - A11. No mm call is made from inside a `Cpu::access` of the same
+//!   address space: it panics before taking anything. Why: its shootdown
+//!   would wait for that access, or (found by a review) it would wait for
+//!   the mmap lock held by another thread's call that waits for the
+//!   access: a silent deadlock in every strategy.
 //!
 //! # Concurrency
 //! `maps`, `smaps`, `query`, `vmas`: RCU read side, lock-free (under the
@@ -401,8 +406,27 @@ impl MmBuilder {
         self.inject = i;
         self
     }
+    /// The address space, or why its tunables cannot be kept
+    /// ([`MmConfig::check`]).
+    pub fn try_build(self) -> Result<AddressSpace, String> {
+        self.cfg.check()?;
+        Ok(self.build_checked())
+    }
+
     /// The address space.
+    ///
+    /// # Panics
+    /// If the tunables fail [`MmConfig::check`] (a `task_size` past what
+    /// the page tables map made distinct addresses share pages): use
+    /// [`Self::try_build`] to get the reason as an error instead.
     pub fn build(self) -> AddressSpace {
+        if let Err(e) = self.cfg.check() {
+            panic!("rcuvm: MmBuilder::build: {e}");
+        }
+        self.build_checked()
+    }
+
+    fn build_checked(self) -> AddressSpace {
         #[cfg(not(feature = "record"))]
         let _ = self.recorder;
         let domain = Arc::new(Domain::with_config(self.rcu));
@@ -500,6 +524,10 @@ impl AddressSpace {
     }
 
     /// An empty address space with the given tunables.
+    ///
+    /// # Panics
+    /// If `cfg` fails [`MmConfig::check`]; [`MmBuilder::try_build`] returns
+    /// the reason instead.
     pub fn with_config(cfg: MmConfig) -> Self {
         MmBuilder::default().config(cfg).build()
     }
@@ -644,6 +672,16 @@ impl AddressSpace {
     /// The mm call `f`; `done` runs on its result under the mmap lock, told
     /// when the lock was taken (0 without the `record` feature).
     fn call_then<R>(&self, f: impl FnOnce(&mut MmCall<'_>) -> R, done: impl FnOnce(&R, u64)) -> R {
+        // A11: a call from inside a `Cpu::access` of this address space (a
+        // read-side section of its TLB domain) would wait in its shootdown
+        // for that very access, or take the mmap lock that another
+        // thread's call holds while it waits for the access: a deadlock in
+        // every strategy. Refused before anything is taken or changed.
+        assert!(
+            !self.mm.hw.tlb.domain().in_read_section(),
+            "rcuvm: an mm call (mmap, munmap, mprotect...) was made inside a Cpu::access of the same address \
+             space; it would wait for that access to end. Make it after the access returns."
+        );
         let r = self.mm.locked_call(f, done);
         // A8: the lock is released; run some of the callbacks this address
         // space's calls queued whose grace period has passed.

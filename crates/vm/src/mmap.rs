@@ -119,6 +119,38 @@ pub struct MmConfig {
     pub stack_guard_gap: u64,
 }
 
+impl MmConfig {
+    /// The highest `task_size`: what the four levels of page tables map
+    /// (48 bits). Above it two addresses would share a page.
+    pub const TASK_SIZE_LIMIT: u64 = 1 << 48;
+
+    /// Whether these tunables describe an address space rcuvm can keep:
+    /// page-aligned bounds, `mmap_min_addr < mmap_base <= task_size <=`
+    /// [`Self::TASK_SIZE_LIMIT`]. The message names the first that fails.
+    pub fn check(&self) -> Result<(), String> {
+        let aligned = |name: &str, v: u64| {
+            if v % PAGE_SIZE == 0 { Ok(()) } else { Err(format!("{name} {v:#x} is not page-aligned")) }
+        };
+        aligned("task_size", self.task_size)?;
+        aligned("mmap_base", self.mmap_base)?;
+        aligned("mmap_min_addr", self.mmap_min_addr)?;
+        aligned("stack_guard_gap", self.stack_guard_gap)?;
+        if self.task_size == 0 || self.task_size > Self::TASK_SIZE_LIMIT {
+            return Err(format!(
+                "task_size {:#x} is not in (0, 2^48]: page tables map 48 bits",
+                self.task_size
+            ));
+        }
+        if self.mmap_base > self.task_size || self.mmap_base <= self.mmap_min_addr {
+            return Err(format!(
+                "mmap_base {:#x} is not in (mmap_min_addr {:#x}, task_size {:#x}]",
+                self.mmap_base, self.mmap_min_addr, self.task_size
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for MmConfig {
     fn default() -> Self {
         let task_size = 0x7fff_ffff_f000;

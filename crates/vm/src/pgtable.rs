@@ -135,7 +135,7 @@ pub struct Table {
 impl Table {
     /// Adds CPU bits to leaf entry `i` (PT6: they stay until a swap takes
     /// them); the caller holds this table's lock.
-    pub fn keep_cpus(&self, _ptl: &parking_lot::MutexGuard<'_, ()>, i: usize, cpus: u64) {
+    pub(crate) fn keep_cpus(&self, _ptl: &parking_lot::MutexGuard<'_, ()>, i: usize, cpus: u64) {
         self.entries[i].fetch_or(cpus & Pte::CPU_MASK, Ordering::AcqRel);
     }
 
@@ -156,13 +156,13 @@ impl Table {
     }
 
     /// Takes this table's lock (the PTL for a leaf table).
-    pub fn lock(&self) -> parking_lot::MutexGuard<'_, ()> {
+    pub(crate) fn lock(&self) -> parking_lot::MutexGuard<'_, ()> {
         self.lock.lock()
     }
 
     /// Sets leaf entry `i` and returns what it held, with the CPU bits
     /// set until that instant (PT3); the caller holds this table's lock.
-    pub fn set(&self, _ptl: &parking_lot::MutexGuard<'_, ()>, i: usize, pte: Pte) -> Pte {
+    pub(crate) fn set(&self, _ptl: &parking_lot::MutexGuard<'_, ()>, i: usize, pte: Pte) -> Pte {
         // ORDERING: AcqRel: Release publishes the frame's contents
         // (zero-filled or copied) to walkers that Acquire the entry; the
         // swap orders against the walkers' bit-setting CAS (PT3).
@@ -355,7 +355,7 @@ impl PageTable {
     /// for `va`, with `cpu` set in it (PT3) when it is present. The caller
     /// may cache what this returns until a shootdown that names `cpu`.
     #[inline]
-    pub fn walk_for(&self, va: u64, cpu: u64) -> Pte {
+    pub(crate) fn walk_for(&self, va: u64, cpu: u64) -> Pte {
         let Some(t) = self.leaf_table(va) else { return Pte(0) };
         let slot = &t.entries[index(va, 1)];
         // ORDERING: Acquire pairs with the installer's Release (the frame's
@@ -374,7 +374,7 @@ impl PageTable {
 
     /// The leaf table for `va`, allocating missing levels when `alloc`
     /// (each hooked under its parent's lock, PT2/PT4).
-    pub fn pte_table(&self, va: u64, alloc: bool) -> Option<&Table> {
+    pub(crate) fn pte_table(&self, va: u64, alloc: bool) -> Option<&Table> {
         let mut t: &Table = &self.root;
         for level in (2..=4).rev() {
             let i = index(va, level);

@@ -370,3 +370,29 @@ fn a_cached_vma_is_never_used_after_the_mapping_changed() {
         assert_eq!(cpu.read(c + 6 * P), Ok(6), "{s}: the page moved with the mapping");
     }
 }
+
+/// mm.rs A11: an mm call inside an access of the same address space is a
+/// clear panic, made before it takes anything: the address space works
+/// on (it deadlocked, or left readers spinning, before).
+#[test]
+fn an_mm_call_inside_an_access_panics_and_changes_nothing() {
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+    let mm = Arc::new(AddressSpace::with_strategy(Strategy::RcuDead));
+    let rw = Prot::READ | Prot::WRITE;
+    let fixed = MapFlags::PRIVATE | MapFlags::ANONYMOUS | MapFlags::FIXED;
+    let a = mm.mmap(0x1000_0000, 4 * 4096, rw, fixed, None, 0).unwrap();
+    let mut cpu = mm.cpu();
+    cpu.write(a, 7).unwrap();
+    let before = mm.maps();
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        let _ = cpu.access(a, false, |_| {
+            let _ = mm.mmap(a, 4096, rw, fixed, None, 0);
+        });
+    }));
+    let msg = r.unwrap_err();
+    let msg = msg.downcast_ref::<String>().map(String::as_str).or(msg.downcast_ref::<&str>().copied());
+    assert!(msg.is_some_and(|m| m.contains("inside a Cpu::access")), "{msg:?}");
+    assert_eq!(mm.maps(), before);
+    assert_eq!(mm.munmap(a, 4096), Ok(()));
+    assert_eq!(mm.query(a), None);
+}

@@ -438,3 +438,25 @@ fn map_32bit_places_bottom_up_below_2_gib() {
     // The window is 1 GiB: a larger mapping does not fit.
     assert_eq!(mm.mmap(0, 1 << 30, rw(), low, None, 0), Err(Errno::Enomem));
 }
+
+/// Tunables the page tables cannot keep are refused when the address
+/// space is built (a task_size past 2^48 made two addresses share a page).
+#[test]
+fn unkeepable_tunables_are_refused_at_build() {
+    let build = |f: &dyn Fn(&mut MmConfig)| {
+        let mut c = MmConfig::default();
+        f(&mut c);
+        AddressSpace::builder().config(c).try_build().map(|_| ())
+    };
+    assert_eq!(build(&|_| {}), Ok(()));
+    assert_eq!(build(&|c| c.task_size = 1 << 48), Ok(()));
+    for (bad, what) in [
+        (&(|c: &mut MmConfig| c.task_size = 1 << 56) as &dyn Fn(&mut MmConfig), "task_size"),
+        (&|c: &mut MmConfig| c.task_size = 0x7fff_ffff_f001, "page-aligned"),
+        (&|c: &mut MmConfig| c.mmap_base = 0, "mmap_base"),
+        (&|c: &mut MmConfig| c.mmap_base = 1 << 50, "mmap_base"),
+    ] {
+        let e = build(bad).unwrap_err();
+        assert!(e.contains(what), "{e}");
+    }
+}
