@@ -36,6 +36,15 @@
 //!   fault whose guard began after that grace period sees the mark. Why:
 //!   under mapping churn elsewhere in the mm, every tree store replaces
 //!   the root's node, and two walks per fault each missed on it.
+//! - FL7. Under `rcu-sync` and `rcu-dead`, a fault that finds its VMA
+//!   detached (a writer is changing it, V6) waits for that writer on the
+//!   mmap read lock, as `vma-lock`'s fallback does, and one that finds it
+//!   attached re-checks "still attached" under the PTL besides "still the
+//!   tree's" (S4). Why: an `mremap` move takes the source's PTEs and only
+//!   then unmaps the source VMA; a fault in between saw the source still
+//!   in the tree, installed a PTE the move had passed, and the unmap threw
+//!   its write away (an access that returned Ok lost its store: found by a
+//!   review, 5% of a counter's increments across a moving mremap).
 //! - FL5. (With the `record` feature, for the checker.) The leaf table a
 //!   fault starts with is not freed before the fault ends; if it is, a use
 //!   after free is counted (cpu.rs C5).
@@ -174,17 +183,25 @@ pub(crate) fn handle_mm_fault(
             if e.value.is_dead() {
                 return Err(AccessError::MapErr);
             }
-            if attached(e.value) {
-                *vmacache = Some(e.to_arc());
+            if !attached(e.value) {
+                // FL7: a writer is changing this VMA; wait for it on the
+                // mmap lock, as vma-lock's fallback does.
+                drop(g);
+                stats.fallbacks += 1;
+                return count(fault_mmap_locked(mm, va, write, cache), stats);
             }
+            *vmacache = Some(e.to_arc());
             do_fault(
                 mm,
                 e.value,
                 va,
                 write,
                 cache,
-                // protocol.rs PR1, the re-check the loom model runs too.
-                Some(&|| crate::protocol::vma_still_mapped(mm.vmas_tree(), va, e.value, &g)),
+                // protocol.rs PR1, the re-check the loom model runs too,
+                // and FL7's: still attached.
+                Some(&|| {
+                    attached(e.value) && crate::protocol::vma_still_mapped(mm.vmas_tree(), va, e.value, &g)
+                }),
             )
         }
         Strategy::RcuRefcount => {

@@ -41,10 +41,10 @@
 //! - R9. A move carries the pages: the PTEs move to the destination
 //!   (`move_page_tables`, the source shot down) before the new VMA is
 //!   published, after any dead entry at the destination was reaped (its
-//!   tables are freed by the reaping). Under `vma-lock` the source VMA is write-locked first.
-//!   Under the `rcu-*` strategies a fault that raced into the source
-//!   between the move and the source's unmap loses its page (the access
-//!   overlapped the mremap; the write is not carried over).
+//!   tables are freed by the reaping). The source VMA is write-locked
+//!   (marked detached) first, so a fault into the source from then on
+//!   waits for the mremap (fault.rs FL7) rather than filling a page the
+//!   unmap would drop.
 //!
 //! # Linux
 //! `SYSCALL_DEFINE5(mremap)`, `check_mremap_params()`, `remap_move()`,
