@@ -426,6 +426,22 @@ impl MmBuilder {
         self.build_checked()
     }
 
+    /// The address space, holding the VMAs of a `/proc/pid/maps` snapshot
+    /// (as [`AddressSpace::from_maps`], with this builder's strategy,
+    /// physical memory and tunables); `source` names it in errors.
+    ///
+    /// # Errors
+    /// The first malformed line, with its number (maps.rs M2).
+    ///
+    /// # Panics
+    /// As [`Self::build`].
+    pub fn build_from_maps(self, text: &str, source: &str) -> Result<AddressSpace, MapsError> {
+        let vmas = maps::parse(text, source)?;
+        let mm = self.build();
+        mm.fill_from_maps(vmas);
+        Ok(mm)
+    }
+
     fn build_checked(self) -> AddressSpace {
         #[cfg(not(feature = "record"))]
         let _ = self.recorder;
@@ -850,10 +866,7 @@ impl AddressSpace {
     /// # Errors
     /// The first malformed line, with its number (maps.rs M2).
     pub fn from_maps(text: &str, source: &str) -> Result<Self, MapsError> {
-        let vmas = maps::parse(text, source)?;
-        let mm = AddressSpace::new();
-        mm.fill_from_maps(vmas);
-        Ok(mm)
+        MmBuilder::default().build_from_maps(text, source)
     }
 
     /// Loads the VMAs of a parsed snapshot into this (empty) address space.

@@ -82,7 +82,7 @@ const MAP_TYPE: u32 = 0x0f;
 const MAP_HUGE_SHIFT: u32 = 26;
 
 /// `MAP_DROPPABLE`, a map type of its own (Linux 6.11+).
-const MAP_DROPPABLE: u32 = 0x08;
+const MAP_DROPPABLE: u32 = MapFlags::DROPPABLE.bits();
 
 /// `LEGACY_MAP_MASK`: the flags every kernel accepted; `MAP_SHARED_VALIDATE`
 /// refuses the others on a file (`EOPNOTSUPP`). Includes `MAP_32BIT`

@@ -200,8 +200,17 @@ impl Shootdown {
     pub(crate) fn release_cpu(&self, bit: u64) {
         let id = self.domain.id();
         LOCAL_CPUS.with(|l| {
-            if let Some((_, bits)) = l.borrow_mut().iter_mut().find(|(d, _)| *d == id) {
-                *bits &= !bit;
+            let mut l = l.borrow_mut();
+            if let Some(i) = l.iter().position(|(d, _)| *d == id) {
+                l[i].1 &= !bit;
+                // An address space this thread no longer has CPUs in
+                // leaves the list: a thread that makes and drops many
+                // would otherwise scan every one it ever had on each claim
+                // and flush (found by a review: 2.3 s, then 3.4 s, per
+                // 3,000 address spaces made on one thread).
+                if l[i].1 == 0 {
+                    l.swap_remove(i);
+                }
             }
         });
         if bit != Pte::CPU_OTHER {
@@ -493,5 +502,18 @@ mod tests {
         tlb.sync(&sd);
         assert_eq!(tlb.lookup(0x9000), None);
         assert_eq!(tlb.full_flushes, 2);
+    }
+
+    /// A thread that made CPUs in many address spaces and dropped them
+    /// keeps no entry for them (`release_cpu`).
+    #[test]
+    fn a_thread_keeps_no_entry_for_address_spaces_it_left() {
+        let kept = std::sync::Arc::new(crate::AddressSpace::new());
+        let _cpu = kept.cpu();
+        for _ in 0..50 {
+            let mm = std::sync::Arc::new(crate::AddressSpace::new());
+            drop(mm.cpu());
+        }
+        LOCAL_CPUS.with(|l| assert_eq!(l.borrow().len(), 1, "only the address space still in use"));
     }
 }

@@ -32,6 +32,9 @@ bitflags::bitflags! {
         const PRIVATE = 0x02;
         /// `MAP_SHARED_VALIDATE` (both type bits)
         const SHARED_VALIDATE = 0x03;
+        /// `MAP_DROPPABLE` (a map type of its own, Linux 6.11+): private
+        /// anonymous memory the kernel may drop
+        const DROPPABLE = 0x08;
         /// `MAP_FIXED`
         const FIXED = 0x10;
         /// `MAP_ANONYMOUS`

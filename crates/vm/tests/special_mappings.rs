@@ -60,3 +60,13 @@ fn no_mm_call_touches_the_vsyscall_page() {
     assert_eq!(mm.mmap(v, p, Prot::READ | Prot::WRITE, fixed, None, 0), Err(Errno::Enomem));
     assert_eq!(mm.maps(), before);
 }
+
+/// A snapshot loads into an address space of any strategy (the builder's).
+#[test]
+fn a_snapshot_loads_with_the_builders_strategy() {
+    for s in rcuvm::Strategy::ALL {
+        let mm = AddressSpace::builder().strategy(s).build_from_maps(SNAPSHOT, "snapshot").unwrap();
+        assert_eq!(mm.strategy(), s);
+        assert_eq!(mm.maps(), SNAPSHOT);
+    }
+}
