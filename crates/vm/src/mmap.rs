@@ -27,8 +27,8 @@
 //!   file is on hugetlbfs).
 //! - P6. Private anonymous memory whose length is a multiple of 2 MiB,
 //!   mapped with no hint, is placed on a 2 MiB boundary
-//!   (`thp_get_unmapped_area_vmflags`, Linux 6.7+, `IS_ALIGNED(len,
-//!   PMD_SIZE)` since 6.13); `mremap` moves of such memory too. Files and
+//!   (`thp_get_unmapped_area_vmflags`; only whole multiples of `PMD_SIZE`,
+//!   as this machine's 6.18 does); `mremap` moves of such memory too. Files and
 //!   shared anonymous memory are placed as any mapping (their
 //!   filesystem's own `get_unmapped_area` is not modelled; shmem's does
 //!   not align with `shmem_enabled=never`, the default).
@@ -101,7 +101,7 @@ const LEGACY_MAP_MASK: u32 = MapFlags::SHARED_VALIDATE.bits()
     | MapFlags::STACK.bits()
     | MapFlags::HUGETLB.bits()
     | MapFlags::BIT32.bits()
-    | (0x3f << 26);
+    | (0x3f << MAP_HUGE_SHIFT);
 
 /// The tunables of an address space.
 #[derive(Clone, Debug)]
