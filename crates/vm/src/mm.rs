@@ -763,7 +763,9 @@ impl AddressSpace {
 
     /// `brk(2)`: moves the program break; returns the new break, or the
     /// old one when the move is refused (Linux's brk never fails with an
-    /// errno).
+    /// errno). An address space has no heap until [`Self::set_start_brk`]
+    /// (the ELF loader's part) or a snapshot's `[heap]` line gives it one:
+    /// until then every move is refused and the break reads 0.
     pub fn brk(&self, addr: u64) -> u64 {
         self.logged(|| Op::Brk { addr }, |c| c.brk(addr))
     }
