@@ -33,9 +33,8 @@ pub fn run(a: &MapsArgs) -> i32 {
             }
         }
     } else {
-        // Linux prints names as their bytes (not always UTF-8).
-        let text = match std::fs::read(&a.path) {
-            Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+        let text = match rcuvm::replay::read_input(&a.path) {
+            Ok(t) => t,
             Err(e) => {
                 eprintln!("rcuvm maps: {}: {e}", a.path.display());
                 return 2;

@@ -116,6 +116,34 @@ pub struct Case {
     pub end: Vec<Vma>,
 }
 
+/// The most bytes [`read_input`] takes: far more than any snapshot or
+/// trace (the shared traces are under 400 KB), and a bound on what a
+/// mistaken path (`/dev/zero`) costs.
+pub const INPUT_LIMIT: u64 = 1 << 30;
+
+/// A maps snapshot or trace file as text: its bytes read back as UTF-8
+/// lossily (Linux prints names as their bytes; rcuvm keeps them as text),
+/// from a file or a pipe (`<(...)`), at most [`INPUT_LIMIT`] bytes.
+///
+/// # Errors
+/// The read's, or `InvalidData` past the limit.
+pub fn read_input(path: &Path) -> std::io::Result<String> {
+    read_at_most(path, INPUT_LIMIT)
+}
+
+fn read_at_most(path: &Path, limit: u64) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?.take(limit + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("over {limit} bytes: not a maps snapshot or an strace log"),
+        ));
+    }
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
 impl Case {
     /// Reads and parses `dir/start.maps`, `dir/trace.strace`, `dir/end.maps`.
     ///
@@ -124,9 +152,7 @@ impl Case {
     pub fn load(dir: &Path) -> Result<Case, CaseError> {
         let read = |name: &str| -> Result<(String, String), CaseError> {
             let path = dir.join(name);
-            // Linux prints names as their bytes; rcuvm keeps them as text.
-            let bytes = std::fs::read(&path).map_err(|err| CaseError::Io { path: path.clone(), err })?;
-            let text = String::from_utf8_lossy(&bytes).into_owned();
+            let text = read_input(&path).map_err(|err| CaseError::Io { path: path.clone(), err })?;
             Ok((text, path.display().to_string()))
         };
         let (start_text, start_source) = read("start.maps")?;
@@ -589,6 +615,18 @@ mod tests {
         let c = compare(&extra, &end);
         assert_eq!((c.pages_differing, c.stack_growth_pages), (2, 0));
         assert!(c.diffs[0].theirs.is_none() && c.diffs[0].ours.is_some());
+    }
+
+    /// Input is read lossily and at most so far: `/dev/zero` (given by
+    /// mistake) is an error, not a read that never ends.
+    #[test]
+    fn input_is_bounded_and_lossy() {
+        let e = read_at_most(Path::new("/dev/zero"), 1 << 20).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
+        let dir = std::env::temp_dir().join(format!("rcuvm-read-{}", std::process::id()));
+        std::fs::write(&dir, b"caf\xe9\n").unwrap();
+        assert_eq!(read_input(&dir).unwrap(), "caf\u{fffd}\n");
+        std::fs::remove_file(&dir).unwrap();
     }
 
     fn case(start: &str, trace: &str, end: &str) -> Case {
