@@ -420,10 +420,7 @@ impl MmBuilder {
     /// the page tables map made distinct addresses share pages): use
     /// [`Self::try_build`] to get the reason as an error instead.
     pub fn build(self) -> AddressSpace {
-        if let Err(e) = self.cfg.check() {
-            panic!("rcuvm: MmBuilder::build: {e}");
-        }
-        self.build_checked()
+        self.try_build().unwrap_or_else(|e| panic!("rcuvm: MmBuilder::build: {e}"))
     }
 
     /// The address space, holding the VMAs of a `/proc/pid/maps` snapshot
