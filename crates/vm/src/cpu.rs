@@ -44,7 +44,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::fault::{self, AccessError, FaultStats};
-use crate::frame::FrameCache;
+use crate::frame::{FrameCache, WORDS};
 use crate::mm::AddressSpace;
 
 /// A simulated CPU running threads of one address space.
@@ -126,7 +126,8 @@ impl Cpu {
         self.stats
     }
 
-    /// Reads the word at `va` (8-byte aligned).
+    /// Reads the word at `va` (8-byte aligned). For bytes at any address,
+    /// and copies across pages, see [`Cpu::read_bytes`].
     ///
     /// # Errors
     /// The signal Linux would send (C3).
@@ -141,7 +142,8 @@ impl Cpu {
         r.map(|_| v)
     }
 
-    /// Writes `value` to the word at `va` (8-byte aligned).
+    /// Writes `value` to the word at `va` (8-byte aligned). For bytes at
+    /// any address, see [`Cpu::write_bytes`].
     ///
     /// # Errors
     /// The signal Linux would send (C3).
@@ -179,16 +181,30 @@ impl Cpu {
         r
     }
 
+    /// The clock at an access's start (H1), read only by a CPU that
+    /// records.
+    #[cfg(feature = "record")]
+    pub(crate) fn record_start(&self) -> u64 {
+        if self.log.is_some() { crate::record::now() } else { 0 }
+    }
+
     /// Appends an access to this CPU's log (C6, record.rs H2, H4).
     #[cfg(feature = "record")]
-    fn record(&mut self, va: u64, write: bool, value: u64, result: Result<Touched, AccessError>, start: u64) {
+    pub(crate) fn record(
+        &mut self,
+        va: u64,
+        write: bool,
+        value: u64,
+        result: Result<Touched, AccessError>,
+        start: u64,
+    ) {
         if let Some((cpu, log)) = &mut self.log {
             let end = crate::record::now();
             log.push(crate::record::AccessEvent { cpu: *cpu, va, write, value, result, start, end });
         }
     }
 
-    /// The access proper (C1–C5).
+    /// The access proper (C1–C5), of one word.
     fn access_unrecorded(
         &mut self,
         va: u64,
@@ -198,6 +214,19 @@ impl Cpu {
         if va % 8 != 0 {
             return Err(AccessError::Unaligned);
         }
+        self.access_page(va, write, |page| op(&page[((va >> 3) & 511) as usize]))
+    }
+
+    /// One access (C1–C5) that hands `op` the whole page holding `va`, at
+    /// any alignment: the word accesses above and the byte copies
+    /// (copy.rs) are made of it.
+    #[inline(always)]
+    pub(crate) fn access_page(
+        &mut self,
+        va: u64,
+        write: bool,
+        mut op: impl FnMut(&[AtomicU64; WORDS]),
+    ) -> Result<Touched, AccessError> {
         let mm = &*self.mm;
         let hw = mm.hw();
         for _ in 0..MAX_FAULTS {
@@ -228,7 +257,7 @@ impl Cpu {
                 if let Some(p) = pte {
                     let f = hw.phys.frame(p.pfn());
                     let generation = f.generation.load(Ordering::Acquire);
-                    op(&f.data[((va >> 3) & 511) as usize]);
+                    op(&f.data);
                     // C5: still the same frame at the end of the access?
                     let freed_during = f.generation.load(Ordering::Acquire) != generation;
                     // C6: and the table the walk used (pgtable.rs PT1, PT5).

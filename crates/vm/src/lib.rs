@@ -33,6 +33,7 @@
 #![warn(missing_docs, clippy::undocumented_unsafe_blocks)]
 
 mod brk;
+mod copy;
 pub mod cpu;
 pub mod fault;
 pub mod frame;
@@ -59,6 +60,7 @@ mod vma_cache;
 pub use rcuvm_maple as maple;
 pub use rcuvm_rcu as rcu;
 
+pub use copy::CopyError;
 pub use cpu::Cpu;
 pub use fault::AccessError;
 pub use frame::PhysMem;
