@@ -48,6 +48,13 @@
 //! - FL5. (With the `record` feature, for the checker.) The leaf table a
 //!   fault starts with is not freed before the fault ends; if it is, a use
 //!   after free is counted (cpu.rs C5).
+//! - FL8. A fault at an address no VMA maps, below a `VM_GROWSDOWN` VMA
+//!   (the first VMA above it), grows that stack (stack.rs G1–G5): every
+//!   strategy takes the mmap lock for it, as Linux's
+//!   `lock_vma_under_rcu` gives up and `lock_mm_and_find_vma` grows the
+//!   stack under the write lock; the access then retries. Any other fault
+//!   at an unmapped address stays lock-free under `rcu-*` (a lookup of
+//!   the next entry, under the same guard).
 //! - FL4. Anonymous private memory: a read fault maps the zero page
 //!   read-only; a write fault maps a new zeroed frame, or reuses the
 //!   frame in place when it is already this VMA's own anonymous page, or
@@ -66,11 +73,12 @@
 //! (FL6) is Linux's per-thread `vmacache` (removed in 6.1), validated by
 //! the VMA's own detached mark instead of an mm-wide sequence number.
 //!
-//! Not modelled: stack growth (`VM_GROWSDOWN` expansion), `userfaultfd`,
-//! NUMA, huge pages, swap.
+//! Not modelled: `userfaultfd`, NUMA, huge pages, swap.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+
+use rcuvm_maple::MapleTree;
 
 use crate::frame::{FrameCache, Owner};
 use crate::mm::AddressSpace;
@@ -179,10 +187,15 @@ pub(crate) fn handle_mm_fault(
                 return count(out, stats);
             }
             // FL3: from here to the VMA, nothing shared is written.
-            let Some(e) = mm.vmas_tree().load(va, &g) else { return Err(AccessError::MapErr) };
-            if e.value.is_dead() {
-                return Err(AccessError::MapErr);
-            }
+            let e = match mm.vmas_tree().load(va, &g) {
+                Some(e) if !e.value.is_dead() => e,
+                // FL8: a stack to grow is grown under the mmap lock.
+                _ if stack_above(mm, va, &g) => {
+                    drop(g);
+                    return count(fault_mmap_locked(mm, va, write, cache), stats);
+                }
+                _ => return Err(AccessError::MapErr),
+            };
             if !attached(e.value) {
                 // FL7: a writer is changing this VMA; wait for it on the
                 // mmap lock, as vma-lock's fallback does.
@@ -209,6 +222,11 @@ pub(crate) fn handle_mm_fault(
                 let g = mm.domain().read();
                 match mm.vmas_tree().load(va, &g) {
                     Some(e) => e.to_arc(),
+                    // FL8, as above.
+                    None if stack_above(mm, va, &g) => {
+                        drop(g);
+                        return count(fault_mmap_locked(mm, va, write, cache), stats);
+                    }
                     None => return Err(AccessError::MapErr),
                 }
             };
@@ -235,11 +253,31 @@ fn fault_mmap_locked(
     write: bool,
     cache: &mut FrameCache,
 ) -> Result<Outcome, AccessError> {
-    let _r = mm.mmap_read();
+    let r = mm.mmap_read();
     let g = mm.domain().read();
     match mm.vmas_tree().load(va, &g) {
         Some(e) if !e.value.is_dead() => do_fault(mm, e.value, va, write, cache, None),
+        // FL8: grow the stack above under the mmap write lock (stack.rs
+        // G1), then the access retries and faults in the grown VMA.
+        _ if stack_above(mm, va, &g) => {
+            drop((g, r));
+            if mm.expand_stack(va) { Ok(Outcome::Retry) } else { Err(AccessError::MapErr) }
+        }
         _ => Err(AccessError::MapErr),
+    }
+}
+
+/// Whether the first VMA above `va` (`find_vma`, past dead entries) grows
+/// down: a stack that a fault at `va` may grow (FL8, stack.rs G1).
+fn stack_above(mm: &AddressSpace, va: u64, g: &rcuvm_rcu::Guard<'_>) -> bool {
+    let tree = mm.vmas_tree();
+    let mut at = va;
+    loop {
+        let Some(e) = tree.find(at, g) else { return false };
+        if !e.value.is_dead() {
+            return e.value.flags.contains(VmFlags::GROWSDOWN) && e.value.start > va;
+        }
+        at = e.range.end;
     }
 }
 
@@ -257,17 +295,16 @@ fn anon_vma_prepare(mm: &AddressSpace, vma: &Vma) {
     if vma.anon().is_some() {
         return;
     }
-    let id = find_mergeable_anon_vma(mm, vma).unwrap_or_else(AnonVmaId::fresh);
+    let id = find_mergeable_anon_vma(mm.vmas_tree(), vma).unwrap_or_else(AnonVmaId::fresh);
     // V4: set once; a racing fault may have set it first.
     let _ = vma.rt.anon.compare_exchange(0, id.0, Ordering::AcqRel, Ordering::Acquire);
 }
 
 /// `find_mergeable_anon_vma()`: a neighbour's anon_vma that `vma` could
 /// share (`reusable_anon_vma` and `anon_vma_compatible`).
-fn find_mergeable_anon_vma(mm: &AddressSpace, vma: &Vma) -> Option<AnonVmaId> {
-    let g = mm.domain().read();
+pub(crate) fn find_mergeable_anon_vma(tree: &MapleTree<Arc<Vma>>, vma: &Vma) -> Option<AnonVmaId> {
+    let g = tree.domain().read();
     let compatible = anon_vma_compatible;
-    let tree = mm.vmas_tree();
     if let Some(n) = tree.load(vma.end, &g).filter(|n| !n.value.is_dead()) {
         if compatible(vma, n.value) {
             if let Some(id) = n.value.anon() {

@@ -49,6 +49,7 @@ pub mod pgtable;
 pub mod protocol;
 pub mod record;
 pub mod replay;
+mod stack;
 pub mod strace;
 pub mod strategy;
 pub mod tlb;

@@ -772,6 +772,13 @@ impl AddressSpace {
         (self.mm.layout.start_brk.load(Ordering::Relaxed), self.mm.layout.brk.load(Ordering::Relaxed))
     }
 
+    /// Grows the `VM_GROWSDOWN` VMA above `addr` down to it, for a fault
+    /// (fault.rs FL8, stack.rs G1–G5): an mm call of its own, not recorded
+    /// (the checker's workloads make no such VMA).
+    pub(crate) fn expand_stack(&self, addr: u64) -> bool {
+        self.call(|c| c.expand_stack(addr))
+    }
+
     /// Sets where the heap starts (what the ELF loader does): `brk` starts
     /// there too. Only before the first `brk` call.
     pub fn set_start_brk(&self, addr: u64) {

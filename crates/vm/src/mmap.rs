@@ -117,6 +117,9 @@ pub struct MmConfig {
     pub max_map_count: usize,
     /// `stack_guard_gap` in bytes (kept free below `VM_GROWSDOWN` VMAs).
     pub stack_guard_gap: u64,
+    /// `RLIMIT_STACK` in bytes: the most a `VM_GROWSDOWN` VMA grows to on
+    /// faults (stack.rs G2); `u64::MAX` is unlimited.
+    pub stack_rlimit: u64,
 }
 
 impl MmConfig {
@@ -161,6 +164,8 @@ impl Default for MmConfig {
             mmap_min_addr: 0x1_0000,
             max_map_count: 65530,
             stack_guard_gap: 256 * PAGE_SIZE,
+            // `ulimit -s`'s usual 8192 KiB.
+            stack_rlimit: 8 << 20,
         }
     }
 }
