@@ -22,7 +22,8 @@ use crate::sync::{AtomicU64, Mutex, Ordering};
 /// Latency histograms are in nanoseconds, up to one minute, 2 significant
 /// digits (1%). Why not 3: a histogram of 3 digits over that range is
 /// 221 KB, and every address space of rcuvm has two domains with two each
-/// (0.9 MB of its 3 MB empty); at 2 digits they are about 30 KB.
+/// (0.9 MB of its 3 MB empty); at 2 digits they are about 30 KB, and
+/// each is made only at its first grace period (`StatsInner::latency`).
 fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000_000, 2).expect("valid histogram bounds")
 }
@@ -39,7 +40,10 @@ pub(crate) struct StatsInner {
     pub(crate) callbacks_run_by_callers: AtomicU64,
     pub(crate) caller_gps: AtomicU64,
     pub(crate) caller_takes: AtomicU64,
-    latency: Mutex<(Histogram<u64>, Histogram<u64>)>,
+    /// Normal and expedited grace-period latencies (in that order), each
+    /// made at its first grace period: an idle domain (an address space
+    /// never unmapped from) holds none of their 60 KB.
+    latency: Mutex<[Option<Histogram<u64>>; 2]>,
 }
 
 impl StatsInner {
@@ -55,7 +59,7 @@ impl StatsInner {
             callbacks_run_by_callers: AtomicU64::new(0),
             caller_gps: AtomicU64::new(0),
             caller_takes: AtomicU64::new(0),
-            latency: Mutex::new((histogram(), histogram())),
+            latency: Mutex::new([None, None]),
         }
     }
 
@@ -64,10 +68,10 @@ impl StatsInner {
         let mut h = self.latency.lock();
         if expedited {
             self.expedited_grace_periods.fetch_add(1, Ordering::Relaxed);
-            h.1.saturating_record(ns);
+            h[1].get_or_insert_with(histogram).saturating_record(ns);
         } else {
             self.grace_periods.fetch_add(1, Ordering::Relaxed);
-            h.0.saturating_record(ns);
+            h[0].get_or_insert_with(histogram).saturating_record(ns);
         }
     }
 
@@ -88,8 +92,8 @@ impl StatsInner {
             caller_gps: self.caller_gps.load(Ordering::Relaxed),
             caller_takes: self.caller_takes.load(Ordering::Relaxed),
             reader_slots: readers,
-            gp_latency_ns: h.0.clone(),
-            expedited_latency_ns: h.1.clone(),
+            gp_latency_ns: h[0].clone().unwrap_or_else(histogram),
+            expedited_latency_ns: h[1].clone().unwrap_or_else(histogram),
             fence_mode,
         }
     }

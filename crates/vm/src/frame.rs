@@ -381,20 +381,13 @@ impl PhysMem {
         let ci = (pfn as usize) / CHUNK;
         let slot = &self.chunks[ci];
         if slot.load(Ordering::Acquire).is_null() {
-            // All-zero bytes are valid `Frame`s (zeroed atomics), which is
-            // also F3 for fresh frames.
-            let layout = std::alloc::Layout::new::<[Frame; CHUNK]>();
-            // SAFETY: the layout has a non-zero size.
-            let p = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<[Frame; CHUNK]>();
-            if p.is_null() {
-                std::alloc::handle_alloc_error(layout);
-            }
+            let p = chunk_alloc();
             // ORDERING: Release publishes the zeroed chunk to `frame()`'s
             // Acquire load; AcqRel on failure sees the winner's chunk.
             if slot.compare_exchange(std::ptr::null_mut(), p, Ordering::AcqRel, Ordering::Acquire).is_err() {
-                // SAFETY: `p` was allocated above with this layout and never
+                // SAFETY: `p` came from `chunk_alloc` above and was never
                 // published.
-                unsafe { std::alloc::dealloc(p.cast(), layout) };
+                unsafe { chunk_free(p) };
             }
         }
         Some(pfn)
@@ -536,16 +529,78 @@ impl PhysMem {
 
 impl Drop for PhysMem {
     fn drop(&mut self) {
-        let layout = std::alloc::Layout::new::<[Frame; CHUNK]>();
         for c in self.chunks.iter() {
             let p = c.load(Ordering::Acquire);
             if !p.is_null() {
                 // SAFETY: `&mut self`: no reference into the chunk remains;
-                // it was allocated in `carve` with this layout.
-                unsafe { std::alloc::dealloc(p.cast(), layout) };
+                // it came from `chunk_alloc` in `carve`.
+                unsafe { chunk_free(p) };
             }
         }
     }
+}
+
+/// A new chunk of zeroed frames (all-zero bytes are valid `Frame`s:
+/// zeroed atomics, which is also F3 for fresh frames).
+///
+/// On Unix the chunk is its own anonymous mapping, so its pages stay
+/// untouched, and cost no memory, until a frame in them is first used.
+/// Why not `alloc_zeroed`: `Frame` is over-aligned (64), and the standard
+/// allocator serves that with `posix_memalign` and then writes zeros over
+/// all 2 MiB, so every address space paid 2.1 MiB of resident memory for
+/// its zero page alone (measured with /proc/self/statm over 1,000 empty
+/// address spaces: 2,283 KiB each, now 27–72 KiB; docs/benchmarks.md,
+/// tests/memory_per_mm.rs).
+#[cfg(unix)]
+fn chunk_alloc() -> *mut [Frame; CHUNK] {
+    let len = std::mem::size_of::<[Frame; CHUNK]>();
+    // SAFETY: an anonymous private mapping at an address the kernel picks
+    // touches no existing memory; the result is checked before use.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        std::alloc::handle_alloc_error(std::alloc::Layout::new::<[Frame; CHUNK]>());
+    }
+    // Page-aligned, so `Frame`'s 64-byte alignment holds.
+    p.cast()
+}
+
+/// Gives back a chunk from [`chunk_alloc`].
+///
+/// # Safety
+/// `p` came from `chunk_alloc`, is freed once, and no reference into it
+/// remains.
+#[cfg(unix)]
+unsafe fn chunk_free(p: *mut [Frame; CHUNK]) {
+    // SAFETY: the caller's contract: the whole mapping `chunk_alloc` made,
+    // unreferenced. munmap of a mapping we own cannot fail but for bad
+    // arguments, which these are not.
+    unsafe { libc::munmap(p.cast(), std::mem::size_of::<[Frame; CHUNK]>()) };
+}
+
+#[cfg(not(unix))]
+fn chunk_alloc() -> *mut [Frame; CHUNK] {
+    let layout = std::alloc::Layout::new::<[Frame; CHUNK]>();
+    // SAFETY: the layout has a non-zero size.
+    let p = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<[Frame; CHUNK]>();
+    if p.is_null() {
+        std::alloc::handle_alloc_error(layout);
+    }
+    p
+}
+
+#[cfg(not(unix))]
+unsafe fn chunk_free(p: *mut [Frame; CHUNK]) {
+    // SAFETY: the caller's contract; allocated with this layout.
+    unsafe { std::alloc::dealloc(p.cast(), std::alloc::Layout::new::<[Frame; CHUNK]>()) };
 }
 
 /// A CPU's private stock of free frames, refilled from and spilled to the
