@@ -109,6 +109,13 @@
 //!   would wait for the callback that is running. Keeping only the
 //!   innermost domain let a callback of `A`, run from a callback of `B`,
 //!   call `B.barrier()` and wait forever.
+//! - C13. A callback may drop its domain's last handle, also on the
+//!   reclaimer: `shutdown` then does not join the reclaimer (itself) but
+//!   finishes the drop in place (what is pending runs at once, C4), and
+//!   the reclaimer's loop ends when the callback returns. Joining itself
+//!   failed (`EDEADLK`), the panic was caught as the callback's, and the
+//!   drop stopped halfway: the domain never became `dead` and later
+//!   retirements leaked (found by a review).
 //!
 //! # Linux
 //! `call_rcu()`, `kfree_rcu()`, `rcu_barrier()`; the callback-flood handling
@@ -133,6 +140,12 @@ rcu_thread_local! {
     /// last: a callback of one domain may run another's (`run_ready`), and
     /// every domain of the stack must be seen (C8).
     static RUNNING_CALLBACKS: RefCell<Vec<u64>> = RefCell::new(Vec::new());
+}
+
+rcu_thread_local! {
+    /// The domain whose reclaimer this thread is (0: none): a callback
+    /// that drops the domain's last handle runs `shutdown` on it (C13).
+    static RECLAIMER_OF: Cell<u64> = Cell::new(0);
 }
 
 rcu_thread_local! {
@@ -570,6 +583,7 @@ fn help(d: &DomainInner) -> bool {
 /// The reclaimer thread's loop: one batch per grace period, until shutdown
 /// with an empty queue.
 fn reclaimer(d: Arc<DomainInner>) {
+    RECLAIMER_OF.with(|r| r.set(d.id()));
     // C9: the reclaimer's vector for ready callbacks, kept across batches.
     let mut left: Vec<(u64, Deferred)> = Vec::new();
     loop {
@@ -686,7 +700,11 @@ pub(crate) fn shutdown(d: &DomainInner) {
         d.callbacks.work.notify_all();
         st.reclaimer.take()
     };
-    if let Some(h) = handle {
+    // C13: on the reclaimer itself (a callback dropped the last handle),
+    // there is nothing to join: its loop ends when this callback returns
+    // and it finds `shutdown`; the rest is done here, now.
+    let on_reclaimer = RECLAIMER_OF.with(|r| r.get()) == d.id();
+    if let Some(h) = handle.filter(|_| !on_reclaimer) {
         // A panic escaping the reclaimer is already reported by the runtime.
         let _ = h.join();
     }

@@ -142,7 +142,11 @@ pub struct Reader<'d> {
 
 impl<'d> Reader<'d> {
     pub(crate) fn new(domain: &'d Arc<DomainInner>) -> Self {
-        Reader { domain, slot: reader::slot_for(domain) }
+        let slot = reader::slot_for(domain);
+        // SAFETY: R1: the slot lives as long as `domain`'s registry, which
+        // `domain` (borrowed for 'd) keeps.
+        unsafe { &*slot }.reader_made();
+        Reader { domain, slot }
     }
 
     /// Enters a read-side section; the same as `Domain::read`, minus the
@@ -150,6 +154,13 @@ impl<'d> Reader<'d> {
     #[inline(always)]
     pub fn read(&self) -> Guard<'d> {
         Guard::enter_slot(self.domain, self.slot)
+    }
+}
+
+impl Drop for Reader<'_> {
+    fn drop(&mut self) {
+        // SAFETY: as in `new`: the domain is still borrowed.
+        unsafe { &*self.slot }.reader_dropped();
     }
 }
 

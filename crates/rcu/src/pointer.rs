@@ -44,10 +44,11 @@ use crate::sync::{Arc, AtomicPtr, Ordering};
 /// let d = Domain::new();
 /// let p = RcuPtr::new(&d, Some(Box::new(1u64)));
 /// // Read-copy-update: compute the new version from the old one.
-/// let old = p.replace(|cur| Some(Box::new(cur.copied().unwrap_or(0) + 1)));
-/// assert_eq!(*old.unwrap().synchronize(), 1);
 /// let g = d.read();
+/// let old = p.replace(&g, |cur| Some(Box::new(cur.copied().unwrap_or(0) + 1)));
 /// assert_eq!(p.load(&g), Some(&2));
+/// drop(g);
+/// assert_eq!(*old.unwrap().synchronize(), 1);
 /// ```
 pub struct RcuPtr<T: Send + Sync + 'static> {
     ptr: AtomicPtr<T>,
@@ -135,23 +136,48 @@ impl<T: Send + Sync + 'static> RcuPtr<T> {
         }
     }
 
-    /// Read-copy-update: builds the new value from the current one (under a
-    /// read-side section of the cell's domain) and publishes it if no other
-    /// writer got there first, retrying otherwise. Hands back the old value.
-    pub fn replace<F>(&self, mut f: F) -> Option<Unlinked<T>>
+    /// Read-copy-update: builds the new value from the current one (read
+    /// under `guard`, a section of the cell's domain, X2) and publishes it
+    /// if no other writer got there first, retrying otherwise. Hands back
+    /// the old value.
+    ///
+    /// Why the caller's guard and not one of its own: a guard borrows its
+    /// [`Domain`], so the domain cannot be dropped while `f` reads (a
+    /// dropped domain runs retired values' callbacks at once, callback.rs
+    /// C4). A section entered from the cell's own handle on the domain
+    /// borrowed nothing, and a value `f` was reading could be freed under
+    /// it (found by a review: a use after free from safe code).
+    ///
+    /// The guard keeps the domain alive, so this does not compile:
+    /// ```compile_fail
+    /// use rcuvm_rcu::{Domain, RcuPtr};
+    /// let d = Domain::new();
+    /// let p = RcuPtr::new(&d, Some(Box::new(1u64)));
+    /// let g = d.read();
+    /// drop(d); // error: `d` is borrowed by `g`
+    /// let _ = p.replace(&g, |_| None);
+    /// ```
+    ///
+    /// # Panics
+    /// If `guard` belongs to another domain.
+    pub fn replace<F>(&self, guard: &Guard<'_>, mut f: F) -> Option<Unlinked<T>>
     where
         F: FnMut(Option<&T>) -> Option<Box<T>>,
     {
+        assert!(
+            guard.domain_id() == self.domain.id(),
+            "rcuvm-rcu: RcuPtr::replace with a guard of another domain"
+        );
         loop {
-            let g = Guard::enter(&self.domain);
             // ORDERING: Acquire as in `load`.
             let cur = self.ptr.load(Ordering::Acquire);
-            // SAFETY: as in `load`: `g` is a section of this cell's domain.
+            // SAFETY: as in `load`: `guard` is a section of this cell's
+            // domain (checked above), which it borrows, and `f`'s reference
+            // does not outlive this call.
             let new = into_raw(f(unsafe { cur.as_ref() }));
             // ORDERING: as in `swap`.
             match self.ptr.compare_exchange(cur, new, Ordering::AcqRel, Ordering::Relaxed) {
                 Ok(old) => {
-                    drop(g);
                     return self.unlinked(old);
                 }
                 Err(_) => {

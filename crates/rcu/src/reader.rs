@@ -22,6 +22,13 @@
 //! - R4. A thread frees its slots at exit only if it is outside every read
 //!   section of them; a slot whose guard was leaked stays in use forever
 //!   (and so blocks grace periods, as a reader that never ends must).
+//! - R7. A slot a [`Reader`](crate::Reader) uses stays the thread's while
+//!   the `Reader` lives, even past the thread's registrations (a `Reader`
+//!   kept in a thread-local destroyed after `OWNED`): the last such
+//!   `Reader` frees it. Why: a `Reader` caches the slot's address, and a
+//!   slot freed under it was claimed by another thread, both writing one
+//!   counter: lost unlocks, and grace periods that skipped a live reader
+//!   (found by a review).
 //! - R5. `FAST` is only read on the hot path, never mutated: after a thread's
 //!   first use of a domain (and for up to [`FAST_ENTRIES`] domains per thread)
 //!   a read-side section takes no lock, allocates nothing and makes no system
@@ -44,7 +51,8 @@
 //! `urcu-memb`'s `rcu_reader` TLS, `rcu_register_thread()` and the
 //! `registry` list; the counter layout is `URCU_GP_CTR_NEST_MASK` with a
 //! 64-bit counter instead of the phase bit, so one scan per grace period is
-//! enough (the counter cannot wrap in practice: 2^48 grace periods).
+//! enough (the counter cannot wrap in practice: 2^47 grace periods, below
+//! `FENCE_BIT`).
 
 use std::cell::{Cell, RefCell};
 
@@ -88,6 +96,12 @@ pub(crate) struct ReaderSlot {
     in_use: AtomicBool,
     /// The domain has been dropped; the thread may forget this slot.
     dead: AtomicBool,
+    /// The owner thread's live `Reader` handles on this slot (R7). Owner
+    /// thread only.
+    readers: AtomicU64,
+    /// The owner thread's registrations are gone while `Reader`s remained:
+    /// the last of them frees the slot (R7). Owner thread only.
+    orphaned: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -102,6 +116,27 @@ impl ReaderSlot {
             ctr: CachePadded::new(Counter { ctr: AtomicU64::new(0), domain_id }),
             in_use: AtomicBool::new(true),
             dead: AtomicBool::new(false),
+            readers: AtomicU64::new(0),
+            orphaned: AtomicBool::new(false),
+        }
+    }
+
+    /// A `Reader` of the owner thread now uses this slot (R7).
+    pub(crate) fn reader_made(&self) {
+        self.readers.store(self.readers.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    }
+
+    /// A `Reader` of the owner thread went; the last one frees the slot if
+    /// the thread's registrations already went (R7, and R4's condition).
+    pub(crate) fn reader_dropped(&self) {
+        let n = self.readers.load(Ordering::Relaxed) - 1;
+        self.readers.store(n, Ordering::Relaxed);
+        if n == 0 && self.orphaned.load(Ordering::Relaxed) {
+            self.orphaned.store(false, Ordering::Relaxed);
+            if self.nesting() == 0 {
+                // ORDERING: Release pairs with the Acquire in `register`.
+                self.in_use.store(false, Ordering::Release);
+            }
         }
     }
 
@@ -258,7 +293,11 @@ impl Drop for OwnedList {
             }
         });
         for o in self.list.get_mut().drain(..) {
-            if o.slot.nesting() == 0 {
+            if o.slot.readers.load(Ordering::Relaxed) > 0 {
+                // R7: a `Reader` (in a thread-local destroyed after this
+                // one) still writes the slot; its drop frees it.
+                o.slot.orphaned.store(true, Ordering::Relaxed);
+            } else if o.slot.nesting() == 0 {
                 // ORDERING: Release pairs with the Acquire in `register`.
                 o.slot.in_use.store(false, Ordering::Release);
             }

@@ -424,10 +424,11 @@ fn concurrent_replace_loses_no_update() {
     let p = Arc::new(RcuPtr::new(&d, Some(Box::new(0u64))));
     let hs: Vec<_> = (0..4)
         .map(|_| {
-            let p = p.clone();
+            let (p, d) = (p.clone(), d.clone());
             thread::spawn(move || {
                 for _ in 0..2000 {
-                    p.replace(|v| Some(Box::new(v.copied().unwrap() + 1))).unwrap().retire();
+                    let g = d.read();
+                    p.replace(&g, |v| Some(Box::new(v.copied().unwrap() + 1))).unwrap().retire();
                 }
             })
         })
@@ -672,4 +673,31 @@ fn what_callers_leave_runs_within_the_ready_delay_under_a_stream_of_calls() {
     // A grace period, a batch delay and the ready delay, with room for a
     // loaded machine; the bug this guards against gave 340–670 ms.
     assert!(worst < Duration::from_millis(250), "a callback waited {worst:?}");
+}
+
+#[test]
+fn a_callback_may_drop_the_last_handle_of_its_domain() {
+    // callback.rs C13: on the reclaimer, the drop finishes in place. It
+    // used to join the reclaimer from itself, panic, and leave the domain
+    // half dropped (never dead: later retirements never ran).
+    struct Flag(Arc<std::sync::atomic::AtomicBool>);
+    impl Drop for Flag {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    let freed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let d = Arc::new(Domain::new());
+    let p = RcuPtr::new(&d, Some(Box::new(Flag(freed.clone()))));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let last = std::sync::Mutex::new(Some(d.clone()));
+    d.call(move || {
+        drop(last.lock().unwrap().take());
+        tx.send(()).unwrap();
+    });
+    drop(d); // the callback holds the last handle now
+    rx.recv_timeout(std::time::Duration::from_secs(10)).expect("the callback finished dropping the domain");
+    // The domain is dead: a retirement runs at once (C4).
+    drop(p.swap(None));
+    assert!(freed.load(std::sync::atomic::Ordering::SeqCst), "the retired value was freed");
 }

@@ -570,9 +570,26 @@ impl AddressSpace {
         &self.mm.hw.phys
     }
 
-    /// The page tables.
+    /// The page tables (their counts; walks are [`Self::translate`] and
+    /// [`Self::reachable_tables`]).
     pub fn page_table(&self) -> &PageTable {
         &self.mm.hw.pt
+    }
+
+    /// The PTE that maps `va` now: a software walk of the page tables, as
+    /// the MMU makes (no fault, no TLB), under a guard of the VMA domain
+    /// that keeps every table it reaches from being freed (pgtable.rs
+    /// PT1, PT5). A racing mm call makes it a sample.
+    pub fn translate(&self, va: u64) -> crate::pgtable::Pte {
+        let _g = self.mm.domain.read();
+        self.mm.hw.pt.walk(va)
+    }
+
+    /// Page-table pages reachable from the root now, the root included
+    /// (under a guard, as [`Self::translate`]).
+    pub fn reachable_tables(&self) -> usize {
+        let _g = self.mm.domain.read();
+        self.mm.hw.pt.reachable()
     }
 
     /// The TLB shootdown machinery.
@@ -708,7 +725,8 @@ impl AddressSpace {
     /// without it and without a file the mapping is anonymous.
     ///
     /// # Errors
-    /// `EINVAL`, `ENOMEM`, `EEXIST`, `EACCES`, `EOVERFLOW` as Linux returns them.
+    /// `EINVAL`, `ENOMEM`, `EEXIST`, `EACCES`, `EOVERFLOW`, `EOPNOTSUPP`
+    /// (`MAP_SHARED_VALIDATE` with an unknown flag) as Linux returns them.
     pub fn mmap(
         &self,
         addr: u64,
@@ -813,6 +831,13 @@ impl AddressSpace {
     }
 
     /// `munmap(2)`.
+    ///
+    /// Blocking: it waits for the TLB shootdown (CPUs of other threads
+    /// inside an access of the range); under `rcu-sync` for a grace period
+    /// of the VMA domain too, and under `rcu-dead` only when 8,192 dead
+    /// entries are still pending ([`Strategy`] S4). Never call it inside a
+    /// read-side section of [`Self::domain`] or a [`Cpu::access`](crate::Cpu::access)
+    /// closure (it would wait for itself: it panics instead).
     ///
     /// # Errors
     /// `EINVAL` for a misaligned, empty or out-of-range request; `ENOMEM`

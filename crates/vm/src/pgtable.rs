@@ -8,9 +8,14 @@
 //! # Invariants
 //! - PT1. Table pages are type-stable: an unhooked table goes back to the
 //!   pool (its `generation` bumped), never to the allocator, while the `PageTable`
-//!   lives. A lagging lockless walker that still reads an unhooked table
+//!   lives. A lagging access that still reads an unhooked leaf table
 //!   reads valid atomics; the generation tells that it was freed (the
-//!   checker's P3).
+//!   checker's P3). But a pooled table comes back at any level, so a
+//!   walker that follows upper entries of a freed table could read a PTE
+//!   as a table pointer: every walk runs where PT5 keeps its tables
+//!   (a guard of the VMA or TLB domain, or a counted VMA under
+//!   `rcu-refcount`), which is why the walkers are crate-private (a
+//!   review made one segfault from safe code through `rss`).
 //! - PT2. An upper-level entry is 0 or `ptr | 1` to a child table; it
 //!   changes from 0 to a child only under the parent table's lock (`hook`),
 //!   and from a child to 0 only under the mmap write lock and the parent's
@@ -310,8 +315,12 @@ impl PageTable {
     /// a lockless walk of the upper levels (PT1 makes every pointer it
     /// follows a valid table). Racing writers make it a sample, not an
     /// exact count; under a guard of the VMA domain no table it reaches is
-    /// freed meanwhile (PT5).
-    pub fn reachable(&self) -> usize {
+    /// freed meanwhile (PT5). Crate-private, as `walk` and `rss`: a walker
+    /// without that guard could follow a table freed and reused at another
+    /// level, reading a PTE as a table pointer (PT1); embedders use
+    /// `AddressSpace::translate` and `AddressSpace::reachable_tables`,
+    /// which take the guard.
+    pub(crate) fn reachable(&self) -> usize {
         fn count(t: &Table, level: u32) -> usize {
             1 + if level == 1 {
                 0
@@ -329,9 +338,10 @@ impl PageTable {
         count(&self.root, 4)
     }
 
-    /// The PTE for `va`, read without locks.
+    /// The PTE for `va`, read without locks (under a guard of the VMA
+    /// domain, as `reachable`).
     #[inline]
-    pub fn walk(&self, va: u64) -> Pte {
+    pub(crate) fn walk(&self, va: u64) -> Pte {
         self.leaf_table(va).map_or(Pte(0), |t| Pte(t.entry(index(va, 1))))
     }
 
@@ -539,7 +549,7 @@ impl PageTable {
     /// lockless walk (smaps' `Rss`); `kind` says whether a frame is
     /// anonymous, and `None` for frames Rss does not count (the zero page:
     /// `vm_normal_page` is `NULL` for it).
-    pub fn rss(&self, start: u64, end: u64, kind: &dyn Fn(Pfn) -> Option<bool>) -> (u64, u64) {
+    pub(crate) fn rss(&self, start: u64, end: u64, kind: &dyn Fn(Pfn) -> Option<bool>) -> (u64, u64) {
         // The four levels map 48 bits; above that nothing is mapped (a
         // snapshot's `[vsyscall]`).
         let end = end.min(entry_span(4) * PTRS as u64);

@@ -245,12 +245,12 @@ fn unmapped_tables_are_unhooked_and_freed() {
         let mut cpu = mm.cpu();
         cpu.write(a, 1).unwrap();
         assert_eq!(mm.page_table().tables(), 4, "{s}: root, PUD, PMD, PTE tables");
-        assert_eq!(mm.page_table().reachable(), 4, "{s}");
+        assert_eq!(mm.reachable_tables(), 4, "{s}");
         assert_eq!(mm.deferred_tables(), 0, "{s}: nothing unhooked yet");
         mm.munmap(a, 4 * P).unwrap();
         if s == Strategy::RcuDead {
             // Under the dead entry until its grace period has passed.
-            assert_eq!(mm.page_table().reachable(), 4, "{s}: still under the dead entry");
+            assert_eq!(mm.reachable_tables(), 4, "{s}: still under the dead entry");
             assert_eq!(mm.deferred_tables(), 0, "{s}: still hooked");
             assert_eq!(mm.dead_entries(), 1, "{s}");
         }
@@ -260,7 +260,7 @@ fn unmapped_tables_are_unhooked_and_freed() {
         assert_eq!(mm.dead_entries(), 0, "{s}");
         // Unhooked: only the root is reachable, whatever is not freed yet
         // is deferred.
-        assert_eq!(mm.page_table().reachable(), 1, "{s}");
+        assert_eq!(mm.reachable_tables(), 1, "{s}");
         assert_eq!(mm.deferred_tables(), mm.page_table().tables() - 1, "{s}");
         mm.shootdown().domain().barrier();
         assert_eq!(mm.page_table().tables(), 1, "{s}: only the root is left");
@@ -335,7 +335,7 @@ fn the_phys_counters_track_frames() {
         cpu.write(a + i * P, 1).unwrap();
     }
     assert_eq!(mm.phys().stats().in_use, 8);
-    let f = mm.phys().frame(mm.page_table().walk(a).pfn());
+    let f = mm.phys().frame(mm.translate(a).pfn());
     assert!(f.generation.load(Ordering::Relaxed) < u64::MAX);
 }
 
