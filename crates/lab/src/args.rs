@@ -72,8 +72,9 @@ pub struct RunArgs {
     /// `all`, or strategies and `linux` (the host kernel), comma-separated.
     #[arg(long, default_value = "all")]
     pub strategy: String,
-    /// Seconds of each measured phase (a workload has one or two; the
-    /// default makes the whole suite take about three minutes).
+    /// Seconds of each measured phase, 0.01 to 600 (a workload has one to
+    /// four; `--list` and the banner tell; the default makes the whole
+    /// suite take about three minutes).
     #[arg(long, default_value_t = 2.0, value_parser = seconds)]
     pub seconds: f64,
     /// Threads (default: the CPUs of this machine).

@@ -15,6 +15,10 @@
 //! - SU3. Bad arguments (an unknown workload or strategy, a report
 //!   directory that cannot be made) are an error message and exit code 2
 //!   before anything runs.
+//! - SU5. Exit status: 0 when every cell ran (a missed target is a
+//!   result, not a failure); 1 when a cell failed (its error is in the
+//!   table, and the cells are listed on stderr) or the report could not be
+//!   written; 2 for SU3.
 //! - SU4. A closed stdout (`rcuvm run | head`) loses only what is printed:
 //!   writes to it are fallible, so the run goes on and the report is
 //!   written. (The other subcommands die quietly of `SIGPIPE` instead,
@@ -149,7 +153,14 @@ pub fn run(a: &RunArgs) -> i32 {
     let mut out = std::io::stdout();
     if a.list {
         for w in workload::ALL {
-            let _ = writeln!(out, "{:<12} {}", w.name, w.about);
+            let _ = writeln!(
+                out,
+                "{:<12} {} phase{}  {}",
+                w.name,
+                w.phases,
+                if w.phases == 1 { " " } else { "s" },
+                w.about
+            );
         }
         return 0;
     }
@@ -226,10 +237,20 @@ pub fn run(a: &RunArgs) -> i32 {
     };
     // SU4.
     let _ = out.write_all(crate::report::table::render(&run).as_bytes());
+    // SU5: failed cells are said apart, and the exit status says so.
+    let failed: Vec<String> = run
+        .cells
+        .iter()
+        .filter(|c| c.error.as_deref().is_some_and(|e| e.starts_with("failed")))
+        .map(|c| format!("{} on {}", c.workload, c.backend))
+        .collect();
+    if !failed.is_empty() {
+        eprintln!("rcuvm run: {} cells failed (see the table): {}", failed.len(), failed.join(", "));
+    }
     match crate::report::write(&run, &a.out) {
         Ok(()) => {
             let _ = writeln!(out, "report: {}", a.out.join("index.html").display());
-            0
+            i32::from(!failed.is_empty())
         }
         Err(e) => {
             eprintln!("rcuvm run: writing the report to {}: {e}", a.out.display());

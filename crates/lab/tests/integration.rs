@@ -24,8 +24,15 @@ fn replay(dir: &Path, exact: bool) -> (Option<i32>, String, String) {
 }
 
 fn traces() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/traces");
-    assert!(dir.is_dir(), "{} is missing: the shared traces sit beside the repository", dir.display());
+    let dir = std::env::var_os("RCUVM_TRACES").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/traces"),
+        PathBuf::from,
+    );
+    assert!(
+        dir.is_dir(),
+        "{} is missing: the shared traces sit beside the repository (or set RCUVM_TRACES)",
+        dir.display()
+    );
     dir
 }
 

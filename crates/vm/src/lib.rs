@@ -24,8 +24,13 @@
 //! assert!(cpu.read(a + 8).is_err());      // SIGSEGV: the old translation is gone
 //! ```
 //!
+//! A [`Cpu`] reads and writes 8-byte words ([`Cpu::read`], [`Cpu::write`])
+//! or bytes at any address across pages ([`Cpu::read_bytes`],
+//! [`Cpu::write_bytes`]); a fault below a `VM_GROWSDOWN` VMA grows it, as a
+//! stack grows. File contents are synthetic ([`MapFile`]).
+//!
 //! Not yet: populated pages of `mlock` and `MAP_POPULATE` (faulted in
-//! through the fault path). The checker, `rcuvm check`, is in the lab;
+//! through the fault path), `fork`. The checker, `rcuvm check`, is in the lab;
 //! [`record`] and [`inject`] are its hooks here. [`protocol`] holds the
 //! steps of the lockless protocols that the loom models run as they are.
 

@@ -171,6 +171,11 @@ impl Default for MmConfig {
 }
 
 /// A file to map: its identity and the mode its descriptor was opened with.
+///
+/// rcuvm reads no file: a page's contents are a deterministic function of
+/// the file's identity and the page offset ([`crate::frame::file_word`]),
+/// and a file has no size (no `SIGBUS` past its end). Shared mappings of
+/// the same file share page-cache frames.
 #[derive(Clone, Debug)]
 pub struct MapFile {
     /// What maps shows.

@@ -27,8 +27,9 @@
 //!   the PTL, that the tree still maps the address to the same VMA object
 //!   (pgtable.rs PT4 makes that re-check sound against a racing zap).
 //!   `rcu-sync`'s munmap waits for a grace period before returning, so the
-//!   range can be reused at once. `rcu-dead`'s munmap never waits for a
-//!   grace period: it leaves a dead entry (vma.rs V5) over the range, which
+//!   range can be reused at once. `rcu-dead`'s munmap does not wait for a
+//!   grace period (unless 8,192 dead entries are still pending, unmap.rs
+//!   U4: a bound on memory): it leaves a dead entry (vma.rs V5) over the range, which
 //!   placement cannot use; the page tables under it are unhooked and the
 //!   entry erased only after a grace period (by the first mm call after a
 //!   grace period passed the state the munmap took, `DeadEntry`);
@@ -59,8 +60,8 @@ pub enum Strategy {
     VmaLock,
     /// Solution 1: faults under RCU; munmap synchronises.
     RcuSync,
-    /// Solution 3: faults under RCU; munmap leaves a dead entry and never
-    /// waits for a grace period.
+    /// Solution 3: faults under RCU; munmap leaves a dead entry and does
+    /// not wait for a grace period (unless 8,192 are pending: S4).
     RcuDead,
     /// Solution 2: refcounted VMAs. Unsafe by design (S5); for the checker.
     RcuRefcount,

@@ -7,8 +7,15 @@ use std::path::PathBuf;
 use rcuvm::AddressSpace;
 
 fn traces() -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/traces");
-    assert!(p.is_dir(), "{} is missing: the shared traces sit beside the repository", p.display());
+    let p = std::env::var_os("RCUVM_TRACES").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/traces"),
+        PathBuf::from,
+    );
+    assert!(
+        p.is_dir(),
+        "{} is missing: the shared traces sit beside the repository (or set RCUVM_TRACES)",
+        p.display()
+    );
     p
 }
 

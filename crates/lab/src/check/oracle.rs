@@ -94,15 +94,15 @@ pub struct Counts {
 /// Checks `h` for `arena`; `zero_pfn` is the zero page.
 pub fn check(h: &History, arena: Arena, zero_pfn: u64) -> (Vec<Violation>, Counts) {
     let (st, mism) = States::build(arena, &h.calls);
+    let t0 = h.calls.first().map_or(0, |c| c.start);
     let mut out = Vec::new();
     for m in mism {
         out.push(Violation {
             rule: "P8",
             what: format!("the tree after call #{} is not what the call returned: {}", m.call, m.what),
-            events: vec![call_line(m.call, &h.calls[m.call])],
+            events: vec![call_line(m.call, &h.calls[m.call], t0)],
         });
     }
-    let t0 = h.calls.first().map_or(0, |c| c.start);
     let mut cx = Ctx { st: &st, calls: &h.calls, zero_pfn, t0, incarnations: HashMap::new(), out: &mut out };
     let mut counts = Counts {
         calls: h.calls.len() as u64,
@@ -146,8 +146,11 @@ fn allows(flags: VmFlags, write: bool) -> bool {
     }
 }
 
-fn call_line(i: usize, c: &CallEvent) -> String {
-    format!("call #{i} [{} .. {}] ns: {} -> {:x?}", c.start, c.end, c.op, c.result)
+/// A call as the report shows it: its interval in µs from `t0`, the
+/// round's first call, on the same clock as the access lines (`Ctx::rel`).
+fn call_line(i: usize, c: &CallEvent, t0: u64) -> String {
+    let rel = |t: u64| t.saturating_sub(t0) as f64 / 1000.0;
+    format!("call #{i} [{:.3} .. {:.3}] us: {} -> {:x?}", rel(c.start), rel(c.end), c.op, c.result)
 }
 
 impl Ctx<'_> {
@@ -196,7 +199,7 @@ impl Ctx<'_> {
             .into_iter()
             .map(|c| {
                 let slot = self.st.slot(c + 1, p);
-                format!("page changed by {} to {:?}", call_line(c, &self.calls[c]), slot)
+                format!("page changed by {} to {:?}", call_line(c, &self.calls[c], self.t0), slot)
             })
             .collect();
         v.reverse();

@@ -210,15 +210,16 @@ pub fn run(b: Backend, p: &Params) -> Result<Outcome, String> {
     // Fault time lost per churn cycle: the faulters' lost share of their
     // time, over the cycles that cost it.
     let lost = (1.0 - kept / 100.0).max(0.0) * faulters(p) as f64 / churn_rate.max(1.0) * 1e6;
-    let mut m = Metric::new("kept", "fault throughput kept under churn", "%", kept);
+    let mut m =
+        Metric::new("kept", "fault throughput kept under churn (median of the rounds' ratios)", "%", kept);
     if b == Backend::Rcuvm(Strategy::RcuDead) {
         m = m.with_target(">= 95%", kept >= 95.0, Some(95.0));
     }
     Ok(Outcome {
         metrics: vec![
             m,
-            Metric::new("alone", "faults/s alone", "faults/s", alone),
-            Metric::new("churned", "faults/s with churn", "faults/s", churned),
+            Metric::new("alone", "faults/s alone (mean of the rounds)", "faults/s", alone),
+            Metric::new("churned", "faults/s with churn (mean of the rounds)", "faults/s", churned),
             Metric::new("churn", "churn cycles/s", "cycles/s", churn_rate),
             Metric::new("lost_per_cycle", "fault time lost per churn cycle", "us", lost),
             Metric::new("kept_paced", "kept with the churn paced at 20k cycles/s", "%", kept_paced),

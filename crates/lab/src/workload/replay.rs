@@ -41,9 +41,15 @@ pub fn unsupported(b: Backend) -> Option<&'static str> {
         .then_some("the traces' addresses belong to the captured processes (use rcuvm replay)")
 }
 
-/// Where the traces are.
+/// Where the traces are: `RCUVM_TRACES`, else `shared/traces` beside the
+/// checkout this binary was built from (so `cargo run` finds them from any
+/// directory), else `../shared/traces` from the current directory.
 pub fn traces_dir() -> PathBuf {
-    std::env::var_os("RCUVM_TRACES").map_or_else(|| PathBuf::from("../shared/traces"), PathBuf::from)
+    if let Some(d) = std::env::var_os("RCUVM_TRACES") {
+        return PathBuf::from(d);
+    }
+    let built = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/traces"));
+    if built.is_dir() { built } else { PathBuf::from("../shared/traces") }
 }
 
 fn load_cases() -> Result<Vec<(String, Case)>, String> {
