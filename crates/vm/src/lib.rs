@@ -63,6 +63,13 @@ mod unmap;
 pub mod vma;
 mod vma_cache;
 
+/// Every `rust` block of the README (the RCU domain's, the maple tree's,
+/// the address space's) compiles and runs as a doctest of this crate,
+/// which has all three crates at hand.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
+
 pub use rcuvm_maple as maple;
 pub use rcuvm_rcu as rcu;
 

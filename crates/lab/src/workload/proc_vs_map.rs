@@ -286,7 +286,7 @@ pub fn run(b: Backend, p: &Params) -> Result<Outcome, String> {
             ),
             Metric::new(
                 "slow_machine",
-                "writer calls over 250 us with readers that were off the CPU, preempted or vCPU stolen (PM5)",
+                "writer calls over 250 us with readers that were preempted or lost their vCPU (PM5; blocked calls not counted)",
                 "count",
                 (slow_with.preempted + slow_with.stolen) as f64,
             ),
