@@ -380,8 +380,15 @@ impl PhysMem {
             .ok()?;
         let ci = (pfn as usize) / CHUNK;
         let slot = &self.chunks[ci];
+        if pfn == 1 {
+            // The first frame after the zero page: chunk 0 is in use now,
+            // populate it as the others are (`chunk_alloc`).
+            chunk_populate(self.chunks[0].load(Ordering::Acquire));
+        }
         if slot.load(Ordering::Acquire).is_null() {
-            let p = chunk_alloc();
+            // Chunk 0 holds the zero page, which an address space that
+            // maps nothing still has: left unpopulated until pfn 1.
+            let p = chunk_alloc(ci != 0);
             // ORDERING: Release publishes the zeroed chunk to `frame()`'s
             // Acquire load; AcqRel on failure sees the winner's chunk.
             if slot.compare_exchange(std::ptr::null_mut(), p, Ordering::AcqRel, Ordering::Acquire).is_err() {
@@ -543,35 +550,57 @@ impl Drop for PhysMem {
 /// A new chunk of zeroed frames (all-zero bytes are valid `Frame`s:
 /// zeroed atomics, which is also F3 for fresh frames).
 ///
-/// On Unix the chunk is its own anonymous mapping, so its pages stay
-/// untouched, and cost no memory, until a frame in them is first used.
+/// On Unix the chunk is its own anonymous mapping, zeroed by the kernel.
 /// Why not `alloc_zeroed`: `Frame` is over-aligned (64), and the standard
 /// allocator serves that with `posix_memalign` and then writes zeros over
 /// all 2 MiB, so every address space paid 2.1 MiB of resident memory for
 /// its zero page alone (measured with /proc/self/statm over 1,000 empty
 /// address spaces: 2,283 KiB each, now 27–72 KiB; docs/benchmarks.md,
 /// tests/memory_per_mm.rs).
+///
+/// With `populate` (every chunk but the zero page's, and that one too
+/// once a frame of it is used: `carve`), the kernel faults the whole
+/// chunk in at once (`MAP_POPULATE`). Why: left to fault in page by page
+/// under the simulated faults, two faulting threads of `page-fault` made
+/// 4.8–5.3 M faults/s in most runs against 6.4–7.3 M for the build that
+/// wrote the chunk at once (and 6.7–6.9 M with `MAP_POPULATE`), one
+/// thread alike (alternated runs, docs/benchmarks.md).
 #[cfg(unix)]
-fn chunk_alloc() -> *mut [Frame; CHUNK] {
+fn chunk_alloc(populate: bool) -> *mut [Frame; CHUNK] {
     let len = std::mem::size_of::<[Frame; CHUNK]>();
+    #[cfg(target_os = "linux")]
+    let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | if populate { libc::MAP_POPULATE } else { 0 };
+    #[cfg(not(target_os = "linux"))]
+    let flags = {
+        let _ = populate;
+        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS
+    };
     // SAFETY: an anonymous private mapping at an address the kernel picks
     // touches no existing memory; the result is checked before use.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
+    let p =
+        unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, flags, -1, 0) };
     if p == libc::MAP_FAILED {
         std::alloc::handle_alloc_error(std::alloc::Layout::new::<[Frame; CHUNK]>());
     }
     // Page-aligned, so `Frame`'s 64-byte alignment holds.
     p.cast()
 }
+
+/// Faults chunk `p` in, as `chunk_alloc(true)` does (a hint: an old
+/// kernel without `MADV_POPULATE_WRITE` leaves it to fault page by page).
+#[cfg(target_os = "linux")]
+fn chunk_populate(p: *mut [Frame; CHUNK]) {
+    if p.is_null() {
+        return;
+    }
+    // SAFETY: `p` is a whole mapping from `chunk_alloc`, live while the
+    // `PhysMem` is; populating writes nothing a reader could see (the
+    // pages read as zeroes either way).
+    unsafe { libc::madvise(p.cast(), std::mem::size_of::<[Frame; CHUNK]>(), libc::MADV_POPULATE_WRITE) };
+}
+
+#[cfg(not(target_os = "linux"))]
+fn chunk_populate(_: *mut [Frame; CHUNK]) {}
 
 /// Gives back a chunk from [`chunk_alloc`].
 ///
@@ -587,7 +616,7 @@ unsafe fn chunk_free(p: *mut [Frame; CHUNK]) {
 }
 
 #[cfg(not(unix))]
-fn chunk_alloc() -> *mut [Frame; CHUNK] {
+fn chunk_alloc(_populate: bool) -> *mut [Frame; CHUNK] {
     let layout = std::alloc::Layout::new::<[Frame; CHUNK]>();
     // SAFETY: the layout has a non-zero size.
     let p = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<[Frame; CHUNK]>();
