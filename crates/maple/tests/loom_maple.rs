@@ -105,3 +105,57 @@ fn load_during_in_place_replace() {
         r.join().unwrap();
     });
 }
+
+/// A value that says when it is dropped: through a loom atomic, so the
+/// model orders the drop against the reader's check of the flag.
+struct Probe {
+    dropped: std::sync::Arc<loom::sync::atomic::AtomicBool>,
+    v: u64,
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        self.dropped.store(true, loom::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+// Checks reclamation itself (N3, R1): a value a reader found stays alive
+// until the reader's guard ends, though the writer replaced it, handed its
+// retired nodes and value to RCU (`flush`) and waited for the callbacks
+// (`barrier`) meanwhile. The other models never reach a batch's size, so
+// everything they retire is freed when the tree drops, after the reader
+// has joined (a review found this gap).
+#[test]
+fn retired_value_outlives_the_readers_guard() {
+    model(|| {
+        let dropped = std::sync::Arc::new(loom::sync::atomic::AtomicBool::new(false));
+        let t: Arc<MapleTree<std::sync::Arc<Probe>>> =
+            Arc::new(MapleTree::new(std::sync::Arc::new(Domain::new())));
+        t.write().insert(0x10..0x20, std::sync::Arc::new(Probe { dropped: dropped.clone(), v: 1 })).unwrap();
+        let r = {
+            let t = t.clone();
+            thread::spawn(move || {
+                let g = t.domain().read();
+                if let Some(e) = t.load(0x18, &g) {
+                    let p: &Probe = &e.value;
+                    thread::yield_now();
+                    // Found under the guard: not dropped while it lasts.
+                    assert!(!p.dropped.load(loom::sync::atomic::Ordering::SeqCst), "freed under a reader");
+                    assert!(p.v == 1 || p.v == 2, "{}", p.v);
+                }
+            })
+        };
+        {
+            let mut w = t.write();
+            w.store(0x10..0x20, std::sync::Arc::new(Probe { dropped: std::sync::Arc::default(), v: 2 }))
+                .unwrap();
+            w.flush();
+        }
+        t.domain().barrier();
+        r.join().unwrap();
+        assert!(
+            dropped.load(loom::sync::atomic::Ordering::SeqCst),
+            "the old value was freed by its callback"
+        );
+    });
+}
