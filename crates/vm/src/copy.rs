@@ -58,6 +58,24 @@ impl Cpu {
     /// Reads `buf.len()` bytes starting at `va`, at any alignment and
     /// across pages, as a load (or a `copy_from_user`) would (B1–B4).
     ///
+    /// # Examples
+    /// ```
+    /// use std::sync::Arc;
+    /// use rcuvm::{AccessError, AddressSpace, CopyError, MapFlags, Prot};
+    ///
+    /// let mm = Arc::new(AddressSpace::new());
+    /// let anon = MapFlags::PRIVATE | MapFlags::ANONYMOUS;
+    /// let a = mm.mmap(0, 8192, Prot::READ | Prot::WRITE, anon, None, 0).unwrap();
+    /// let mut cpu = mm.cpu();
+    /// cpu.write_bytes(a + 4093, b"across").unwrap(); // two pages, two faults
+    /// let mut buf = [0u8; 6];
+    /// cpu.read_bytes(a + 4093, &mut buf).unwrap();
+    /// assert_eq!(&buf, b"across");
+    /// // Past the end of the mapping: the first page's bytes, then SIGSEGV.
+    /// let e = cpu.read_bytes(a + 8190, &mut buf).unwrap_err();
+    /// assert_eq!(e, CopyError { copied: 2, addr: a + 8192, error: AccessError::MapErr });
+    /// ```
+    ///
     /// # Errors
     /// Where the copy stopped and why (B2); `buf` then holds the bytes
     /// copied before it.

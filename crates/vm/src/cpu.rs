@@ -48,6 +48,15 @@ use crate::frame::{FrameCache, WORDS};
 use crate::mm::AddressSpace;
 
 /// A simulated CPU running threads of one address space.
+///
+/// Make one per thread, inside the thread ([`AddressSpace::cpu`]); it
+/// cannot move to another (C4), so this does not compile:
+/// ```compile_fail
+/// use std::sync::Arc;
+/// let mm = Arc::new(rcuvm::AddressSpace::new());
+/// let mut cpu = mm.cpu();
+/// std::thread::spawn(move || cpu.read(0x1000)); // `Cpu` is not `Send`
+/// ```
 pub struct Cpu {
     mm: Arc<AddressSpace>,
     tlb: crate::tlb::Tlb,

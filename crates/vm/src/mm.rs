@@ -362,6 +362,25 @@ const RELAX_SPINS: u32 = 256;
 static NEXT_MM_ID: AtomicU32 = AtomicU32::new(1);
 
 /// How to build an [`AddressSpace`].
+///
+/// # Examples
+/// Many guests on one machine's memory, each with the tunables it runs
+/// with:
+/// ```
+/// use std::sync::Arc;
+/// use rcuvm::{AddressSpace, MmConfig, PhysMem, Strategy};
+///
+/// let machine = Arc::new(PhysMem::new(1 << 18)); // up to 1 GiB of frames
+/// let mut cfg = MmConfig::default();
+/// cfg.max_map_count = 1024;
+/// let guests: Vec<_> = (0..4)
+///     .map(|_| AddressSpace::builder().strategy(Strategy::RcuDead).phys(machine.clone()).config(cfg.clone()).build())
+///     .collect();
+/// assert_eq!(guests[3].config().max_map_count, 1024);
+/// // Bad tunables are an error, not a broken address space.
+/// cfg.task_size = 1 << 60;
+/// assert!(AddressSpace::builder().config(cfg).try_build().is_err());
+/// ```
 #[derive(Clone, Debug, Default)]
 pub struct MmBuilder {
     cfg: MmConfig,
@@ -724,6 +743,22 @@ impl AddressSpace {
     /// address space unchanged. `file` is ignored with `MAP_ANONYMOUS`;
     /// without it and without a file the mapping is anonymous.
     ///
+    /// # Examples
+    /// ```
+    /// use rcuvm::{AddressSpace, Errno, MapFlags, Prot};
+    ///
+    /// let mm = AddressSpace::new();
+    /// let anon = MapFlags::PRIVATE | MapFlags::ANONYMOUS;
+    /// let a = mm.mmap(0, 1 << 20, Prot::READ | Prot::WRITE, anon, None, 0).unwrap();
+    /// // Top-down below mmap_base, as Linux places it.
+    /// assert!(a < mm.config().mmap_base);
+    /// // An errno leaves the address space as it was.
+    /// let again = anon | MapFlags::FIXED_NOREPLACE;
+    /// assert_eq!(mm.mmap(a, 4096, Prot::READ, again, None, 0), Err(Errno::Eexist));
+    /// assert_eq!(mm.mmap(a + 1, 4096, Prot::READ, anon | MapFlags::FIXED, None, 0), Err(Errno::Einval));
+    /// assert_eq!(mm.map_count(), 1);
+    /// ```
+    ///
     /// # Errors
     /// `EINVAL`, `ENOMEM`, `EEXIST`, `EACCES`, `EOVERFLOW`, `EOPNOTSUPP`
     /// (`MAP_SHARED_VALIDATE` with an unknown flag) as Linux returns them.
@@ -893,6 +928,19 @@ impl AddressSpace {
 
     /// An address space holding the VMAs of a `/proc/pid/maps` snapshot;
     /// `source` names the snapshot in errors.
+    ///
+    /// # Examples
+    /// ```
+    /// use rcuvm::AddressSpace;
+    ///
+    /// let text = "00400000-00452000 r-xp 00000000 08:02 173521    /usr/bin/dbus-daemon\n\
+    ///             7ffd1b2a4000-7ffd1b2c5000 rw-p 00000000 00:00 0         [stack]\n";
+    /// let mm = AddressSpace::from_maps(text, "snapshot").unwrap();
+    /// assert_eq!(mm.map_count(), 2);
+    /// assert_eq!(mm.query(0x401000).unwrap().pgoff, 0);
+    /// let e = AddressSpace::from_maps("00400000-zz r-xp\n", "bad").unwrap_err();
+    /// assert!(e.to_string().contains("bad"), "{e}");
+    /// ```
     ///
     /// # Errors
     /// The first malformed line, with its number (maps.rs M2).
