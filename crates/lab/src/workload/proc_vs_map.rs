@@ -58,7 +58,9 @@
 //!   saw no gap over 0.3 ms in 8 s with the other CPU idle, and gaps of
 //!   2.8-5.1 ms with it busy (2026-12-06, three runs each); a maximum
 //!   ratio over 2x can be the machine's alone, and the control shows
-//!   when it is.
+//!   when it is. When the control's median is itself over 2x, a note
+//!   says that the verdict (kept as measured, met or missed) is within
+//!   the machine's noise.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
@@ -253,6 +255,15 @@ pub fn run(b: Backend, p: &Params) -> Result<Outcome, String> {
             slow_null_with.describe()
         ),
     ];
+    let floor = median(&null_rounds);
+    if floor > 2.0 {
+        // PM6: the verdict is kept as measured; the reader is told it is
+        // within what this machine does to a writer that shares nothing.
+        notes.push(format!(
+            "the control's median ({floor:.2}x) is itself above the 2x target in this run: the machine's own noise \
+             can decide this verdict either way"
+        ));
+    }
     if b == Backend::Linux {
         notes
             .push("the host kernel measured about 5x here (shared/ANCHORS.md): context, not a target".into());
@@ -264,7 +275,7 @@ pub fn run(b: Backend, p: &Params) -> Result<Outcome, String> {
                 "floor_ratio",
                 "control: max with readers / alone, sharing nothing (round median, PM6)",
                 "x",
-                median(&null_rounds),
+                floor,
             ),
             Metric::new(
                 "max_ratio_all",
