@@ -419,6 +419,14 @@ fn do_fault(
             }
         }
     };
+    // notifier.rs N1: a copy-on-write replaces a present entry's frame
+    // (`wp_page_copy`'s MMU_NOTIFY_CLEAR), told before the PTL is taken.
+    let replacing = seen.present() && seen.pfn() != new.pfn();
+    let notified = if replacing {
+        hw.notifiers.start(page, page + (1 << PAGE_SHIFT), crate::notifier::NotifyEvent::Clear)
+    } else {
+        None
+    };
     let t = hw.pt.pte_table(page, true).expect("allocating walk");
     let i = PageTable::pte_index(page);
     let ptl = t.lock();
@@ -443,9 +451,11 @@ fn do_fault(
             // page (an anonymous one is reused), so nothing is freed.
             hw.tlb.flush(page, page + (1 << PAGE_SHIFT), old.cpus());
         }
+        hw.notifiers.end(notified);
         return Ok(Outcome::Installed);
     }
     drop(ptl);
+    hw.notifiers.end(notified);
     if let Some(p) = fresh {
         cache.unused(pm, p);
     }

@@ -27,7 +27,10 @@
 //! A [`Cpu`] reads and writes 8-byte words ([`Cpu::read`], [`Cpu::write`])
 //! or bytes at any address across pages ([`Cpu::read_bytes`],
 //! [`Cpu::write_bytes`]); a fault below a `VM_GROWSDOWN` VMA grows it, as a
-//! stack grows. File contents are synthetic ([`MapFile`]).
+//! stack grows. File contents are synthetic ([`MapFile`]). A secondary MMU
+//! (a VMM's nested page tables, an emulator's translation cache) stays
+//! coherent through [`MmuNotifier`]s
+//! ([`AddressSpace::register_notifier`]).
 //!
 //! Not yet: populated pages of `mlock` and `MAP_POPULATE` (faulted in
 //! through the fault path), `fork`. The checker, `rcuvm check`, is in the lab;
@@ -50,6 +53,7 @@ mod mm;
 mod mmap;
 mod mprotect;
 mod mremap;
+pub mod notifier;
 pub mod pgtable;
 pub mod protocol;
 pub mod record;
@@ -80,6 +84,7 @@ pub use frame::PhysMem;
 pub use maps::MapsError;
 pub use mm::{AddressSpace, MmBuilder};
 pub use mmap::{MapFile, MmConfig};
+pub use notifier::{MmuNotifier, NotifierRange, NotifyEvent};
 pub use pgtable::PageTable;
 pub use strategy::Strategy;
 pub use uapi::{Errno, MapFlags, Prot};

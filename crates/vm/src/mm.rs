@@ -285,6 +285,8 @@ pub(crate) struct Hw {
     /// Leaf entries still set in table pages when they were freed (a PTE
     /// installed after its zap: the stale PTE of strategy.rs S5).
     pub(crate) ptes_in_freed_tables: Arc<CachePadded<AtomicU64>>,
+    /// Secondary MMUs to tell of invalidations (notifier.rs).
+    pub(crate) notifiers: crate::notifier::Notifiers,
 }
 
 /// The reader's side of `write_seq` and of the mmap lock (protocol.rs
@@ -497,6 +499,7 @@ impl MmBuilder {
                 reuse_sync_ns: AtomicU64::new(0),
                 inject: self.inject,
                 ptes_in_freed_tables: Arc::default(),
+                notifiers: Default::default(),
             },
             #[cfg(feature = "record")]
             recorder: self.recorder,
@@ -609,6 +612,22 @@ impl AddressSpace {
     pub fn reachable_tables(&self) -> usize {
         let _g = self.mm.domain.read();
         self.mm.hw.pt.reachable()
+    }
+
+    /// Registers a secondary MMU's hooks (notifier.rs N1–N5); the id
+    /// unregisters it.
+    pub fn register_notifier(&self, n: Arc<dyn crate::notifier::MmuNotifier>) -> u64 {
+        // Under the mmap write lock, as Linux's `mmu_notifier_register`
+        // takes it: no mm call is between a start and its end meanwhile.
+        let _l = self.mm.mmap_write_lock();
+        self.mm.hw.notifiers.register(n)
+    }
+
+    /// Unregisters the notifier `id` ([`Self::register_notifier`]);
+    /// whether it was registered.
+    pub fn unregister_notifier(&self, id: u64) -> bool {
+        let _l = self.mm.mmap_write_lock();
+        self.mm.hw.notifiers.unregister(id)
     }
 
     /// The TLB shootdown machinery.
@@ -1135,6 +1154,9 @@ impl Drop for AddressSpace {
         // back and every table is freed; then run the callbacks that free
         // them.
         let all = self.mm.cfg.task_size;
+        // notifier.rs N4: secondary MMUs go first; the teardown's unmaps
+        // tell no one.
+        self.mm.hw.notifiers.release();
         self.call(|c| {
             c.reap_dead(true, 0, u64::MAX);
             let _ = c.munmap_range(0, all);

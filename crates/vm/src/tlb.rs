@@ -437,6 +437,9 @@ pub struct MmuGather {
     /// Tables unhooked, with their level; freed after the flush and a
     /// grace period of the VMA domain.
     pub(crate) tables: Vec<(UnhookedTable, u32)>,
+    /// The range notifiers were told of before the change, to end after
+    /// the flush (notifier.rs N1).
+    pub(crate) notify: Option<crate::notifier::NotifierRange>,
 }
 
 impl Gather for MmuGather {

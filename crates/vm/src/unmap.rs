@@ -80,6 +80,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use crate::mmap::MmCall;
+use crate::notifier::NotifyEvent;
 use crate::pgtable::VA_END;
 #[cfg(doc)]
 use crate::strategy::REAP_BATCH;
@@ -167,6 +168,7 @@ impl MmCall<'_> {
     /// are freed on the last put of the unmapped VMAs `hit` instead (S5).
     pub(crate) fn unmap_pages(&mut self, start: u64, end: u64, free_tables: bool, hit: &[Arc<Vma>]) {
         let mut g = MmuGather::default();
+        g.notify = self.hw.notifiers.start(start, end, NotifyEvent::Unmap);
         self.hw.pt.zap(start, end, &mut g);
         if free_tables {
             let (floor, ceiling) = self.gap_around(start, end);
@@ -200,11 +202,13 @@ impl MmCall<'_> {
     /// `tlb_finish_mmu()`: one shootdown, then frames back at once; tables
     /// after a grace period of the VMA domain (unless `vma_gp_passed`) and
     /// then one of the TLB domain (U1, U2, tlb.rs T6).
-    pub(crate) fn finish(&mut self, g: MmuGather, vma_gp_passed: bool) {
+    pub(crate) fn finish(&mut self, mut g: MmuGather, vma_gp_passed: bool) {
         if g.needs_flush() {
             let (s, e, cpus) = g.range();
             self.hw.tlb.flush(s, e, cpus);
         }
+        // notifier.rs N1: after the shootdown, before the frames go.
+        self.hw.notifiers.end(g.notify.take());
         self.hw.phys.free(g.frames);
         if g.tables.is_empty() {
             return;
