@@ -852,11 +852,23 @@ impl AddressSpace {
     }
 
     /// Sets where the heap starts (what the ELF loader does): `brk` starts
-    /// there too. Only before the first `brk` call.
-    pub fn set_start_brk(&self, addr: u64) {
+    /// there too.
+    ///
+    /// # Errors
+    /// `EINVAL`, changing nothing, if `addr` is not page-aligned, not in
+    /// `[mmap_min_addr, task_size)`, or if the heap has grown already
+    /// (`brk` past `start_brk`: its VMA would no longer be the heap's).
+    pub fn set_start_brk(&self, addr: u64) -> Result<(), Errno> {
         let _lock = self.mm.mmap_write_lock();
-        self.mm.layout.start_brk.store(addr, Ordering::Relaxed);
-        self.mm.layout.brk.store(addr, Ordering::Relaxed);
+        let l = &self.mm.layout;
+        let (start, brk) = (l.start_brk.load(Ordering::Relaxed), l.brk.load(Ordering::Relaxed));
+        let cfg = &self.mm.cfg;
+        if addr % crate::PAGE_SIZE != 0 || addr < cfg.mmap_min_addr || addr >= cfg.task_size || brk > start {
+            return Err(Errno::Einval);
+        }
+        l.start_brk.store(addr, Ordering::Relaxed);
+        l.brk.store(addr, Ordering::Relaxed);
+        Ok(())
     }
 
     /// `mremap(2)`; `new_addr` is used with `MREMAP_FIXED` (flags as in

@@ -252,8 +252,7 @@ pub fn replay(case: &Case) -> Result<Replay, MapsError> {
             // start_brk from the first brk when no [heap] line gave it.
             if !brk_seen && r.mm.brk_range().0 == 0 {
                 if let Ok(b) = c.result {
-                    if addr == 0 || addr != b {
-                        r.mm.set_start_brk(b);
+                    if (addr == 0 || addr != b) && r.mm.set_start_brk(b).is_ok() {
                         r.brk_from_trace = true;
                     }
                 }

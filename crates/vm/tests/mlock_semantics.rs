@@ -201,7 +201,7 @@ fn mlockall_current_locks_every_vma_and_munlockall_unlocks_them() {
 fn mlockall_future_locks_new_mappings_and_the_heap() {
     let mm = AddressSpace::new();
     mm.mmap(A, P, rw(), fixed(), None, 0).unwrap();
-    mm.set_start_brk(0x55_0000);
+    mm.set_start_brk(0x55_0000).unwrap();
     assert_eq!(mm.mlockall(MCL_FUTURE), Ok(()));
     assert!(!locked(&mm, A), "MCL_FUTURE alone leaves current VMAs");
     let b = mm.mmap(0, P, rw(), MapFlags::PRIVATE | MapFlags::ANONYMOUS, None, 0).unwrap();

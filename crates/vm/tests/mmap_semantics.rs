@@ -232,7 +232,7 @@ fn brk_grows_shrinks_and_is_named_heap() {
     let mm = AddressSpace::new();
     // Before the loader sets the heap start, brk refuses everything.
     assert_eq!(mm.brk(0x60_0000), 0);
-    mm.set_start_brk(0x55_0000);
+    mm.set_start_brk(0x55_0000).unwrap();
     assert_eq!(mm.brk(0), 0x55_0000);
     // PAGE_ALIGN rounds up: any byte past start_brk maps a page.
     assert_eq!(mm.brk(0x55_0100), 0x55_0100);
@@ -387,7 +387,7 @@ fn brk_grows_the_vma_linux_would_and_heap_is_strict() {
     let sb = 0x5555_5600_0000;
     // A VMA that straddles start_brk and ends at the break is grown.
     let mm = AddressSpace::new();
-    mm.set_start_brk(sb);
+    mm.set_start_brk(sb).unwrap();
     assert_eq!(mm.brk(sb + P), sb + P);
     mm.munmap(sb, P).unwrap();
     let below = MapFlags::FIXED_NOREPLACE | anon();
@@ -398,7 +398,7 @@ fn brk_grows_the_vma_linux_would_and_heap_is_strict() {
     // A VMA moved (by mremap) to the break keeps its old pgoff: a new heap
     // VMA is made beside it.
     let mm = Arc::new(AddressSpace::new());
-    mm.set_start_brk(sb);
+    mm.set_start_brk(sb).unwrap();
     assert_eq!(mm.brk(sb + P), sb + P);
     mm.munmap(sb, P).unwrap();
     let far = mm.mmap(sb + 0x10_0000, P, rw(), anon() | MapFlags::FIXED, None, 0).unwrap();
@@ -412,7 +412,7 @@ fn brk_grows_the_vma_linux_would_and_heap_is_strict() {
     // With no heap (brk == start_brk), a mapping that ends at start_brk
     // is not [heap]; one that starts at the break is not either.
     let mm = AddressSpace::new();
-    mm.set_start_brk(sb);
+    mm.set_start_brk(sb).unwrap();
     mm.mmap(sb - P, P, rw(), anon() | MapFlags::FIXED, None, 0).unwrap();
     mm.mmap(sb + 4 * P, P, Prot::READ, anon() | MapFlags::FIXED, None, 0).unwrap();
     assert!(!mm.maps().contains("[heap]"), "{}", mm.maps());
@@ -459,4 +459,18 @@ fn unkeepable_tunables_are_refused_at_build() {
         let e = build(bad).unwrap_err();
         assert!(e.contains(what), "{e}");
     }
+}
+
+#[test]
+fn set_start_brk_refuses_what_would_orphan_or_misplace_the_heap() {
+    let mm = AddressSpace::new();
+    assert_eq!(mm.set_start_brk(0x55_0001), Err(Errno::Einval), "unaligned");
+    assert_eq!(mm.set_start_brk(0x1000), Err(Errno::Einval), "below mmap_min_addr");
+    assert_eq!(mm.set_start_brk(mm.config().task_size), Err(Errno::Einval), "past task_size");
+    assert_eq!(mm.brk_range(), (0, 0), "refusals change nothing");
+    mm.set_start_brk(0x55_0000).unwrap();
+    mm.set_start_brk(0x56_0000).unwrap(); // the heap is still empty: allowed
+    assert_eq!(mm.brk(0x56_2000), 0x56_2000);
+    assert_eq!(mm.set_start_brk(0x60_0000), Err(Errno::Einval), "the heap has grown");
+    assert_eq!(mm.brk_range(), (0x56_0000, 0x56_2000));
 }
