@@ -111,7 +111,11 @@ pub struct MmConfig {
     pub task_size: u64,
     /// `mm->mmap_base`: top-down placement starts below it.
     pub mmap_base: u64,
-    /// `vm.mmap_min_addr`.
+    /// The kernel's effective `mmap_min_addr`: the larger of the sysctl
+    /// `vm.mmap_min_addr` and `CONFIG_LSM_MMAP_MIN_ADDR` (65536 on common
+    /// distributions, where the sysctl often reads 4096). Placement, hints
+    /// and stack growth keep above it; `MAP_FIXED` below it succeeds (rcuvm
+    /// acts as root, design.md §10).
     pub mmap_min_addr: u64,
     /// `vm.max_map_count`.
     pub max_map_count: usize,
@@ -600,9 +604,11 @@ impl MmCall<'_> {
         if !free {
             return false;
         }
-        match self.w.find(addr + len) {
-            Some(e) if e.value.flags.contains(VmFlags::GROWSDOWN) => {
-                addr + len <= e.range.start.saturating_sub(self.cfg.stack_guard_gap)
+        // The next VMA, past dead entries (`vm_start_gap` of the next
+        // VMA: a dead entry is none, and must not hide a stack's gap).
+        match self.find_vma(addr + len) {
+            Some(v) if v.flags.contains(VmFlags::GROWSDOWN) => {
+                addr + len <= v.start.saturating_sub(self.cfg.stack_guard_gap)
             }
             _ => true,
         }

@@ -27,6 +27,11 @@
 //! - G5. Growth happens before the access is checked against the VMA's
 //!   rights, so a write below a read-only stack grows it and then fails
 //!   with `SEGV_ACCERR`, as in Linux.
+//! - G6. The VMA gets its anon_vma after the `mmap_min_addr` and guard
+//!   gap checks and before the `pgoff` and `RLIMIT_STACK` ones, as
+//!   `expand_downwards` calls `anon_vma_prepare`: a growth those refuse
+//!   still leaves one, which decides later merges and `mprotect`'s
+//!   `VM_ACCOUNT` (found by a review against the host kernel).
 //!
 //! # Linux
 //! `lock_mm_and_find_vma()` (mm/memory.c, 6.5+: growth under the mmap
@@ -36,6 +41,7 @@
 //! architectures, and `locked_vm` accounting of a locked stack.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use crate::mmap::MmCall;
 use crate::vma::{AnonVmaId, PAGE_SHIFT, PAGE_SIZE, VmFlags, Vma};
@@ -43,7 +49,7 @@ use crate::vma::{AnonVmaId, PAGE_SHIFT, PAGE_SIZE, VmFlags, Vma};
 impl MmCall<'_> {
     /// The first VMA ending above `addr` (`find_vma`; dead entries are
     /// not VMAs, nor is the gate area).
-    fn find_vma(&self, addr: u64) -> Option<Arc<Vma>> {
+    pub(crate) fn find_vma(&self, addr: u64) -> Option<Arc<Vma>> {
         let mut at = addr;
         loop {
             let e = self.w.find(at)?;
@@ -95,22 +101,24 @@ impl MmCall<'_> {
                 return false;
             }
         }
+        // G6: anon_vma_prepare comes before the last two checks, so a
+        // growth they refuse still leaves the VMA an anon_vma (its own, a
+        // neighbour's it could share, or a new one), as in Linux: set in
+        // place, as a first fault does (vma.rs V4).
+        if vma.anon().is_none() {
+            let id = crate::fault::find_mergeable_anon_vma(self.tree, &vma).unwrap_or_else(AnonVmaId::fresh);
+            let _ = vma.rt.anon.compare_exchange(0, id.0, Ordering::AcqRel, Ordering::Acquire);
+        }
         let grow = (vma.start - page) >> PAGE_SHIFT;
         if grow > vma.pgoff || vma.end - page > self.cfg.stack_rlimit {
             return false;
         }
         // G4: no stale translation of a dead entry below may survive.
         self.reap_dead(true, page, vma.start);
-        // anon_vma_prepare: the VMA's own, a neighbour's it could share,
-        // or a new one.
-        let anon = vma
-            .anon()
-            .or_else(|| crate::fault::find_mergeable_anon_vma(self.tree, &vma))
-            .unwrap_or_else(AnonVmaId::fresh);
-        // G3, strategy.rs S3: the object replaced is write-locked first.
+        // G3, strategy.rs S3: the object replaced is write-locked first;
+        // the copy keeps its anon_vma.
         self.vma_write_lock(&vma);
-        let mut grown = Vma { start: page, pgoff: vma.pgoff - grow, ..(*vma).clone() };
-        grown.set_anon(Some(anon));
+        let grown = Vma { start: page, pgoff: vma.pgoff - grow, ..(*vma).clone() };
         let end = grown.end;
         self.store(page..end, grown);
         true

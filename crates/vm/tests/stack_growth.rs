@@ -45,9 +45,17 @@ fn host_program() -> PathBuf {
         .clone()
 }
 
-/// One step's outcome: the result and the arena's maps lines (start and
-/// end in pages from the arena, permissions).
-type Step = (String, Vec<(u64, u64, String)>);
+/// One step's outcome: the result and the arena's VMAs (start and end in
+/// pages from the arena, permissions, the `VmFlags` of [`MODELLED`]).
+type Step = (String, Vec<(u64, u64, String, String)>);
+
+/// The smaps `VmFlags` compared: those these scripts can change and rcuvm
+/// models (the host may show more, `sd` or `nh`).
+const MODELLED: [&str; 11] = ["rd", "wr", "ex", "sh", "mr", "mw", "me", "ms", "gd", "lo", "ac"];
+
+fn modelled(flags: &str) -> String {
+    flags.split([',', ' ']).filter(|f| MODELLED.contains(f)).collect::<Vec<_>>().join(",")
+}
 
 fn run_host(script: &[String]) -> Vec<Step> {
     let out = Command::new(host_program())
@@ -67,6 +75,7 @@ fn run_host(script: &[String]) -> Vec<Step> {
                 w[1].parse().expect("start"),
                 w[2].parse().expect("end"),
                 w[3].to_string(),
+                modelled(w.get(4).copied().unwrap_or("")),
             )),
             "end" => steps.push(cur.take().expect("op first")),
             _ => panic!("unexpected host output {line:?}"),
@@ -117,13 +126,24 @@ fn run_rcuvm(s: Strategy, script: &[String]) -> Vec<Step> {
                 }
                 match mm.mmap(ARENA + num(1) * P, num(2) * P, prot, flags, None, 0) {
                     Ok(_) => "ok".to_string(),
-                    Err(e) => format!("errno {}", e as i32),
+                    Err(e) => format!("errno {}", e.code()),
                 }
             }
             "u" => match mm.munmap(ARENA + num(1) * P, num(2) * P) {
                 Ok(()) => "ok".to_string(),
-                Err(e) => format!("errno {}", e as i32),
+                Err(e) => format!("errno {}", e.code()),
             },
+            "p" => {
+                let prot = match f[3] {
+                    "r" => Prot::READ,
+                    "rw" => Prot::READ | Prot::WRITE,
+                    _ => Prot::empty(),
+                };
+                match mm.mprotect(ARENA + num(1) * P, num(2) * P, prot) {
+                    Ok(()) => "ok".to_string(),
+                    Err(e) => format!("errno {}", e.code()),
+                }
+            }
             "l" => {
                 // RLIMIT_STACK is the process's: a new limit for the rest
                 // of the script (the tunables are fixed at build time, so
@@ -147,17 +167,23 @@ fn run_rcuvm(s: Strategy, script: &[String]) -> Vec<Step> {
             }
             other => panic!("unknown op {other}"),
         };
-        let lines = mm
-            .maps()
-            .lines()
-            .filter_map(|l| {
-                let (range, rest) = l.split_once(' ')?;
-                let (a, b) = range.split_once('-')?;
-                let (a, b) = (u64::from_str_radix(a, 16).ok()?, u64::from_str_radix(b, 16).ok()?);
+        // smaps: each maps line, then its fields, the last `VmFlags:`.
+        let mut lines = Vec::new();
+        let mut cur: Option<(u64, u64, String)> = None;
+        for l in mm.smaps().lines() {
+            if let Some(flags) = l.strip_prefix("VmFlags:") {
+                if let Some((a, b, perms)) = cur.take() {
+                    lines.push((a, b, perms, modelled(flags.trim())));
+                }
+            } else if let Some((range, rest)) = l.split_once(' ') {
+                let Some((a, b)) = range.split_once('-') else { continue };
+                let (Ok(a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) else {
+                    continue;
+                };
                 let in_arena = (ARENA..ARENA + (1 << 32)).contains(&a);
-                in_arena.then(|| ((a - ARENA) / P, (b - ARENA) / P, rest[..4].to_string()))
-            })
-            .collect();
+                cur = in_arena.then(|| ((a - ARENA) / P, (b - ARENA) / P, rest[..4].to_string()));
+            }
+        }
         steps.push((result, lines));
     }
     steps
@@ -237,6 +263,44 @@ fn rlimit_stack_bounds_growth_to_the_page() {
     // 16 pages: the VMA of 4 may grow by 12, not 13.
     let script = ops(&["l:65536", "m:600:4:rw:g", &format!("w:{}", page(587)), &format!("w:{}", page(588))]);
     same_as_host("RLIMIT_STACK", &script);
+}
+
+#[test]
+fn a_growth_refused_by_the_limit_still_gives_an_anon_vma() {
+    // stack.rs G6: expand_downwards prepares the anon_vma before the
+    // RLIMIT_STACK check, and with one, mprotect keeps VM_ACCOUNT (`ac`).
+    // A growth refused by the guard gap gives none (checked before).
+    let script = ops(&["l:65536", "m:600:4:rw:g", &format!("w:{}", page(587)), "p:600:4:r"]);
+    same_as_host("refused by the limit, then mprotect", &script);
+    let script = ops(&["m:1000:2:rw:-", "m:1300:2:rw:g", &format!("r:{}", page(1257)), "p:1300:2:r"]);
+    same_as_host("refused by the gap, then mprotect", &script);
+}
+
+#[test]
+fn placement_keeps_a_stacks_gap_past_a_dead_entry() {
+    // Under rcu-dead the unmapped VMA just below the stack is a dead
+    // entry: placement must look past it to the stack's guard gap (a
+    // review found a hint honoured 2 pages under the stack).
+    let script = ops(&["m:1300:2:rw:g", "m:1298:2:rw:-", "u:1298:2"]);
+    let host = run_host(&script);
+    for s in Strategy::ALL {
+        let ours = run_rcuvm(s, &script);
+        assert_eq!(ours, host, "{s}");
+    }
+    for s in Strategy::ALL {
+        let mm = Arc::new(AddressSpace::with_strategy(s));
+        let flags = MapFlags::PRIVATE | MapFlags::ANONYMOUS;
+        let rw = Prot::READ | Prot::WRITE;
+        mm.mmap(ARENA + 1300 * P, 2 * P, rw, flags | MapFlags::FIXED | MapFlags::GROWSDOWN, None, 0).unwrap();
+        mm.mmap(ARENA + 1298 * P, 2 * P, rw, flags | MapFlags::FIXED, None, 0).unwrap();
+        mm.munmap(ARENA + 1298 * P, 2 * P).unwrap();
+        let a = mm.mmap(ARENA + 1296 * P, 2 * P, rw, flags, None, 0).unwrap();
+        let gap = mm.config().stack_guard_gap;
+        assert!(
+            a + 2 * P <= ARENA + 1300 * P - gap || a > ARENA + 1302 * P,
+            "{s}: placed at {a:#x}, in the stack's gap"
+        );
+    }
 }
 
 #[test]

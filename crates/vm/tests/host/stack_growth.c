@@ -7,11 +7,13 @@
  *                          of r, rw, n; G is g for MAP_GROWSDOWN, - not),
  *                          MAP_FIXED_NOREPLACE, private anonymous
  *   u:PAGE:NPAGES          munmap(arena + PAGE*4096, NPAGES pages)
+ *   p:PAGE:NPAGES:PROT     mprotect(arena + PAGE*4096, NPAGES pages, PROT)
  *   w:OFF / r:OFF          write / read the 8-byte word at arena + OFF
  *   l:BYTES                setrlimit(RLIMIT_STACK) soft limit to BYTES
  * Output, per OP: "op ok" | "op maperr" | "op accerr" | "op errno N",
- * then "map START END PERMS" for each maps line in the arena (offsets in
- * pages from the arena), then "end". A fault is caught with a SIGSEGV
+ * then "map START END PERMS VMFLAGS" for each VMA in the arena (offsets in
+ * pages from the arena; VMFLAGS is smaps' line, words joined by commas),
+ * then "end". A fault is caught with a SIGSEGV
  * handler and sigsetjmp, so the script goes on after it. */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -40,15 +42,25 @@ static void on_segv(int sig, siginfo_t *si, void *ctx) {
 }
 
 static void dump(void) {
-	FILE *f = fopen("/proc/self/maps", "r");
+	FILE *f = fopen("/proc/self/smaps", "r");
 	char line[512];
+	int in_arena = 0;
 	while (f && fgets(line, sizeof line, f)) {
 		unsigned long s, e;
 		char perms[8];
-		if (sscanf(line, "%lx-%lx %7s", &s, &e, perms) != 3)
-			continue;
-		if (s >= arena && s < arena + ARENA_LEN)
-			printf("map %lu %lu %s\n", (s - arena) >> 12, (e - arena) >> 12, perms);
+		if (sscanf(line, "%lx-%lx %7s", &s, &e, perms) == 3) {
+			in_arena = s >= arena && s < arena + ARENA_LEN;
+			if (in_arena)
+				printf("map %lu %lu %s ", (s - arena) >> 12, (e - arena) >> 12, perms);
+		} else if (in_arena && !strncmp(line, "VmFlags:", 8)) {
+			char *w = line + 8;
+			int first = 1;
+			for (char *t = strtok(w, " \n"); t; t = strtok(NULL, " \n")) {
+				printf(first ? "%s" : ",%s", t);
+				first = 0;
+			}
+			printf("\n");
+		}
 	}
 	if (f)
 		fclose(f);
@@ -80,6 +92,13 @@ int main(int argc, char **argv) {
 				printf("op misplaced\n");
 			else
 				printf("op ok\n");
+		} else if (op[0] == 'p') {
+			unsigned long page, n;
+			char prot[4];
+			if (sscanf(op, "p:%lu:%lu:%3s", &page, &n, prot) != 3)
+				return 2;
+			int p = !strcmp(prot, "r") ? PROT_READ : !strcmp(prot, "rw") ? PROT_READ | PROT_WRITE : PROT_NONE;
+			printf(mprotect((void *)(arena + (page << 12)), n << 12, p) ? "op errno %d\n" : "op ok\n", errno);
 		} else if (op[0] == 'u') {
 			unsigned long page, n;
 			if (sscanf(op, "u:%lu:%lu", &page, &n) != 2)
