@@ -29,6 +29,14 @@
 //!   slot freed under it was claimed by another thread, both writing one
 //!   counter: lost unlocks, and grace periods that skipped a live reader
 //!   (found by a review).
+//! - R8. A section of such a `Reader` is still seen by the thread's own
+//!   checks (`nesting_in`: `in_read_section`, the refusal to wait inside
+//!   one's own section, P4): the orphaned slots are kept in a thread-local
+//!   without a destructor (`ORPHANS`, four entries), matched by domain
+//!   address and id. Without it, `synchronize` inside such a section
+//!   waited for itself forever (found by a review). A guard that outlives
+//!   the last `Reader` of an orphaned slot at thread exit leaves the slot
+//!   in use forever, as a leaked guard does (R4).
 //! - R5. `FAST` is only read on the hot path, never mutated: after a thread's
 //!   first use of a domain (and for up to [`FAST_ENTRIES`] domains per thread)
 //!   a read-side section takes no lock, allocates nothing and makes no system
@@ -133,6 +141,7 @@ impl ReaderSlot {
         self.readers.store(n, Ordering::Relaxed);
         if n == 0 && self.orphaned.load(Ordering::Relaxed) {
             self.orphaned.store(false, Ordering::Relaxed);
+            forget_orphan(self);
             if self.nesting() == 0 {
                 // ORDERING: Release pairs with the Acquire in `register`.
                 self.in_use.store(false, Ordering::Release);
@@ -297,6 +306,7 @@ impl Drop for OwnedList {
                 // R7: a `Reader` (in a thread-local destroyed after this
                 // one) still writes the slot; its drop frees it.
                 o.slot.orphaned.store(true, Ordering::Relaxed);
+                note_orphan(&o.domain, &o.slot);
             } else if o.slot.nesting() == 0 {
                 // ORDERING: Release pairs with the Acquire in `register`.
                 o.slot.in_use.store(false, Ordering::Release);
@@ -414,7 +424,53 @@ pub(crate) fn nesting_in(d: &DomainInner) -> u64 {
         // is alive, so its registry keeps the slot allocated (R1).
         return unsafe { (*p).nesting() };
     }
-    OWNED
-        .try_with(|owned| owned.list.borrow().iter().find(|o| o.is(key)).map_or(0, |o| o.slot.nesting()))
-        .unwrap_or(0)
+    let owned =
+        OWNED.try_with(|owned| owned.list.borrow().iter().find(|o| o.is(key)).map(|o| o.slot.nesting()));
+    match owned {
+        Ok(Some(n)) => n,
+        // R8: the registrations are gone (thread exit); a `Reader` that
+        // outlived them may still be in a section.
+        _ => ORPHANS.with(|o| {
+            o.iter().find(|e| std::ptr::eq(e.get().0, key) && e.get().1 == d.id()).map_or(0, |e| {
+                // SAFETY: the entry matched `d` by address and id (ids are
+                // never reused), so the slot is in `d`'s registry, which
+                // `d` keeps (R1).
+                unsafe { (*e.get().2).nesting() }
+            })
+        }),
+    }
+}
+
+/// How many orphaned slots (R8) a thread can still account for.
+const ORPHAN_ENTRIES: usize = 4;
+
+rcu_thread_local! {
+    /// R8: slots `Reader`s still use after this thread's registrations
+    /// were destroyed: (domain address, domain id, slot). Plain cells, so
+    /// the thread-local has no destructor and lasts to the thread's end.
+    #[allow(clippy::type_complexity)]
+    static ORPHANS: [Cell<(*const DomainInner, u64, *const ReaderSlot)>; ORPHAN_ENTRIES] =
+        [const { Cell::new((std::ptr::null(), 0, std::ptr::null())) }; ORPHAN_ENTRIES];
+}
+
+/// Remembers an orphaned slot (R8); past [`ORPHAN_ENTRIES`] it is not
+/// seen by `nesting_in` (a section of it then does not stop this thread's
+/// own `synchronize`, which waits for it forever: documented).
+fn note_orphan(d: &Arc<DomainInner>, slot: &Arc<ReaderSlot>) {
+    let _ = ORPHANS.try_with(|o| {
+        if let Some(e) = o.iter().find(|e| e.get().0.is_null()) {
+            e.set((Arc::as_ptr(d), d.id(), Arc::as_ptr(slot)));
+        }
+    });
+}
+
+/// Forgets an orphaned slot whose last `Reader` went (R8).
+fn forget_orphan(slot: &ReaderSlot) {
+    let _ = ORPHANS.try_with(|o| {
+        for e in o {
+            if std::ptr::eq(e.get().2, slot) {
+                e.set((std::ptr::null(), 0, std::ptr::null()));
+            }
+        }
+    });
 }

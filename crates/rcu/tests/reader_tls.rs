@@ -15,7 +15,8 @@ use rcuvm_rcu::{Domain, Reader};
 /// says so and waits to be let go.
 struct Holder {
     reader: Option<Reader<'static>>,
-    told: Option<(mpsc::Sender<()>, mpsc::Receiver<()>)>,
+    domain: Option<&'static Domain>,
+    told: Option<(mpsc::Sender<bool>, mpsc::Receiver<()>)>,
 }
 
 impl Drop for Holder {
@@ -23,11 +24,14 @@ impl Drop for Holder {
         let (said, go) = self.told.take().expect("set up");
         // OWNED, registered after this thread-local, is destroyed by now.
         let g = self.reader.as_ref().expect("set up").read();
+        // R8: the section is still this thread's, for its own checks (a
+        // synchronize here would panic, P4, not wait for itself).
+        let seen = self.domain.expect("set up").in_read_section();
         drop(g);
-        said.send(()).unwrap();
+        said.send(seen).unwrap();
         go.recv().unwrap();
         drop(self.reader.take());
-        said.send(()).unwrap();
+        said.send(true).unwrap();
     }
 }
 
@@ -42,11 +46,15 @@ fn a_reader_outliving_its_threads_registration_keeps_its_slot() {
     let (go, go_rx) = mpsc::channel();
     let a = std::thread::spawn(move || {
         // This thread-local first, so it is destroyed after rcuvm-rcu's.
-        HOLDER.with(|h| *h.borrow_mut() = Some(Holder { reader: None, told: Some((said_tx, go_rx)) }));
+        HOLDER.with(|h| {
+            *h.borrow_mut() = Some(Holder { reader: None, domain: Some(d), told: Some((said_tx, go_rx)) })
+        });
         let r = d.reader();
         HOLDER.with(|h| h.borrow_mut().as_mut().unwrap().reader = Some(r));
     });
-    said.recv().unwrap(); // A's registrations are gone; its Reader is not
+    // A's registrations are gone; its Reader is not, and its section
+    // was seen as one.
+    assert!(said.recv().unwrap(), "a section of an orphaned Reader was invisible to in_read_section");
     assert_eq!(d.stats().reader_slots, 1);
     // Another thread reads: it must get a slot of its own.
     std::thread::spawn(move || drop(d.read())).join().unwrap();

@@ -27,6 +27,11 @@
 //!   use after free (the table is the walk's, until the TLB domain's grace
 //!   period: tlb.rs T6). Without the feature the access path is
 //!   unchanged.
+//! - C7. An access at or above `task_size` is `SEGV_MAPERR` before any
+//!   lookup: the page tables map 48 bits and their walk drops the bits
+//!   above, so such an address would reach a low page (and keep a TLB
+//!   entry a munmap of that page does not flush). A snapshot's gate area
+//!   (`[vsyscall]`, mmap.rs P9) is shown by maps, not accessible.
 //! - C4. A CPU caches an entry only after its bit is in it
 //!   (`PageTable::walk_for`, pgtable.rs PT3), and it belongs to the thread
 //!   that made it (`!Send`), so a writer on that thread knows its CPUs are
@@ -237,6 +242,12 @@ impl Cpu {
         mut op: impl FnMut(&[AtomicU64; WORDS]),
     ) -> Result<Touched, AccessError> {
         let mm = &*self.mm;
+        // C7: nothing user-accessible lies at or above `task_size` (the
+        // tables map 48 bits, and the walk would drop the bits above:
+        // found by a review, `va | 1 << 48` read `va`'s page).
+        if va >= mm.config().task_size {
+            return Err(AccessError::MapErr);
+        }
         let hw = mm.hw();
         for _ in 0..MAX_FAULTS {
             {

@@ -54,7 +54,10 @@
 //!   `lock_vma_under_rcu` gives up and `lock_mm_and_find_vma` grows the
 //!   stack under the write lock; the access then retries. Any other fault
 //!   at an unmapped address stays lock-free under `rcu-*` (a lookup of
-//!   the next entry, under the same guard).
+//!   the next entry, under the same guard). A nested access (made inside
+//!   another access's closure, or under a guard of the VMA domain) does
+//!   not grow a stack: it is `SEGV_MAPERR`, since the growth would wait
+//!   for the section it is made in.
 //! - FL4. Anonymous private memory: a read fault maps the zero page
 //!   read-only; a write fault maps a new zeroed frame, or reuses the
 //!   frame in place when it is already this VMA's own anonymous page, or
@@ -261,6 +264,13 @@ fn fault_mmap_locked(
         // G1), then the access retries and faults in the grown VMA.
         _ if stack_above(mm, va, &g) => {
             drop((g, r));
+            // FL8: not from inside another access (a closure of
+            // `Cpu::access`) or a read-side section of the VMA domain: the
+            // growth's mm call would wait for that very section (mm.rs
+            // A11). Such a nested access gets the signal instead.
+            if mm.hw().tlb.domain().in_read_section() || mm.domain().in_read_section() {
+                return Err(AccessError::MapErr);
+            }
             if mm.expand_stack(va) { Ok(Outcome::Retry) } else { Err(AccessError::MapErr) }
         }
         _ => Err(AccessError::MapErr),

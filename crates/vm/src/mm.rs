@@ -603,6 +603,10 @@ impl AddressSpace {
     /// that keeps every table it reaches from being freed (pgtable.rs
     /// PT1, PT5). A racing mm call makes it a sample.
     pub fn translate(&self, va: u64) -> crate::pgtable::Pte {
+        // cpu.rs C7: nothing is mapped at or above `task_size`.
+        if va >= self.mm.cfg.task_size {
+            return crate::pgtable::Pte(0);
+        }
         let _g = self.mm.domain.read();
         self.mm.hw.pt.walk(va)
     }

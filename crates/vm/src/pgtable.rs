@@ -342,6 +342,7 @@ impl PageTable {
     /// domain, as `reachable`).
     #[inline]
     pub(crate) fn walk(&self, va: u64) -> Pte {
+        debug_assert!(va < VA_END, "a walk of {va:#x}, past the 48 bits the tables map");
         self.leaf_table(va).map_or(Pte(0), |t| Pte(t.entry(index(va, 1))))
     }
 

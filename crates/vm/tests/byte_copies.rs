@@ -249,3 +249,27 @@ fn a_copy_racing_munmap_sees_whole_pages_or_a_signal() {
         assert_eq!(mm.use_after_free_accesses(), 0, "{s}: cpu.rs C5");
     }
 }
+
+#[test]
+fn addresses_past_task_size_reach_nothing() {
+    // cpu.rs C7: the tables map 48 bits; an address with higher bits set
+    // once reached the page of its low 48 bits (found by a review).
+    for s in Strategy::ALL {
+        let mm = mm(s);
+        let a = mm.mmap(0, P, RW, ANON, None, 0).unwrap();
+        let mut cpu = mm.cpu();
+        cpu.write(a, 0x1234).unwrap();
+        for high in [a | 1 << 48, a | 0xffff_0000_0000_0000, mm.config().task_size] {
+            assert_eq!(cpu.read(high), Err(AccessError::MapErr), "{s}: {high:#x}");
+            assert_eq!(cpu.write(high, 1), Err(AccessError::MapErr), "{s}: {high:#x}");
+            assert_eq!(cpu.write_bytes(high, &[1, 2]).unwrap_err().error, AccessError::MapErr, "{s}");
+            assert!(!mm.translate(high).present(), "{s}: {high:#x}");
+        }
+        assert_eq!(cpu.read(a), Ok(0x1234), "{s}: the low page is untouched");
+        // A copy that runs into task_size stops there.
+        let top = mm.config().task_size - P;
+        mm.mmap(top, P, RW, ANON | MapFlags::FIXED, None, 0).unwrap();
+        let e = cpu.write_bytes(top + P - 2, &[9; 4]).unwrap_err();
+        assert_eq!((e.copied, e.addr, e.error), (2, top + P, AccessError::MapErr), "{s}");
+    }
+}

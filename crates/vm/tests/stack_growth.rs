@@ -398,3 +398,29 @@ fn growth_over_a_dead_entry_survives_its_reaping() {
     assert_eq!((stack.start, stack.end), (base + P, base + 14 * P), "the grown stack is whole");
     assert_eq!(cpu.read(base + P), Ok(2), "and keeps what was written");
 }
+
+#[test]
+fn a_nested_access_does_not_grow_a_stack() {
+    // fault.rs FL8: inside another CPU's access (or a guard of the VMA
+    // domain) a growth would wait for that very section; the nested access
+    // gets SIGSEGV and nothing panics (it reported a misplaced mm call).
+    for s in Strategy::ALL {
+        let mm = Arc::new(AddressSpace::with_strategy(s));
+        let top = 0x5000_0000_0000u64;
+        let flags = MapFlags::PRIVATE | MapFlags::ANONYMOUS | MapFlags::FIXED;
+        let rw = Prot::READ | Prot::WRITE;
+        mm.mmap(top, P, rw, flags | MapFlags::GROWSDOWN, None, 0).unwrap();
+        let other = mm.mmap(0, P, rw, MapFlags::PRIVATE | MapFlags::ANONYMOUS, None, 0).unwrap();
+        let (mut c1, mut c2) = (mm.cpu(), mm.cpu());
+        let mut nested = None;
+        c1.access(other, true, |_| nested = Some(c2.write(top - P, 7))).unwrap();
+        assert_eq!(nested, Some(Err(AccessError::MapErr)), "{s}");
+        {
+            let _g = mm.domain().read();
+            assert_eq!(c2.write(top - P, 7), Err(AccessError::MapErr), "{s}");
+        }
+        assert_eq!(mm.vmas().iter().find(|v| v.end == top + P).unwrap().start, top, "{s}: not grown");
+        // Outside, it grows.
+        assert_eq!(c2.write(top - P, 7), Ok(()), "{s}");
+    }
+}
