@@ -177,6 +177,13 @@ impl Cpu {
     /// # Errors
     /// The signal Linux would send (C3).
     ///
+    /// `op` should not make another access of this address space (through
+    /// another `Cpu`): if that one faults and its fault waits for the mmap
+    /// lock (always under `mmap-lock`, on contention under the others),
+    /// a writer holding the lock may be waiting for this access to end, and
+    /// neither returns. A nested access that would grow a stack is refused
+    /// instead (`SEGV_MAPERR`, fault.rs FL8).
+    ///
     /// # Panics
     /// If `op` makes an mm call (`mmap`, `munmap`…) on this address space:
     /// the call would wait for this access to end (mm.rs A11).
