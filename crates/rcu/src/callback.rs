@@ -170,7 +170,7 @@ const LATE_CHECK: usize = 2;
 
 /// Whether this thread is inside a callback of the domain `id` (C8), at
 /// any depth.
-fn in_callback_of(id: u64) -> bool {
+pub(crate) fn in_callback_of(id: u64) -> bool {
     RUNNING_CALLBACKS.with(|r| r.borrow().contains(&id))
 }
 

@@ -223,6 +223,12 @@ impl Domain {
         crate::reader::nesting_in(&self.inner) != 0
     }
 
+    /// Whether the calling thread is running a callback of this domain (at
+    /// any depth, callback.rs C8): where `barrier` would wait for itself.
+    pub fn in_callback(&self) -> bool {
+        crate::callback::in_callback_of(self.id())
+    }
+
     /// Waits until every reader that was inside a read-side section when this
     /// was called has left it. Concurrent callers share grace periods.
     ///

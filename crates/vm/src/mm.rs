@@ -135,6 +135,11 @@
 //!   would wait for that access, or (found by a review) it would wait for
 //!   the mmap lock held by another thread's call that waits for the
 //!   access: a silent deadlock in every strategy.
+//! - A13. The last `AddressSpace` handle may be dropped anywhere, also in
+//!   a callback or a read-side section of its own domains: the teardown
+//!   (which waits for their grace periods and callbacks) then runs on a
+//!   thread of its own instead of waiting for itself. It used to panic in
+//!   the barrier and leave the teardown undone.
 //!
 //! # Concurrency
 //! `maps`, `smaps`, `query`, `vmas`: RCU read side, lock-free (under the
@@ -1166,6 +1171,19 @@ impl AddressSpace {
 
 impl Drop for AddressSpace {
     fn drop(&mut self) {
+        // A13: the teardown waits for grace periods and callbacks of both
+        // domains; from inside a callback or a read-side section of one it
+        // would wait for itself (the barrier panicked, and the teardown was
+        // abandoned). A thread of its own does it then.
+        let (vd, td) = (&self.mm.domain, self.mm.hw.tlb.domain());
+        if vd.in_callback() || td.in_callback() || vd.in_read_section() || td.in_read_section() {
+            let rest = AddressSpace { mm: self.mm.clone() };
+            std::thread::Builder::new()
+                .name("rcuvm-teardown".into())
+                .spawn(move || drop(rest))
+                .expect("a thread for the teardown");
+            return;
+        }
         // Teardown (`exit_mmap`): unmap everything, so every frame goes
         // back and every table is freed; then run the callbacks that free
         // them.

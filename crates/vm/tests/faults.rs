@@ -396,3 +396,35 @@ fn an_mm_call_inside_an_access_panics_and_changes_nothing() {
     assert_eq!(mm.munmap(a, 4096), Ok(()));
     assert_eq!(mm.query(a), None);
 }
+
+#[test]
+fn the_last_handle_may_be_dropped_in_its_own_callback() {
+    // mm.rs A13: the teardown moves to a thread of its own; it used to
+    // panic in the barrier (caught as a callback panic) and stop halfway,
+    // leaving the frames in use.
+    for s in Strategy::ALL {
+        let phys = Arc::new(PhysMem::new(1 << 12));
+        let mm = Arc::new(AddressSpace::builder().strategy(s).phys(phys.clone()).build());
+        let a = mm.mmap(0, 16 * P, RW, ANON, None, 0).unwrap();
+        let mut cpu = mm.cpu();
+        for i in 0..16 {
+            cpu.write(a + i * P, i).unwrap();
+        }
+        drop(cpu);
+        assert!(phys.stats().in_use >= 16, "{s}");
+        let d = mm.domain().clone();
+        let held = std::sync::Mutex::new(Some(mm));
+        d.call(move || drop(held.lock().unwrap().take()));
+        d.barrier();
+        let t0 = std::time::Instant::now();
+        while phys.stats().in_use > 1 && t0.elapsed() < std::time::Duration::from_secs(10) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert_eq!(d.stats().callbacks_panicked, 0, "{s}");
+        assert!(
+            phys.stats().in_use <= 1,
+            "{s}: {} frames still in use after the teardown",
+            phys.stats().in_use
+        );
+    }
+}
