@@ -278,12 +278,18 @@ fn fault_mmap_locked(
 }
 
 /// Whether the first VMA above `va` (`find_vma`, past dead entries) grows
-/// down: a stack that a fault at `va` may grow (FL8, stack.rs G1).
+/// down: a stack that a fault at `va` may grow (FL8, stack.rs G1). Only
+/// one starting within `stack_rlimit` of `va` could grow that far, so the
+/// walk past dead entries stops there.
 fn stack_above(mm: &AddressSpace, va: u64, g: &rcuvm_rcu::Guard<'_>) -> bool {
     let tree = mm.vmas_tree();
+    let limit = va.saturating_add(mm.config().stack_rlimit);
     let mut at = va;
     loop {
         let Some(e) = tree.find(at, g) else { return false };
+        if e.range.start > limit {
+            return false;
+        }
         if !e.value.is_dead() {
             return e.value.flags.contains(VmFlags::GROWSDOWN) && e.value.start > va;
         }
