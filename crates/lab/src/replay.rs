@@ -81,6 +81,12 @@ fn report(
     if r.brk_from_trace {
         println!("heap: start.maps has no [heap]; start_brk taken from the trace's first brk");
     }
+    if r.no_mmap_calls > 0 {
+        println!(
+            "not replayed: {} mmap calls of files the kernel refused with ENODEV (no mmap for that file type, which rcuvm does not model)",
+            r.no_mmap_calls
+        );
+    }
     if cmp.stack_growth_pages > 0 {
         println!("stack: grew by {} pages between the snapshots (faults, accepted)", cmp.stack_growth_pages);
     }

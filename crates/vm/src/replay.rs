@@ -34,6 +34,12 @@
 //!   malformed lines are errors naming the file (and line); every call is
 //!   given to rcuvm as the trace has it (an `mremap` whose old range wraps
 //!   past 2^64 is `EFAULT`, as in Linux: mremap_semantics.rs).
+//! - Y5. An `mmap` of a file that the kernel refused with `ENODEV` (a
+//!   directory, `/dev/null`: a file whose operations have no `mmap`) is
+//!   not applied: rcuvm knows paths, not file types, so it would map it
+//!   and shift every later placement. Such calls are counted apart
+//!   ([`Replay::no_mmap_calls`]), neither as agreements nor as
+//!   disagreements, so no result of the kernel is taken as rcuvm's.
 //!
 //! # Concurrency
 //! None of its own: [`replay`] makes an [`AddressSpace`] and calls it from
@@ -199,6 +205,8 @@ pub struct Replay {
     pub files: usize,
     /// `start_brk` was taken from the trace's first `brk` (no `[heap]` line).
     pub brk_from_trace: bool,
+    /// `mmap`s of files the kernel refused with `ENODEV`, not applied (Y5).
+    pub no_mmap_calls: usize,
 }
 
 impl Replay {
@@ -244,6 +252,7 @@ pub fn replay(case: &Case) -> Result<Replay, MapsError> {
         unidentified: BTreeSet::new(),
         files: 0,
         brk_from_trace: false,
+        no_mmap_calls: 0,
     };
     let mut paths = BTreeSet::new();
     let mut brk_seen = false;
@@ -260,6 +269,11 @@ pub fn replay(case: &Case) -> Result<Replay, MapsError> {
             brk_seen = true;
         }
         if let MmOp::Mmap { fd: Some((_, Some(p))), flags, .. } = &c.op {
+            if !flags.contains(MapFlags::ANONYMOUS) && c.result == Err(Errno::Enodev) {
+                // Y5: a file without `mmap`, which rcuvm cannot know.
+                r.no_mmap_calls += 1;
+                continue;
+            }
             if !flags.contains(MapFlags::ANONYMOUS) {
                 paths.insert(p.clone());
                 if file_id(&ids, p).is_none() {
@@ -667,6 +681,25 @@ mod tests {
         let cmp = r.compare(&c.end);
         assert!(cmp.page_exact() && cmp.lines_exact(), "{cmp:?}");
         assert!(r.unidentified.is_empty());
+    }
+
+    #[test]
+    fn mmaps_of_files_without_mmap_are_not_replayed() {
+        // Y5: the kernel refused /dev/null with ENODEV; rcuvm, which knows
+        // no file types, would map it and place the next mapping elsewhere.
+        let trace = "\
+1  mmap(NULL, 4096, PROT_READ, MAP_PRIVATE, 3</dev/null>, 0) = -1 ENODEV (No such device)
+1  mmap(NULL, 8192, PROT_READ, MAP_PRIVATE|MAP_ANONYMOUS, -1, 0) = 0x7f0000000000
+";
+        let end = "00400000-00401000 r--p 00000000 fe:00 7                                  /bin/x
+7f0000000000-7f0000002000 r--p 00000000 00:00 0 
+7ffd00000000-7ffd00004000 rw-p 00000000 00:00 0                          [stack]
+";
+        let c = case(START, trace, end);
+        let r = replay(&c).unwrap();
+        assert_eq!((r.applied, r.no_mmap_calls, r.kernel_failed), (1, 1, 0));
+        assert!(r.disagreements.is_empty(), "{:?}", r.disagreements);
+        assert!(r.compare(&c.end).lines_exact());
     }
 
     #[test]
