@@ -160,7 +160,7 @@ impl MmCall<'_> {
                 // D4: the VMA stays; its pages go.
                 self.vma_write_lock(&v);
                 let mut g = MmuGather::default();
-                g.notify = self.hw.notifiers.start(s, e, crate::notifier::NotifyEvent::Clear);
+                g.notify = self.hw.notifiers.start_locked(s, e, crate::notifier::NotifyEvent::Clear);
                 self.hw.pt.zap(s, e, &mut g);
                 self.finish(g, false);
             }

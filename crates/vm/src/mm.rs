@@ -339,6 +339,7 @@ impl crate::protocol::ReadSide<Vma> for Side<'_> {
         }
     }
     fn lock(&self) -> Self::Lock<'_> {
+        crate::notifier::assert_not_in_callback("maps, smaps or vmas (falling back to the mmap lock)");
         self.mm.mmap_lock.read()
     }
     fn txn_range(&self, k: u64) -> Option<(u64, u64)> {
@@ -701,6 +702,10 @@ impl AddressSpace {
     }
 
     pub(crate) fn mmap_read(&self) -> parking_lot::RwLockReadGuard<'_, MmState> {
+        // notifier.rs N6: a callback runs under the write lock.
+        crate::notifier::assert_not_in_callback(
+            "a call that takes the mmap lock (maps, vmas, query, a fault)",
+        );
         self.mm.mmap_lock.read()
     }
 
@@ -1046,7 +1051,10 @@ impl AddressSpace {
 
     /// The mmap read lock, under the `mmap-lock` strategy only (S2).
     fn reader_lock(&self) -> Option<parking_lot::RwLockReadGuard<'_, MmState>> {
-        (self.mm.hw.strategy == Strategy::MmapLock).then(|| self.mm.mmap_lock.read())
+        (self.mm.hw.strategy == Strategy::MmapLock).then(|| {
+            crate::notifier::assert_not_in_callback("maps, smaps, vmas or query under mmap-lock");
+            self.mm.mmap_lock.read()
+        })
     }
 
     /// `/proc/pid/maps`, read under RCU without the mmap lock (A2).
@@ -1219,6 +1227,9 @@ impl Drop for AddressSpace {
 impl Mm {
     /// The mmap lock for writing, spinning before sleeping (A7).
     pub(crate) fn mmap_write_lock(&self) -> parking_lot::RwLockWriteGuard<'_, MmState> {
+        // notifier.rs N6: a callback runs under this lock (or under the
+        // read side of it): taking it would wait forever.
+        crate::notifier::assert_not_in_callback("an mm call");
         if let Some(g) = self.mmap_lock.try_write() {
             return g;
         }

@@ -175,7 +175,7 @@ impl MmCall<'_> {
         let none = !newflags.intersects(VmFlags::READ | VmFlags::WRITE | VmFlags::EXEC);
         let write = newflags.contains(VmFlags::WRITE);
         let mut g = MmuGather::default();
-        g.notify = self.hw.notifiers.start(s, e, crate::notifier::NotifyEvent::ProtectionVma);
+        g.notify = self.hw.notifiers.start_locked(s, e, crate::notifier::NotifyEvent::ProtectionVma);
         self.hw.pt.change_prot(
             s,
             e,

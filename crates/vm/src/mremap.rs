@@ -282,7 +282,7 @@ impl MmCall<'_> {
         self.reap_dead(true, to, to + new_len);
         self.vma_write_lock(vma);
         let mut g = crate::tlb::MmuGather::default();
-        g.notify = self.hw.notifiers.start(addr, addr + old_len, crate::notifier::NotifyEvent::Unmap);
+        g.notify = self.hw.notifiers.start_locked(addr, addr + old_len, crate::notifier::NotifyEvent::Unmap);
         self.hw.pt.move_ptes(addr, to, old_len, &mut g);
         self.finish(g, false);
         self.store_merged(moved);

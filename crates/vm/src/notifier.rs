@@ -22,13 +22,23 @@
 //!   on the thread that made the change, in order; ranges of one mm call
 //!   never nest.
 //! - N3. Callbacks run under the mmap write lock (or, for a fault's
-//!   copy-on-write, the fault's hold on its VMA) and must not call back
-//!   into the address space's mm calls (they would wait for themselves).
-//!   Reading its page tables through [`crate::AddressSpace::translate`] is
-//!   allowed.
+//!   copy-on-write, the fault's hold on its VMA: under `mmap-lock` the
+//!   mmap read lock) and under the list of notifiers. From a callback,
+//!   [`crate::AddressSpace::translate`], `map_count` and `brk_range` may
+//!   be used; mm calls, (un)registering a notifier, and (under
+//!   `mmap-lock`) `maps`/`smaps`/`vmas`/`query` would wait for those
+//!   locks: they panic instead (N6). A notifier that needs its address
+//!   space keeps a `Weak` to it: an `Arc` is a cycle, and `release` then
+//!   never comes.
 //! - N4. `release` runs once, when the address space is torn down, before
 //!   its mappings go; no range callback follows it.
 //! - N5. With no notifier registered, a change costs one relaxed load.
+//! - N6. A callback that re-enters what would wait for its own locks (N3)
+//!   panics with a message naming it; a callback that panics aborts the
+//!   process (the change it interrupted would be left half made: PTEs
+//!   with no VMA, frames never freed, a VMA read lock never dropped;
+//!   found by a review). After `unregister_notifier` returns, no callback
+//!   of that notifier is running or will run.
 //!
 //! # Linux
 //! `include/linux/mmu_notifier.h`: `mmu_notifier_register`,
@@ -49,7 +59,8 @@ pub enum NotifyEvent {
     /// Pages dropped with the mapping kept (`madvise(MADV_DONTNEED)`), or
     /// a copy-on-write replacing a page (`MMU_NOTIFY_CLEAR`).
     Clear,
-    /// Rights removed by `mprotect` (`MMU_NOTIFY_PROTECTION_VMA`).
+    /// Rights changed by `mprotect`, removed or added
+    /// (`MMU_NOTIFY_PROTECTION_VMA`).
     ProtectionVma,
 }
 
@@ -91,8 +102,49 @@ impl std::fmt::Debug for Notifiers {
     }
 }
 
+std::thread_local! {
+    /// N6: this thread is running a notifier callback.
+    static IN_CALLBACK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// N6: refuses, with a panic that names the mistake, what would wait for
+/// the lock a notifier callback runs under.
+pub(crate) fn assert_not_in_callback(what: &str) {
+    assert!(
+        !IN_CALLBACK.with(|c| c.get()),
+        "rcuvm: {what} was called from an MMU notifier callback; callbacks run under the mmap lock \
+         (notifier.rs N3) and this would wait for it forever"
+    );
+}
+
+/// Runs one callback (N6: marked, and a panic aborts the process: it
+/// would unwind out of a half-made change, with PTEs left or frames held).
+fn call(f: impl FnOnce()) {
+    let was = IN_CALLBACK.with(|c| c.replace(true));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    IN_CALLBACK.with(|c| c.set(was));
+    if r.is_err() {
+        eprintln!(
+            "rcuvm: an MMU notifier callback panicked in the middle of a change to the address space; aborting"
+        );
+        std::process::abort();
+    }
+}
+
+/// A range told to the notifiers (N1), to end with [`Notifiers::end`].
+/// It holds the list for the whole bracket (N2), so that no notifier is
+/// registered or unregistered between a start and its end: the mmap lock
+/// excludes that for mm calls, but a fault's copy-on-write does not hold
+/// it (found by a review: a notifier registered in between got an end
+/// without a start, and KVM's in-progress count went below zero).
+pub(crate) struct Pending<'a> {
+    list: parking_lot::RwLockReadGuard<'a, Vec<(u64, Arc<dyn MmuNotifier>)>>,
+    range: NotifierRange,
+}
+
 impl Notifiers {
     pub(crate) fn register(&self, n: Arc<dyn MmuNotifier>) -> u64 {
+        assert_not_in_callback("register_notifier");
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut l = self.list.write();
         l.push((id, n));
@@ -101,6 +153,7 @@ impl Notifiers {
     }
 
     pub(crate) fn unregister(&self, id: u64) -> bool {
+        assert_not_in_callback("unregister_notifier");
         let mut l = self.list.write();
         let before = l.len();
         l.retain(|(i, _)| *i != id);
@@ -114,26 +167,50 @@ impl Notifiers {
         self.any.load(Ordering::Relaxed)
     }
 
-    /// `invalidate_range_start` on every notifier; the range to end later.
-    pub(crate) fn start(&self, start: u64, end: u64, event: NotifyEvent) -> Option<NotifierRange> {
+    /// `invalidate_range_start` on every notifier, for a change made under
+    /// the mmap write lock (which `register_notifier` and
+    /// `unregister_notifier` take too, so the list cannot change before
+    /// the matching [`Self::end_locked`]).
+    pub(crate) fn start_locked(&self, start: u64, end: u64, event: NotifyEvent) -> Option<NotifierRange> {
         if !self.active() {
             return None;
         }
-        let r = NotifierRange { start, end, event };
+        let range = NotifierRange { start, end, event };
         for (_, n) in self.list.read().iter() {
-            n.invalidate_range_start(&r);
+            call(|| n.invalidate_range_start(&range));
         }
-        Some(r)
+        Some(range)
     }
 
-    /// `invalidate_range_end` for a range `start` gave.
-    pub(crate) fn end(&self, r: Option<NotifierRange>) {
+    /// `invalidate_range_end` for a range [`Self::start_locked`] gave.
+    pub(crate) fn end_locked(&self, r: Option<NotifierRange>) {
         if let Some(r) = r {
-            // A notifier registered between start and end gets an end it
-            // had no start for: harmless for the protocol of N1 (it holds
-            // nothing of the range yet).
             for (_, n) in self.list.read().iter() {
-                n.invalidate_range_end(&r);
+                call(|| n.invalidate_range_end(&r));
+            }
+        }
+    }
+
+    /// `invalidate_range_start` on every notifier, for a change made
+    /// without the mmap write lock (a fault's copy-on-write); the bracket,
+    /// holding the list, to end.
+    pub(crate) fn start(&self, start: u64, end: u64, event: NotifyEvent) -> Option<Pending<'_>> {
+        if !self.active() {
+            return None;
+        }
+        let range = NotifierRange { start, end, event };
+        let list = self.list.read();
+        for (_, n) in list.iter() {
+            call(|| n.invalidate_range_start(&range));
+        }
+        Some(Pending { list, range })
+    }
+
+    /// `invalidate_range_end` for a bracket `start` opened.
+    pub(crate) fn end(&self, p: Option<Pending<'_>>) {
+        if let Some(p) = p {
+            for (_, n) in p.list.iter() {
+                call(|| n.invalidate_range_end(&p.range));
             }
         }
     }
@@ -143,7 +220,7 @@ impl Notifiers {
         let l = std::mem::take(&mut *self.list.write());
         self.any.store(false, Ordering::Release);
         for (_, n) in l {
-            n.release();
+            call(|| n.release());
         }
     }
 }

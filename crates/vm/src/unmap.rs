@@ -168,7 +168,7 @@ impl MmCall<'_> {
     /// are freed on the last put of the unmapped VMAs `hit` instead (S5).
     pub(crate) fn unmap_pages(&mut self, start: u64, end: u64, free_tables: bool, hit: &[Arc<Vma>]) {
         let mut g = MmuGather::default();
-        g.notify = self.hw.notifiers.start(start, end, NotifyEvent::Unmap);
+        g.notify = self.hw.notifiers.start_locked(start, end, NotifyEvent::Unmap);
         self.hw.pt.zap(start, end, &mut g);
         if free_tables {
             let (floor, ceiling) = self.gap_around(start, end);
@@ -208,7 +208,7 @@ impl MmCall<'_> {
             self.hw.tlb.flush(s, e, cpus);
         }
         // notifier.rs N1: after the shootdown, before the frames go.
-        self.hw.notifiers.end(g.notify.take());
+        self.hw.notifiers.end_locked(g.notify.take());
         self.hw.phys.free(g.frames);
         if g.tables.is_empty() {
             return;

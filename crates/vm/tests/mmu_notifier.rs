@@ -228,3 +228,93 @@ fn the_check_sees_a_secondary_mmu_that_ignores_the_protocol() {
     }
     assert!(stale_total > 0, "a secondary MMU that ignores in_progress/seq went unnoticed");
 }
+
+/// Counts brackets as KVM does (a signed in-progress count).
+#[derive(Default)]
+struct Counting {
+    starts: AtomicU64,
+    ends: AtomicU64,
+}
+
+impl MmuNotifier for Counting {
+    fn invalidate_range_start(&self, _: &NotifierRange) {
+        self.starts.fetch_add(1, Ordering::SeqCst);
+    }
+    fn invalidate_range_end(&self, _: &NotifierRange) {
+        self.ends.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Says when its start runs, then dawdles in it.
+struct Slow(Mutex<Option<std::sync::mpsc::Sender<()>>>);
+
+impl MmuNotifier for Slow {
+    fn invalidate_range_start(&self, _: &NotifierRange) {
+        if let Some(tx) = self.0.lock().unwrap().take() {
+            tx.send(()).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+    fn invalidate_range_end(&self, _: &NotifierRange) {}
+}
+
+#[test]
+fn registration_waits_for_a_faults_bracket() {
+    // notifier.rs N2: a copy-on-write's start/end does not hold the mmap
+    // lock; a notifier registered (or unregistered) in between got an end
+    // without a start (found by a review).
+    for s in Strategy::ALL {
+        let mm = Arc::new(AddressSpace::with_strategy(s));
+        let (tx, rx) = std::sync::mpsc::channel();
+        mm.register_notifier(Arc::new(Slow(Mutex::new(Some(tx)))));
+        let z = mm.mmap(0, P, RW, ANON, None, 0).unwrap();
+        mm.cpu().read(z).unwrap(); // the zero page
+        let cow = {
+            let mm = mm.clone();
+            std::thread::spawn(move || mm.cpu().write(z, 1).unwrap())
+        };
+        rx.recv().unwrap(); // inside the copy-on-write's start
+        let late = Arc::new(Counting::default());
+        mm.register_notifier(late.clone());
+        cow.join().unwrap();
+        let (st, en) = (late.starts.load(Ordering::SeqCst), late.ends.load(Ordering::SeqCst));
+        assert_eq!(st, en, "{s}: {st} starts, {en} ends for a notifier registered mid-bracket");
+    }
+}
+
+/// A callback that makes an mm call on its own address space.
+struct Reentrant(std::sync::OnceLock<std::sync::Weak<AddressSpace>>);
+
+impl MmuNotifier for Reentrant {
+    fn invalidate_range_start(&self, _: &NotifierRange) {
+        if let Some(mm) = self.0.get().and_then(|w| w.upgrade()) {
+            let _ = mm.mmap(0, P, RW, ANON, None, 0);
+        }
+    }
+    fn invalidate_range_end(&self, _: &NotifierRange) {}
+}
+
+#[test]
+fn a_reentrant_callback_aborts_with_a_message() {
+    // notifier.rs N6: run in a child process (the abort would end this one).
+    if std::env::var_os("RCUVM_REENTRANT_CHILD").is_some() {
+        let mm = Arc::new(AddressSpace::new());
+        let n = Arc::new(Reentrant(std::sync::OnceLock::new()));
+        n.0.set(Arc::downgrade(&mm)).unwrap();
+        mm.register_notifier(n);
+        let a = mm.mmap(0, P, RW, ANON, None, 0).unwrap();
+        mm.cpu().write(a, 1).unwrap();
+        mm.munmap(a, P).unwrap(); // its start makes an mm call
+        unreachable!("the re-entrant call went through");
+    }
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new(exe)
+        .args(["--exact", "a_reentrant_callback_aborts_with_a_message", "--nocapture"])
+        .env("RCUVM_REENTRANT_CHILD", "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the child did not fail:\n{err}");
+    assert!(err.contains("was called from an MMU notifier callback"), "{err}");
+    assert!(err.contains("aborting"), "{err}");
+}
