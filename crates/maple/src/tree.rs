@@ -239,6 +239,10 @@ impl<V: Value> MapleTree<V> {
     /// (write.rs R10): a user's own cache of value objects, as Linux's
     /// mm frees VMAs to `vm_area_cachep`. `free` runs where RCU callbacks
     /// run; values still in the tree when it is dropped are dropped.
+    /// Retired values are handed to RCU in batches (write.rs R9: 64 values
+    /// or 120 nodes), not when a `Writer` is dropped: call
+    /// [`Writer::flush`] to hand over what is pending, or a value may wait
+    /// for later stores (or the tree's drop) before `free` sees it.
     pub fn with_free(domain: Arc<Domain>, free: fn(V)) -> Self {
         let root = NodePtr::<V>::new_leaf(Block::alloc(), &[(u64::MAX, std::ptr::null())]);
         let pool = Arc::new(NodePool::new());

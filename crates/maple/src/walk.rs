@@ -8,8 +8,13 @@
 //! - W1. A walk reads the root, descends by pivots, reads the value in a
 //!   leaf slot, then re-reads that leaf's `meta`: if the leaf is dead the
 //!   walk starts again from the root. A live leaf was current when its slot
-//!   was read (liveness only goes from alive to dead), so every result is a
-//!   state of the tree during the call.
+//!   was read (liveness only goes from alive to dead), so every entry a
+//!   walk returns was in the tree at some moment during the call. A walk
+//!   that crosses leaves (W3) answers "the first entry at or above",
+//!   "the lowest free range" from what each leaf held when it read it:
+//!   the entry existed, but it need not have been the first at any one
+//!   moment if a writer stored below it meanwhile (as with Linux's maple
+//!   tree under RCU; found by a review).
 //! - W2. Walks write no shared memory and take no lock.
 //! - W3. A walk that crosses into another leaf (`find`, `next`, `prev`,
 //!   gap searches) resumes *by address* from the root, never from a saved
