@@ -23,17 +23,11 @@ fn replay(dir: &Path, exact: bool) -> (Option<i32>, String, String) {
     (o.status.code(), out, err)
 }
 
+#[path = "../../vm/tests/common/traces.rs"]
+mod shared_traces;
+
 fn traces() -> PathBuf {
-    let dir = std::env::var_os("RCUVM_TRACES").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/traces"),
-        PathBuf::from,
-    );
-    assert!(
-        dir.is_dir(),
-        "{} is missing: the shared traces sit beside the repository (or set RCUVM_TRACES)",
-        dir.display()
-    );
-    dir
+    shared_traces::traces_dir()
 }
 
 fn copy_case(from: &Path, to: &Path) {

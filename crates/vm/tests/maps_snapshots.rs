@@ -6,17 +6,11 @@ use std::path::PathBuf;
 
 use rcuvm::AddressSpace;
 
+#[path = "common/traces.rs"]
+mod common_traces;
+
 fn traces() -> PathBuf {
-    let p = std::env::var_os("RCUVM_TRACES").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/traces"),
-        PathBuf::from,
-    );
-    assert!(
-        p.is_dir(),
-        "{} is missing: the shared traces sit beside the repository (or set RCUVM_TRACES)",
-        p.display()
-    );
-    p
+    common_traces::traces_dir()
 }
 
 #[test]

@@ -4,19 +4,14 @@
 
 use std::path::PathBuf;
 
+#[path = "common/traces.rs"]
+mod traces;
+
 use rcuvm::replay::{Case, replay};
 
 #[test]
 fn shared_traces_replay_page_exact() {
-    let dir = std::env::var_os("RCUVM_TRACES").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/traces"),
-        PathBuf::from,
-    );
-    assert!(
-        dir.is_dir(),
-        "{} is missing: the shared traces sit beside the repository (or set RCUVM_TRACES)",
-        dir.display()
-    );
+    let dir = traces::traces_dir();
     let mut cases: Vec<PathBuf> =
         std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_dir()).collect();
     cases.sort();

@@ -1,18 +1,11 @@
 //! The shared traces parse completely: every memory call of each log.
 
-use std::path::PathBuf;
+#[path = "common/traces.rs"]
+mod traces;
 
 #[test]
 fn shared_traces_parse() {
-    let dir = std::env::var_os("RCUVM_TRACES").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/traces"),
-        PathBuf::from,
-    );
-    assert!(
-        dir.is_dir(),
-        "{} is missing: the shared traces sit beside the repository (or set RCUVM_TRACES)",
-        dir.display()
-    );
+    let dir = traces::traces_dir();
     let mut total = 0;
     for case in std::fs::read_dir(&dir).unwrap() {
         let case = case.unwrap().path();
