@@ -192,9 +192,13 @@ pub(crate) fn handle_mm_fault(
             // FL3: from here to the VMA, nothing shared is written.
             let e = match mm.vmas_tree().load(va, &g) {
                 Some(e) if !e.value.is_dead() => e,
-                // FL8: a stack to grow is grown under the mmap lock.
+                // FL8: a stack to grow is grown under the mmap lock (not
+                // by a nested access, which must not wait for it).
                 _ if stack_above(mm, va, &g) => {
                     drop(g);
+                    if nested(mm) {
+                        return Err(AccessError::MapErr);
+                    }
                     return count(fault_mmap_locked(mm, va, write, cache), stats);
                 }
                 _ => return Err(AccessError::MapErr),
@@ -228,6 +232,9 @@ pub(crate) fn handle_mm_fault(
                     // FL8, as above.
                     None if stack_above(mm, va, &g) => {
                         drop(g);
+                        if nested(mm) {
+                            return Err(AccessError::MapErr);
+                        }
                         return count(fault_mmap_locked(mm, va, write, cache), stats);
                     }
                     None => return Err(AccessError::MapErr),
@@ -264,17 +271,21 @@ fn fault_mmap_locked(
         // G1), then the access retries and faults in the grown VMA.
         _ if stack_above(mm, va, &g) => {
             drop((g, r));
-            // FL8: not from inside another access (a closure of
-            // `Cpu::access`) or a read-side section of the VMA domain: the
-            // growth's mm call would wait for that very section (mm.rs
-            // A11). Such a nested access gets the signal instead.
-            if mm.hw().tlb.domain().in_read_section() || mm.domain().in_read_section() {
+            if nested(mm) {
                 return Err(AccessError::MapErr);
             }
             if mm.expand_stack(va) { Ok(Outcome::Retry) } else { Err(AccessError::MapErr) }
         }
         _ => Err(AccessError::MapErr),
     }
+}
+
+/// FL8: whether this fault is a nested access (inside another access's
+/// closure, or a read-side section of the VMA domain), which must not
+/// grow a stack: the growth's mm call would wait for that very section
+/// (mm.rs A11), as would the mmap lock it takes first.
+fn nested(mm: &AddressSpace) -> bool {
+    mm.hw().tlb.domain().in_read_section() || mm.domain().in_read_section()
 }
 
 /// Whether the first VMA above `va` (`find_vma`, past dead entries) grows
