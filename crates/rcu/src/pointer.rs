@@ -10,14 +10,16 @@
 //!   owned by the cell until a writer swaps it out; then it is owned by the
 //!   returned `Unlinked`, which frees it only after a grace period of the
 //!   cell's domain (`retire`, `synchronize`, or a successful `try_reclaim`).
-//! - X2. `load` only accepts a guard of the cell's own domain (checked at
-//!   run time: one pointer comparison), and the reference it returns borrows
-//!   the guard (checked at compile time).
+//! - X2. `load` and `replace` only accept a guard of the cell's own domain
+//!   (checked at run time: a comparison of domain ids); the reference
+//!   `load` returns borrows the guard, and the one `replace`'s closure gets
+//!   lasts for the call (checked at compile time).
 //!
 //! # Concurrency
 //! `load`: read side, any thread holding a guard. `swap`, `store`, `take`,
-//! `replace`, `compare_exchange`: any thread, concurrent writers allowed
-//! (each one atomically takes the value it replaced).
+//! `compare_exchange`: any thread; `replace`: any thread holding a guard.
+//! Concurrent writers are allowed (each one atomically takes the value it
+//! replaced).
 //!
 //! # Linux
 //! `rcu_dereference()`, `rcu_assign_pointer()`, `rcu_replace_pointer()`.

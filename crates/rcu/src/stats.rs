@@ -22,7 +22,8 @@ use crate::sync::{AtomicU64, Mutex, Ordering};
 /// Latency histograms are in nanoseconds, up to one minute, 2 significant
 /// digits (1%). Why not 3: a histogram of 3 digits over that range is
 /// 221 KB, and every address space of rcuvm has two domains with two each
-/// (0.9 MB of its 3 MB empty); at 2 digits they are about 30 KB, and
+/// (0.9 MB of what was then its 3 MB, empty); at 2 digits they are
+/// about 30 KB, and
 /// each is made only at its first grace period (`StatsInner::latency`).
 fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000_000, 2).expect("valid histogram bounds")

@@ -181,8 +181,10 @@ impl Cpu {
     /// another `Cpu`): if that one faults and its fault waits for the mmap
     /// lock (always under `mmap-lock`, on contention under the others),
     /// a writer holding the lock may be waiting for this access to end, and
-    /// neither returns. A nested access that would grow a stack is refused
-    /// instead (`SEGV_MAPERR`, fault.rs FL8).
+    /// neither returns. Under `rcu-sync`, `rcu-dead` and `rcu-refcount` a
+    /// nested access that would grow a stack is refused before it takes
+    /// the mmap lock (`SEGV_MAPERR`, fault.rs FL8); under `mmap-lock` and
+    /// `vma-lock` its fault takes the lock first.
     ///
     /// # Panics
     /// If `op` makes an mm call (`mmap`, `munmap`…) on this address space:

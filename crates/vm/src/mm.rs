@@ -624,7 +624,7 @@ impl AddressSpace {
         self.mm.hw.pt.reachable()
     }
 
-    /// Registers a secondary MMU's hooks (notifier.rs N1–N5); the id
+    /// Registers a secondary MMU's hooks (notifier.rs N1–N6); the id
     /// unregisters it.
     pub fn register_notifier(&self, n: Arc<dyn crate::notifier::MmuNotifier>) -> u64 {
         // Under the mmap write lock, as Linux's `mmu_notifier_register`

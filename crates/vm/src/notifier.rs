@@ -9,7 +9,7 @@
 //! # Invariants
 //! - N1. Every change that removes or narrows a translation (a zap by
 //!   `munmap`, a `MAP_FIXED` replacement, `brk` or `mremap` shrinking,
-//!   `madvise(MADV_DONTNEED/FREE)`; rights removed by `mprotect`; PTEs
+//!   `madvise(MADV_DONTNEED/FREE)`; any change of rights by `mprotect`; PTEs
 //!   moved by `mremap`; a copy-on-write that replaces a present entry's
 //!   frame) is bracketed: `invalidate_range_start` before the first PTE of
 //!   the range changes, `invalidate_range_end` after the CPUs' TLB
@@ -21,9 +21,10 @@
 //! - N2. Starts and ends pair up, one end per start with the same range,
 //!   on the thread that made the change, in order; ranges of one mm call
 //!   never nest.
-//! - N3. Callbacks run under the mmap write lock (or, for a fault's
+//! - N3. Range callbacks run under the mmap write lock (or, for a fault's
 //!   copy-on-write, the fault's hold on its VMA: under `mmap-lock` the
-//!   mmap read lock) and under the list of notifiers. From a callback,
+//!   mmap read lock) and under the list of notifiers; `release` runs with
+//!   neither held. From a callback,
 //!   [`crate::AddressSpace::translate`], `map_count` and `brk_range` may
 //!   be used; mm calls, (un)registering a notifier, and (under
 //!   `mmap-lock`) `maps`/`smaps`/`vmas`/`query` would wait for those
@@ -75,7 +76,7 @@ pub struct NotifierRange {
     pub event: NotifyEvent,
 }
 
-/// A secondary MMU's hooks (N1–N4). Register with
+/// A secondary MMU's hooks (N1–N6). Register with
 /// [`crate::AddressSpace::register_notifier`].
 pub trait MmuNotifier: Send + Sync {
     /// Translations of `range` are about to change: drop them, and create

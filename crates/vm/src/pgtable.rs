@@ -42,9 +42,10 @@
 //!   caller's duty, through [`crate::tlb::MmuGather`].
 //!
 //! # Concurrency
-//! `walk`, `rss`: lock-free, any thread (under the caller's RCU guard or
-//! lock as the strategy requires). `install` and `pte_table`: any thread,
-//! they take table locks. `zap`, `change_prot`, `move_ptes`,
+//! `walk`, `rss`, `reachable` (crate-private): lock-free, any thread,
+//! under a guard that keeps the tables (PT1, PT5); embedders walk through
+//! `AddressSpace::translate`. `pte_table`: any thread, it takes table
+//! locks. `zap`, `change_prot`, `move_ptes`,
 //! `free_tables`: mmap write lock.
 //!
 //! # Linux

@@ -8,7 +8,7 @@
 //!   lookup under the fault's guard); the growth itself is an mm call,
 //!   under the mmap write lock, that looks again (fault.rs FL8).
 //! - G2. The growth is refused (the access is then `SEGV_MAPERR`, and
-//!   nothing changes) when the page is below `mmap_min_addr`; when the
+//!   nothing changes but G6's anon_vma) when the page is below `mmap_min_addr`; when the
 //!   VMA below is accessible, not `VM_GROWSDOWN`, and would end less than
 //!   `stack_guard_gap` below the page; when the VMA's `pgoff` would go
 //!   below zero; or when the grown VMA would exceed
