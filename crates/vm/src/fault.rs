@@ -192,14 +192,9 @@ pub(crate) fn handle_mm_fault(
             // FL3: from here to the VMA, nothing shared is written.
             let e = match mm.vmas_tree().load(va, &g) {
                 Some(e) if !e.value.is_dead() => e,
-                // FL8: a stack to grow is grown under the mmap lock (not
-                // by a nested access, which must not wait for it).
                 _ if stack_above(mm, va, &g) => {
                     drop(g);
-                    if nested(mm) {
-                        return Err(AccessError::MapErr);
-                    }
-                    return count(fault_mmap_locked(mm, va, write, cache), stats);
+                    return fault_below_stack(mm, va, write, cache, stats);
                 }
                 _ => return Err(AccessError::MapErr),
             };
@@ -229,13 +224,9 @@ pub(crate) fn handle_mm_fault(
                 let g = mm.domain().read();
                 match mm.vmas_tree().load(va, &g) {
                     Some(e) => e.to_arc(),
-                    // FL8, as above.
                     None if stack_above(mm, va, &g) => {
                         drop(g);
-                        if nested(mm) {
-                            return Err(AccessError::MapErr);
-                        }
-                        return count(fault_mmap_locked(mm, va, write, cache), stats);
+                        return fault_below_stack(mm, va, write, cache, stats);
                     }
                     None => return Err(AccessError::MapErr),
                 }
@@ -278,6 +269,22 @@ fn fault_mmap_locked(
         }
         _ => Err(AccessError::MapErr),
     }
+}
+
+/// FL8 from a lock-free strategy: a stack to grow is grown under the
+/// mmap lock, except by a nested access, which is refused before it
+/// takes that lock (it must not wait for it).
+fn fault_below_stack(
+    mm: &AddressSpace,
+    va: u64,
+    write: bool,
+    cache: &mut FrameCache,
+    stats: &mut FaultStats,
+) -> Result<Outcome, AccessError> {
+    if nested(mm) {
+        return Err(AccessError::MapErr);
+    }
+    count(fault_mmap_locked(mm, va, write, cache), stats)
 }
 
 /// FL8: whether this fault is a nested access (inside another access's

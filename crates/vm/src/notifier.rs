@@ -173,14 +173,7 @@ impl Notifiers {
     /// `unregister_notifier` take too, so the list cannot change before
     /// the matching [`Self::end_locked`]).
     pub(crate) fn start_locked(&self, start: u64, end: u64, event: NotifyEvent) -> Option<NotifierRange> {
-        if !self.active() {
-            return None;
-        }
-        let range = NotifierRange { start, end, event };
-        for (_, n) in self.list.read().iter() {
-            call(|| n.invalidate_range_start(&range));
-        }
-        Some(range)
+        self.start(start, end, event).map(|p| p.range)
     }
 
     /// `invalidate_range_end` for a range [`Self::start_locked`] gave.
