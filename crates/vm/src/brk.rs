@@ -8,12 +8,13 @@
 //!   break when it reaches above `start_brk` (it may start below) and
 //!   would merge (same flags, anonymous, unnamed, contiguous `pgoff`: not
 //!   after an `mremap` moved it), else makes a new anonymous VMA (`pgoff`
-//!   = address >> 12), flagged `VM_ACCOUNT`.
+//!   = address >> 12), flagged `VM_ACCOUNT`. The growth is charged
+//!   (mmap.rs P10): one larger than physical memory is refused (K1).
 //! - K3. Shrinking unmaps `[new, old)` (page-aligned) and needs a VMA there.
 //!
 //! # Linux
 //! `SYSCALL_DEFINE1(brk)` and `do_brk_flags()` in `mm/mmap.c`. Not
-//! modelled: `RLIMIT_DATA` and overcommit refusals, brk randomisation.
+//! modelled: `RLIMIT_DATA`, brk randomisation.
 
 use std::sync::atomic::Ordering;
 
@@ -60,6 +61,10 @@ impl MmCall<'_> {
             }
         }
         if self.map_count() > self.cfg.max_map_count {
+            return orig;
+        }
+        // do_brk_flags(): the heap is charged (mmap.rs P10).
+        if self.vm_enough_memory((newbrk - oldbrk) >> PAGE_SHIFT).is_err() {
             return orig;
         }
         self.reap_dead(true, oldbrk, newbrk);

@@ -58,6 +58,19 @@
 //!   another access's closure, or under a guard of the VMA domain) does
 //!   not grow a stack: it is `SEGV_MAPERR`, since the growth would wait
 //!   for the section it is made in.
+//! - FL9. Population (`mlock`, `MAP_POPULATE`, `MADV_POPULATE_*`: mlock.rs
+//!   L3, madvise.rs D6) faults pages in through the same `do_fault`, by
+//!   the holder of the mmap write lock, with the VMA it found: so a
+//!   populated page is exactly the page an access would have faulted in
+//!   (the zero page for a read of private anonymous memory, a copy for a
+//!   write), and racing faults of other CPUs back off as against each
+//!   other (FL1).
+//! - FL10. Page tables are memory too: a fault that needs a new table
+//!   when this address space's tables and the frames in use fill the
+//!   [`PhysMem`](crate::frame::PhysMem)'s capacity is out of memory, as a
+//!   frame it cannot get is. Why: population (FL9) of a huge read-only
+//!   mapping maps only the zero page, and its tables alone (one per
+//!   2 MiB) would grow without bound.
 //! - FL4. Anonymous private memory: a read fault maps the zero page
 //!   read-only; a write fault maps a new zeroed frame, or reuses the
 //!   frame in place when it is already this VMA's own anonymous page, or
@@ -84,7 +97,7 @@ use std::sync::atomic::Ordering;
 use rcuvm_maple::MapleTree;
 
 use crate::frame::{FrameCache, Owner};
-use crate::mm::AddressSpace;
+use crate::mm::{AddressSpace, Hw};
 use crate::pgtable::{PageTable, Pte};
 use crate::strategy::{self, Strategy};
 use crate::vma::{AnonVmaId, Backing, PAGE_SHIFT, VmFlags, Vma, anon_vma_compatible};
@@ -175,7 +188,7 @@ pub(crate) fn handle_mm_fault(
                 // A writer holds it: wait for the writer on the mmap lock.
                 return count(fault_mmap_locked(mm, va, write, cache), stats);
             }
-            let r = do_fault(mm, &vma, va, write, cache, None);
+            let r = do_fault(mm.hw(), mm.vmas_tree(), &vma, va, write, cache, None);
             strategy::vma_end_read(&vma);
             r
         }
@@ -185,7 +198,7 @@ pub(crate) fn handle_mm_fault(
             // the re-check (the PTL is what orders it against a writer).
             let attached = |v: &Vma| !v.rt.detached.load(Ordering::Acquire);
             if let Some(v) = vmacache.as_deref().filter(|v| v.start <= va && va < v.end && attached(v)) {
-                let out = do_fault(mm, v, va, write, cache, Some(&|| attached(v)));
+                let out = do_fault(mm.hw(), mm.vmas_tree(), v, va, write, cache, Some(&|| attached(v)));
                 drop(g);
                 return count(out, stats);
             }
@@ -207,7 +220,8 @@ pub(crate) fn handle_mm_fault(
             }
             *vmacache = Some(e.to_arc());
             do_fault(
-                mm,
+                mm.hw(),
+                mm.vmas_tree(),
                 e.value,
                 va,
                 write,
@@ -232,7 +246,7 @@ pub(crate) fn handle_mm_fault(
                 }
             };
             // S5: the counted reference "keeps the VMA valid"; no re-check.
-            do_fault(mm, &vma, va, write, cache, None)
+            do_fault(mm.hw(), mm.vmas_tree(), &vma, va, write, cache, None)
         }
     };
     count(out, stats)
@@ -257,7 +271,7 @@ fn fault_mmap_locked(
     let r = mm.mmap_read();
     let g = mm.domain().read();
     match mm.vmas_tree().load(va, &g) {
-        Some(e) if !e.value.is_dead() => do_fault(mm, e.value, va, write, cache, None),
+        Some(e) if !e.value.is_dead() => do_fault(mm.hw(), mm.vmas_tree(), e.value, va, write, cache, None),
         // FL8: grow the stack above under the mmap write lock (stack.rs
         // G1), then the access retries and faults in the grown VMA.
         _ if stack_above(mm, va, &g) => {
@@ -315,6 +329,44 @@ fn stack_above(mm: &AddressSpace, va: u64, g: &rcuvm_rcu::Guard<'_>) -> bool {
     }
 }
 
+/// FL9: one page of `__get_user_pages()` for population (mlock.rs L3,
+/// madvise.rs D6), made by the holder of the mmap write lock: the fault an
+/// access would take, with the VMA the caller found (it cannot change
+/// while that lock is held, so no re-check). A fault another CPU races
+/// with (FL1's back-off) is made again; one that finds the page already
+/// mapped as the access needs is done.
+pub(crate) fn fault_in_page(
+    hw: &Hw,
+    tree: &MapleTree<Arc<Vma>>,
+    vma: &Vma,
+    page: u64,
+    write: bool,
+    cache: &mut FrameCache,
+) -> Result<(), AccessError> {
+    // Each back-off is a CPU's fault installing this very page: a handful
+    // at most, since nothing can zap it while the lock is held.
+    for _ in 0..64 {
+        if do_fault(hw, tree, vma, page, write, cache, None)? == Outcome::Installed {
+            return Ok(());
+        }
+        let seen = hw.pt.walk(page);
+        if seen.present() && (!write || seen.writable()) {
+            return Ok(());
+        }
+    }
+    Err(AccessError::Livelock)
+}
+
+/// The leaf table for `page`, made if missing, unless the tables would
+/// take physical memory that is not there (FL10).
+fn leaf_table(hw: &Hw, page: u64) -> Option<&crate::pgtable::Table> {
+    hw.pt.pte_table(page, false).or_else(|| {
+        let pm = &*hw.phys;
+        (hw.pt.tables() + pm.in_use() < pm.capacity())
+            .then(|| hw.pt.pte_table(page, true).expect("allocating walk"))
+    })
+}
+
 /// `access_error()` for x86: writes need `VM_WRITE`; any right allows reads.
 fn access_ok(vma: &Vma, write: bool) -> bool {
     if write {
@@ -325,11 +377,11 @@ fn access_ok(vma: &Vma, write: bool) -> bool {
 }
 
 /// `__anon_vma_prepare()`: gives `vma` an anon_vma if it has none (FL4).
-fn anon_vma_prepare(mm: &AddressSpace, vma: &Vma) {
+fn anon_vma_prepare(tree: &MapleTree<Arc<Vma>>, vma: &Vma) {
     if vma.anon().is_some() {
         return;
     }
-    let id = find_mergeable_anon_vma(mm.vmas_tree(), vma).unwrap_or_else(AnonVmaId::fresh);
+    let id = find_mergeable_anon_vma(tree, vma).unwrap_or_else(AnonVmaId::fresh);
     // V4: set once; a racing fault may have set it first.
     let _ = vma.rt.anon.compare_exchange(0, id.0, Ordering::AcqRel, Ordering::Acquire);
 }
@@ -362,17 +414,17 @@ pub(crate) fn find_mergeable_anon_vma(tree: &MapleTree<Arc<Vma>>, vma: &Vma) -> 
 /// fault counts a use after free (cpu.rs C5) for the checker.
 #[cfg(feature = "record")]
 struct TableHeld<'a> {
-    mm: &'a AddressSpace,
+    hw: &'a Hw,
     table: Option<(&'a crate::pgtable::Table, u64)>,
 }
 
 #[cfg(feature = "record")]
 impl<'a> TableHeld<'a> {
-    fn new(mm: &'a AddressSpace, va: u64) -> Self {
+    fn new(hw: &'a Hw, va: u64) -> Self {
         // ORDERING: Acquire pairs with free_tree's Release bump (pgtable.rs
         // PT1); so does the load in `drop`.
-        let table = mm.hw().pt.pte_table(va, false).map(|t| (t, t.generation.load(Ordering::Acquire)));
-        TableHeld { mm, table }
+        let table = hw.pt.pte_table(va, false).map(|t| (t, t.generation.load(Ordering::Acquire)));
+        TableHeld { hw, table }
     }
 }
 
@@ -380,7 +432,7 @@ impl<'a> TableHeld<'a> {
 impl Drop for TableHeld<'_> {
     fn drop(&mut self) {
         if self.table.is_some_and(|(t, g)| t.generation.load(Ordering::Acquire) != g) {
-            self.mm.hw().use_after_free.fetch_add(1, Ordering::Relaxed);
+            self.hw.use_after_free.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -388,7 +440,8 @@ impl Drop for TableHeld<'_> {
 /// The fault proper, once the VMA is held (FL1, FL4, FL5). `live` is the
 /// re-check of S4, run under the PTL.
 fn do_fault(
-    mm: &AddressSpace,
+    hw: &Hw,
+    tree: &MapleTree<Arc<Vma>>,
     vma: &Vma,
     va: u64,
     write: bool,
@@ -396,11 +449,10 @@ fn do_fault(
     live: Option<&dyn Fn() -> bool>,
 ) -> Result<Outcome, AccessError> {
     #[cfg(feature = "record")]
-    let _fl5 = TableHeld::new(mm, va);
+    let _fl5 = TableHeld::new(hw, va);
     if !access_ok(vma, write) {
         return Err(AccessError::AccErr);
     }
-    let hw = mm.hw();
     let pm = &*hw.phys;
     let page = va & !((1 << PAGE_SHIFT) - 1);
     let seen = hw.pt.walk(page);
@@ -434,7 +486,7 @@ fn do_fault(
             } else if reuse {
                 Pte::new(seen.pfn(), true) // do_wp_page: reuse our own page
             } else {
-                anon_vma_prepare(mm, vma);
+                anon_vma_prepare(tree, vma);
                 let pfn = cache
                     .alloc(pm, Owner::Anon { mm: hw.id, vpn: page >> PAGE_SHIFT })
                     .ok_or(AccessError::Oom)?;
@@ -461,7 +513,13 @@ fn do_fault(
     } else {
         None
     };
-    let t = hw.pt.pte_table(page, true).expect("allocating walk");
+    let Some(t) = leaf_table(hw, page) else {
+        hw.notifiers.end(notified);
+        if let Some(p) = fresh {
+            cache.unused(pm, p);
+        }
+        return Err(AccessError::Oom);
+    };
     let i = PageTable::pte_index(page);
     let ptl = t.lock();
     // pte_same (CPU bits aside: a walk may have added one since, PT3).

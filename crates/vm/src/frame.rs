@@ -524,10 +524,21 @@ impl PhysMem {
         Some(pfn)
     }
 
+    /// Frames this memory can hold (the zero page among them): its
+    /// `totalram_pages()`.
+    pub fn capacity(&self) -> usize {
+        self.chunks.len() * CHUNK
+    }
+
+    /// Frames allocated and not freed ([`PhysStats::in_use`]).
+    pub(crate) fn in_use(&self) -> usize {
+        self.pcp.iter().map(|p| p.in_use.load(Ordering::Relaxed)).sum::<i64>().max(0) as usize
+    }
+
     /// Counters.
     pub fn stats(&self) -> PhysStats {
         PhysStats {
-            in_use: self.pcp.iter().map(|p| p.in_use.load(Ordering::Relaxed)).sum::<i64>().max(0) as usize,
+            in_use: self.in_use(),
             page_cache: self.page_cache.lock().unwrap_or_else(|e| e.into_inner()).len(),
             carved: self.next.load(Ordering::Relaxed) as usize,
         }

@@ -32,8 +32,10 @@
 //! coherent through [`MmuNotifier`]s
 //! ([`AddressSpace::register_notifier`]).
 //!
-//! Not yet: populated pages of `mlock` and `MAP_POPULATE` (faulted in
-//! through the fault path), `fork`. The checker, `rcuvm check`, is in the lab;
+//! `mlock`, `MAP_POPULATE` and `MADV_POPULATE_*` fault pages in through
+//! the fault path; one charge larger than physical memory is refused
+//! (overcommit), and page tables count against it. Not yet: `fork`. The
+//! checker, `rcuvm check`, is in the lab;
 //! [`record`] and [`inject`] are its hooks here. [`protocol`] holds the
 //! steps of the lockless protocols that the loom models run as they are.
 

@@ -20,6 +20,17 @@
 //!   pages as they are (rcuvm has no swap or LRU); `MADV_MERGEABLE` and
 //!   `MADV_UNMERGEABLE` set and clear `VM_MERGEABLE` (KSM never merges
 //!   pages here). All drawn by the kernel-differential test.
+//! - D6. `MADV_POPULATE_READ` and `MADV_POPULATE_WRITE` fault every page
+//!   of the range in (`madvise_populate()`), through the fault path as
+//!   `mlock` does (mlock.rs L3, fault.rs FL9): read faults (the zero page
+//!   for private anonymous memory) or write faults (copy-on-write
+//!   broken), whatever the VMA's flags would have chosen. VMA by VMA in
+//!   address order, changing no VMA; the first failure stops it, the pages
+//!   before it staying: a hole (no stack grows) is `ENOMEM`; a VMA
+//!   without `VM_READ` (for `READ`: x86's rule that any right reads does
+//!   not apply, as in GUP's `check_vma_flags()`) or without `VM_WRITE`
+//!   (for `WRITE`), or `VM_IO`/`VM_PFNMAP`, is `EINVAL`; out of frames is
+//!   `ENOMEM`. Each errno was read off the host kernel (6.18).
 //!
 //! # Linux
 //! `do_madvise()`, `madvise_walk_vmas()`, `madvise_vma_behavior()`,
@@ -27,7 +38,7 @@
 //! `ksm_madvise()`, `can_madv_lru_vma()`.
 //!
 //! Not modelled yet: the advices that
-//! need other subsystems (`REMOVE`: shmem hole punching, `POPULATE_*`,
+//! need other subsystems (`REMOVE`: shmem hole punching,
 //! `COLLAPSE`, guard regions, `HWPOISON`, `SOFT_OFFLINE`): those return
 //! `ENOSYS`, which Linux never does here, so that a replay that meets one
 //! says so.
@@ -136,6 +147,9 @@ impl MmCall<'_> {
         if end == start {
             return Ok(());
         }
+        if matches!(advice, madv::POPULATE_READ | madv::POPULATE_WRITE) {
+            return self.madvise_populate(start, end, advice == madv::POPULATE_WRITE);
+        }
         // find_vma(start): no VMA ending above `start` at all.
         if self.w.find(start).is_none() {
             return Err(Errno::Enomem);
@@ -170,5 +184,21 @@ impl MmCall<'_> {
             unmapped = true;
         }
         if unmapped { Err(Errno::Enomem) } else { Ok(()) }
+    }
+
+    /// `madvise_populate()` over `[start, end)` (D6).
+    fn madvise_populate(&mut self, start: u64, end: u64, write: bool) -> Result<(), Errno> {
+        let need = if write { VmFlags::WRITE } else { VmFlags::READ };
+        let mut at = start;
+        while at < end {
+            let Some(v) = self.vma_at(at) else { return Err(Errno::Enomem) };
+            if !v.flags.contains(need) || v.flags.intersects(VmFlags::IO | VmFlags::PFNMAP) {
+                return Err(Errno::Einval);
+            }
+            let e = end.min(v.end);
+            self.fault_in(&v, at, e, write)?;
+            at = e;
+        }
+        Ok(())
     }
 }

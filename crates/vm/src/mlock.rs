@@ -1,10 +1,10 @@
 //! `mlock`, `mlock2`, `munlock`, `mlockall`, `munlockall`: `VM_LOCKED` and
 //! `VM_LOCKONFAULT` on VMAs, with Linux's checks, splits and merges, and
-//! what faulting pages in does to VMAs (`anon_vma`).
+//! the population of locked ranges through the fault path.
 //!
 //! # Owns
 //! The `VM_LOCKED`/`VM_LOCKONFAULT` bits of `vm_flags`, `mm->def_flags`
-//! (`MmCall::def_flags`), and the assignment of `anon_vma`s by population.
+//! (`MmCall::def_flags`), and population (`fault_in`, shared with madvise).
 //!
 //! # Invariants
 //! - L1. `mlock`/`munlock` round the start down to its page and the length
@@ -18,12 +18,17 @@
 //!   `set_flags` (mprotect.rs Q2, Q4), so a refused split is `ENOMEM` with
 //!   the splits made before it kept.
 //! - L3. Population (`__mm_populate()`) runs after the flags are set and
-//!   faults pages in, which rcuvm models only by its effect on VMAs: a
-//!   write fault (private, writable VMA) gives a VMA without an `anon_vma`
-//!   one, reusing a compatible neighbour's as `find_mergeable_anon_vma()`
-//!   does (next first, then prev). `VM_LOCKONFAULT` VMAs fault nothing; a
-//!   VMA with no access bit cannot be faulted (`EFAULT`, which `mlock`
-//!   returns as `ENOMEM` after locking it, and which stops the walk).
+//!   faults the pages in through the fault path (fault.rs FL9): a private
+//!   writable VMA takes write faults (a new anonymous page each, copied
+//!   from the zero page or the file, or its own page reused), any other
+//!   accessible VMA read faults (the zero page for private anonymous
+//!   memory, the page cache for files and shared memory). The first write
+//!   fault gives the VMA its `anon_vma`, a compatible neighbour's if it
+//!   has one (next first, then prev), as `find_mergeable_anon_vma()`
+//!   does. `VM_LOCKONFAULT` VMAs fault nothing; a VMA with no access bit
+//!   cannot be faulted (`EFAULT`, which `mlock` returns as `ENOMEM` after
+//!   locking it, and which stops the walk); out of frames is `ENOMEM`
+//!   (`EAGAIN` from `mlock`). Pages faulted in before an error stay.
 //! - L4. `mlockall(MCL_FUTURE)` puts `VM_LOCKED` (and with `MCL_ONFAULT`
 //!   `VM_LOCKONFAULT`) into `def_flags`, which every later `mmap` and `brk`
 //!   VMA takes; any other `mlockall` and `munlockall` clear it first.
@@ -38,15 +43,17 @@
 //! `populate_vma_page_range()` in `mm/gup.c`; `anon_vma_prepare()` and
 //! `find_mergeable_anon_vma()` in `mm/rmap.c`, `mm/vma.c`.
 //!
-//! Not modelled: population through the page tables (nothing is faulted
-//! in, kept resident or counted in `locked_vm`; only the effect on VMAs);
-//! `RLIMIT_MEMLOCK` (rcuvm acts as a process with `CAP_IPC_LOCK`, as root
-//! is); population errors other than an inaccessible VMA (a file shorter
-//! than its mapping, out of memory: `EAGAIN`).
+//! Not modelled: keeping locked pages resident (nothing in rcuvm evicts a
+//! page, locked or not) and `locked_vm`; `RLIMIT_MEMLOCK` (rcuvm acts as
+//! a process with `CAP_IPC_LOCK`, as root is); population errors other
+//! than an inaccessible VMA and out of frames (a file shorter than its
+//! mapping: rcuvm's files have no end).
 
+use crate::fault::AccessError;
+use crate::frame::FrameCache;
 use crate::mmap::{MmCall, VM_SPECIAL};
 use crate::uapi::{Errno, MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT, MLOCK_ONFAULT};
-use crate::vma::{AnonVmaId, PAGE_SIZE, VmFlags, Vma, anon_vma_compatible};
+use crate::vma::{PAGE_SIZE, VmFlags, Vma};
 
 /// `VM_LOCKED_MASK`.
 pub(crate) const LOCK_BITS: VmFlags = VmFlags::LOCKED.union(VmFlags::LOCKONFAULT);
@@ -166,7 +173,10 @@ impl MmCall<'_> {
         Ok(())
     }
 
-    /// `populate_vma_page_range()` for `[s, e)`, inside one VMA (L3).
+    /// `populate_vma_page_range()` for `[s, e)`, inside one VMA (L3): a
+    /// write fault for a private writable VMA (which breaks copy-on-write),
+    /// a read fault for any other accessible one (`FOLL_FORCE`: x86 reads
+    /// with any right), page by page.
     pub(crate) fn populate_vma(&mut self, s: u64, e: u64) -> Result<(), Errno> {
         debug_assert!(s < e && s % PAGE_SIZE == 0);
         let Some(v) = self.vma_at(s) else { return Err(Errno::Efault) };
@@ -177,28 +187,28 @@ impl MmCall<'_> {
             // check_vma_flags(): no FOLL_FORCE for an inaccessible VMA.
             return Err(Errno::Efault);
         }
-        let write_fault = v.flags & (VmFlags::WRITE | VmFlags::SHARED) == VmFlags::WRITE;
-        if write_fault && v.anon().is_none() {
-            self.anon_vma_prepare(&v);
-        }
-        Ok(())
+        let write = v.flags & (VmFlags::WRITE | VmFlags::SHARED) == VmFlags::WRITE;
+        self.fault_in(&v, s, e.min(v.end), write)
     }
 
-    /// `anon_vma_prepare()`: gives `v` (in the tree) an `anon_vma`, a
-    /// compatible neighbour's if it has one (next, then prev), else a new
-    /// one. The VMA is replaced in place, never merged (V1). The one place
-    /// that makes `anon_vma`s, so that their identities stay distinct: the
-    /// fault path should call it too.
-    pub(crate) fn anon_vma_prepare(&mut self, v: &Vma) {
-        let next = self.vma_at(v.end).filter(|n| anon_vma_compatible(v, n)).and_then(|n| n.anon());
-        let prev = || {
-            let p = if v.start > 0 { self.vma_at(v.start - 1) } else { None };
-            p.filter(|p| anon_vma_compatible(p, v)).and_then(|p| p.anon())
-        };
-        let id = next.or_else(prev).unwrap_or_else(AnonVmaId::fresh);
-        self.vma_write_lock(v); // strategy.rs S3: replaced, so write-locked
-        let with = Vma { anon_vma: Some(id), ..v.clone() };
-        self.store(v.start..v.end, with);
+    /// Faults `[s, e)` of `v` (in the tree) in, page by page, as accesses
+    /// would (fault.rs FL9). The first page that cannot be faulted in
+    /// stops it: out of frames is `ENOMEM`, anything else `EFAULT`; the
+    /// pages before it stay.
+    pub(crate) fn fault_in(&mut self, v: &Vma, s: u64, e: u64, write: bool) -> Result<(), Errno> {
+        let mut cache = FrameCache::default();
+        let mut res = Ok(());
+        let mut page = s;
+        while page < e {
+            if let Err(err) = crate::fault::fault_in_page(self.hw, self.tree, v, page, write, &mut cache) {
+                res = Err(if err == AccessError::Oom { Errno::Enomem } else { Errno::Efault });
+                break;
+            }
+            page += PAGE_SIZE;
+        }
+        // Frames the faults took for their per-CPU cache go back.
+        cache.drain(&self.hw.phys);
+        res
     }
 }
 

@@ -1363,6 +1363,8 @@ fn view(e: &Entry<'_, Arc<Vma>>, layout: &Layout) -> Vma {
     if out.name.is_none() && out.backing == Backing::Anon {
         out.name = layout.derived_name(&out).map(Arc::from);
     }
+    // A snapshot shows the anon_vma a fault gave the VMA too (vma.rs V4).
+    out.anon_vma = v.anon();
     out
 }
 

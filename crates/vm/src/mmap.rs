@@ -46,6 +46,18 @@
 //! - P9. VMAs at or above `TASK_SIZE` (a snapshot's `[vsyscall]`, the
 //!   gate area) are in the tree for maps to show, but no mm call finds
 //!   or changes them, as `vma_lookup` never returns the gate VMA.
+//! - P10. Overcommit, as Linux's default heuristic (`OVERCOMMIT_GUESS`)
+//!   has it: memory that may need frames of its own is charged, and one
+//!   charge larger than physical memory (the [`PhysMem`](crate::frame::PhysMem)'s capacity;
+//!   rcuvm has no swap) is `ENOMEM`, with nothing changed. Charged: a
+//!   private writable mapping without `MAP_NORESERVE` (the pages it
+//!   replaces under `MAP_FIXED` that were charged are not charged again),
+//!   a shared anonymous mapping without `MAP_NORESERVE`, private memory
+//!   that `mprotect` makes writable (mprotect.rs Q3), the heap `brk` adds,
+//!   and what `mremap` adds to a charged VMA (mremap.rs R10). Why: without
+//!   it rcuvm accepted a private writable mapping of 128 TiB, which
+//!   `mlock` then populated until memory ran out; Linux refuses the
+//!   mapping.
 //!
 //! # Concurrency
 //! mmap write lock (taken by the `AddressSpace` methods).
@@ -326,6 +338,13 @@ impl MmCall<'_> {
             .map(|e| e.to_arc())
     }
 
+    /// `__vm_enough_memory()` under `OVERCOMMIT_GUESS` (P10): a charge of
+    /// more pages than physical memory holds is refused (`ENOMEM`). rcuvm's
+    /// RAM is its [`PhysMem`](crate::frame::PhysMem), with no swap.
+    pub(crate) fn vm_enough_memory(&self, pages: u64) -> Result<(), Errno> {
+        if pages > self.hw.phys.capacity() as u64 { Err(Errno::Enomem) } else { Ok(()) }
+    }
+
     /// `do_mmap`.
     pub(crate) fn mmap(
         &mut self,
@@ -466,6 +485,11 @@ impl MmCall<'_> {
             }
             vm |= VmFlags::SHARED | VmFlags::MAYSHARE;
             pgoff = 0;
+            // shmem_acct_size(): shared memory is charged unless
+            // MAP_NORESERVE (P10).
+            if !flags.contains(MapFlags::NORESERVE) {
+                self.vm_enough_memory(len >> PAGE_SHIFT)?;
+            }
             // shmem_zero_setup: each shared anonymous mapping is its own file.
             *self.next_shmem_ino += 1;
             backing = Backing::File(FileId {
@@ -483,6 +507,17 @@ impl MmCall<'_> {
         }
         // accountable_mapping()
         if vm & (VmFlags::NORESERVE | VmFlags::SHARED | VmFlags::WRITE) == VmFlags::WRITE {
+            // P10: charged, less what the VMAs it replaces were charged.
+            let replaced: u64 = if flags.contains(MapFlags::FIXED) {
+                self.overlapping(addr, addr + len)
+                    .iter()
+                    .filter(|o| o.flags.contains(VmFlags::ACCOUNT))
+                    .map(|o| (o.end.min(addr + len) - o.start.max(addr)) >> PAGE_SHIFT)
+                    .sum()
+            } else {
+                0
+            };
+            self.vm_enough_memory((len >> PAGE_SHIFT).saturating_sub(replaced))?;
             vm |= VmFlags::ACCOUNT;
         }
         // mmap_region: unmap what MAP_FIXED overlaps, then map.

@@ -5,7 +5,9 @@
 //! - Q3. `VM_ACCOUNT` follows `mprotect_fixup`: set when private memory
 //!   first becomes writable, cleared when anonymous memory with no
 //!   `anon_vma` stops being writable (found by the kernel-differential test
-//!   through `/proc/self/smaps`' `VmFlags`).
+//!   through `/proc/self/smaps`' `VmFlags`). Setting it charges the piece
+//!   (mmap.rs P10): over physical memory, `ENOMEM` there, the VMAs before
+//!   it changed.
 //! - Q1. VMAs are changed in address order; at a hole the call stops with
 //!   `ENOMEM`, leaving the VMAs before the hole changed, as Linux does.
 //! - Q2. Each changed piece is a new `Vma`: the unchanged remnants of a VMA
@@ -99,6 +101,7 @@ impl MmCall<'_> {
                 VmFlags::ACCOUNT | VmFlags::WRITE | VmFlags::HUGETLB | VmFlags::SHARED | VmFlags::NORESERVE;
             if newflags.contains(VmFlags::WRITE) {
                 if !v.flags.intersects(exempt) {
+                    self.vm_enough_memory((e - s) >> PAGE_SHIFT)?; // Q3, mmap.rs P10
                     newflags |= VmFlags::ACCOUNT;
                 }
             } else if v.flags.contains(VmFlags::ACCOUNT) && v.backing == Backing::Anon && v.anon().is_none() {

@@ -45,6 +45,9 @@
 //!   (marked detached) first, so a fault into the source from then on
 //!   waits for the mremap (fault.rs FL7) rather than filling a page the
 //!   unmap would drop.
+//! - R10. A charged (`VM_ACCOUNT`) VMA's growth is charged (`vrm_charge`,
+//!   mmap.rs P10): what a resize adds, or under `MREMAP_DONTUNMAP` the
+//!   whole new copy; refused with `ENOMEM` before anything moves.
 //!
 //! # Linux
 //! `SYSCALL_DEFINE5(mremap)`, `check_mremap_params()`, `remap_move()`,
@@ -138,6 +141,7 @@ impl MmCall<'_> {
             let delta = new_len - old_len;
             if let Some(end) = vma.end.checked_add(delta) {
                 if end <= self.cfg.task_size && self.overlapping(vma.end, end).is_empty() {
+                    self.vrm_charge(&vma, delta)?;
                     // A dead entry there is no mapping (S4): reap it first.
                     self.reap_dead(true, vma.end, end);
                     // R7: vma_merge_extend() merges the grown VMA with the
@@ -165,6 +169,12 @@ impl MmCall<'_> {
         }
         let to = self.get_unmapped_area(0, new_len, MapFlags::empty(), thp_movable(&vma))?;
         self.move_vma(&vma, addr, old_len, new_len, to, flags)
+    }
+
+    /// `vrm_charge()` (R10): bytes an accounted VMA gains are charged
+    /// (mmap.rs P10).
+    fn vrm_charge(&self, vma: &Vma, bytes: u64) -> Result<(), Errno> {
+        if vma.flags.contains(VmFlags::ACCOUNT) { self.vm_enough_memory(bytes >> PAGE_SHIFT) } else { Ok(()) }
     }
 
     /// `shrink_vma()`: unmaps the tail `[addr + new_len, addr + old_len)`
@@ -266,6 +276,9 @@ impl MmCall<'_> {
         if self.map_count() >= self.cfg.max_map_count.saturating_sub(3) {
             return Err(Errno::Enomem);
         }
+        // R10: DONTUNMAP keeps the source, so the whole copy is charged.
+        let grows = if flags & MREMAP_DONTUNMAP != 0 { new_len } else { new_len.saturating_sub(old_len) };
+        self.vrm_charge(vma, grows)?;
         // copy_vma(): anonymous memory never faulted in (no anon_vma) takes
         // the pgoff of its new address; anything else keeps its own.
         let pgoff = if vma.backing == Backing::Anon && vma.anon().is_none() {

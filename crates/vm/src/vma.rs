@@ -160,7 +160,10 @@ pub struct Vma {
     pub pgoff: u64,
     /// Anonymous or file-backed.
     pub backing: Backing,
-    /// Set when the first anonymous page is faulted in (or inherited).
+    /// Set when the first anonymous page is faulted in (or inherited). In
+    /// a VMA in the tree, a fault sets it in place instead (V4: read it
+    /// with [`Vma::anon`]); snapshots (`AddressSpace::query`, `vmas`) show
+    /// either here.
     pub anon_vma: Option<AnonVmaId>,
     /// `[heap]`, `[stack]`, `[vdso]`, `[anon:name]`…: what maps prints for a
     /// VMA without a file (and for special mappings).

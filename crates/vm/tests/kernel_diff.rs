@@ -15,6 +15,17 @@
 //! touch is made only where the VMA is writable (in both, as they agree up
 //! to that call); elsewhere it is skipped on both sides.
 //!
+//! Pages are compared too: each VMA's smaps `Rss` and `Anonymous`, after
+//! every call, so population (`MAP_POPULATE`, `MAP_LOCKED`, `mlock`,
+//! `MADV_POPULATE_READ`/`WRITE`: the zero page is not counted, a write
+//! fault's page is), zapping, moves and touches must leave the same pages
+//! resident. rcuvm's `MADV_FREE` frees at once, as if reclaim ran at once;
+//! Linux frees lazily, under memory pressure, so after the kernel's
+//! `MADV_FREE` the test reclaims those pages itself (`MADV_DONTNEED` on
+//! each VMA the kernel advised, up to the first it refuses: a locked one).
+//! `MADV_PAGEOUT` is not drawn on a machine with swap (it would swap pages
+//! out, which rcuvm does not model).
+//!
 //! The arena is a private anonymous `PROT_NONE` reservation between two
 //! shared anonymous guard pages (a shmem file each, which nothing private
 //! can merge with). Sequences: `RCUVM_DIFF_SEQS` (default 200), seeds from
@@ -129,10 +140,13 @@ fn kernel(op: &Op, lo: u64) -> Result<u64, Errno> {
             ok_or_errno(unsafe { libc::mprotect(at(addr), len as usize, prot.bits() as i32) })
         }
         Op::Madvise { addr, len, advice } => {
-            // SAFETY: inside the arena this test owns; its pages were only
-            // ever faulted in by mlock, never written, so no advice discards
-            // data.
-            ok_or_errno(unsafe { libc::madvise(at(addr), len as usize, advice) })
+            // SAFETY: inside the arena this test owns; its pages hold only
+            // what touches wrote, which no later step reads back.
+            let r = ok_or_errno(unsafe { libc::madvise(at(addr), len as usize, advice) });
+            if advice == madv::FREE {
+                reclaim_lazyfree(lo + addr, lo + addr + len);
+            }
+            r
         }
         Op::Mremap { addr, old_len, new_len, flags, new_addr } => {
             // SAFETY: source and destination inside the arena this test owns.
@@ -163,6 +177,30 @@ fn kernel(op: &Op, lo: u64) -> Result<u64, Errno> {
             // kernel up to this call).
             unsafe { std::ptr::write_volatile((lo + addr) as *mut u64, 1) };
             Ok(0)
+        }
+    }
+}
+
+/// What reclaim would do to the pages the kernel's `MADV_FREE` just made
+/// lazily free in `[start, end)`: drop them, as rcuvm's `MADV_FREE` does at
+/// once. The kernel advised each VMA in the range in address order up to
+/// the first it refused (a locked one: `can_madv_lru_vma()`; the arena
+/// holds only private anonymous memory), read here from its own smaps.
+fn reclaim_lazyfree(start: u64, end: u64) {
+    let text = std::fs::read_to_string("/proc/self/smaps").unwrap();
+    let mut cur: Option<(u64, u64)> = None;
+    for l in text.lines() {
+        if let Ok(v) = rcuvm::maps::parse(l, "/proc/self/smaps") {
+            cur = v.first().filter(|v| v.start < end && v.end > start).map(|v| (v.start, v.end));
+        } else if let Some(flags) = l.strip_prefix("VmFlags:") {
+            let Some((s, e)) = cur.take() else { continue };
+            if flags.split_whitespace().any(|m| m == "lo") {
+                return;
+            }
+            let (s, e) = (s.max(start), e.min(end));
+            // SAFETY: part of the arena this test owns, already advised
+            // MADV_FREE (its data may be dropped at any time).
+            unsafe { libc::madvise(s as *mut libc::c_void, (e - s) as usize, libc::MADV_DONTNEED) };
         }
     }
 }
@@ -220,7 +258,39 @@ fn mnemonics(f: VmFlags) -> String {
     MNEMONICS.iter().filter(|(_, b)| f.contains(*b)).map(|(m, _)| *m).collect::<Vec<_>>().join(" ")
 }
 
-/// Each VMA in `[lo, hi)` as its maps line plus the flags maps cannot show.
+/// Each VMA in `[lo, hi)` of an smaps text (the kernel's or rcuvm's) as
+/// its maps line, the `VmFlags` rcuvm models (maps cannot show them all),
+/// and its resident pages (`Rss`, `Anonymous`).
+fn smaps_lines(text: &str, source: &str, lo: u64, hi: u64) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur: Option<String> = None;
+    let (mut rss, mut anon) = (None, None);
+    for l in text.lines() {
+        let kb = |key: &str| {
+            l.strip_prefix(key)
+                .map(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().expect("a size"))
+        };
+        if let Ok(v) = rcuvm::maps::parse(l, source) {
+            cur = v.first().filter(|v| v.start < hi && v.end > lo).map(|v| v.to_string());
+            (rss, anon) = (None, None);
+        } else if let Some(k) = kb("Rss:") {
+            rss = Some(k);
+        } else if let Some(k) = kb("Anonymous:") {
+            anon = Some(k);
+        } else if let Some(flags) = l.strip_prefix("VmFlags:") {
+            if let Some(line) = cur.take() {
+                let known: Vec<&str> =
+                    flags.split_whitespace().filter(|m| MNEMONICS.iter().any(|(k, _)| k == m)).collect();
+                let (r, a) = (rss.expect("an Rss line"), anon.expect("an Anonymous line"));
+                out.push(format!("{line} | {} | rss {r} kB, anonymous {a} kB", known.join(" ")));
+            }
+        }
+    }
+    out
+}
+
+/// The VMAs `window` lines would show, from the model's own `Vma`s (its
+/// flags named as the test names them, independently of rcuvm's smaps).
 fn window(vmas: &[Vma], lo: u64, hi: u64) -> Vec<String> {
     vmas.iter()
         .filter(|v| v.start < hi && v.end > lo)
@@ -228,24 +298,9 @@ fn window(vmas: &[Vma], lo: u64, hi: u64) -> Vec<String> {
         .collect()
 }
 
-/// The same from the kernel's `/proc/self/smaps` (its `VmFlags` line,
-/// restricted to the flags rcuvm models).
-fn kernel_lines(lo: u64, hi: u64) -> Vec<String> {
-    let text = std::fs::read_to_string("/proc/self/smaps").unwrap();
-    let mut out = Vec::new();
-    let mut cur: Option<String> = None;
-    for l in text.lines() {
-        if let Ok(v) = rcuvm::maps::parse(l, "/proc/self/smaps") {
-            cur = v.first().filter(|v| v.start < hi && v.end > lo).map(|v| v.to_string());
-        } else if let Some(flags) = l.strip_prefix("VmFlags:") {
-            if let Some(line) = cur.take() {
-                let known: Vec<&str> =
-                    flags.split_whitespace().filter(|m| MNEMONICS.iter().any(|(k, _)| k == m)).collect();
-                out.push(format!("{line} | {}", known.join(" ")));
-            }
-        }
-    }
-    out
+/// Whether this machine has swap (`/proc/swaps` lists a device).
+fn swap_on() -> bool {
+    std::fs::read_to_string("/proc/swaps").is_ok_and(|t| t.lines().count() > 1)
 }
 
 fn random_op(r: &mut Rng, lo: u64, mm: &AddressSpace) -> Op {
@@ -266,6 +321,9 @@ fn random_op(r: &mut Rng, lo: u64, mm: &AddressSpace) -> Op {
     }
     if r.below(6) == 0 {
         flags |= MapFlags::LOCKED;
+    }
+    if r.below(6) == 0 {
+        flags |= MapFlags::POPULATE;
     }
     if r.below(5) == 0 {
         return random_mremap(r, lo, mm, addr, len);
@@ -321,9 +379,15 @@ fn random_op(r: &mut Rng, lo: u64, mm: &AddressSpace) -> Op {
             madv::PAGEOUT,
             madv::MERGEABLE,
             madv::UNMERGEABLE,
+            madv::POPULATE_READ,
+            madv::POPULATE_WRITE,
+            madv::POPULATE_WRITE,
             5, // not an advice: EINVAL
         ];
-        let advice = advices[r.below(advices.len() as u64) as usize];
+        let mut advice = advices[r.below(advices.len() as u64) as usize];
+        if advice == madv::PAGEOUT && swap_on() {
+            advice = madv::COLD; // PAGEOUT would swap pages out (see the top)
+        }
         return Op::Madvise { addr, len: len + extra, advice };
     }
     match r.below(16) {
@@ -427,7 +491,13 @@ impl Arena {
             _ => (kernel(op, lo), model(&self.mm, op, lo)),
         };
         let vmas: Vec<Vma> = self.mm.vmas().iter().map(|v| (**v).clone()).collect();
-        let (kl, ml) = (kernel_lines(lo, hi), window(&vmas, lo, hi));
+        let host = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let kl = smaps_lines(&host, "/proc/self/smaps", lo, hi);
+        let ml = smaps_lines(&self.mm.smaps(), "rcuvm smaps", lo, hi);
+        // rcuvm's smaps names the flags of its VMAs as the test does.
+        let named: Vec<&str> =
+            ml.iter().map(|l| l.rsplit_once(" | rss").map_or(l.as_str(), |(v, _)| v)).collect();
+        assert_eq!(named, window(&vmas, lo, hi), "rcuvm's smaps against its own VMAs");
         if k == m && kl == ml {
             return Ok(k);
         }
@@ -498,6 +568,10 @@ struct Seen {
     mlockall_ok: u64,
     /// Stores made (write faults the first time on a page).
     touches: u64,
+    /// `MAP_POPULATE` mappings and `MADV_POPULATE_*` calls that succeeded.
+    populate_ok: u64,
+    /// Calls after which some arena page was resident (smaps' `Rss`).
+    resident: u64,
 }
 
 impl Seen {
@@ -512,6 +586,12 @@ impl Seen {
             }
             Op::Mremap { .. } if ok && multi => self.multi_vma_moves += 1,
             Op::Mlockall { .. } if ok => self.mlockall_ok += 1,
+            Op::Mmap { flags, .. } if ok && flags.contains(MapFlags::POPULATE) => self.populate_ok += 1,
+            Op::Madvise { advice, .. }
+                if ok && matches!(advice, madv::POPULATE_READ | madv::POPULATE_WRITE) =>
+            {
+                self.populate_ok += 1
+            }
             _ => {}
         }
     }
@@ -538,6 +618,7 @@ fn run_sequence(seed: u64, ops: usize, seen: &mut Seen) {
         let res = arena.step(&op);
         if let Ok(agreed) = res {
             seen.count(&op, multi, agreed.is_ok());
+            seen.resident += u64::from(arena.mm.phys().stats().in_use > 0);
         }
         if let Err(first) = res {
             drop(arena);
@@ -658,6 +739,8 @@ fn random_mm_call_sequences_match_the_kernel() {
         dontunmap_hint,
         mlockall_ok,
         touches,
+        populate_ok,
+        resident,
     } = seen;
     let counts = [
         mlock_ok,
@@ -668,6 +751,8 @@ fn random_mm_call_sequences_match_the_kernel() {
         dontunmap_hint,
         mlockall_ok,
         touches,
+        populate_ok,
+        resident,
     ];
     assert!(counts.iter().all(|&n| n > 0), "the draws no longer exercise every call: {seen:?}");
 }

@@ -209,7 +209,7 @@ fn madvise_errno_paths_and_holes() {
     assert_eq!(mm.madvise(a, 0, madv::DONTFORK), Ok(()));
     assert_eq!(mm.madvise(0x7000_0000, P, madv::DONTFORK), Err(Errno::Enomem));
     // Advices rcuvm does not model say so (Linux never answers ENOSYS).
-    assert_eq!(mm.madvise(a, P, madv::POPULATE_READ), Err(Errno::Enosys));
+    assert_eq!(mm.madvise(a, P, madv::COLLAPSE), Err(Errno::Enosys));
     assert_eq!(mm.madvise(a, P, madv::WILLNEED), Ok(()));
     assert_eq!(mm.maps(), before);
     // A hole: both sides are advised, then ENOMEM.

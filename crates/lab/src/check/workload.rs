@@ -10,9 +10,11 @@
 //!   arena page (oracle.rs P5 relies on one writer per word); values are
 //!   `(t + 1) << 48 | seq`, never 0.
 //! - W2. The writer reuses addresses at once: every mmap asks for an arena
-//!   address (`MAP_FIXED` half the time, a hint otherwise), munmap,
-//!   mprotect and mremap take arena ranges; a mapping placed outside the
-//!   arena (a hint not taken, a move) is unmapped by the next call.
+//!   address (`MAP_FIXED` half the time, a hint otherwise; `MAP_POPULATE`
+//!   a quarter of the time), munmap, mprotect, `MADV_POPULATE_*` and
+//!   mremap take arena ranges; a mapping placed outside the arena (a hint
+//!   not taken, a move) is unmapped by the next call. Population installs
+//!   PTEs from the writer's thread while the CPUs fault the same pages.
 //! - W3 (P6). After the round: the arena's span is mapped and unmapped
 //!   (so every table of it is freed), both domains'
 //!   callbacks have run, the reaper has erased every dead entry within a
@@ -42,7 +44,7 @@ use std::time::{Duration, Instant};
 
 use rcuvm::inject::Injection;
 use rcuvm::record::{History, Recorder};
-use rcuvm::uapi::{MREMAP_FIXED, MREMAP_MAYMOVE};
+use rcuvm::uapi::{MREMAP_FIXED, MREMAP_MAYMOVE, madv};
 use rcuvm::{AddressSpace, MapFlags, PAGE_SIZE, PhysMem, Prot, Strategy};
 
 use super::model::Arena;
@@ -332,6 +334,10 @@ fn writer_step(mm: &AddressSpace, rng: &mut Rng, mremap: bool) {
             if rng.below(2) == 0 {
                 flags |= MapFlags::FIXED;
             }
+            // Population (rcuvm fault.rs FL9) races the CPUs' faults.
+            if rng.below(4) == 0 {
+                flags |= MapFlags::POPULATE;
+            }
             let prot = prots[rng.below(3) as usize];
             if let Ok(r) = mm.mmap(a, len, prot, flags, None, 0) {
                 if !in_arena(r, len) {
@@ -341,6 +347,10 @@ fn writer_step(mm: &AddressSpace, rng: &mut Rng, mremap: bool) {
         }
         3 | 4 => {
             let _ = mm.munmap(a, len);
+        }
+        5 | 6 if rng.below(4) == 0 => {
+            let advice = [madv::POPULATE_READ, madv::POPULATE_WRITE][rng.below(2) as usize];
+            let _ = mm.madvise(a, len, advice);
         }
         5 | 6 => {
             let _ = mm.mprotect(a, len, prots[rng.below(4) as usize]);
