@@ -71,6 +71,13 @@
 //!   frame it cannot get is. Why: population (FL9) of a huge read-only
 //!   mapping maps only the zero page, and its tables alone (one per
 //!   2 MiB) would grow without bound.
+//! - FL11. A write fault reuses an anonymous page in place only while no
+//!   other address space maps it (frame.rs F7: `fork` shares pages
+//!   copy-on-write); the count is checked again under the PTL, where
+//!   `fork` raises it. A shared page is copied, and the old frame loses
+//!   this table's count once the CPUs no longer cache it (freed by
+//!   whichever address space drops it last). Linux's `wp_can_reuse_anon_folio`
+//!   decides by the folio's reference count the same way.
 //! - FL4. Anonymous private memory: a read fault maps the zero page
 //!   read-only; a write fault maps a new zeroed frame, or reuses the
 //!   frame in place when it is already this VMA's own anonymous page, or
@@ -387,21 +394,22 @@ fn anon_vma_prepare(tree: &MapleTree<Arc<Vma>>, vma: &Vma) {
 }
 
 /// `find_mergeable_anon_vma()`: a neighbour's anon_vma that `vma` could
-/// share (`reusable_anon_vma` and `anon_vma_compatible`).
+/// share (`reusable_anon_vma`: not one a fork made, vma.rs V7; and
+/// `anon_vma_compatible`).
 pub(crate) fn find_mergeable_anon_vma(tree: &MapleTree<Arc<Vma>>, vma: &Vma) -> Option<AnonVmaId> {
     let g = tree.domain().read();
-    let compatible = anon_vma_compatible;
+    let reusable = |a: Option<AnonVmaId>| a.filter(|a| !a.had_parents());
     if let Some(n) = tree.load(vma.end, &g).filter(|n| !n.value.is_dead()) {
-        if compatible(vma, n.value) {
-            if let Some(id) = n.value.anon() {
+        if anon_vma_compatible(vma, n.value) {
+            if let Some(id) = reusable(n.value.anon()) {
                 return Some(id);
             }
         }
     }
     if vma.start > 0 {
         if let Some(p) = tree.load(vma.start - 1, &g).filter(|p| !p.value.is_dead()) {
-            if compatible(p.value, vma) {
-                return p.value.anon();
+            if anon_vma_compatible(p.value, vma) {
+                return reusable(p.value.anon());
             }
         }
     }
@@ -471,7 +479,10 @@ fn do_fault(
         }
         // (A shared VMA without a file comes only from a snapshot: treated as private.)
         (backing, _) => {
-            let reuse = seen.mapped() && matches!(pm.frame(seen.pfn()).owner(), Owner::Anon { .. });
+            // FL11: only a page no other address space maps is reused.
+            let reuse = seen.mapped()
+                && matches!(pm.frame(seen.pfn()).owner(), Owner::Anon { .. })
+                && pm.frame(seen.pfn()).exclusive();
             if !write {
                 if seen.mapped() {
                     // A PROT_NONE entry made accessible again by a racing
@@ -523,7 +534,11 @@ fn do_fault(
     let i = PageTable::pte_index(page);
     let ptl = t.lock();
     // pte_same (CPU bits aside: a walk may have added one since, PT3).
-    let same = Pte(t.entry(i)).sans_cpus() == seen.sans_cpus();
+    // FL11: a page reused for writing must still be exclusive: `fork`
+    // shares it under this lock.
+    let reused = new.writable() && seen.mapped() && new.pfn() == seen.pfn();
+    let same =
+        Pte(t.entry(i)).sans_cpus() == seen.sans_cpus() && (!reused || pm.frame(new.pfn()).exclusive());
     // inject.rs: the FL1 re-check can be skipped to prove the checker sees it.
     let live = live.filter(|_| !crate::inject::active(hw.inject, crate::inject::Injection::SkipRecheck));
     if same && live.is_none_or(|f| f()) {
@@ -539,11 +554,16 @@ fn do_fault(
             // that other CPUs may cache: they must stop reading the old
             // frame (`ptep_clear_flush`). A permission upgrade of the same
             // frame needs no flush (a stale read-only entry faults and is
-            // refilled). The old frame is the zero page or a page-cache
-            // page (an anonymous one is reused), so nothing is freed.
+            // refilled).
             hw.tlb.flush(page, page + (1 << PAGE_SHIFT), old.cpus());
         }
         hw.notifiers.end(notified);
+        if seen.mapped() && seen.pfn() != new.pfn() {
+            // FL11: the old frame was the zero page, a page-cache page, or
+            // an anonymous page `fork` shared: this table drops its count
+            // (F7; freed if the other address space dropped its own since).
+            pm.free([seen.pfn()]);
+        }
         return Ok(Outcome::Installed);
     }
     drop(ptl);

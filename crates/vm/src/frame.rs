@@ -61,6 +61,12 @@
 //!   takes a miss after each fault (the fault bench's 16 MiB rounds: 490
 //!   ns per fault against 250–300 ns with cached stores everywhere;
 //!   docs/benchmarks.md).
+//! - F7. An anonymous frame counts the page tables that map it
+//!   (`mapcount`, Linux's `_mapcount` plus one): 1 when handed out, one
+//!   more for each address space `fork` shares it with (mm.rs A14).
+//!   `PhysMem::free` drops one, and frees the frame only when the last
+//!   goes. A fault reuses an anonymous page for a write only while its
+//!   count is 1 (fault.rs FL11).
 //!
 //! # Concurrency
 //! Everything here is callable from any thread. `frame()` is lock-free; the
@@ -80,7 +86,7 @@
 use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicI64, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use crossbeam_utils::CachePadded;
 
@@ -156,6 +162,8 @@ pub struct Frame {
     pub generation: AtomicU64,
     /// Who the frame belongs to while allocated: [`Owner`] packed.
     pub owner: AtomicU64,
+    /// Page tables mapping it, for an anonymous frame (F7).
+    pub(crate) mapcount: AtomicU32,
 }
 
 /// What a frame is used for, packed into [`Frame::owner`].
@@ -197,6 +205,20 @@ impl Owner {
 }
 
 impl Frame {
+    /// Whether only one page table maps this anonymous frame (F7): a write
+    /// may then reuse it in place.
+    pub(crate) fn exclusive(&self) -> bool {
+        self.mapcount.load(Ordering::Acquire) == 1
+    }
+
+    /// One more page table maps this frame (F7, `fork`): counted if it is
+    /// anonymous (the zero page and page-cache frames are never freed).
+    pub(crate) fn share_if_anon(&self) {
+        if matches!(self.owner(), Owner::Anon { .. }) {
+            self.mapcount.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// The frame's owner.
     pub fn owner(&self) -> Owner {
         Owner::unpack(self.owner.load(Ordering::Acquire))
@@ -461,6 +483,7 @@ impl PhysMem {
                 }
             },
         };
+        self.frame(pfn).mapcount.store(1, Ordering::Relaxed);
         self.frame(pfn).owner.store(owner.pack(), Ordering::Release);
         self.pcp[pcp_index()].in_use.fetch_add(1, Ordering::Relaxed);
         Some(pfn)
@@ -474,6 +497,11 @@ impl PhysMem {
         for pfn in pfns {
             let f = self.frame(pfn);
             if !matches!(f.owner(), Owner::Anon { .. }) {
+                continue;
+            }
+            // F7: another address space still maps it. ORDERING: AcqRel,
+            // so that the last one's free follows every other's use.
+            if f.mapcount.fetch_sub(1, Ordering::AcqRel) != 1 {
                 continue;
             }
             // ORDERING: Release: a reader that sees the new generation also

@@ -34,8 +34,9 @@
 //!
 //! `mlock`, `MAP_POPULATE` and `MADV_POPULATE_*` fault pages in through
 //! the fault path; one charge larger than physical memory is refused
-//! (overcommit), and page tables count against it. Not yet: `fork`. The
-//! checker, `rcuvm check`, is in the lab;
+//! (overcommit), and page tables count against it.
+//! [`AddressSpace::fork`] copies an address space, sharing its anonymous
+//! pages copy-on-write. The checker, `rcuvm check`, is in the lab;
 //! [`record`] and [`inject`] are its hooks here. [`protocol`] holds the
 //! steps of the lockless protocols that the loom models run as they are.
 
@@ -46,6 +47,7 @@ mod brk;
 mod copy;
 pub mod cpu;
 pub mod fault;
+mod fork;
 pub mod frame;
 pub mod inject;
 mod madvise;

@@ -140,6 +140,11 @@
 //!   (which waits for their grace periods and callbacks) then runs on a
 //!   thread of its own instead of waiting for itself. It used to panic in
 //!   the barrier and leave the teardown undone.
+//! - A14. `fork` makes a new address space on the same `PhysMem`, with the
+//!   parent's strategy, tunables, RCU configuration and layout (`brk`,
+//!   stack), and copies the VMAs and pages into it under the parent's mmap
+//!   write lock (fork.rs K1–K4). Nothing else is inherited: no notifier,
+//!   recorder or injection, no `mlockall(MCL_FUTURE)`.
 //!
 //! # Concurrency
 //! `maps`, `smaps`, `query`, `vmas`: RCU read side, lock-free (under the
@@ -815,6 +820,49 @@ impl AddressSpace {
             },
             |c| c.mmap(addr, len, prot, flags, file, offset),
         )
+    }
+
+    /// `fork(2)`'s copy of the address space (`dup_mmap`, A14): a new
+    /// address space on the same [`PhysMem`] with this one's VMAs, but for
+    /// `MADV_DONTFORK` ones, unlocked, and its anonymous pages shared
+    /// copy-on-write: after `fork` returns, a write on either side is
+    /// seen by that side alone (fork.rs K1–K4).
+    ///
+    /// # Examples
+    /// ```
+    /// use std::sync::Arc;
+    /// use rcuvm::{AddressSpace, MapFlags, Prot};
+    ///
+    /// let parent = Arc::new(AddressSpace::new());
+    /// let anon = MapFlags::PRIVATE | MapFlags::ANONYMOUS;
+    /// let a = parent.mmap(0, 4096, Prot::READ | Prot::WRITE, anon, None, 0).unwrap();
+    /// let mut p = parent.cpu();
+    /// p.write(a, 1).unwrap();
+    /// let child = Arc::new(parent.fork());
+    /// let mut c = child.cpu();
+    /// assert_eq!(c.read(a), Ok(1));  // the page is shared...
+    /// c.write(a, 2).unwrap();        // ...until a write copies it
+    /// assert_eq!((p.read(a), c.read(a)), (Ok(1), Ok(2)));
+    /// assert_eq!(child.maps(), parent.maps());
+    /// ```
+    pub fn fork(&self) -> AddressSpace {
+        let child = AddressSpace::builder()
+            .config(self.mm.cfg.clone())
+            .strategy(self.mm.hw.strategy)
+            .phys(self.mm.hw.phys.clone())
+            .rcu_config(self.mm.domain.config().clone())
+            .build();
+        self.call(|parent| {
+            let (from, to) = (&self.mm.layout, &child.mm.layout);
+            for (f, t) in
+                [(&from.start_brk, &to.start_brk), (&from.brk, &to.brk), (&from.start_stack, &to.start_stack)]
+            {
+                t.store(f.load(Ordering::Relaxed), Ordering::Relaxed);
+            }
+            to.gate_vmas.store(from.gate_vmas.load(Ordering::Relaxed), Ordering::Relaxed);
+            child.call(|c| parent.dup_mmap(c));
+        });
+        child
     }
 
     /// `mprotect(2)`: changes VMAs in order and stops with `ENOMEM` at a

@@ -689,7 +689,7 @@ impl MmCall<'_> {
             && !special(a)
             && !special(b)
             && a.name == b.name
-            && (a.anon().is_none() || b.anon().is_none() || a.anon() == b.anon())
+            && crate::vma::anon_vmas_mergeable(a.anon(), b.anon())
             && a.pgoff + ((a.end - a.start) >> PAGE_SHIFT) == b.pgoff
     }
 

@@ -470,6 +470,41 @@ impl PageTable {
         }
     }
 
+    /// Copies the mapped leaf entries of `[start, end)` into `dst`, an
+    /// address space's tables that no CPU uses yet (`copy_page_range` for
+    /// `fork`, mm.rs A14). `share` is told each frame copied (it counts
+    /// anonymous ones, frame.rs F7) before the entry is; with `cow`, both
+    /// copies lose write permission and the source's writable entries are
+    /// flushed through `g`. The source table's lock is held over each
+    /// entry's copy, so a fault cannot reuse a page being shared (fault.rs
+    /// FL11). mmap write lock.
+    pub(crate) fn copy_range(
+        &self,
+        dst: &PageTable,
+        start: u64,
+        end: u64,
+        cow: bool,
+        share: &dyn Fn(Pfn),
+        g: &mut impl Gather,
+    ) {
+        self.for_leaves(&self.root, 4, 0, start, end, &mut |t, ptl, i, va| {
+            let mut pte = Pte(t.entry(i)).sans_cpus();
+            if !pte.mapped() {
+                return;
+            }
+            share(pte.pfn());
+            if cow && pte.writable() {
+                pte = Pte(pte.0 & !Pte::WRITE);
+                // PT3: the swap returns the CPU bits set up to now.
+                let old = t.set(ptl, i, pte);
+                g.flush_page(va, old.cpus());
+            }
+            let d = dst.pte_table(va, true).expect("allocating walk");
+            let dl = d.lock();
+            d.set(&dl, index(va, 1), pte);
+        });
+    }
+
     /// Calls `f(table, ptl, index, va)` for each non-empty leaf slot in
     /// `[start, end)`, with the leaf table's lock held for the whole scan
     /// of that table (so a fault cannot install behind the scan: PT4 at

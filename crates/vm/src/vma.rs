@@ -31,6 +31,14 @@
 //!   makes every writer call first), and so before any page-table change
 //!   the writer then makes under a PTL. A clone starts attached. Linux's
 //!   `vma->detached` (`vma_mark_detached`).
+//! - V7. An anon_vma that `fork` gave a child's VMA is marked (its
+//!   [`AnonVmaId::had_parents`]): Linux's `anon_vma_chain` of such a VMA
+//!   holds the parent's anon_vma too, and a VMA with a longer chain than
+//!   one neither merges with a VMA without an anon_vma nor lends its
+//!   anon_vma to a neighbour's first fault (`vma_had_uncowed_parents`,
+//!   `reusable_anon_vma`). Splits and moves keep the mark with the id.
+//!   (Found by kernel_fork.rs: a new mapping beside a child's copied VMA
+//!   stayed apart in the kernel.)
 //!
 //! # Linux
 //! `struct vm_area_struct` (`include/linux/mm_types.h`), the `VM_*` bits of
@@ -223,10 +231,36 @@ impl fmt::Debug for VmaRt {
 /// for every address space keeps them distinct.
 static NEXT_ANON_VMA: AtomicU64 = AtomicU64::new(1);
 
+/// The bit of an [`AnonVmaId`] made by `fork` (V7).
+const FORKED: u64 = 1 << 63;
+
 impl AnonVmaId {
     /// A new identity, distinct from every other (`anon_vma_alloc`).
     pub(crate) fn fresh() -> AnonVmaId {
         AnonVmaId(NEXT_ANON_VMA.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// A new identity for a VMA that `fork` copied (`anon_vma_fork`): its
+    /// chain also holds the parent's (V7).
+    pub(crate) fn forked() -> AnonVmaId {
+        AnonVmaId(Self::fresh().0 | FORKED)
+    }
+
+    /// Whether VMAs with this anon_vma have an `anon_vma_chain` longer
+    /// than one: made by `fork` (V7, Linux's `vma_had_uncowed_parents`).
+    pub fn had_parents(self) -> bool {
+        self.0 & FORKED != 0
+    }
+}
+
+/// `is_mergeable_anon_vma()`: two VMAs may merge if they share an
+/// anon_vma, or if at most one has one and its chain is a single
+/// anon_vma (V7).
+pub(crate) fn anon_vmas_mergeable(a: Option<AnonVmaId>, b: Option<AnonVmaId>) -> bool {
+    match (a, b) {
+        (Some(x), Some(y)) => x == y,
+        (Some(x), None) | (None, Some(x)) => !x.had_parents(),
+        (None, None) => true,
     }
 }
 

@@ -47,6 +47,10 @@ use std::sync::Arc;
 
 use rcuvm::{AddressSpace, Cpu, Errno, MapFlags, PAGE_SIZE, Prot, VmFlags, Vma};
 
+#[path = "common/smaps.rs"]
+mod common_smaps;
+use common_smaps::{MNEMONICS, smaps_lines};
+
 const ARENA_PAGES: u64 = 64;
 
 struct Rng(u64);
@@ -227,66 +231,8 @@ fn model(mm: &AddressSpace, op: &Op, lo: u64) -> Result<u64, Errno> {
     }
 }
 
-/// The smaps `VmFlags` mnemonics rcuvm models, in the kernel's order.
-const MNEMONICS: [(&str, VmFlags); 23] = [
-    ("rd", VmFlags::READ),
-    ("wr", VmFlags::WRITE),
-    ("ex", VmFlags::EXEC),
-    ("sh", VmFlags::SHARED),
-    ("mr", VmFlags::MAYREAD),
-    ("mw", VmFlags::MAYWRITE),
-    ("me", VmFlags::MAYEXEC),
-    ("ms", VmFlags::MAYSHARE),
-    ("gd", VmFlags::GROWSDOWN),
-    ("lo", VmFlags::LOCKED),
-    ("sr", VmFlags::SEQ_READ),
-    ("rr", VmFlags::RAND_READ),
-    ("dc", VmFlags::DONTCOPY),
-    ("lf", VmFlags::LOCKONFAULT),
-    ("ac", VmFlags::ACCOUNT),
-    ("nr", VmFlags::NORESERVE),
-    ("sf", VmFlags::SYNC),
-    ("wf", VmFlags::WIPEONFORK),
-    ("dd", VmFlags::DONTDUMP),
-    ("hg", VmFlags::HUGEPAGE),
-    ("nh", VmFlags::NOHUGEPAGE),
-    ("mg", VmFlags::MERGEABLE),
-    ("dp", VmFlags::DROPPABLE),
-];
-
 fn mnemonics(f: VmFlags) -> String {
     MNEMONICS.iter().filter(|(_, b)| f.contains(*b)).map(|(m, _)| *m).collect::<Vec<_>>().join(" ")
-}
-
-/// Each VMA in `[lo, hi)` of an smaps text (the kernel's or rcuvm's) as
-/// its maps line, the `VmFlags` rcuvm models (maps cannot show them all),
-/// and its resident pages (`Rss`, `Anonymous`).
-fn smaps_lines(text: &str, source: &str, lo: u64, hi: u64) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cur: Option<String> = None;
-    let (mut rss, mut anon) = (None, None);
-    for l in text.lines() {
-        let kb = |key: &str| {
-            l.strip_prefix(key)
-                .map(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().expect("a size"))
-        };
-        if let Ok(v) = rcuvm::maps::parse(l, source) {
-            cur = v.first().filter(|v| v.start < hi && v.end > lo).map(|v| v.to_string());
-            (rss, anon) = (None, None);
-        } else if let Some(k) = kb("Rss:") {
-            rss = Some(k);
-        } else if let Some(k) = kb("Anonymous:") {
-            anon = Some(k);
-        } else if let Some(flags) = l.strip_prefix("VmFlags:") {
-            if let Some(line) = cur.take() {
-                let known: Vec<&str> =
-                    flags.split_whitespace().filter(|m| MNEMONICS.iter().any(|(k, _)| k == m)).collect();
-                let (r, a) = (rss.expect("an Rss line"), anon.expect("an Anonymous line"));
-                out.push(format!("{line} | {} | rss {r} kB, anonymous {a} kB", known.join(" ")));
-            }
-        }
-    }
-    out
 }
 
 /// The VMAs `window` lines would show, from the model's own `Vma`s (its
@@ -447,18 +393,7 @@ const TOTAL: u64 = (ARENA_PAGES + 2) * PAGE_SIZE;
 
 impl Arena {
     fn new() -> Arena {
-        // SAFETY: a fresh shared anonymous mapping for the guards and arena.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                TOTAL as usize,
-                libc::PROT_NONE,
-                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(base, libc::MAP_FAILED);
+        let base = common_smaps::reserve_guarded(TOTAL);
         let lo = base as u64 + PAGE_SIZE;
         let arena = Op::Mmap {
             addr: 0,

@@ -5,17 +5,11 @@
 //! cannot reach (`mlockall` would lock the test process).
 
 use rcuvm::uapi::{MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT, MLOCK_ONFAULT, madv};
-use rcuvm::{AddressSpace, Errno, MapFlags, PAGE_SIZE, Prot, VmFlags};
+use rcuvm::{AddressSpace, Errno, MapFlags, Prot, VmFlags};
 
-const P: u64 = PAGE_SIZE;
-const A: u64 = 0x1000_0000;
-
-fn fixed() -> MapFlags {
-    MapFlags::PRIVATE | MapFlags::ANONYMOUS | MapFlags::FIXED
-}
-fn rw() -> Prot {
-    Prot::READ | Prot::WRITE
-}
+#[path = "common/mm.rs"]
+mod common_mm;
+use common_mm::{A, P, fixed, rw};
 fn flags(mm: &AddressSpace, addr: u64) -> VmFlags {
     mm.query(addr).unwrap().flags
 }

@@ -11,17 +11,11 @@
 use std::sync::Arc;
 
 use rcuvm::uapi::{MCL_CURRENT, MCL_FUTURE, MLOCK_ONFAULT, madv};
-use rcuvm::{AddressSpace, Errno, MapFlags, PAGE_SIZE, PhysMem, Prot, Strategy};
+use rcuvm::{AddressSpace, Errno, MapFlags, PhysMem, Prot, Strategy};
 
-const P: u64 = PAGE_SIZE;
-const A: u64 = 0x1000_0000;
-
-fn fixed() -> MapFlags {
-    MapFlags::PRIVATE | MapFlags::ANONYMOUS | MapFlags::FIXED
-}
-fn rw() -> Prot {
-    Prot::READ | Prot::WRITE
-}
+#[path = "common/mm.rs"]
+mod common_mm;
+use common_mm::{A, P, fixed, rw};
 
 /// smaps' `(Rss, Anonymous)` of the VMA holding `addr`, in pages.
 fn rss(mm: &AddressSpace, addr: u64) -> (u64, u64) {

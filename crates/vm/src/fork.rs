@@ -1,0 +1,95 @@
+//! `fork`: a child address space that copies the parent's VMAs and shares
+//! its anonymous pages copy-on-write (`dup_mmap`).
+//!
+//! # Owns
+//! The copy of VMAs and page tables into a new address space
+//! ([`AddressSpace::fork`](crate::AddressSpace::fork), mm.rs A14).
+//!
+//! # Invariants
+//! - K1. Every VMA is copied whole and unmerged, in address order, with
+//!   the same range, flags, `pgoff`, backing and name, but for: a
+//!   `VM_DONTCOPY` (`MADV_DONTFORK`) VMA, which the child does not get;
+//!   `VM_LOCKED`/`VM_LOCKONFAULT`, which the child does not inherit (nor
+//!   `mlockall`'s `def_flags`); the `anon_vma`, which is a new one for
+//!   each child VMA whose parent had one (`anon_vma_fork()`: so two child
+//!   VMAs never share one, and do not merge where their parents would);
+//!   and `VM_WIPEONFORK`, whose child VMA starts with no `anon_vma` and
+//!   no pages.
+//! - K2. Pages: a VMA's entries are copied only if it has an `anon_vma`
+//!   (`vma_needs_copy()`; a child faults the rest in from the page cache
+//!   or as fresh zeroes, as the parent would). In a copy-on-write VMA
+//!   (private, `VM_MAYWRITE`), both parent and child entries lose write
+//!   permission; the anonymous frames are shared, counted (frame.rs F7),
+//!   and the first write on either side copies (fault.rs FL11). Shared
+//!   mappings map the same page-cache frames on both sides.
+//! - K3. The parent's entries that lost write permission are shot down
+//!   before `fork` returns (`flush_tlb_mm`), inside an MMU notifier
+//!   bracket (`MMU_NOTIFY_PROTECTION_PAGE`, notifier.rs): after `fork`,
+//!   no CPU writes a shared frame through a stale writable entry. A write
+//!   racing the copy may land before it (the child then sees it), never
+//!   after the shootdown.
+//! - K4. The parent's VMAs are neither replaced nor write-locked: a
+//!   parent's fault during the copy races it only on the PTE, under the
+//!   PTL (FL11's check of the count there), which is what `fork`
+//!   changes.
+//!
+//! # Concurrency
+//! The parent's mmap write lock for the whole copy (no other mm call of
+//! the parent runs); the child's, which no one else can want yet.
+//!
+//! # Linux
+//! `dup_mmap()` in `kernel/fork.c`/`mm/mmap.c`, `anon_vma_fork()` in
+//! `mm/rmap.c`, `copy_page_range()`, `copy_present_pte()` and
+//! `vma_needs_copy()` in `mm/memory.c`.
+//!
+//! Not modelled: `VM_ACCOUNT` charges of the copy (overcommit's heuristic
+//! mode checks none), `MADV_WIPEONFORK` on shared memory (refused anyway),
+//! userfaultfd, hugetlb, device mappings (`VM_PFNMAP` ranges are copied
+//! as any other with an `anon_vma`), and the `anon_vma` reuse of
+//! `anon_vma_clone()` for a grandchild whose parent VMA's `anon_vma` has
+//! no VMA left.
+
+use crate::mlock::LOCK_BITS;
+use crate::mmap::MmCall;
+use crate::notifier::NotifyEvent;
+use crate::tlb::MmuGather;
+use crate::vma::{AnonVmaId, VmFlags, Vma};
+
+impl MmCall<'_> {
+    /// `dup_mmap()` from this (the parent's) call into `child`'s, an
+    /// empty address space's (K1–K4).
+    pub(crate) fn dup_mmap(&mut self, child: &mut MmCall<'_>) {
+        let pm = &*self.hw.phys;
+        let share = |pfn| pm.frame(pfn).share_if_anon();
+        for v in self.entries_in(0, u64::MAX) {
+            if v.is_dead() || v.flags.contains(VmFlags::DONTCOPY) {
+                continue;
+            }
+            let wipe = v.flags.contains(VmFlags::WIPEONFORK);
+            let anon = if wipe { None } else { v.anon().map(|_| AnonVmaId::forked()) };
+            let c = Vma::new(
+                v.start,
+                v.end,
+                v.flags - LOCK_BITS,
+                v.pgoff,
+                v.backing.clone(),
+                anon,
+                v.name.clone(),
+            );
+            child.store(v.start..v.end, c);
+            if wipe || v.anon().is_none() {
+                continue;
+            }
+            let cow = v.flags & (VmFlags::SHARED | VmFlags::MAYWRITE) == VmFlags::MAYWRITE;
+            let mut g = MmuGather::default();
+            if cow {
+                // K3: the bracket closes after the shootdown (`finish`).
+                g.notify = self.hw.notifiers.start_locked(v.start, v.end, NotifyEvent::ProtectionPage);
+            }
+            self.hw.pt.copy_range(&child.hw.pt, v.start, v.end, cow, &share, &mut g);
+            // K3: no CPU of the parent keeps a writable entry of a shared
+            // page (nothing is freed: the gather holds no frame).
+            self.finish(g, false);
+        }
+    }
+}

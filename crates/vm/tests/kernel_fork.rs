@@ -1,0 +1,310 @@
+//! `fork` against the host kernel's: the same mappings are made in an
+//! arena of this process and in an `AddressSpace`; then this process
+//! forks for real and the rcuvm address space forks too, and both
+//! children make the same calls. After each, the child's VMAs, their
+//! modelled `VmFlags` and their `Rss`/`Anonymous` must agree (fork.rs
+//! K1–K2: which VMAs a child gets, unlocked, `MADV_WIPEONFORK` emptied,
+//! which pages it shares, and how its new `anon_vma`s decide merges).
+//! The parent's side is compared after the fork too.
+//!
+//! The real child only makes system calls into memory allocated before
+//! the fork (it is a copy of a threaded process: no allocation, no
+//! locks), and sends each result and its `/proc/self/smaps` back through
+//! a pipe. Its own test binary, so no other test maps into the arena.
+
+#![cfg(target_os = "linux")]
+
+use std::sync::Arc;
+
+use rcuvm::uapi::madv;
+use rcuvm::{AddressSpace, Cpu, MapFlags, PAGE_SIZE, Prot};
+
+#[path = "common/smaps.rs"]
+mod common_smaps;
+use common_smaps::smaps_lines;
+
+const P: u64 = PAGE_SIZE;
+const ARENA_PAGES: u64 = 64;
+const TOTAL: u64 = (ARENA_PAGES + 2) * P;
+
+/// One call; addresses are offsets from the arena start.
+#[derive(Clone, Copy, Debug)]
+enum Op {
+    Mmap {
+        page: u64,
+        pages: u64,
+        prot: Prot,
+        flags: MapFlags,
+    },
+    Munmap {
+        page: u64,
+        pages: u64,
+    },
+    Mprotect {
+        page: u64,
+        pages: u64,
+        prot: Prot,
+    },
+    Madvise {
+        page: u64,
+        pages: u64,
+        advice: i32,
+    },
+    /// A one-word store (a write fault the first time).
+    Touch {
+        page: u64,
+    },
+}
+
+/// The result as the kernel reports it: 0, or `-errno` (mmap: the
+/// address, or `-errno`). No allocation, no panic: the forked child runs
+/// this.
+fn host(op: Op, lo: u64) -> i64 {
+    let at = |page: u64| (lo + page * P) as *mut libc::c_void;
+    let len = |pages: u64| (pages * P) as usize;
+    let r = match op {
+        Op::Mmap { page, pages, prot, flags } => {
+            // SAFETY: MAP_FIXED inside the arena this test owns.
+            let p =
+                unsafe { libc::mmap(at(page), len(pages), prot.bits() as i32, flags.bits() as i32, -1, 0) };
+            if p == libc::MAP_FAILED { -1 } else { return p as i64 - lo as i64 }
+        }
+        // SAFETY: inside the arena this test owns.
+        Op::Munmap { page, pages } => unsafe { libc::munmap(at(page), len(pages)) },
+        // SAFETY: inside the arena.
+        Op::Mprotect { page, pages, prot } => unsafe {
+            libc::mprotect(at(page), len(pages), prot.bits() as i32)
+        },
+        // SAFETY: inside the arena; only pages the test itself wrote.
+        Op::Madvise { page, pages, advice } => unsafe { libc::madvise(at(page), len(pages), advice) },
+        Op::Touch { page } => {
+            // SAFETY: the scenario touches only writable arena pages.
+            unsafe { std::ptr::write_volatile((lo + page * P) as *mut u64, page + 1) };
+            0
+        }
+    };
+    if r == 0 { 0 } else { -i64::from(std::io::Error::last_os_error().raw_os_error().unwrap_or(0)) }
+}
+
+/// The same on an rcuvm address space and one of its CPUs.
+fn model(mm: &AddressSpace, cpu: &mut Cpu, op: Op, lo: u64) -> i64 {
+    let r = match op {
+        Op::Mmap { page, pages, prot, flags } => {
+            return mm
+                .mmap(lo + page * P, pages * P, prot, flags, None, 0)
+                .map_or_else(|e| -i64::from(e.code()), |a| a as i64 - lo as i64);
+        }
+        Op::Munmap { page, pages } => mm.munmap(lo + page * P, pages * P),
+        Op::Mprotect { page, pages, prot } => mm.mprotect(lo + page * P, pages * P, prot),
+        Op::Madvise { page, pages, advice } => mm.madvise(lo + page * P, pages * P, advice),
+        Op::Touch { page } => {
+            cpu.write(lo + page * P, page + 1).expect("the scenario touches writable pages");
+            Ok(())
+        }
+    };
+    r.map_or_else(|e| -i64::from(e.code()), |()| 0)
+}
+
+fn rw() -> Prot {
+    Prot::READ | Prot::WRITE
+}
+fn fixed() -> MapFlags {
+    MapFlags::PRIVATE | MapFlags::ANONYMOUS | MapFlags::FIXED
+}
+
+/// The parent's mappings before the fork (page offsets in the arena).
+fn before_fork() -> Vec<Op> {
+    use Op::*;
+    vec![
+        // Faulted in, then split by mprotect: three VMAs, one anon_vma.
+        Mmap { page: 0, pages: 4, prot: rw(), flags: fixed() },
+        Touch { page: 0 },
+        Touch { page: 2 },
+        Mprotect { page: 1, pages: 1, prot: Prot::READ },
+        // Not copied.
+        Mmap { page: 8, pages: 4, prot: rw(), flags: fixed() },
+        Touch { page: 8 },
+        Madvise { page: 8, pages: 4, advice: madv::DONTFORK },
+        // Copied without pages or anon_vma.
+        Mmap { page: 16, pages: 4, prot: rw(), flags: fixed() },
+        Touch { page: 17 },
+        Madvise { page: 16, pages: 4, advice: madv::WIPEONFORK },
+        // Locked and populated: the child gets the pages, not the lock.
+        Mmap { page: 24, pages: 4, prot: rw(), flags: fixed() | MapFlags::LOCKED },
+        // Never faulted: no anon_vma.
+        Mmap { page: 32, pages: 4, prot: rw(), flags: fixed() },
+        // Zero pages only: not copied (no anon_vma).
+        Mmap { page: 40, pages: 2, prot: Prot::READ, flags: fixed() | MapFlags::POPULATE },
+        // Two VMAs that one anon_vma makes mergeable in the parent.
+        Mmap { page: 48, pages: 2, prot: rw(), flags: fixed() },
+        Touch { page: 48 },
+        Mmap { page: 50, pages: 2, prot: Prot::READ, flags: fixed() },
+        Mprotect { page: 50, pages: 2, prot: rw() },
+        Touch { page: 50 },
+        Mprotect { page: 49, pages: 2, prot: Prot::READ },
+    ]
+}
+
+/// What both children do, comparing after each call.
+fn in_the_child() -> Vec<Op> {
+    use Op::*;
+    vec![
+        // Back to one protection: merges in the parent; in the child?
+        Mprotect { page: 1, pages: 1, prot: rw() },
+        Mprotect { page: 49, pages: 2, prot: rw() },
+        // Copy-on-write and fresh pages.
+        Touch { page: 0 },
+        Touch { page: 3 },
+        Touch { page: 16 },
+        Touch { page: 25 },
+        Madvise { page: 2, pages: 1, advice: madv::DONTNEED },
+        // New neighbours of copied VMAs.
+        Mmap { page: 4, pages: 1, prot: rw(), flags: fixed() },
+        Touch { page: 4 },
+        Mmap { page: 12, pages: 2, prot: rw(), flags: fixed() },
+        Mprotect { page: 32, pages: 4, prot: Prot::READ },
+        Mprotect { page: 32, pages: 4, prot: rw() },
+        Mprotect { page: 40, pages: 2, prot: rw() },
+        Touch { page: 41 },
+        Munmap { page: 24, pages: 2 },
+        Madvise { page: 26, pages: 2, advice: madv::DONTNEED },
+    ]
+}
+
+/// Writes all of `bytes` to `fd`; false if the pipe broke. No allocation.
+fn write_all(fd: i32, mut bytes: &[u8]) -> bool {
+    while !bytes.is_empty() {
+        // SAFETY: a slice this process owns.
+        let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+        if n <= 0 {
+            return false;
+        }
+        bytes = &bytes[n as usize..];
+    }
+    true
+}
+
+/// The forked child: runs `ops`, sending after the fork and after each
+/// call its result (8 bytes), then its smaps (8 bytes of length, then the
+/// text), read into `buf`. Never returns.
+fn child(ops: &[Op], lo: u64, fd: i32, buf: &mut [u8]) -> ! {
+    let mut send = |result: i64| -> bool {
+        // SAFETY: a NUL-terminated path; `buf` is this process's memory.
+        let f = unsafe { libc::open(c"/proc/self/smaps".as_ptr(), libc::O_RDONLY) };
+        if f < 0 {
+            return false;
+        }
+        let mut len = 0;
+        loop {
+            // SAFETY: reads into the unused tail of `buf`.
+            let n = unsafe { libc::read(f, buf[len..].as_mut_ptr().cast(), buf.len() - len) };
+            if n <= 0 {
+                break;
+            }
+            len += n as usize;
+        }
+        // SAFETY: the descriptor opened above.
+        unsafe { libc::close(f) };
+        len < buf.len()
+            && write_all(fd, &result.to_le_bytes())
+            && write_all(fd, &(len as u64).to_le_bytes())
+            && write_all(fd, &buf[..len])
+    };
+    let mut ok = send(0);
+    for &op in ops {
+        ok = ok && send(host(op, lo));
+    }
+    // SAFETY: ends the child without running the parent's destructors.
+    unsafe { libc::_exit(if ok { 0 } else { 1 }) }
+}
+
+/// The child's messages: (result, smaps text) per step.
+fn parse(mut bytes: &[u8]) -> Vec<(i64, String)> {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let r = i64::from_le_bytes(bytes[..8].try_into().unwrap());
+        let n = u64::from_le_bytes(bytes[8..16].try_into().unwrap()) as usize;
+        out.push((r, String::from_utf8(bytes[16..16 + n].to_vec()).unwrap()));
+        bytes = &bytes[16 + n..];
+    }
+    out
+}
+
+#[test]
+fn fork_matches_the_kernels() {
+    // The arena: PROT_NONE between two shared guard pages, as in
+    // kernel_diff.rs.
+    let base = common_smaps::reserve_guarded(TOTAL);
+    let lo = base as u64 + P;
+    let reserve =
+        Op::Mmap { page: 0, pages: ARENA_PAGES, prot: Prot::empty(), flags: fixed() | MapFlags::NORESERVE };
+    let parent = Arc::new(AddressSpace::new());
+    let mut pcpu = parent.cpu();
+    let hi = lo + ARENA_PAGES * P;
+    let window = |text: &str, src: &str| smaps_lines(text, src, lo, hi);
+    let host_now = || window(&std::fs::read_to_string("/proc/self/smaps").unwrap(), "/proc/self/smaps");
+    for op in std::iter::once(reserve).chain(before_fork()) {
+        let (k, m) = (host(op, lo), model(&parent, &mut pcpu, op, lo));
+        assert_eq!((k, host_now()), (m, window(&parent.smaps(), "rcuvm")), "before the fork, {op:?}");
+    }
+
+    let ops = in_the_child();
+    let mut buf = vec![0u8; 8 << 20];
+    let mut fds = [0; 2];
+    // SAFETY: a fresh pipe.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: the child only makes system calls into memory allocated
+    // before the fork (`child`), then exits.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        // SAFETY: the read end is the parent's.
+        unsafe { libc::close(fds[0]) };
+        child(&ops, lo, fds[1], &mut buf);
+    }
+    // SAFETY: the write end is the child's.
+    unsafe { libc::close(fds[1]) };
+    let mut got = Vec::new();
+    loop {
+        // SAFETY: reads into `buf`, which this process owns.
+        let n = unsafe { libc::read(fds[0], buf.as_mut_ptr().cast(), buf.len()) };
+        if n <= 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n as usize]);
+    }
+    let mut status = 0;
+    // SAFETY: the child forked above.
+    unsafe {
+        libc::close(fds[0]);
+        libc::waitpid(pid, &mut status, 0);
+    }
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "the real child failed: {status:#x}");
+
+    let forked = Arc::new(parent.fork());
+    let mut ccpu = forked.cpu();
+    let steps = parse(&got);
+    assert_eq!(steps.len(), ops.len() + 1);
+    for (i, (k, text)) in steps.iter().enumerate() {
+        let (op, m) = match i {
+            0 => (None, 0),
+            _ => (Some(ops[i - 1]), model(&forked, &mut ccpu, ops[i - 1], lo)),
+        };
+        let (kl, ml) = (window(text, "the child's /proc/self/smaps"), window(&forked.smaps(), "rcuvm child"));
+        assert_eq!(
+            (*k, &kl),
+            (m, &ml),
+            "in the child after {op:?}:\nkernel:\n{}\nrcuvm:\n{}",
+            kl.join("\n"),
+            ml.join("\n")
+        );
+    }
+    // The parent after the fork: unchanged VMAs, the same pages resident,
+    // and its own copy-on-write.
+    assert_eq!(host_now(), window(&parent.smaps(), "rcuvm"), "the parent after the fork");
+    let op = Op::Touch { page: 0 };
+    assert_eq!(host(op, lo), model(&parent, &mut pcpu, op, lo));
+    assert_eq!(host_now(), window(&parent.smaps(), "rcuvm"), "the parent after its own write");
+    // SAFETY: unmaps only the guards and arena.
+    unsafe { libc::munmap(base, TOTAL as usize) };
+}
