@@ -68,7 +68,10 @@
 //! - FL10. Page tables are memory too: a fault that needs a new table
 //!   when this address space's tables and the frames in use fill the
 //!   [`PhysMem`](crate::frame::PhysMem)'s capacity is out of memory, as a
-//!   frame it cannot get is. Why: population (FL9) of a huge read-only
+//!   frame it cannot get is. A bound, not an account: the check leaves
+//!   room for one table where a fault may make up to three, other address
+//!   spaces' tables on the same memory are not counted, and frames are
+//!   allocated without looking at tables. Why: population (FL9) of a huge read-only
 //!   mapping maps only the zero page, and its tables alone (one per
 //!   2 MiB) would grow without bound.
 //! - FL11. A write fault reuses an anonymous page in place only while no

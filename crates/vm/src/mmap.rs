@@ -38,7 +38,9 @@
 //!   exist) or a fixed address not aligned to it, else `ENOMEM` unless
 //!   `MAP_NORESERVE`. With `MAP_NORESERVE` Linux maps a hugetlbfs file
 //!   (`/anon_hugepage`), which rcuvm does not model: it maps ordinary
-//!   memory (docs/design.md §10).
+//!   memory (docs/design.md §10), which population and faults then fill
+//!   with small pages where Linux, with no huge page reserved, fails
+//!   (`EFAULT` from `MADV_POPULATE_*`, `SIGBUS`).
 //! - P8. `MAP_32BIT` (x86-64) places bottom-up in `[1 GiB, 2 GiB)`, as
 //!   Linux does with address randomisation off (rcuvm never randomises);
 //!   a hint is kept only if free and below 2 GiB; a full window is
@@ -49,12 +51,17 @@
 //! - P10. Overcommit, as Linux's default heuristic (`OVERCOMMIT_GUESS`)
 //!   has it: memory that may need frames of its own is charged, and one
 //!   charge larger than physical memory (the [`PhysMem`](crate::frame::PhysMem)'s capacity;
-//!   rcuvm has no swap) is `ENOMEM`, with nothing changed. Charged: a
+//!   rcuvm has no swap) is `ENOMEM`. Nothing is changed but by a refused
+//!   `MAP_FIXED` mapping, which leaves what Linux leaves: the VMAs it
+//!   overlaps split at its edges (private), or unmapped (shared memory,
+//!   charged after the old pages are cleared); confirmed on the host.
+//!   Charged: a
 //!   private writable mapping without `MAP_NORESERVE` (the pages it
 //!   replaces under `MAP_FIXED` that were charged are not charged again),
 //!   a shared anonymous mapping without `MAP_NORESERVE`, private memory
 //!   that `mprotect` makes writable (mprotect.rs Q3), the heap `brk` adds,
-//!   and what `mremap` adds to a charged VMA (mremap.rs R10). Why: without
+//!   a stack's growth (stack.rs G6) and what `mremap` changes in a charged
+//!   VMA (mremap.rs R10). Why: without
 //!   it rcuvm accepted a private writable mapping of 128 TiB, which
 //!   `mlock` then populated until memory ran out; Linux refuses the
 //!   mapping.
@@ -487,8 +494,13 @@ impl MmCall<'_> {
             pgoff = 0;
             // shmem_acct_size(): shared memory is charged unless
             // MAP_NORESERVE (P10).
-            if !flags.contains(MapFlags::NORESERVE) {
-                self.vm_enough_memory(len >> PAGE_SHIFT)?;
+            if !flags.contains(MapFlags::NORESERVE) && self.vm_enough_memory(len >> PAGE_SHIFT).is_err() {
+                // Linux charges shared memory after it cleared what a
+                // MAP_FIXED mapping replaces: that stays unmapped.
+                if flags.contains(MapFlags::FIXED) {
+                    self.munmap_range(addr, addr + len)?;
+                }
+                return Err(Errno::Enomem);
             }
             // shmem_zero_setup: each shared anonymous mapping is its own file.
             *self.next_shmem_ino += 1;
@@ -517,7 +529,15 @@ impl MmCall<'_> {
             } else {
                 0
             };
-            self.vm_enough_memory((len >> PAGE_SHIFT).saturating_sub(replaced))?;
+            if self.vm_enough_memory((len >> PAGE_SHIFT).saturating_sub(replaced)).is_err() {
+                // Linux charges after it gathered (split) what a MAP_FIXED
+                // mapping replaces, and the splits stay.
+                if flags.contains(MapFlags::FIXED) {
+                    self.split_at(addr);
+                    self.split_at(addr + len);
+                }
+                return Err(Errno::Enomem);
+            }
             vm |= VmFlags::ACCOUNT;
         }
         // mmap_region: unmap what MAP_FIXED overlaps, then map.
@@ -738,6 +758,20 @@ impl MmCall<'_> {
             return Err(Errno::Einval);
         }
         self.munmap_range(start, start + len)
+    }
+
+    /// `split_vma()` at `x` of the VMA around it, if one spans it and
+    /// `max_map_count` allows (P10's refused `MAP_FIXED`).
+    pub(crate) fn split_at(&mut self, x: u64) {
+        let Some(v) = self.vma_at(x).filter(|v| v.start < x) else { return };
+        if self.map_count() >= self.cfg.max_map_count {
+            return;
+        }
+        self.vma_write_lock(&v);
+        self.tree_txn(|c| {
+            c.store(v.start..x, v.slice(v.start, x));
+            c.store(x..v.end, v.slice(x, v.end));
+        });
     }
 
     /// Unmaps `[start, end)` (page-aligned), splitting VMAs at the edges

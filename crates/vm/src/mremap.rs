@@ -45,9 +45,12 @@
 //!   (marked detached) first, so a fault into the source from then on
 //!   waits for the mremap (fault.rs FL7) rather than filling a page the
 //!   unmap would drop.
-//! - R10. A charged (`VM_ACCOUNT`) VMA's growth is charged (`vrm_charge`,
-//!   mmap.rs P10): what a resize adds, or under `MREMAP_DONTUNMAP` the
-//!   whole new copy; refused with `ENOMEM` before anything moves.
+//! - R10. A charged (`VM_ACCOUNT`) VMA's resize is charged (`vrm_charge`,
+//!   mmap.rs P10): the size difference, a shrink's too when it moves (as
+//!   Linux 6.18 charges `vrm->delta`; confirmed on the host), or under
+//!   `MREMAP_DONTUNMAP` the whole new copy. A refusal is `ENOMEM` before
+//!   any page moves, after the destination's unmap and a moving shrink's
+//!   unmap of the tail, which stay (as in Linux).
 //!
 //! # Linux
 //! `SYSCALL_DEFINE5(mremap)`, `check_mremap_params()`, `remap_move()`,
@@ -168,10 +171,11 @@ impl MmCall<'_> {
             return Err(Errno::Enomem);
         }
         let to = self.get_unmapped_area(0, new_len, MapFlags::empty(), thp_movable(&vma))?;
+        self.vrm_charge(&vma, new_len - old_len)?; // R10
         self.move_vma(&vma, addr, old_len, new_len, to, flags)
     }
 
-    /// `vrm_charge()` (R10): bytes an accounted VMA gains are charged
+    /// `vrm_charge()` (R10): an accounted VMA's size change is charged
     /// (mmap.rs P10).
     fn vrm_charge(&self, vma: &Vma, bytes: u64) -> Result<(), Errno> {
         if vma.flags.contains(VmFlags::ACCOUNT) { self.vm_enough_memory(bytes >> PAGE_SHIFT) } else { Ok(()) }
@@ -249,6 +253,9 @@ impl MmCall<'_> {
         if flags & MREMAP_FIXED != 0 {
             self.munmap_range(new_addr, new_addr + new_len)?;
         }
+        // R10: the size change is charged, a shrink's too (Linux 6.18's
+        // `vrm->delta`, taken before the shrink).
+        let charge = if flags & MREMAP_DONTUNMAP != 0 { new_len } else { old_len.abs_diff(new_len) };
         let mut old_len = old_len;
         if old_len > new_len {
             self.shrink(addr, old_len, new_len)?;
@@ -260,6 +267,7 @@ impl MmCall<'_> {
         } else {
             self.get_unmapped_area(new_addr, new_len, MapFlags::empty(), thp_movable(&vma))?
         };
+        self.vrm_charge(&vma, charge)?; // R10
         self.move_vma(&vma, addr, old_len, new_len, to, flags)
     }
 
@@ -276,9 +284,6 @@ impl MmCall<'_> {
         if self.map_count() >= self.cfg.max_map_count.saturating_sub(3) {
             return Err(Errno::Enomem);
         }
-        // R10: DONTUNMAP keeps the source, so the whole copy is charged.
-        let grows = if flags & MREMAP_DONTUNMAP != 0 { new_len } else { new_len.saturating_sub(old_len) };
-        self.vrm_charge(vma, grows)?;
         // copy_vma(): anonymous memory never faulted in (no anon_vma) takes
         // the pgoff of its new address; anything else keeps its own.
         let pgoff = if vma.backing == Backing::Anon && vma.anon().is_none() {

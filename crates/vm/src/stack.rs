@@ -31,13 +31,16 @@
 //!   gap checks and before the `pgoff` and `RLIMIT_STACK` ones, as
 //!   `expand_downwards` calls `anon_vma_prepare`: a growth those refuse
 //!   still leaves one, which decides later merges and `mprotect`'s
-//!   `VM_ACCOUNT` (found by a review against the host kernel).
+//!   `VM_ACCOUNT` (found by a review against the host kernel). The last
+//!   check charges the growth (mmap.rs P10, `acct_stack_growth`): more
+//!   than physical memory is refused (confirmed on the host: a touch 40 GiB
+//!   below a stack with no `RLIMIT_STACK` is `SIGSEGV`).
 //!
 //! # Linux
 //! `lock_mm_and_find_vma()` (mm/memory.c, 6.5+: growth under the mmap
 //! write lock), `expand_downwards()` and `acct_stack_growth()`
-//! (mm/mmap.c). Not modelled: `RLIMIT_AS`, `RLIMIT_MEMLOCK` and the
-//! overcommit check (rcuvm ignores them everywhere), `VM_GROWSUP`
+//! (mm/mmap.c). Not modelled: `RLIMIT_AS` and `RLIMIT_MEMLOCK` (rcuvm
+//! ignores them everywhere), `VM_GROWSUP`
 //! architectures, and `locked_vm` accounting of a locked stack.
 
 use std::sync::Arc;
@@ -112,6 +115,9 @@ impl MmCall<'_> {
         let grow = (vma.start - page) >> PAGE_SHIFT;
         if grow > vma.pgoff || vma.end - page > self.cfg.stack_rlimit {
             return false;
+        }
+        if self.vm_enough_memory(grow).is_err() {
+            return false; // G6: acct_stack_growth's last check
         }
         // G4: no stale translation of a dead entry below may survive.
         self.reap_dead(true, page, vma.start);

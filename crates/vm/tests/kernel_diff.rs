@@ -24,7 +24,8 @@
 //! `MADV_FREE` the test reclaims those pages itself (`MADV_DONTNEED` on
 //! each VMA the kernel advised, up to the first it refuses: a locked one).
 //! `MADV_PAGEOUT` is not drawn on a machine with swap (it would swap pages
-//! out, which rcuvm does not model).
+//! out, which rcuvm does not model), and residency is not compared where
+//! KSM runs (it may merge pages; it does not run here).
 //!
 //! The arena is a private anonymous `PROT_NONE` reservation between two
 //! shared anonymous guard pages (a shmem file each, which nothing private
@@ -244,6 +245,11 @@ fn window(vmas: &[Vma], lo: u64, hi: u64) -> Vec<String> {
         .collect()
 }
 
+/// Whether KSM runs on this machine (it does not here: `run` is 0).
+fn ksm_on() -> bool {
+    std::fs::read_to_string("/sys/kernel/mm/ksm/run").is_ok_and(|t| t.trim() != "0")
+}
+
 /// Whether this machine has swap (`/proc/swaps` lists a device).
 fn swap_on() -> bool {
     std::fs::read_to_string("/proc/swaps").is_ok_and(|t| t.lines().count() > 1)
@@ -427,8 +433,17 @@ impl Arena {
         };
         let vmas: Vec<Vma> = self.mm.vmas().iter().map(|v| (**v).clone()).collect();
         let host = std::fs::read_to_string("/proc/self/smaps").unwrap();
-        let kl = smaps_lines(&host, "/proc/self/smaps", lo, hi);
-        let ml = smaps_lines(&self.mm.smaps(), "rcuvm smaps", lo, hi);
+        let (mut kl, mut ml) = (
+            smaps_lines(&host, "/proc/self/smaps", lo, hi),
+            smaps_lines(&self.mm.smaps(), "rcuvm smaps", lo, hi),
+        );
+        if ksm_on() {
+            // KSM may merge the kernel's zero-filled pages behind the
+            // test's back: residency is not comparable then.
+            for l in kl.iter_mut().chain(ml.iter_mut()) {
+                l.truncate(l.rfind(" | rss").unwrap_or(l.len()));
+            }
+        }
         // rcuvm's smaps names the flags of its VMAs as the test does.
         let named: Vec<&str> =
             ml.iter().map(|l| l.rsplit_once(" | rss").map_or(l.as_str(), |(v, _)| v)).collect();

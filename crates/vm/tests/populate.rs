@@ -263,9 +263,14 @@ fn overcommit_refuses_one_charge_larger_than_memory() {
     assert_eq!(mm.mprotect(ro, big, rw()), Err(Errno::Enomem));
     assert_eq!(mm.maps(), before);
     assert_eq!(mm.mprotect(ro, 512 * P, rw()), Ok(()));
-    // A MAP_FIXED replacement is charged less what it replaces.
-    let w = mm.mmap(0, 300 * P, rw(), anon, None, 0).unwrap();
-    assert_eq!(mm.mmap(w, 500 * P, rw(), fixed(), None, 0), Ok(w));
+    // A MAP_FIXED replacement is charged less what it replaces: 700 pages
+    // over 300 charged ones fit 512 frames; over 300 uncharged ones not.
+    mm.munmap(A, big).unwrap();
+    mm.mmap(A, 300 * P, rw(), fixed(), None, 0).unwrap();
+    assert_eq!(mm.mmap(A, 700 * P, rw(), fixed(), None, 0), Ok(A));
+    mm.munmap(A, 700 * P).unwrap();
+    mm.mmap(A, 300 * P, Prot::READ, fixed(), None, 0).unwrap();
+    assert_eq!(mm.mmap(A, 700 * P, rw(), fixed(), None, 0), Err(Errno::Enomem));
     // mremap charges the growth of a charged VMA.
     let g = mm.mmap(0, 2 * P, rw(), anon, None, 0).unwrap();
     assert_eq!(mm.mremap(g, 2 * P, 2 * P + big, rcuvm::uapi::MREMAP_MAYMOVE, 0), Err(Errno::Enomem));
@@ -275,4 +280,59 @@ fn overcommit_refuses_one_charge_larger_than_memory() {
     let (start, _) = mm.brk_range();
     assert_eq!(mm.brk(start + big), start);
     assert_eq!(mm.brk(start + P), start + P);
+}
+
+/// A 512-frame address space.
+fn small() -> AddressSpace {
+    AddressSpace::builder().phys(Arc::new(PhysMem::new(1))).build()
+}
+
+#[test]
+fn a_refused_fixed_mapping_leaves_what_linux_leaves() {
+    // Probed on the host with 30 GiB (a review's C program): a private
+    // writable MAP_FIXED mapping refused by overcommit leaves the VMA it
+    // overlaps split at its start; a shared one leaves a hole.
+    let mm = Arc::new(small());
+    mm.mmap(A, 3 * P, rw(), fixed(), None, 0).unwrap();
+    mm.cpu().write(A + P, 5).unwrap();
+    assert_eq!(mm.mmap(A + P, 600 * P, rw(), fixed(), None, 0), Err(Errno::Enomem));
+    let v = mm.vmas();
+    assert_eq!(v.iter().map(|v| (v.start, v.end)).collect::<Vec<_>>(), vec![(A, A + P), (A + P, A + 3 * P)]);
+    assert_eq!(mm.cpu().read(A + P), Ok(5), "the pages stay");
+    let sh = MapFlags::SHARED | MapFlags::ANONYMOUS | MapFlags::FIXED;
+    assert_eq!(mm.mmap(A + P, 600 * P, rw(), sh, None, 0), Err(Errno::Enomem));
+    assert!(
+        mm.query(A + P).is_none() && mm.query(A).is_some(),
+        "a hole where the shared mapping was refused"
+    );
+}
+
+#[test]
+fn a_moving_shrink_of_a_charged_vma_is_charged_its_size_change() {
+    // Linux 6.18 charges `vrm->delta` even when the move shrinks (probed
+    // with two 15 GiB mappings moved to one page): refused, after the
+    // tail was unmapped.
+    let mm = small();
+    mm.mmap(A, 300 * P, rw(), fixed(), None, 0).unwrap();
+    mm.mmap(A + 300 * P, 300 * P, rw(), fixed(), None, 0).unwrap();
+    assert_eq!(mm.map_count(), 1);
+    let dst = A + 0x100_0000;
+    let f = rcuvm::uapi::MREMAP_MAYMOVE | rcuvm::uapi::MREMAP_FIXED;
+    assert_eq!(mm.mremap(A, 600 * P, P, f, dst), Err(Errno::Enomem));
+    assert_eq!(mm.query(A).map(|v| v.end), Some(A + P), "shrunk before the charge, as in Linux");
+    assert_eq!(mm.mremap(A, P, P, f, dst), Ok(dst));
+}
+
+#[test]
+fn stack_growth_is_charged() {
+    // acct_stack_growth(): a growth larger than memory is refused (host:
+    // a touch 40 GiB below a stack with no RLIMIT_STACK is SIGSEGV).
+    let mm = Arc::new(small());
+    let top = 0x7000_0000u64;
+    mm.mmap(top, 16 * P, rw(), fixed() | MapFlags::GROWSDOWN, None, 0).unwrap();
+    let mut cpu = mm.cpu();
+    assert_eq!(cpu.write(top - 768 * P, 1), Err(rcuvm::AccessError::MapErr));
+    assert_eq!(mm.query(top).unwrap().start, top);
+    assert_eq!(cpu.write(top - 16 * P, 1), Ok(()));
+    assert_eq!(mm.query(top).unwrap().start, top - 16 * P);
 }
