@@ -5,7 +5,9 @@
 //! modelled `VmFlags` and their `Rss`/`Anonymous` must agree (fork.rs
 //! K1–K2: which VMAs a child gets, unlocked, `MADV_WIPEONFORK` emptied,
 //! which pages it shares, and how its new `anon_vma`s decide merges).
-//! The parent's side is compared after the fork too.
+//! The parent's side is compared after the fork, and after it writes
+//! every writable page. A hand-written scenario, then random ones
+//! (`RCUVM_FORK_SEQS`, default 60: about 3 s).
 //!
 //! The real child only makes system calls into memory allocated before
 //! the fork (it is a copy of a threaded process: no allocation, no
@@ -54,6 +56,12 @@ enum Op {
     Touch {
         page: u64,
     },
+    /// `mremap(MREMAP_MAYMOVE | MREMAP_FIXED)` of `pages` to `to`.
+    Mremap {
+        page: u64,
+        pages: u64,
+        to: u64,
+    },
 }
 
 /// The result as the kernel reports it: 0, or `-errno` (mmap: the
@@ -78,9 +86,16 @@ fn host(op: Op, lo: u64) -> i64 {
         // SAFETY: inside the arena; only pages the test itself wrote.
         Op::Madvise { page, pages, advice } => unsafe { libc::madvise(at(page), len(pages), advice) },
         Op::Touch { page } => {
-            // SAFETY: the scenario touches only writable arena pages.
+            // SAFETY: the scenario touches only arena pages the model
+            // maps writable.
             unsafe { std::ptr::write_volatile((lo + page * P) as *mut u64, page + 1) };
             0
+        }
+        Op::Mremap { page, pages, to } => {
+            let f = libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED;
+            // SAFETY: source and destination inside the arena.
+            let p = unsafe { libc::mremap(at(page), len(pages), len(pages), f, at(to)) };
+            if p == libc::MAP_FAILED { -1 } else { return p as i64 - lo as i64 }
         }
     };
     if r == 0 { 0 } else { -i64::from(std::io::Error::last_os_error().raw_os_error().unwrap_or(0)) }
@@ -100,6 +115,12 @@ fn model(mm: &AddressSpace, cpu: &mut Cpu, op: Op, lo: u64) -> i64 {
         Op::Touch { page } => {
             cpu.write(lo + page * P, page + 1).expect("the scenario touches writable pages");
             Ok(())
+        }
+        Op::Mremap { page, pages, to } => {
+            let f = rcuvm::uapi::MREMAP_MAYMOVE | rcuvm::uapi::MREMAP_FIXED;
+            return mm
+                .mremap(lo + page * P, pages * P, pages * P, f, lo + to * P)
+                .map_or_else(|e| -i64::from(e.code()), |a| a as i64 - lo as i64);
         }
     };
     r.map_or_else(|e| -i64::from(e.code()), |()| 0)
@@ -230,25 +251,49 @@ fn parse(mut bytes: &[u8]) -> Vec<(i64, String)> {
     out
 }
 
-#[test]
-fn fork_matches_the_kernels() {
+/// Runs `before` in the arena and in a fresh address space, forks both,
+/// runs `after` in both children, and compares the parent after the fork
+/// and after it writes every writable page: the first divergence,
+/// described. Stores are made only where the model allows them: `after`
+/// must only store where the model's child may (a divergence there kills
+/// the real child, which is reported).
+fn run_scenario(before: &[Op], after: &[Op]) -> Result<(), String> {
     // The arena: PROT_NONE between two shared guard pages, as in
     // kernel_diff.rs.
     let base = common_smaps::reserve_guarded(TOTAL);
-    let lo = base as u64 + P;
-    let reserve =
-        Op::Mmap { page: 0, pages: ARENA_PAGES, prot: Prot::empty(), flags: fixed() | MapFlags::NORESERVE };
+    let r = scenario_in(base as u64 + P, before, after);
+    // SAFETY: unmaps only the guards and arena.
+    unsafe { libc::munmap(base, TOTAL as usize) };
+    r
+}
+
+/// The reservation that makes the arena, on both sides.
+fn reserve() -> Op {
+    Op::Mmap { page: 0, pages: ARENA_PAGES, prot: Prot::empty(), flags: fixed() | MapFlags::NORESERVE }
+}
+
+/// Lines that differ, for a message.
+fn diverged(what: &str, k: i64, m: i64, kl: &[String], ml: &[String]) -> String {
+    format!("{what}: kernel {k}, rcuvm {m}\nkernel:\n{}\nrcuvm:\n{}", kl.join("\n"), ml.join("\n"))
+}
+
+fn scenario_in(lo: u64, before: &[Op], after: &[Op]) -> Result<(), String> {
     let parent = Arc::new(AddressSpace::new());
     let mut pcpu = parent.cpu();
     let hi = lo + ARENA_PAGES * P;
     let window = |text: &str, src: &str| smaps_lines(text, src, lo, hi);
     let host_now = || window(&std::fs::read_to_string("/proc/self/smaps").unwrap(), "/proc/self/smaps");
-    for op in std::iter::once(reserve).chain(before_fork()) {
+    for &op in std::iter::once(&reserve()).chain(before) {
+        if matches!(op, Op::Touch { page } if !writable(&parent, lo, page)) {
+            continue;
+        }
         let (k, m) = (host(op, lo), model(&parent, &mut pcpu, op, lo));
-        assert_eq!((k, host_now()), (m, window(&parent.smaps(), "rcuvm")), "before the fork, {op:?}");
+        let (kl, ml) = (host_now(), window(&parent.smaps(), "rcuvm"));
+        if (k, &kl) != (m, &ml) {
+            return Err(diverged(&format!("before the fork, after {op:?}"), k, m, &kl, &ml));
+        }
     }
 
-    let ops = in_the_child();
     let mut buf = vec![0u8; 8 << 20];
     let mut fds = [0; 2];
     // SAFETY: a fresh pipe.
@@ -260,7 +305,7 @@ fn fork_matches_the_kernels() {
     if pid == 0 {
         // SAFETY: the read end is the parent's.
         unsafe { libc::close(fds[0]) };
-        child(&ops, lo, fds[1], &mut buf);
+        child(after, lo, fds[1], &mut buf);
     }
     // SAFETY: the write end is the child's.
     unsafe { libc::close(fds[1]) };
@@ -279,32 +324,130 @@ fn fork_matches_the_kernels() {
         libc::close(fds[0]);
         libc::waitpid(pid, &mut status, 0);
     }
-    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "the real child failed: {status:#x}");
 
     let forked = Arc::new(parent.fork());
     let mut ccpu = forked.cpu();
     let steps = parse(&got);
-    assert_eq!(steps.len(), ops.len() + 1);
     for (i, (k, text)) in steps.iter().enumerate() {
         let (op, m) = match i {
             0 => (None, 0),
-            _ => (Some(ops[i - 1]), model(&forked, &mut ccpu, ops[i - 1], lo)),
+            _ => (Some(after[i - 1]), model(&forked, &mut ccpu, after[i - 1], lo)),
         };
         let (kl, ml) = (window(text, "the child's /proc/self/smaps"), window(&forked.smaps(), "rcuvm child"));
-        assert_eq!(
-            (*k, &kl),
-            (m, &ml),
-            "in the child after {op:?}:\nkernel:\n{}\nrcuvm:\n{}",
-            kl.join("\n"),
-            ml.join("\n")
-        );
+        if (*k, &kl) != (m, &ml) {
+            return Err(diverged(&format!("in the child, after {op:?}"), *k, m, &kl, &ml));
+        }
     }
-    // The parent after the fork: unchanged VMAs, the same pages resident,
-    // and its own copy-on-write.
-    assert_eq!(host_now(), window(&parent.smaps(), "rcuvm"), "the parent after the fork");
-    let op = Op::Touch { page: 0 };
-    assert_eq!(host(op, lo), model(&parent, &mut pcpu, op, lo));
-    assert_eq!(host_now(), window(&parent.smaps(), "rcuvm"), "the parent after its own write");
-    // SAFETY: unmaps only the guards and arena.
-    unsafe { libc::munmap(base, TOTAL as usize) };
+    if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) || steps.len() != after.len() + 1 {
+        return Err(format!("the real child failed after {} steps: status {status:#x}", steps.len()));
+    }
+    // The parent after the fork: unchanged VMAs, the same pages resident;
+    // then its own copy-on-write.
+    let (kl, ml) = (host_now(), window(&parent.smaps(), "rcuvm"));
+    if kl != ml {
+        return Err(diverged("the parent after the fork", 0, 0, &kl, &ml));
+    }
+    for page in (0..ARENA_PAGES).filter(|&p| writable(&parent, lo, p)) {
+        let op = Op::Touch { page };
+        host(op, lo);
+        model(&parent, &mut pcpu, op, lo);
+    }
+    let (kl, ml) = (host_now(), window(&parent.smaps(), "rcuvm"));
+    if kl != ml {
+        return Err(diverged("the parent after its writes", 0, 0, &kl, &ml));
+    }
+    Ok(())
+}
+
+/// Whether the model maps arena page `page` writable.
+fn writable(mm: &AddressSpace, lo: u64, page: u64) -> bool {
+    mm.query(lo + page * P).is_some_and(|v| v.flags.contains(rcuvm::VmFlags::WRITE))
+}
+
+#[test]
+fn fork_matches_the_kernels() {
+    if let Err(why) = run_scenario(&before_fork(), &in_the_child()) {
+        panic!("{why}");
+    }
+}
+
+struct Rng(u64);
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// A random call in the arena: mappings (some populated), unmaps,
+/// protections, advices (`DONTFORK`, `WIPEONFORK`, `DONTNEED` among
+/// them), moves and stores.
+fn random_op(r: &mut Rng) -> Op {
+    let page = r.below(ARENA_PAGES);
+    let pages = 1 + r.below(6.min(ARENA_PAGES - page));
+    let prots = [Prot::empty(), Prot::READ, rw(), rw()];
+    match r.below(12) {
+        0..=2 => {
+            let flags = if r.below(5) == 0 { fixed() | MapFlags::POPULATE } else { fixed() };
+            Op::Mmap { page, pages, prot: prots[r.below(4) as usize], flags }
+        }
+        3 => Op::Munmap { page, pages },
+        4 | 5 => Op::Mprotect { page, pages, prot: prots[r.below(4) as usize] },
+        6 => {
+            let advices = [madv::DONTFORK, madv::DOFORK, madv::WIPEONFORK, madv::KEEPONFORK, madv::DONTNEED];
+            Op::Madvise { page, pages, advice: advices[r.below(advices.len() as u64) as usize] }
+        }
+        7 => {
+            let to = r.below(ARENA_PAGES - pages + 1);
+            if to < page + pages && page < to + pages {
+                Op::Touch { page }
+            } else {
+                Op::Mremap { page, pages, to }
+            }
+        }
+        _ => Op::Touch { page },
+    }
+}
+
+/// `n` random calls for a child of `parent`, drawn against a fork of it
+/// so that stores go only where that child may write.
+fn random_child_ops(r: &mut Rng, parent: &AddressSpace, lo: u64, n: usize) -> Vec<Op> {
+    let mm = Arc::new(parent.fork());
+    let mut cpu = mm.cpu();
+    let mut ops = Vec::new();
+    while ops.len() < n {
+        let op = random_op(r);
+        if matches!(op, Op::Touch { page } if !writable(&mm, lo, page)) {
+            continue;
+        }
+        model(&mm, &mut cpu, op, lo);
+        ops.push(op);
+    }
+    ops
+}
+
+/// Random calls before the fork and in the child (`RCUVM_FORK_SEQS`
+/// scenarios, default 60): the parent's calls run on a model first, at
+/// an arena-shaped address, to draw the child's.
+#[test]
+fn random_forks_match_the_kernels() {
+    let n: u64 = std::env::var("RCUVM_FORK_SEQS").ok().and_then(|v| v.parse().ok()).unwrap_or(60);
+    let lo = 0x4000_0000;
+    for seed in 0..n {
+        let mut r = Rng(0xf04c_0000 + seed);
+        let before: Vec<Op> = (0..24).map(|_| random_op(&mut r)).collect();
+        let parent = Arc::new(AddressSpace::new());
+        let mut cpu = parent.cpu();
+        for &op in std::iter::once(&reserve()).chain(&before) {
+            if !matches!(op, Op::Touch { page } if !writable(&parent, lo, page)) {
+                model(&parent, &mut cpu, op, lo);
+            }
+        }
+        let after = random_child_ops(&mut r, &parent, lo, 24);
+        if let Err(why) = run_scenario(&before, &after) {
+            panic!("seed {seed}: {why}\nbefore the fork: {before:?}\nin the child: {after:?}");
+        }
+    }
 }
