@@ -83,8 +83,9 @@
 //!   decides by the folio's reference count the same way.
 //! - FL4. Anonymous private memory: a read fault maps the zero page
 //!   read-only; a write fault maps a new zeroed frame, or reuses the
-//!   frame in place when it is already this VMA's own anonymous page, or
-//!   copies the zero page or a page-cache page (copy-on-write). Shared
+//!   frame in place when it is an anonymous page no other address space
+//!   maps (FL11), or copies the zero page, a page-cache page or an
+//!   anonymous page `fork` shares (copy-on-write). Shared
 //!   mappings (files and `/dev/zero`) map the page-cache frame, writable
 //!   when the VMA is. A first anonymous page gives the VMA an anon_vma,
 //!   reusing a mergeable neighbour's (`find_mergeable_anon_vma`).

@@ -23,15 +23,22 @@
 //!   and the first write on either side copies (fault.rs FL11). Shared
 //!   mappings map the same page-cache frames on both sides.
 //! - K3. The parent's entries that lost write permission are shot down
-//!   before `fork` returns (`flush_tlb_mm`), inside an MMU notifier
+//!   before the VMA's copy ends (`flush_tlb_mm`), inside an MMU notifier
 //!   bracket (`MMU_NOTIFY_PROTECTION_PAGE`, notifier.rs): after `fork`,
-//!   no CPU writes a shared frame through a stale writable entry. A write
-//!   racing the copy may land before it (the child then sees it), never
-//!   after the shootdown.
-//! - K4. The parent's VMAs are neither replaced nor write-locked: a
-//!   parent's fault during the copy races it only on the PTE, under the
-//!   PTL (FL11's check of the count there), which is what `fork`
-//!   changes.
+//!   no CPU writes a shared frame through a stale writable entry. A store
+//!   through such an entry during the copy lands in the shared frame, so
+//!   both sides see it (it raced the fork), and is never lost: see K4.
+//! - K4. Each parent VMA whose entries are copied is write-locked first
+//!   (`vma_write_lock`: detached, strategy.rs S3), as Linux's `dup_mmap`
+//!   calls `vma_start_write`, and replaced by an attached copy of itself
+//!   after its shootdown. A parent's fault on it meanwhile waits on the
+//!   mmap lock (FL7), and one already past its lookup fails its re-check
+//!   under the PTL. Why: a review found stores lost under vma-lock,
+//!   rcu-sync, rcu-dead and rcu-refcount when faults ran during the copy:
+//!   another CPU copied a page while a CPU with a stale writable TLB entry
+//!   still wrote the old one, and a fault's `pte_same` passed across a
+//!   second fork (ABA). `rcu-refcount` has no re-check (strategy.rs S5):
+//!   its faults still race the copy, by design.
 //!
 //! # Concurrency
 //! The parent's mmap write lock for the whole copy (no other mm call of
@@ -80,6 +87,9 @@ impl MmCall<'_> {
             if wipe || v.anon().is_none() {
                 continue;
             }
+            // K4: the parent's faults wait for the copy (as Linux's
+            // `vma_start_write` in `dup_mmap`).
+            self.vma_write_lock(&v);
             let cow = v.flags & (VmFlags::SHARED | VmFlags::MAYWRITE) == VmFlags::MAYWRITE;
             let mut g = MmuGather::default();
             if cow {
@@ -90,6 +100,10 @@ impl MmCall<'_> {
             // K3: no CPU of the parent keeps a writable entry of a shared
             // page (nothing is freed: the gather holds no frame).
             self.finish(g, false);
+            // K4: the detached object is replaced by an attached copy, so
+            // that faults go lock-free again (after the mmap lock, under
+            // vma-lock, whose write lock the copy keeps until then).
+            self.store(v.start..v.end, (*v).clone());
         }
     }
 }

@@ -15,7 +15,11 @@
 //! - D4. `MADV_DONTNEED`, `MADV_DONTNEED_LOCKED` and `MADV_FREE` zap the
 //!   pages of each VMA in the range (`zap_page_range_single`), shot down
 //!   before the call returns; the next access faults in zeroes (anonymous)
-//!   or the file's data. `MADV_FREE` frees at once (no lazy reclaim).
+//!   or the file's data. `MADV_FREE` frees at once (no lazy reclaim) the
+//!   anonymous pages that this address space alone maps; pages `fork`
+//!   shares and the zero page stay mapped, as `madvise_free_pte_range`
+//!   leaves them (a review's probe: a child's `MADV_FREE` of shared pages
+//!   kept them through forced reclaim).
 //! - D5. `MADV_WILLNEED`, `MADV_COLD` and `MADV_PAGEOUT` leave VMAs and
 //!   pages as they are (rcuvm has no swap or LRU); `MADV_MERGEABLE` and
 //!   `MADV_UNMERGEABLE` set and clear `VM_MERGEABLE` (KSM never merges
@@ -43,7 +47,9 @@
 //! `ENOSYS`, which Linux never does here, so that a replay that meets one
 //! says so.
 
+use crate::frame::Owner;
 use crate::mmap::{MmCall, VM_SPECIAL};
+use crate::pgtable::Pte;
 use crate::tlb::MmuGather;
 use crate::uapi::{Errno, madv};
 use crate::vma::{Backing, PAGE_SIZE, VmFlags, Vma};
@@ -175,7 +181,17 @@ impl MmCall<'_> {
                 self.vma_write_lock(&v);
                 let mut g = MmuGather::default();
                 g.notify = self.hw.notifiers.start_locked(s, e, crate::notifier::NotifyEvent::Clear);
-                self.hw.pt.zap(s, e, &mut g);
+                if advice == madv::FREE {
+                    // D4: only pages this address space alone maps.
+                    let pm = &*self.hw.phys;
+                    let alone = |pte: Pte| {
+                        let f = pm.frame(pte.pfn());
+                        pte.mapped() && matches!(f.owner(), Owner::Anon { .. }) && f.exclusive()
+                    };
+                    self.hw.pt.zap_some(s, e, &alone, &mut g);
+                } else {
+                    self.hw.pt.zap(s, e, &mut g);
+                }
                 self.finish(g, false);
             }
             at = e;

@@ -429,6 +429,22 @@ impl PageTable {
         });
     }
 
+    /// [`Self::zap`] of the entries `drop` picks (the others stay).
+    pub(crate) fn zap_some(&self, start: u64, end: u64, drop: &dyn Fn(Pte) -> bool, g: &mut impl Gather) {
+        self.for_leaves(&self.root, 4, 0, start, end, &mut |t, ptl, i, va| {
+            if !drop(Pte(t.entry(i))) {
+                return;
+            }
+            let old = t.set(ptl, i, Pte(0));
+            if old.mapped() {
+                g.frame(old.pfn());
+            }
+            if old.present() {
+                g.flush_page(va, old.cpus());
+            }
+        });
+    }
+
     /// Rewrites every mapped leaf entry in `[start, end)` with `f`
     /// (`change_protection`); entries that lose rights are flushed.
     pub(crate) fn change_prot(&self, start: u64, end: u64, f: &dyn Fn(u64, Pte) -> Pte, g: &mut impl Gather) {

@@ -241,3 +241,71 @@ fn forks_racing_writes_give_each_child_a_frozen_snapshot() {
         assert_eq!(phys.stats().in_use, 0, "{s}: frames leaked or freed twice");
     }
 }
+
+/// Two parent CPUs write their own word of the same pages and read each
+/// store back, while the main thread forks over and over: no store may
+/// be lost (fork.rs K4). A review found this failing under vma-lock and
+/// the rcu-* strategies when faults ran during the copy: a CPU with a
+/// stale writable TLB entry kept writing a page another CPU had just
+/// copied. `rcu-refcount` is left out: its faults have no re-check (S5).
+#[test]
+fn no_store_is_lost_to_a_concurrent_fork() {
+    const PAGES: u64 = 64;
+    for s in Strategy::ALL.into_iter().filter(|&s| s != Strategy::RcuRefcount) {
+        let parent = Arc::new(AddressSpace::with_strategy(s));
+        parent.mmap(A, PAGES * P, rw(), fixed(), None, 0).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let writers: Vec<_> = (0..2u64)
+            .map(|t| {
+                let (mm, stop) = (parent.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let mut cpu = mm.cpu();
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        for i in 0..PAGES {
+                            let w = A + i * P + 8 * t;
+                            let got = cpu.read(w).unwrap();
+                            if got != n {
+                                return Err(format!("{s}: page {i}: wrote {n}, read back {got}"));
+                            }
+                            cpu.write(w, n + 1).unwrap();
+                        }
+                        n += 1;
+                    }
+                    Ok(n)
+                })
+            })
+            .collect();
+        let t0 = Instant::now();
+        let mut forks = 0;
+        while t0.elapsed() < Duration::from_millis(400) {
+            drop(parent.fork());
+            forks += 1;
+        }
+        stop.store(true, Ordering::Relaxed);
+        for w in writers {
+            let rounds = w.join().unwrap().unwrap_or_else(|e| panic!("{e} ({forks} forks)"));
+            assert!(rounds > 0, "{s}");
+        }
+        assert!(forks > 5, "{s}: {forks} forks");
+    }
+}
+
+#[test]
+fn madv_free_keeps_the_pages_fork_shares() {
+    // madvise.rs D4: Linux leaves a shared page mapped (a probe: a child's
+    // MADV_FREE kept them through forced reclaim); rcuvm frees at once
+    // only the pages the caller alone maps.
+    let parent = Arc::new(AddressSpace::new());
+    parent.mmap(A, 2 * P, rw(), fixed(), None, 0).unwrap();
+    let mut p = parent.cpu();
+    p.write(A, 1).unwrap();
+    p.write(A + P, 2).unwrap();
+    let child = Arc::new(parent.fork());
+    let mut c = child.cpu();
+    c.write(A + P, 3).unwrap(); // the child's own copy
+    child.madvise(A, 2 * P, madv::FREE).unwrap();
+    assert_eq!(c.read(A), Ok(1), "shared: kept");
+    assert_eq!(c.read(A + P), Ok(0), "the child's own page: freed");
+    assert_eq!((p.read(A), p.read(A + P)), (Ok(1), Ok(2)));
+}
