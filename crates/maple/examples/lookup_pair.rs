@@ -9,7 +9,9 @@
 //! build) vary by ±20%, more than the gap between the two.
 //!
 //! Run: `cargo run --release -p rcuvm-maple --example lookup_pair -- [entries] [rounds] [inline|arc]`
-//! (defaults 10^6, 20 and `inline`; `PAIR_VERBOSE=1` prints every round).
+//! (defaults 10^6, 20 and `inline`; `PAIR_VERBOSE=1` prints every round,
+//! `PAIR_PROBES_LOG2=20` draws 2^20 probes per set instead of 2^16,
+//! `PAIR_OWN_PROBES=1` gives the one thread only the first set).
 //! Same data and probes as the bench: VMA-like ranges of 4–64 KiB with 4–64
 //! KiB gaps, each lookup a random address inside a random range, the value
 //! read. `inline`: both hold a `u32` index in their nodes (the tree in its
@@ -30,6 +32,13 @@ mod common;
 /// Rounds of this many lookups alternate.
 const PER: usize = 1 << 20;
 
+/// Probes per set: 2^16, or `2^PAIR_PROBES_LOG2` (2^20 spreads the
+/// lookups over the whole of a 10^6-entry tree instead of cycling over
+/// part of it).
+fn probe_count() -> usize {
+    1 << std::env::var("PAIR_PROBES_LOG2").ok().and_then(|v| v.parse::<u32>().ok()).unwrap_or(16)
+}
+
 /// The mean time per lookup of `get` over `probes`, in ns.
 fn round(probes: &[u64], get: impl Fn(u64) -> Option<u64>) -> f64 {
     let t0 = Instant::now();
@@ -44,7 +53,7 @@ fn main() {
     let rounds: usize = std::env::args().nth(2).map_or(20, |s| s.parse().unwrap());
     let values = std::env::args().nth(3).unwrap_or_else(|| "inline".into());
     let rs = common::ranges(n);
-    let probes = common::probes(&rs, 1 << 16, 7);
+    let probes = common::probes(&rs, probe_count(), 7);
     let (tm, tb) = match values.as_str() {
         // Both hold a `u32` index in the node: the tree in its slot word.
         "inline" => {
@@ -163,7 +172,7 @@ fn scaling<V: Value>(
     t.domain().barrier();
     // The same tree looked up by one thread, then by two at once (each with
     // its own probes), alternating: the scaling target's check.
-    let probes2 = common::probes(rs, 1 << 16, 8);
+    let probes2 = common::probes(rs, probe_count(), 8);
     let maple = one_vs_two(rounds, probes, &probes2, |ps| {
         round(ps, |a| {
             let g = t.domain().read();
@@ -177,6 +186,9 @@ fn scaling<V: Value>(
     let plain = one_vs_two(rounds, probes, &probes2, |ps| {
         round(ps, |a| b.range(..=a).next_back().filter(|(_, (e, _))| *e > a).map(|(_, (_, v))| u64::from(*v)))
     });
+    // Rounds alternate between the two, so the machine's share of a bad
+    // ratio shows in the control's too.
+    let relative: Vec<f64> = maple.2.iter().zip(&plain.2).map(|(m, b)| m / b).collect();
     for (name, (mut t1, mut t2, mut x)) in [("maple", maple), ("unlocked BTreeMap", plain)] {
         if std::env::var_os("PAIR_VERBOSE").is_some() {
             eprintln!("{name}: 1 thread {t1:.0?}\n2 threads {t2:.0?}");
@@ -188,20 +200,37 @@ fn scaling<V: Value>(
             med(&mut x)
         );
     }
+    let mut relative = relative;
+    println!(
+        "n={n} maple's scaling / the unlocked BTreeMap's, median of the rounds: {:.2}",
+        med(&mut relative)
+    );
 }
 
 /// Rounds of `lookups` on one thread, then on two at once (each with its
 /// own probes), alternating: the times per lookup per thread and the
-/// throughput ratios.
+/// throughput ratios. The one thread looks up both threads' probes,
+/// interleaved, so that both cases spread the same lookups over the same
+/// nodes. Why: with only the first thread's probes, one thread's working
+/// set (the nodes of 2^16 probes: about 16 MB at 10^6 entries) was half
+/// of two threads' (about 25 MB against a 32 MB shared cache), and the
+/// ratio measured the cache, not the tree's scaling (2026-12-07: 2.03,
+/// 1.75, 1.75x for the tree, 2.18, 1.96, 2.00x for the unlocked BTreeMap
+/// control, at 10^6). `PAIR_OWN_PROBES=1` measures that way again.
 fn one_vs_two(
     rounds: usize,
     probes: &[u64],
     probes2: &[u64],
     lookups: impl Fn(&[u64]) -> f64 + Sync,
 ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let union: Vec<u64> = if std::env::var_os("PAIR_OWN_PROBES").is_some() {
+        probes.to_vec()
+    } else {
+        probes.iter().zip(probes2).flat_map(|(&a, &b)| [a, b]).collect()
+    };
     let (mut t1, mut t2, mut scaling) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..rounds {
-        let one = lookups(probes);
+        let one = lookups(&union);
         let start = std::sync::Barrier::new(2);
         let two = std::thread::scope(|s| {
             let h = s.spawn(|| {
