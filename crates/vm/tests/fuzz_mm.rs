@@ -2,7 +2,8 @@
 //! after every call the address space's invariants hold (mm.rs A1: VMAs
 //! sorted, non-overlapping, page-aligned, inside `TASK_SIZE`; `maps()`
 //! parses back to the same ranges; `map_count` agrees), and accesses at
-//! arbitrary addresses return a result, never a panic (cpu.rs C3).
+//! arbitrary addresses return a result, never a panic (cpu.rs C3). A
+//! `fork` may come between calls: the rest run in the child.
 //!
 //! `mremap` arguments whose `addr + old_len` overflows are drawn by the
 //! second test: they once panicked in debug builds (minimal case: with a
@@ -24,6 +25,8 @@ enum Call {
     Madvise(u64, u64, i32),
     Brk(u64),
     Access(u64, bool),
+    /// Continue in a `fork` of the address space, the parent dropped.
+    Fork,
 }
 
 /// Addresses and lengths: near a small arena (where calls interact), page
@@ -55,6 +58,7 @@ fn call(mremap_overflow: bool) -> impl Strategy<Value = Call> {
         (num(), num(), prop_oneof![0i32..30, any::<i32>()]).prop_map(|(a, l, v)| Call::Madvise(a, l, v)),
         num().prop_map(Call::Brk),
         (num(), any::<bool>()).prop_map(|(a, w)| Call::Access(a, w)),
+        Just(Call::Fork),
     ]
 }
 
@@ -77,7 +81,7 @@ fn check(mm: &AddressSpace) {
 }
 
 fn run(strategy: usize, calls: &[Call]) {
-    let mm = Arc::new(AddressSpace::with_strategy(rcuvm::Strategy::ALL[strategy % 4]));
+    let mut mm = Arc::new(AddressSpace::with_strategy(rcuvm::Strategy::ALL[strategy % 4]));
     let mut cpu = mm.cpu();
     for c in calls {
         match *c {
@@ -101,6 +105,12 @@ fn run(strategy: usize, calls: &[Call]) {
             }
             Call::Access(a, w) => {
                 let _ = if w { cpu.write(a, 1).map(|_| 0) } else { cpu.read(a) };
+            }
+            Call::Fork => {
+                let child = Arc::new(mm.fork());
+                assert!(child.map_count() <= mm.map_count(), "only MADV_DONTFORK VMAs are left out");
+                cpu = child.cpu();
+                mm = child;
             }
         }
         check(&mm);
