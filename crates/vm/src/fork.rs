@@ -6,7 +6,7 @@
 //! ([`AddressSpace::fork`](crate::AddressSpace::fork), mm.rs A14).
 //!
 //! # Invariants
-//! - K1. Every VMA is copied whole and unmerged, in address order, with
+//! - FK1. Every VMA is copied whole and unmerged, in address order, with
 //!   the same range, flags, `pgoff`, backing and name, but for: a
 //!   `VM_DONTCOPY` (`MADV_DONTFORK`) VMA, which the child does not get;
 //!   `VM_LOCKED`/`VM_LOCKONFAULT`, which the child does not inherit (nor
@@ -15,20 +15,20 @@
 //!   VMAs never share one, and do not merge where their parents would);
 //!   and `VM_WIPEONFORK`, whose child VMA starts with no `anon_vma` and
 //!   no pages.
-//! - K2. Pages: a VMA's entries are copied only if it has an `anon_vma`
+//! - FK2. Pages: a VMA's entries are copied only if it has an `anon_vma`
 //!   (`vma_needs_copy()`; a child faults the rest in from the page cache
 //!   or as fresh zeroes, as the parent would). In a copy-on-write VMA
 //!   (private, `VM_MAYWRITE`), both parent and child entries lose write
 //!   permission; the anonymous frames are shared, counted (frame.rs F7),
 //!   and the first write on either side copies (fault.rs FL11). Shared
 //!   mappings map the same page-cache frames on both sides.
-//! - K3. The parent's entries that lost write permission are shot down
+//! - FK3. The parent's entries that lost write permission are shot down
 //!   before the VMA's copy ends (`flush_tlb_mm`), inside an MMU notifier
 //!   bracket (`MMU_NOTIFY_PROTECTION_PAGE`, notifier.rs): after `fork`,
 //!   no CPU writes a shared frame through a stale writable entry. A store
 //!   through such an entry during the copy lands in the shared frame, so
-//!   both sides see it (it raced the fork), and is never lost: see K4.
-//! - K4. Each parent VMA whose entries are copied is write-locked first
+//!   both sides see it (it raced the fork), and is never lost: see FK4.
+//! - FK4. Each parent VMA whose entries are copied is write-locked first
 //!   (`vma_write_lock`: detached, strategy.rs S3), as Linux's `dup_mmap`
 //!   calls `vma_start_write`, and replaced by an attached copy of itself
 //!   after its shootdown. A parent's fault on it meanwhile waits on the
@@ -49,8 +49,9 @@
 //! `mm/rmap.c`, `copy_page_range()`, `copy_present_pte()` and
 //! `vma_needs_copy()` in `mm/memory.c`.
 //!
-//! Not modelled: `VM_ACCOUNT` charges of the copy (overcommit's heuristic
-//! mode checks none), `MADV_WIPEONFORK` on shared memory (refused anyway),
+//! Not modelled: the charge of each `VM_ACCOUNT` VMA copied (`dup_mmap`
+//! fails with `ENOMEM` for one larger than memory, which a moving shrink
+//! can leave, mremap.rs R10; rcuvm's `fork` never fails), `MADV_WIPEONFORK` on shared memory (refused anyway),
 //! userfaultfd, hugetlb, device mappings (`VM_PFNMAP` ranges are copied
 //! as any other with an `anon_vma`), and the `anon_vma` reuse of
 //! `anon_vma_clone()` for a grandchild whose parent VMA's `anon_vma` has
@@ -64,7 +65,7 @@ use crate::vma::{AnonVmaId, VmFlags, Vma};
 
 impl MmCall<'_> {
     /// `dup_mmap()` from this (the parent's) call into `child`'s, an
-    /// empty address space's (K1–K4).
+    /// empty address space's (FK1–FK4).
     pub(crate) fn dup_mmap(&mut self, child: &mut MmCall<'_>) {
         let pm = &*self.hw.phys;
         let share = |pfn| pm.frame(pfn).share_if_anon();
@@ -87,20 +88,20 @@ impl MmCall<'_> {
             if wipe || v.anon().is_none() {
                 continue;
             }
-            // K4: the parent's faults wait for the copy (as Linux's
+            // FK4: the parent's faults wait for the copy (as Linux's
             // `vma_start_write` in `dup_mmap`).
             self.vma_write_lock(&v);
             let cow = v.flags & (VmFlags::SHARED | VmFlags::MAYWRITE) == VmFlags::MAYWRITE;
             let mut g = MmuGather::default();
             if cow {
-                // K3: the bracket closes after the shootdown (`finish`).
+                // FK3: the bracket closes after the shootdown (`finish`).
                 g.notify = self.hw.notifiers.start_locked(v.start, v.end, NotifyEvent::ProtectionPage);
             }
             self.hw.pt.copy_range(&child.hw.pt, v.start, v.end, cow, &share, &mut g);
-            // K3: no CPU of the parent keeps a writable entry of a shared
+            // FK3: no CPU of the parent keeps a writable entry of a shared
             // page (nothing is freed: the gather holds no frame).
             self.finish(g, false);
-            // K4: the detached object is replaced by an attached copy, so
+            // FK4: the detached object is replaced by an attached copy, so
             // that faults go lock-free again (after the mmap lock, under
             // vma-lock, whose write lock the copy keeps until then).
             self.store(v.start..v.end, (*v).clone());

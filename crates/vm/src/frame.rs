@@ -343,6 +343,8 @@ pub struct PhysMem {
     free: Mutex<VecDeque<Pfn>>,
     /// The per-thread free lists (F5).
     pcp: Box<[CachePadded<Pcp>]>,
+    /// The next inode of a shared anonymous mapping's file (F4).
+    shmem_ino: AtomicU64,
     page_cache: Mutex<HashMap<(u32, u32, u64, u64), Pfn>>,
     zero: Pfn,
 }
@@ -365,6 +367,7 @@ impl PhysMem {
             free: Mutex::new(VecDeque::new()),
             pcp: (0..PCP_LISTS).map(|_| CachePadded::default()).collect(),
             page_cache: Mutex::new(HashMap::new()),
+            shmem_ino: AtomicU64::new(0x10_0000),
             zero: 0,
         };
         pm.zero = pm.carve().expect("room for the zero page");
@@ -550,6 +553,14 @@ impl PhysMem {
         }
         pc.insert(key, pfn);
         Some(pfn)
+    }
+
+    /// A new inode for a shared anonymous mapping's file
+    /// (`shmem_zero_setup`), distinct from every other of this memory: the
+    /// page cache is keyed by inode, and every address space on this
+    /// memory (a `fork`'s child among them) shares it (F4).
+    pub(crate) fn next_shmem_ino(&self) -> u64 {
+        self.shmem_ino.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// Frames this memory can hold (the zero page among them): its

@@ -143,7 +143,7 @@
 //! - A14. `fork` makes a new address space on the same `PhysMem`, with the
 //!   parent's strategy, tunables, RCU configuration and layout (`brk`,
 //!   stack), and copies the VMAs and pages into it under the parent's mmap
-//!   write lock (fork.rs K1–K4). Nothing else is inherited: no notifier,
+//!   write lock (fork.rs FK1–FK4). Nothing else is inherited: no notifier,
 //!   recorder or injection, no `mlockall(MCL_FUTURE)`.
 //!
 //! # Concurrency
@@ -242,7 +242,6 @@ pub(crate) struct Mm {
 /// State behind the mmap lock.
 #[derive(Debug)]
 pub(crate) struct MmState {
-    next_shmem_ino: u64,
     /// `mm->def_flags` (mlock.rs L4).
     def_flags: VmFlags,
     /// Dead entries in the tree (`rcu-dead`), oldest first: the order in
@@ -482,7 +481,6 @@ impl MmBuilder {
             layout: Layout::default(),
             mmap_lock: CachePadded::new(MmapLock {
                 rw: parking_lot::RwLock::new(MmState {
-                    next_shmem_ino: 0x10_0000,
                     def_flags: VmFlags::empty(),
                     dead: Default::default(),
                     reap_runs: Vec::new(),
@@ -825,8 +823,9 @@ impl AddressSpace {
     /// `fork(2)`'s copy of the address space (`dup_mmap`, A14): a new
     /// address space on the same [`PhysMem`] with this one's VMAs, but for
     /// `MADV_DONTFORK` ones, unlocked, and its anonymous pages shared
-    /// copy-on-write: after `fork` returns, a write on either side is
-    /// seen by that side alone (fork.rs K1–K4).
+    /// copy-on-write: after `fork` returns, a write to private memory on
+    /// either side is seen by that side alone, while shared mappings stay
+    /// shared (fork.rs FK1–FK4).
     ///
     /// # Examples
     /// ```
@@ -1336,7 +1335,6 @@ impl Mm {
             cfg: &self.cfg,
             layout: &self.layout,
             hw: &self.hw,
-            next_shmem_ino: &mut st.next_shmem_ino,
             dead: &mut st.dead,
             reap_runs: &mut st.reap_runs,
             def_flags: &mut st.def_flags,

@@ -51,10 +51,14 @@
 //! - P10. Overcommit, as Linux's default heuristic (`OVERCOMMIT_GUESS`)
 //!   has it: memory that may need frames of its own is charged, and one
 //!   charge larger than physical memory (the [`PhysMem`](crate::frame::PhysMem)'s capacity;
-//!   rcuvm has no swap) is `ENOMEM`. Nothing is changed but by a refused
-//!   `MAP_FIXED` mapping, which leaves what Linux leaves: the VMAs it
-//!   overlaps split at its edges (private), or unmapped (shared memory,
-//!   charged after the old pages are cleared); confirmed on the host.
+//!   rcuvm has no swap) is refused, each caller its own way (as Linux
+//!   does): `mmap`, `mprotect` and `mremap` return `ENOMEM`, `brk` keeps
+//!   the old break, a stack growth is `SEGV_MAPERR`. A refused `mmap`
+//!   changes nothing, but for a `MAP_FIXED` one, which leaves what Linux
+//!   leaves: the VMAs it overlaps split at its edges (private), or
+//!   unmapped (shared memory, charged after the old pages are cleared);
+//!   confirmed on the host. `mprotect` keeps the VMAs it changed before
+//!   the refusal (Q3), `mremap` the unmaps it made before it (R10).
 //!   Charged: a
 //!   private writable mapping without `MAP_NORESERVE` (the pages it
 //!   replaces under `MAP_FIXED` that were charged are not charged again),
@@ -229,8 +233,6 @@ pub(crate) struct MmCall<'a> {
     pub(crate) layout: &'a crate::mm::Layout,
     /// Page tables, frames, TLBs and the strategy (mm.rs A3).
     pub(crate) hw: &'a crate::mm::Hw,
-    /// Inode numbers for shared anonymous mappings (`/dev/zero (deleted)`).
-    pub(crate) next_shmem_ino: &'a mut u64,
     /// `mm->def_flags`: `VM_LOCKED` (and `VM_LOCKONFAULT`) after
     /// `mlockall(MCL_FUTURE)`, given to every new mapping (mlock.rs).
     pub(crate) def_flags: &'a mut VmFlags,
@@ -503,11 +505,11 @@ impl MmCall<'_> {
                 return Err(Errno::Enomem);
             }
             // shmem_zero_setup: each shared anonymous mapping is its own file.
-            *self.next_shmem_ino += 1;
+            let ino = self.hw.phys.next_shmem_ino();
             backing = Backing::File(FileId {
                 dev_major: 0,
                 dev_minor: 1,
-                inode: *self.next_shmem_ino,
+                inode: ino,
                 path: Arc::from("/dev/zero (deleted)"),
             });
         } else {

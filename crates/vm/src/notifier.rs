@@ -11,7 +11,7 @@
 //!   `munmap`, a `MAP_FIXED` replacement, `brk` or `mremap` shrinking,
 //!   `madvise(MADV_DONTNEED/FREE)`; any change of rights by `mprotect`; PTEs
 //!   moved by `mremap`; a copy-on-write that replaces a present entry's
-//!   frame; write permission that `fork` removes, fork.rs K3) is bracketed: `invalidate_range_start` before the first PTE of
+//!   frame; write permission that `fork` removes, fork.rs FK3) is bracketed: `invalidate_range_start` before the first PTE of
 //!   the range changes, `invalidate_range_end` after the CPUs' TLB
 //!   shootdown and before any frame it unmapped is freed. So a secondary
 //!   MMU that drops its translations of the range in `start`, and creates
@@ -64,7 +64,7 @@ pub enum NotifyEvent {
     /// (`MMU_NOTIFY_PROTECTION_VMA`).
     ProtectionVma,
     /// Write permission removed from pages that `fork` shares
-    /// copy-on-write (`MMU_NOTIFY_PROTECTION_PAGE`, fork.rs K3).
+    /// copy-on-write (`MMU_NOTIFY_PROTECTION_PAGE`, fork.rs FK3).
     ProtectionPage,
 }
 

@@ -1,4 +1,4 @@
-//! `AddressSpace::fork` (fork.rs K1–K4, fault.rs FL11, frame.rs F7): what
+//! `AddressSpace::fork` (fork.rs FK1–FK4, fault.rs FL11, frame.rs F7): what
 //! the child gets, copy-on-write in both directions, frames freed by
 //! whichever side drops them last, the parent's notifiers, and forks
 //! racing writes on the parent's other CPUs under every strategy. The
@@ -244,7 +244,7 @@ fn forks_racing_writes_give_each_child_a_frozen_snapshot() {
 
 /// Two parent CPUs write their own word of the same pages and read each
 /// store back, while the main thread forks over and over: no store may
-/// be lost (fork.rs K4). A review found this failing under vma-lock and
+/// be lost (fork.rs FK4). A review found this failing under vma-lock and
 /// the rcu-* strategies when faults ran during the copy: a CPU with a
 /// stale writable TLB entry kept writing a page another CPU had just
 /// copied. `rcu-refcount` is left out: its faults have no re-check (S5).
@@ -308,4 +308,33 @@ fn madv_free_keeps_the_pages_fork_shares() {
     assert_eq!(c.read(A), Ok(1), "shared: kept");
     assert_eq!(c.read(A + P), Ok(0), "the child's own page: freed");
     assert_eq!((p.read(A), p.read(A + P)), (Ok(1), Ok(2)));
+}
+
+#[test]
+fn a_new_shared_mapping_is_its_own_memory_in_every_address_space() {
+    // Shared anonymous memory is a shmem file per mapping; its page cache
+    // lives in the PhysMem every fork shares, so inodes must be unique
+    // there (a review found a child's new mapping reading the parent's).
+    let parent = Arc::new(AddressSpace::new());
+    let sh = MapFlags::SHARED | MapFlags::ANONYMOUS;
+    let a = parent.mmap(0, P, rw(), sh, None, 0).unwrap();
+    parent.cpu().write(a, 5).unwrap();
+    let child = Arc::new(parent.fork());
+    let b = child.mmap(0, P, rw(), sh, None, 0).unwrap();
+    let mut c = child.cpu();
+    assert_eq!(c.read(b), Ok(0), "a fresh shared mapping");
+    c.write(b, 9).unwrap();
+    assert_eq!(parent.cpu().read(a), Ok(5));
+    assert_eq!(c.read(a), Ok(5), "the inherited one is still shared");
+    // An unrelated address space on the same memory.
+    let other = Arc::new(AddressSpace::builder().phys(parent.phys().clone()).build());
+    let o = other.mmap(0, P, rw(), sh, None, 0).unwrap();
+    assert_eq!(other.cpu().read(o), Ok(0));
+    let ino = |mm: &AddressSpace, x: u64| match &mm.query(x).unwrap().backing {
+        rcuvm::Backing::File(f) => f.inode,
+        b => panic!("{b:?}"),
+    };
+    let inodes = [ino(&parent, a), ino(&child, b), ino(&other, o)];
+    assert!(inodes[0] != inodes[1] && inodes[1] != inodes[2] && inodes[0] != inodes[2], "{inodes:?}");
+    assert_eq!(ino(&child, a), inodes[0]);
 }

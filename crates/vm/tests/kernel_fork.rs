@@ -3,7 +3,7 @@
 //! forks for real and the rcuvm address space forks too, and both
 //! children make the same calls. After each, the child's VMAs, their
 //! modelled `VmFlags` and their `Rss`/`Anonymous` must agree (fork.rs
-//! K1–K2: which VMAs a child gets, unlocked, `MADV_WIPEONFORK` emptied,
+//! FK1–FK2: which VMAs a child gets, unlocked, `MADV_WIPEONFORK` emptied,
 //! which pages it shares, and how its new `anon_vma`s decide merges).
 //! The parent's side is compared after the fork, and after it writes
 //! every writable page. A hand-written scenario, then random ones

@@ -66,18 +66,28 @@ pub fn smaps_lines(text: &str, source: &str, lo: u64, hi: u64) -> Vec<String> {
 /// A fresh `PROT_NONE` shared anonymous mapping of `len` bytes: an
 /// arena's two guard pages (a shmem file each, which nothing private can
 /// merge with) and the arena between them, which the test maps over.
+///
+/// It is placed low (at 64 GiB or a free multiple of it), far below where
+/// the kernel places mappings top-down. Why: the kernel fills the highest
+/// hole that fits, and holes a test punched into an arena placed among
+/// the others were the highest: a thread started meanwhile (its signal
+/// stack, a few pages) landed in one and showed in the compared window.
 pub fn reserve_guarded(len: u64) -> *mut libc::c_void {
-    // SAFETY: a fresh mapping the kernel places; nothing else uses it.
-    let base = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len as usize,
-            libc::PROT_NONE,
-            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    assert_ne!(base, libc::MAP_FAILED);
-    base
+    for k in 1..64u64 {
+        // SAFETY: MAP_FIXED_NOREPLACE takes only free address space.
+        let base = unsafe {
+            libc::mmap(
+                (k << 36) as *mut libc::c_void,
+                len as usize,
+                libc::PROT_NONE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+                -1,
+                0,
+            )
+        };
+        if base != libc::MAP_FAILED {
+            return base;
+        }
+    }
+    panic!("no free 64 GiB multiple below 4 TiB for the arena");
 }
