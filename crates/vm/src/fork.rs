@@ -74,7 +74,10 @@ impl MmCall<'_> {
                 continue;
             }
             let wipe = v.flags.contains(VmFlags::WIPEONFORK);
-            let anon = if wipe { None } else { v.anon().map(|_| AnonVmaId::forked()) };
+            // Read once: a racing first fault may set it meanwhile (its
+            // page is then the parent's alone, as if made after the fork).
+            let parent_anon = v.anon();
+            let anon = if wipe { None } else { parent_anon.map(|_| AnonVmaId::forked()) };
             let c = Vma::new(
                 v.start,
                 v.end,
@@ -85,7 +88,7 @@ impl MmCall<'_> {
                 v.name.clone(),
             );
             child.store(v.start..v.end, c);
-            if wipe || v.anon().is_none() {
+            if wipe || parent_anon.is_none() {
                 continue;
             }
             // FK4: the parent's faults wait for the copy (as Linux's
