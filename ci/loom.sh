@@ -7,8 +7,10 @@
 # - the address space's two critical races (issue 6), on the real tree and
 #   domains and vm's src/protocol.rs: crates/vm/tests/loom_vm.rs, a fault
 #   against munmap then mmap at the same address (rcu-dead, rcu-sync) and a
-#   maps reader against a split and an mremap move, plus the mutation
-#   checks that prove those models fail when a protocol step is removed.
+#   maps reader against a split and an mremap move, the reaper against a
+#   writer, a write fault's page reuse against fork (model 5: 69 iterations,
+#   a few ms), plus the mutation checks that prove those models fail when a
+#   protocol step is removed.
 #
 # CI searches with LOOM_MAX_PREEMPTIONS=3 (3.7 s for the six rcu models).
 # Measured on this 2-core machine (LOOM_MAX_PREEMPTIONS=2, --release): the six

@@ -1,7 +1,9 @@
 //! Loom models of the address space's two critical races (issue 6): a page
 //! fault against `munmap` followed by `mmap` at the same address, and a
-//! maps reader against a split or an `mremap` move; and of the reaper of
-//! dead entries against a writer (model 4, mm.rs A10).
+//! maps reader against a split or an `mremap` move; of the reaper of
+//! dead entries against a writer (model 4, mm.rs A10); and of a write
+//! fault's reuse of a page against `fork` (model 5, fault.rs FL11, fork.rs
+//! FK4).
 //!
 //! Run with `ci/loom.sh`, i.e. `RUSTFLAGS="--cfg rcuvm_loom"
 //! LOOM_MAX_PREEMPTIONS=3 CARGO_TARGET_DIR=target/loom cargo test -p rcuvm
@@ -101,7 +103,10 @@
 //!   VMA's frame (F1);
 //! - (g) a reaper (model 4) that finds the mmap lock taken and does not
 //!   queue itself again: dead entries left in an idle address space (R2);
-//! - (h) a call that queues a reaper though one is queued (R1).
+//! - (h) a call that queues a reaper though one is queued (R1);
+//! - (i) a write fault with neither of its re-checks against `fork` (the
+//!   VMA still attached, the page still exclusive): the parent maps
+//!   writable a frame the child shares (model 5, FL11).
 //!
 //! Each model also counts, across its iterations, that the interesting
 //! interleaving was explored (a fault that found the old VMA and was
@@ -1503,5 +1508,134 @@ fn mutation_reaper_lost_on_contention() {
 fn mutation_second_reaper() {
     expect_caught("second_reaper", &["R1"], || {
         reaper_model("mutation_second_reaper", false, true, Bound::Fixed(2))
+    });
+}
+
+// ---------------------------------------------------------------------
+// Model 5: a write fault's reuse of an anonymous page against `fork`
+// (fault.rs FL11, fork.rs FK4, frame.rs F7). Mirrored on loom atomics and
+// a loom mutex: one PTE of the parent, read-only over frame X (as after an
+// mprotect), X's mapping count 1. The CPU thread write-faults it
+// (`do_fault`: a page it alone maps is reused, made writable in place;
+// a shared one is copied to Y, and X loses the parent's count), with its
+// re-checks under the PTL: the entry unchanged (`pte_same`), the VMA
+// still attached (FL7, V6), a reused page still exclusive (FL11). The
+// fork thread marks the VMA detached (`dup_mmap`'s `vma_write_lock`,
+// FK4), then under the PTL raises X's count and gives the child a
+// read-only copy of the entry (`PageTable::copy_range`). Invariants: the
+// parent never maps a frame writable that the child maps too, and every
+// frame's count is the number of tables that map it. Either re-check
+// alone keeps them (both are in vm: FK4 for every strategy with a
+// re-check, FL11 as the PTL's own rule); the mutation without both is
+// caught. Not modelled: TLBs (model 1 has them) and the shootdown.
+
+/// A model PTE's write bit; the frame is `pte >> 1`.
+const PTE_W: u64 = 1;
+/// Frame X (the parent's page) and Y (its copy), as model PTEs.
+const PTE_X: u64 = 1 << 1;
+const PTE_Y: u64 = 2 << 1;
+
+struct ForkMm {
+    pte: AtomicU64,
+    ptl: Mutex<()>,
+    /// frame.rs F7 per frame (index = the PTE's frame; 0 unused).
+    count: [AtomicU64; 3],
+    /// vma.rs V6 on the parent's VMA object.
+    detached: AtomicBool,
+    /// The child's copy of the entry (0: none yet).
+    child: AtomicU64,
+}
+
+fn frame_of(pte: u64) -> usize {
+    (pte >> 1) as usize
+}
+
+/// fault.rs `do_fault`, a write to the read-only entry (mirrored).
+fn cow_fault(mm: &ForkMm, recheck_detached: bool, recheck_count: bool) {
+    // FL7: a fault that finds its VMA detached waits on the mmap lock,
+    // which the fork holds: it takes no step here.
+    if mm.detached.load(Ordering::Acquire) {
+        return;
+    }
+    let seen = mm.pte.load(Ordering::Acquire);
+    if seen & PTE_W != 0 {
+        return;
+    }
+    let x = frame_of(seen);
+    let reuse = mm.count[x].load(Ordering::Acquire) == 1;
+    let new = if reuse {
+        seen | PTE_W
+    } else {
+        mm.count[frame_of(PTE_Y)].store(1, Ordering::Relaxed);
+        PTE_Y | PTE_W
+    };
+    let ptl = mm.ptl.lock().unwrap();
+    let same = mm.pte.load(Ordering::Relaxed) == seen
+        && !(recheck_detached && mm.detached.load(Ordering::Acquire))
+        && !(reuse && recheck_count && mm.count[x].load(Ordering::Acquire) != 1);
+    if same {
+        mm.pte.store(new, Ordering::Relaxed);
+    }
+    drop(ptl);
+    if same && !reuse {
+        // The copy replaced X here: this table's count goes (F7).
+        mm.count[x].fetch_sub(1, Ordering::AcqRel);
+    } else if !same && !reuse {
+        mm.count[frame_of(PTE_Y)].store(0, Ordering::Relaxed); // the unused copy
+    }
+}
+
+/// fork.rs `dup_mmap` for the VMA (mirrored).
+fn fork_copy(mm: &ForkMm) {
+    mm.detached.store(true, Ordering::Release);
+    let _ptl = mm.ptl.lock().unwrap();
+    let e = mm.pte.load(Ordering::Relaxed);
+    mm.count[frame_of(e)].fetch_add(1, Ordering::Relaxed);
+    mm.pte.store(e & !PTE_W, Ordering::Relaxed);
+    mm.child.store(e & !PTE_W, Ordering::Relaxed);
+}
+
+fn fork_model(name: &'static str, recheck_detached: bool, recheck_count: bool, bound: Bound) {
+    check(name, bound, move || {
+        let mm = Arc::new(ForkMm {
+            pte: AtomicU64::new(PTE_X),
+            ptl: Mutex::new(()),
+            count: [AtomicU64::new(0), AtomicU64::new(1), AtomicU64::new(0)],
+            detached: AtomicBool::new(false),
+            child: AtomicU64::new(0),
+        });
+        let cpu = {
+            let mm = mm.clone();
+            thread::spawn(move || cow_fault(&mm, recheck_detached, recheck_count))
+        };
+        fork_copy(&mm);
+        cpu.join().unwrap();
+        let (p, c) = (mm.pte.load(Ordering::Acquire), mm.child.load(Ordering::Acquire));
+        assert!(
+            !(p & PTE_W != 0 && frame_of(p) == frame_of(c)),
+            "FL11: the parent maps frame {} writable, which the child maps too",
+            frame_of(p)
+        );
+        for f in 1..3 {
+            let maps = [p, c].iter().filter(|&&e| e != 0 && frame_of(e) == f).count() as u64;
+            let count = mm.count[f].load(Ordering::Acquire);
+            assert_eq!(count, maps, "F7: frame {f} counts {count} tables, {maps} map it");
+        }
+    });
+}
+
+#[test]
+fn fork_vs_cow_fault() {
+    fork_model("fork_vs_cow_fault", true, true, Bound::Default(3));
+    fork_model("fork_vs_cow_fault_detach_only", true, false, Bound::Default(3));
+    fork_model("fork_vs_cow_fault_count_only", false, true, Bound::Default(3));
+}
+
+// Checks that model 5 catches a fault with neither re-check: it makes the
+// page the fork just shared writable in the parent.
+#[test]
+fn mutation_cow_fault_without_rechecks() {
+    expect_caught("cow_fault_without_rechecks", &["FL11"], || {
+        fork_model("mutation_cow_fault_without_rechecks", false, false, Bound::Fixed(2))
     });
 }
