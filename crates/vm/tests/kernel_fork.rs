@@ -62,6 +62,13 @@ enum Op {
         pages: u64,
         to: u64,
     },
+    /// `mlock` (`lock`) or `munlock`: locking populates, which breaks
+    /// copy-on-write in a child (mlock.rs L3).
+    Mlock {
+        page: u64,
+        pages: u64,
+        lock: bool,
+    },
 }
 
 /// The result as the kernel reports it: 0, or `-errno` (mmap: the
@@ -97,6 +104,10 @@ fn host(op: Op, lo: u64) -> i64 {
             let p = unsafe { libc::mremap(at(page), len(pages), len(pages), f, at(to)) };
             if p == libc::MAP_FAILED { -1 } else { return p as i64 - lo as i64 }
         }
+        // SAFETY: locking only changes residency, inside the arena.
+        Op::Mlock { page, pages, lock: true } => unsafe { libc::mlock(at(page), len(pages)) },
+        // SAFETY: as for mlock.
+        Op::Mlock { page, pages, lock: false } => unsafe { libc::munlock(at(page), len(pages)) },
     };
     if r == 0 { 0 } else { -i64::from(std::io::Error::last_os_error().raw_os_error().unwrap_or(0)) }
 }
@@ -122,6 +133,8 @@ fn model(mm: &AddressSpace, cpu: &mut Cpu, op: Op, lo: u64) -> i64 {
                 .mremap(lo + page * P, pages * P, pages * P, f, lo + to * P)
                 .map_or_else(|e| -i64::from(e.code()), |a| a as i64 - lo as i64);
         }
+        Op::Mlock { page, pages, lock: true } => mm.mlock(lo + page * P, pages * P),
+        Op::Mlock { page, pages, lock: false } => mm.munlock(lo + page * P, pages * P),
     };
     r.map_or_else(|e| -i64::from(e.code()), |()| 0)
 }
@@ -382,13 +395,14 @@ impl Rng {
 }
 
 /// A random call in the arena: mappings (some populated), unmaps,
-/// protections, advices (`DONTFORK`, `WIPEONFORK`, `DONTNEED` among
-/// them), moves and stores.
+/// protections, advices (`DONTFORK`, `WIPEONFORK`, `DONTNEED`,
+/// `POPULATE_*` among them), moves, locks and stores.
 fn random_op(r: &mut Rng) -> Op {
     let page = r.below(ARENA_PAGES);
     let pages = 1 + r.below(6.min(ARENA_PAGES - page));
     let prots = [Prot::empty(), Prot::READ, rw(), rw()];
-    match r.below(12) {
+    match r.below(13) {
+        12 => Op::Mlock { page, pages, lock: r.below(3) != 0 },
         0..=2 => {
             let flags = if r.below(5) == 0 { fixed() | MapFlags::POPULATE } else { fixed() };
             Op::Mmap { page, pages, prot: prots[r.below(4) as usize], flags }
@@ -396,7 +410,15 @@ fn random_op(r: &mut Rng) -> Op {
         3 => Op::Munmap { page, pages },
         4 | 5 => Op::Mprotect { page, pages, prot: prots[r.below(4) as usize] },
         6 => {
-            let advices = [madv::DONTFORK, madv::DOFORK, madv::WIPEONFORK, madv::KEEPONFORK, madv::DONTNEED];
+            let advices = [
+                madv::DONTFORK,
+                madv::DOFORK,
+                madv::WIPEONFORK,
+                madv::KEEPONFORK,
+                madv::DONTNEED,
+                madv::POPULATE_READ,
+                madv::POPULATE_WRITE,
+            ];
             Op::Madvise { page, pages, advice: advices[r.below(advices.len() as u64) as usize] }
         }
         7 => {
