@@ -24,13 +24,17 @@ use rcuvm::{AddressSpace, MapFlags, Prot, Strategy};
 
 const PAGE: u64 = 4096;
 
+/// One round's times, ms: the fork, the parent's copy-on-write writes,
+/// the child's end.
+type Round = (f64, f64, f64);
+
 fn med(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
 
 /// One rcuvm round: (fork, parent's copy-on-write writes, child's drop), in ms.
-fn rcuvm_round(mm: &Arc<AddressSpace>, a: u64, len: u64, round: u64) -> (f64, f64, f64) {
+fn rcuvm_round(mm: &Arc<AddressSpace>, a: u64, len: u64, round: u64) -> Round {
     let t0 = Instant::now();
     let child = mm.fork();
     let t1 = Instant::now();
@@ -46,7 +50,7 @@ fn rcuvm_round(mm: &Arc<AddressSpace>, a: u64, len: u64, round: u64) -> (f64, f6
 }
 
 /// One host round on `buf`: the same three steps with a real `fork`.
-fn host_round(buf: *mut u64, len: u64, round: u64) -> (f64, f64, f64) {
+fn host_round(buf: *mut u64, len: u64, round: u64) -> Round {
     let mut fds = [0; 2];
     // SAFETY: a fresh pipe.
     assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
@@ -97,7 +101,7 @@ fn main() {
     // the buffer: its fork copies every mapping of the process, and
     // rcuvm's frames (its `PhysMem`, `MiB` per strategy, populated) would
     // count in the host's figure.
-    let host: Vec<(f64, f64, f64)> = {
+    let host: Vec<Round> = {
         // SAFETY: a fresh mapping, written whole (MAP_POPULATE faults it in).
         let buf = unsafe {
             libc::mmap(
@@ -123,7 +127,7 @@ fn main() {
             (s, mm, a)
         })
         .collect();
-    let mut results: Vec<(String, Vec<(f64, f64, f64)>)> =
+    let mut results: Vec<(String, Vec<Round>)> =
         mms.iter().map(|(s, ..)| (s.to_string(), Vec::new())).chain([("linux".to_string(), host)]).collect();
     for round in 1..=rounds {
         for (i, (_, mm, a)) in mms.iter().enumerate() {
