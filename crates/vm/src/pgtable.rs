@@ -418,15 +418,7 @@ impl PageTable {
     /// Clears every leaf entry in `[start, end)` (`zap_page_range`):
     /// mapped frames and the pages to flush go to `g`. mmap write lock.
     pub(crate) fn zap(&self, start: u64, end: u64, g: &mut impl Gather) {
-        self.for_leaves(&self.root, 4, 0, start, end, &mut |t, _ptl, i, va| {
-            let old = Pte(t.entries[i].swap(0, Ordering::AcqRel));
-            if old.mapped() {
-                g.frame(old.pfn());
-            }
-            if old.present() {
-                g.flush_page(va, old.cpus());
-            }
-        });
+        self.zap_some(start, end, &|_| true, g);
     }
 
     /// [`Self::zap`] of the entries `drop` picks (the others stay).
