@@ -476,6 +476,9 @@ fn do_fault(
     let pgoff = vma.pgoff_at(page);
     // Decide the new PTE, allocating a frame when needed.
     let mut fresh = None;
+    // record.rs H5: the incarnation a copy-on-write copies, for the checker.
+    #[cfg(feature = "record")]
+    let mut copied_from = None;
     let new = match (&vma.backing, shared) {
         (Backing::File(f), true) => {
             let pfn = pm.page_cache(f, pgoff).ok_or(AccessError::Oom)?;
@@ -514,6 +517,13 @@ fn do_fault(
                     None
                 };
                 if let Some(s) = src.filter(|&s| s != pm.zero_pfn()) {
+                    // The new frame's generation is read before the PTE
+                    // is set: once it is, a racing zap may free the frame.
+                    #[cfg(feature = "record")]
+                    {
+                        let g = |p: u64| pm.frame(p).generation.load(Ordering::Acquire);
+                        copied_from = Some(((s, g(s)), (pfn, g(pfn))));
+                    }
                     pm.frame(pfn).copy_from(pm.frame(s));
                 }
                 Pte::new(pfn, true)
@@ -562,6 +572,10 @@ fn do_fault(
             hw.tlb.flush(page, page + (1 << PAGE_SHIFT), old.cpus());
         }
         hw.notifiers.end(notified);
+        #[cfg(feature = "record")]
+        if let (Some(rec), Some((from, to))) = (&hw.recorder, copied_from) {
+            rec.copied(from, to);
+        }
         if seen.mapped() && seen.pfn() != new.pfn() {
             // FL11: the old frame was the zero page, a page-cache page, or
             // an anonymous page `fork` shared: this table drops its count

@@ -57,6 +57,7 @@
 //! `anon_vma_clone()` for a grandchild whose parent VMA's `anon_vma` has
 //! no VMA left.
 
+use crate::inject::Injection;
 use crate::mlock::LOCK_BITS;
 use crate::mmap::MmCall;
 use crate::notifier::NotifyEvent;
@@ -93,7 +94,10 @@ impl MmCall<'_> {
             }
             // FK4: the parent's faults wait for the copy (as Linux's
             // `vma_start_write` in `dup_mmap`).
-            self.vma_write_lock(&v);
+            let lock = !crate::inject::active(self.hw.inject, Injection::ForkSkipsWriteLock);
+            if lock {
+                self.vma_write_lock(&v);
+            }
             let cow = v.flags & (VmFlags::SHARED | VmFlags::MAYWRITE) == VmFlags::MAYWRITE;
             let mut g = MmuGather::default();
             if cow {
@@ -101,13 +105,21 @@ impl MmCall<'_> {
                 g.notify = self.hw.notifiers.start_locked(v.start, v.end, NotifyEvent::ProtectionPage);
             }
             self.hw.pt.copy_range(&child.hw.pt, v.start, v.end, cow, &share, &mut g);
+            if crate::inject::active(self.hw.inject, Injection::ForkSkipsShootdown) {
+                // inject.rs: the bracket closes, but no CPU is shot down.
+                let notify = g.notify.take();
+                g = MmuGather::default();
+                g.notify = notify;
+            }
             // FK3: no CPU of the parent keeps a writable entry of a shared
             // page (nothing is freed: the gather holds no frame).
             self.finish(g, false);
             // FK4: the detached object is replaced by an attached copy, so
             // that faults go lock-free again (after the mmap lock, under
             // vma-lock, whose write lock the copy keeps until then).
-            self.store(v.start..v.end, (*v).clone());
+            if lock {
+                self.store(v.start..v.end, (*v).clone());
+            }
         }
     }
 }

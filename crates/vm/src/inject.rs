@@ -45,16 +45,27 @@ pub enum Injection {
     /// dead entries as free and maps over them without waiting, so the
     /// dead entry's reaper later erases a live VMA and frees its tables.
     PlacementIgnoresDead,
+    /// fork.rs FK3: `fork` write-protects the parent's entries but shoots
+    /// none down, so CPUs keep writable translations of pages it shares
+    /// with the child: their stores reach the child, and a copy made
+    /// meanwhile loses them.
+    ForkSkipsShootdown,
+    /// fork.rs FK4: `fork` copies a VMA's entries without write-locking
+    /// it, so the parent's faults race the copy (the lost stores a review
+    /// found before FK4).
+    ForkSkipsWriteLock,
 }
 
 impl Injection {
     /// Every injection.
-    pub const ALL: [Injection; 5] = [
+    pub const ALL: [Injection; 7] = [
         Injection::SkipRecheck,
         Injection::SkipShootdown,
         Injection::EagerTableFree,
         Injection::HalfUpdatedVma,
         Injection::PlacementIgnoresDead,
+        Injection::ForkSkipsShootdown,
+        Injection::ForkSkipsWriteLock,
     ];
 
     /// The name used on the command line.
@@ -65,6 +76,8 @@ impl Injection {
             Injection::EagerTableFree => "eager-table-free",
             Injection::HalfUpdatedVma => "half-updated-vma",
             Injection::PlacementIgnoresDead => "placement-ignores-dead",
+            Injection::ForkSkipsShootdown => "fork-skips-shootdown",
+            Injection::ForkSkipsWriteLock => "fork-skips-write-lock",
         }
     }
 

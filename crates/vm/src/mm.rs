@@ -234,9 +234,6 @@ pub(crate) struct Mm {
     /// [`Strategy::MmapLock`] (and `vma-lock`'s fallback).
     mmap_lock: CachePadded<MmapLock>,
     hw: Hw,
-    /// Where calls and reads are recorded (record.rs), if anywhere.
-    #[cfg(feature = "record")]
-    recorder: Option<Arc<Recorder>>,
 }
 
 /// State behind the mmap lock.
@@ -296,6 +293,9 @@ pub(crate) struct Hw {
     pub(crate) ptes_in_freed_tables: Arc<CachePadded<AtomicU64>>,
     /// Secondary MMUs to tell of invalidations (notifier.rs).
     pub(crate) notifiers: crate::notifier::Notifiers,
+    /// Where calls, reads and copies are recorded (record.rs), if anywhere.
+    #[cfg(feature = "record")]
+    pub(crate) recorder: Option<Arc<Recorder>>,
 }
 
 /// The reader's side of `write_seq` and of the mmap lock (protocol.rs
@@ -509,9 +509,9 @@ impl MmBuilder {
                 inject: self.inject,
                 ptes_in_freed_tables: Arc::default(),
                 notifiers: Default::default(),
+                #[cfg(feature = "record")]
+                recorder: self.recorder,
             },
-            #[cfg(feature = "record")]
-            recorder: self.recorder,
         };
         AddressSpace { mm: Arc::new(mm) }
     }
@@ -686,7 +686,7 @@ impl AddressSpace {
     /// The recorder, if this address space has one (record.rs).
     #[cfg(feature = "record")]
     pub(crate) fn recorder(&self) -> Option<&Arc<Recorder>> {
-        self.mm.recorder.as_ref()
+        self.mm.hw.recorder.as_ref()
     }
 
     /// Leaf entries that were still set in table pages freed by mm calls:
@@ -725,7 +725,7 @@ impl AddressSpace {
     /// (record.rs H2, H3).
     fn logged<R: Outcome>(&self, op: impl FnOnce() -> Op, f: impl FnOnce(&mut MmCall<'_>) -> R) -> R {
         #[cfg(feature = "record")]
-        if let Some(rec) = &self.mm.recorder {
+        if let Some(rec) = &self.mm.hw.recorder {
             return self.call_then(f, |r, start| {
                 let (result, after) = (r.outcome(), self.state());
                 let end = crate::record::now();
@@ -1156,7 +1156,7 @@ impl AddressSpace {
     /// Records a maps, smaps or query read (record.rs H2).
     #[cfg(feature = "record")]
     fn record_read(&self, kind: crate::record::ReadKind, text: &str, start: u64) {
-        if let Some(rec) = &self.mm.recorder {
+        if let Some(rec) = &self.mm.hw.recorder {
             rec.read(kind, text.to_string(), start);
         }
     }

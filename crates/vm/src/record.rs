@@ -21,8 +21,15 @@
 //!   under the mmap write lock, dead entries left out): the state the
 //!   oracle checks every other event against.
 //! - H4. Recording writes nothing shared per access: each `Cpu` appends to
-//!   its own buffer and merges it into the recorder when dropped. Calls
-//!   and reads (rare) push under a mutex.
+//!   its own buffer and merges it into the recorder when dropped. Calls,
+//!   reads and copies (rare) push under a mutex.
+//! - H5. Every copy-on-write that installed a copy of a frame (one `fork`
+//!   shared, fault.rs FL11, or a private file page's page-cache page) is
+//!   recorded as a [`CopyEvent`]: which incarnation the new one began as a
+//!   copy of. Why: the oracle's "nothing is lost" (P5) must know what a
+//!   page held before the CPU's first write through its copy. A first
+//!   write to anonymous memory copies nothing (the page starts as zeroes)
+//!   and is not recorded.
 //!
 //! Everything here exists with or without the `record` feature; the hooks
 //! in `cpu.rs` and `mm.rs` that fill it are compiled only with it, so an
@@ -123,6 +130,18 @@ pub struct ReadEvent {
     pub end: u64,
 }
 
+/// A copy-on-write of a frame (H5): the new incarnation began as a copy
+/// of the old one's contents.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CopyEvent {
+    /// The frame copied and its generation.
+    pub from: (u64, u64),
+    /// The new frame and its generation.
+    pub to: (u64, u64),
+    /// When the copy was installed (after it was made).
+    pub at: u64,
+}
+
 /// Everything recorded, merged (H4).
 #[derive(Debug, Default)]
 pub struct History {
@@ -132,6 +151,8 @@ pub struct History {
     pub calls: Vec<CallEvent>,
     /// Reads, in no particular order.
     pub reads: Vec<ReadEvent>,
+    /// Copies-on-write (H5), in no particular order.
+    pub copies: Vec<CopyEvent>,
 }
 
 /// Collects the events of one address space (H4).
@@ -174,6 +195,12 @@ impl Recorder {
     /// Records a call (under the mmap lock, H2).
     pub(crate) fn call(&self, e: CallEvent) {
         self.with(|h| h.calls.push(e));
+    }
+
+    /// Records a copy-on-write (H5).
+    pub(crate) fn copied(&self, from: (u64, u64), to: (u64, u64)) {
+        let at = now();
+        self.with(|h| h.copies.push(CopyEvent { from, to, at }));
     }
 
     /// Records a read.

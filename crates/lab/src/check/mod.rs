@@ -57,12 +57,16 @@ pub struct CheckArgs {
     #[arg(long)]
     pub seed: Option<u64>,
     /// A deliberate bug (test builds only): skip-recheck, skip-shootdown,
-    /// eager-table-free, half-updated-vma, placement-ignores-dead.
+    /// eager-table-free, half-updated-vma, placement-ignores-dead,
+    /// fork-skips-shootdown, fork-skips-write-lock.
     #[arg(long, hide = true)]
     pub inject: Option<String>,
     /// Leave mremap out of the writer's churn.
     #[arg(long)]
     pub no_mremap: bool,
+    /// Leave fork out of the writer's churn.
+    #[arg(long)]
+    pub no_fork: bool,
 }
 
 /// What the writer does and which bug is injected.
@@ -72,6 +76,8 @@ pub struct Run {
     pub inject: Option<Injection>,
     /// Whether the writer calls mremap.
     pub mremap: bool,
+    /// Whether the writer forks (workload.rs W6).
+    pub fork: bool,
 }
 
 /// What one strategy's run found.
@@ -81,6 +87,8 @@ pub struct Summary {
     pub counts: Counts,
     /// Rounds run.
     pub rounds: u64,
+    /// Children forked (workload.rs W6).
+    pub forks: u64,
     /// Seconds spent (workload and oracle).
     pub seconds: f64,
     /// Violations, with their round.
@@ -108,8 +116,15 @@ pub fn check_strategy(strategy: Strategy, seconds: f64, threads: usize, seed: u6
     while t.elapsed() < budget {
         let round_seed = mix(seed ^ mix(strategy as u64 + 1) ^ mix(sum.rounds + 0x100));
         let length = (budget.saturating_sub(t.elapsed())).min(Duration::from_millis(100));
-        let cfg =
-            RoundCfg { strategy, threads, seed: round_seed, length, inject: run.inject, mremap: run.mremap };
+        let cfg = RoundCfg {
+            strategy,
+            threads,
+            seed: round_seed,
+            length,
+            inject: run.inject,
+            mremap: run.mremap,
+            fork: run.fork,
+        };
         let r = workload::round(cfg, &phys);
         let (mut v, c) = oracle::check(&r.history, ARENA, r.zero_pfn);
         v.extend(r.teardown);
@@ -117,6 +132,8 @@ pub fn check_strategy(strategy: Strategy, seconds: f64, threads: usize, seed: u6
         sum.counts.calls += c.calls;
         sum.counts.calls_ok += c.calls_ok;
         sum.counts.reads += c.reads;
+        sum.counts.copies += c.copies;
+        sum.forks += r.forks;
         let round = sum.rounds;
         sum.rounds += 1;
         if !v.is_empty() {
@@ -173,24 +190,28 @@ pub fn run(a: &CheckArgs) -> i32 {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
     });
     println!(
-        "rcuvm check: seed {seed}, {} accessor threads, {} s per strategy{}{}",
+        "rcuvm check: seed {seed}, {} accessor threads, {} s per strategy{}{}{}",
         a.threads,
         a.seconds,
         if a.no_mremap { ", no mremap" } else { "" },
+        if a.no_fork { ", no fork" } else { "" },
         inject.map_or(String::new(), |i| format!(", injected bug {}", i.name()))
     );
     let mut fail = false;
     for s in strategies {
-        let sum = check_strategy(s, a.seconds, a.threads, seed, Run { inject, mremap: !a.no_mremap });
+        let run = Run { inject, mremap: !a.no_mremap, fork: !a.no_fork };
+        let sum = check_strategy(s, a.seconds, a.threads, seed, run);
         let expected = !s.is_safe() && a.strategy == "all" && inject.is_none();
         let c = sum.counts;
         println!(
-            "{:<13} {:>11} accesses {:>9} mm calls ({} ok) {:>7} reads {:>5} rounds {:>6.1} s: {}",
+            "{:<13} {:>11} accesses {:>9} mm calls ({} ok) {:>7} reads {:>6} forks ({} copies) {:>5} rounds {:>6.1} s: {}",
             s.name(),
             c.accesses,
             c.calls,
             c.calls_ok,
             c.reads,
+            sum.forks,
+            c.copies,
             sum.rounds,
             sum.seconds,
             match (sum.violations.len(), expected) {
@@ -225,20 +246,22 @@ mod tests {
     use super::*;
 
     fn caught(s: Strategy, i: Option<Injection>, seconds: f64) -> Summary {
-        let sum = check_strategy(s, seconds, 2, 42, Run { inject: i, mremap: true });
+        let sum = check_strategy(s, seconds, 2, 42, Run { inject: i, mremap: true, fork: true });
         assert!(
             !sum.violations.is_empty(),
             "{s} with {i:?}: no violation in {:.1} s ({:?})",
             sum.seconds,
             sum.counts
         );
+        let (round, v) = &sum.violations[0];
+        eprintln!("{s} with {i:?}: round {round}, {} {}: {:#?}", v.rule, v.what, v.events);
         sum
     }
 
     #[test]
     fn safe_strategies_show_no_violation() {
         for s in Strategy::ALL.into_iter().filter(|&s| s.is_safe()) {
-            let sum = check_strategy(s, 1.0, 2, 7, Run { inject: None, mremap: true });
+            let sum = check_strategy(s, 1.0, 2, 7, Run { inject: None, mremap: true, fork: true });
             assert!(sum.violations.is_empty(), "{s}: {:#?}", sum.violations.first());
             assert!(sum.counts.accesses > 1000 && sum.counts.calls > 100, "{s}: {:?}", sum.counts);
         }
@@ -253,7 +276,8 @@ mod tests {
     /// reaping (mremap.rs R9).
     #[test]
     fn rcu_dead_mremap_over_dead_entries() {
-        let sum = check_strategy(Strategy::RcuDead, 2.0, 2, 6, Run { inject: None, mremap: true });
+        let sum =
+            check_strategy(Strategy::RcuDead, 2.0, 2, 6, Run { inject: None, mremap: true, fork: true });
         assert!(sum.violations.is_empty(), "{:#?}", sum.violations.first());
     }
 
@@ -270,7 +294,8 @@ mod tests {
     #[test]
     #[ignore = "a 60 s soak"]
     fn rcu_sync_rare_stale_translation() {
-        let sum = check_strategy(Strategy::RcuSync, 60.0, 2, 13, Run { inject: None, mremap: true });
+        let sum =
+            check_strategy(Strategy::RcuSync, 60.0, 2, 13, Run { inject: None, mremap: true, fork: true });
         assert!(sum.violations.is_empty(), "{:#?}", sum.violations.first());
     }
 
@@ -279,7 +304,13 @@ mod tests {
         let t = Instant::now();
         let mut seed = 1;
         while t.elapsed() < Duration::from_secs(30) {
-            let sum = check_strategy(Strategy::RcuRefcount, 5.0, 2, seed, Run { inject: None, mremap: true });
+            let sum = check_strategy(
+                Strategy::RcuRefcount,
+                5.0,
+                2,
+                seed,
+                Run { inject: None, mremap: true, fork: true },
+            );
             if sum.violations.iter().any(|(_, v)| matches!(v.rule, "P1" | "P2" | "P3" | "P5")) {
                 return;
             }
@@ -312,5 +343,20 @@ mod tests {
     #[test]
     fn injected_placement_ignoring_dead_entries_is_caught() {
         caught(Strategy::RcuDead, Some(Injection::PlacementIgnoresDead), 30.0);
+    }
+
+    /// A fork that leaves its parent's CPUs writable translations of the
+    /// pages it shares (workload.rs W6; oracle.rs P5 through the copies).
+    #[test]
+    fn injected_fork_skipping_its_shootdown_is_caught() {
+        for s in [Strategy::MmapLock, Strategy::RcuDead] {
+            caught(s, Some(Injection::ForkSkipsShootdown), 30.0);
+        }
+    }
+
+    /// A fork whose copy races the parent's faults.
+    #[test]
+    fn injected_fork_skipping_its_write_lock_is_caught() {
+        caught(Strategy::RcuDead, Some(Injection::ForkSkipsWriteLock), 30.0);
     }
 }

@@ -37,10 +37,15 @@
 //!   mapping unmaps before it maps, so a reader may see the hole).
 //! - P5. Nothing is lost: each word of the arena is written by one CPU only
 //!   (the workload's rule), so a read through an incarnation returns that
-//!   CPU's last write through the same incarnation, or 0 if it wrote none
-//!   (frames are zeroed, F3; private anonymous frames are never copied).
-//!   An unmap or zap ends the incarnation (the generation moves, F2), which
-//!   is exactly "unless the page was unmapped or zapped in between".
+//!   CPU's last write through the same incarnation; if it wrote none, what
+//!   the incarnation began with: the same of the incarnation it was copied
+//!   from, for a copy-on-write of a page `fork` shared (record.rs H5), or
+//!   0 (frames are zeroed, F3). An unmap or zap ends the incarnation (the
+//!   generation moves, F2), which is exactly "unless the page was unmapped
+//!   or zapped in between". So a store through a stale writable
+//!   translation of a frame that was copied meanwhile is lost, and seen as
+//!   lost at the CPU's next read through the copy; and a value a forked
+//!   child wrote (the workload tags them) is never the parent's.
 //! - P7. An access fails (`SIGSEGV`) only if some state that may be current
 //!   lets it: a page that every such state maps, with the rights, as the
 //!   same mapping page, faults only by a bug. `Livelock` and `Oom` are
@@ -61,7 +66,7 @@
 
 use std::collections::HashMap;
 
-use rcuvm::record::{AccessEvent, CallEvent, History, ReadEvent, ReadKind};
+use rcuvm::record::{AccessEvent, CallEvent, CopyEvent, History, ReadEvent, ReadKind};
 use rcuvm::strace::MmOp as Op;
 use rcuvm::{AccessError, PAGE_SIZE, VmFlags};
 
@@ -89,6 +94,8 @@ pub struct Counts {
     pub calls_ok: u64,
     /// maps, smaps and query reads.
     pub reads: u64,
+    /// Copies-on-write of pages `fork` shared (record.rs H5).
+    pub copies: u64,
 }
 
 /// Checks `h` for `arena`; `zero_pfn` is the zero page.
@@ -103,11 +110,21 @@ pub fn check(h: &History, arena: Arena, zero_pfn: u64) -> (Vec<Violation>, Count
             events: vec![call_line(m.call, &h.calls[m.call], t0)],
         });
     }
-    let mut cx = Ctx { st: &st, calls: &h.calls, zero_pfn, t0, incarnations: HashMap::new(), out: &mut out };
+    let copied_from = h.copies.iter().map(|c| (c.to, *c)).collect();
+    let mut cx = Ctx {
+        st: &st,
+        calls: &h.calls,
+        zero_pfn,
+        t0,
+        incarnations: HashMap::new(),
+        copied_from,
+        out: &mut out,
+    };
     let mut counts = Counts {
         calls: h.calls.len() as u64,
         calls_ok: h.calls.iter().filter(|c| c.result.is_ok()).count() as u64,
         reads: h.reads.len() as u64,
+        copies: h.copies.len() as u64,
         ..Counts::default()
     };
     for log in &h.accesses {
@@ -135,6 +152,9 @@ struct Ctx<'a> {
     zero_pfn: u64,
     t0: u64,
     incarnations: HashMap<(u64, u64), Incarnation>,
+    /// P5: each copy's incarnation and the one it was copied from, with
+    /// the copy (record.rs H5).
+    copied_from: HashMap<(u64, u64), CopyEvent>,
     out: &'a mut Vec<Violation>,
 }
 
@@ -306,20 +326,65 @@ impl Ctx<'_> {
             );
             return;
         }
-        // P5: the writer's last value through this incarnation.
+        // P5: the writer's last value through this incarnation, or what
+        // it began with.
         let word = (a.va % PAGE_SIZE) / 8;
         let k = (t.pfn, t.generation, word);
         if a.write {
             last.insert(k, a.value);
         } else {
-            let want = last.get(&k).copied().unwrap_or(0);
+            let (want, copies) = self.expected(last, (t.pfn, t.generation), word);
             if a.value != want {
-                self.report(
-                    "P5",
-                    format!("read {:#x}, but the last write through this frame was {want:#x}", a.value),
-                    a,
-                    vec![],
-                );
+                let what = if copies.is_empty() {
+                    format!("read {:#x}, but the last write through this frame was {want:#x}", a.value)
+                } else {
+                    format!(
+                        "read {:#x}, but this frame began as a copy, and the last write through it or what it was copied from was {want:#x}",
+                        a.value
+                    )
+                };
+                let more = copies
+                    .iter()
+                    .map(|c| {
+                        format!(
+                            "frame {:#x} generation {} copied from frame {:#x} generation {}, installed at {:.3} us",
+                            c.to.0,
+                            c.to.1,
+                            c.from.0,
+                            c.from.1,
+                            self.rel(c.at)
+                        )
+                    })
+                    .collect();
+                self.report("P5", what, a, more);
+            }
+        }
+    }
+
+    /// P5: the value a read of `word` through incarnation `inc` should
+    /// return, given this CPU's writes so far (`last`): its last write
+    /// through `inc`, else through the incarnation `inc` was copied from,
+    /// and so on; 0 at the end of the chain. Also the copies followed.
+    fn expected(
+        &self,
+        last: &HashMap<(u64, u64, u64), u64>,
+        mut inc: (u64, u64),
+        word: u64,
+    ) -> (u64, Vec<CopyEvent>) {
+        let mut copies = Vec::new();
+        loop {
+            if let Some(&v) = last.get(&(inc.0, inc.1, word)) {
+                return (v, copies);
+            }
+            // A copy's incarnation is newer than its source's (a frame is
+            // allocated after its last free), so the chain ends; the bound
+            // is a guard against a corrupt history only.
+            match self.copied_from.get(&inc) {
+                Some(c) if copies.len() < 1024 => {
+                    copies.push(*c);
+                    inc = c.from;
+                }
+                _ => return (0, copies),
             }
         }
     }
@@ -465,4 +530,85 @@ fn smaps_sizes(text: &str) -> Vec<String> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::check::workload::{ARENA, CHILD_TAG};
+    use rcuvm::cpu::Touched;
+    use rcuvm::record::Recorder;
+    use rcuvm::{AddressSpace, MapFlags, Prot};
+
+    /// A page frame incarnation: (pfn, generation).
+    type Inc = (u64, u64);
+    const A: Inc = (5, 0);
+    const B: Inc = (6, 0);
+
+    /// The history of one real mmap of the arena's first page, and the
+    /// time after it.
+    fn one_page() -> (History, u64) {
+        let rec = Recorder::new();
+        let mm = AddressSpace::builder().recorder(rec.clone()).build();
+        let flags = MapFlags::PRIVATE | MapFlags::ANONYMOUS | MapFlags::FIXED;
+        mm.mmap(ARENA.base, PAGE_SIZE, Prot::READ | Prot::WRITE, flags, None, 0).unwrap();
+        let h = rec.take();
+        let t = h.calls.last().unwrap().end + 1000;
+        (h, t)
+    }
+
+    fn access(at: u64, write: bool, value: u64, (pfn, generation): (u64, u64)) -> AccessEvent {
+        let result = Ok(Touched { pfn, generation, freed_during: false });
+        AccessEvent { cpu: 0, va: ARENA.base, write, value, result, start: at, end: at + 10 }
+    }
+
+    /// CPU 0's accesses, in order, with copies; the rules broken.
+    fn rules(accesses: &[(bool, u64, Inc)], copies: &[(usize, Inc, Inc)]) -> Vec<&'static str> {
+        let (mut h, t) = one_page();
+        h.accesses = vec![
+            accesses
+                .iter()
+                .enumerate()
+                .map(|(i, &(w, v, inc))| access(t + 100 * i as u64, w, v, inc))
+                .collect(),
+        ];
+        // A copy installed after access `after`, before the next.
+        h.copies = copies
+            .iter()
+            .map(|&(after, from, to)| CopyEvent { from, to, at: t + 100 * after as u64 + 50 })
+            .collect();
+        check(&h, ARENA, 0).0.iter().map(|v| v.rule).collect()
+    }
+
+    #[test]
+    fn a_copy_begins_with_what_its_source_held() {
+        let (v1, v2) = (1 << 48 | 1, 1 << 48 | 2);
+        // Written through A, copied to B, read through B.
+        assert_eq!(rules(&[(true, v1, A), (false, v1, B)], &[(0, A, B)]), Vec::<&str>::new());
+        // Then written through B and read back.
+        assert_eq!(
+            rules(&[(true, v1, A), (false, v1, B), (true, v2, B), (false, v2, B)], &[(0, A, B)]),
+            Vec::<&str>::new()
+        );
+        // Without the copy's record, B would have begun as zeroes.
+        assert_eq!(rules(&[(true, v1, A), (false, v1, B)], &[]), ["P5"]);
+        // A copy of zeroes.
+        assert_eq!(rules(&[(false, 0, B)], &[(0, A, B)]), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn a_store_through_the_source_after_the_copy_is_lost() {
+        let (v1, v2) = (1 << 48 | 1, 1 << 48 | 2);
+        // A store through a stale writable translation of A after the
+        // copy: the next read through B does not return it.
+        assert_eq!(rules(&[(true, v1, A), (true, v2, A), (false, v1, B)], &[(0, A, B)]), ["P5"]);
+        // B read as zeroes although it began as a copy of v1.
+        assert_eq!(rules(&[(true, v1, A), (false, 0, B)], &[(0, A, B)]), ["P5"]);
+    }
+
+    #[test]
+    fn a_childs_value_is_never_the_parents() {
+        assert_eq!(rules(&[(false, CHILD_TAG | 7, A)], &[]), ["P5"]);
+        assert_eq!(rules(&[(true, 1 << 48 | 1, A), (false, CHILD_TAG | 7, B)], &[(0, A, B)]), ["P5"]);
+    }
 }

@@ -29,10 +29,27 @@
 //!   finds (an injected bug may break the address space's own accounting).
 //! - W4. The seed fixes every choice of every thread; the interleaving is
 //!   the scheduler's, so a seed reproduces the workload, not the schedule.
+//! - W6. With `fork` on, the writer forks the address space now and then
+//!   (between its calls, with a generator of its own, so a seed's calls
+//!   are the same with or without it) and keeps one child for a few of its
+//!   calls ([`FORK_MODES`]: half the rounds fork often with short lives,
+//!   the others keep children longer so that the parent's writes copy).
+//!   Now and then a CPU of the child writes word `t` of a random arena
+//!   page with a value tagged [`CHILD_TAG`], which no CPU of the parent
+//!   writes (oracle.rs P5: a parent that reads one read its child's page).
+//!   Then the child exits: its CPU is dropped and its teardown runs on
+//!   another thread (`EXITERS`), its frames going back while the parent's
+//!   CPUs write the pages they shared; the round waits for every teardown
+//!   before W3. The parent's copies-on-write race its CPUs' stores,
+//!   population and every call (fork.rs FK3, FK4; fault.rs FL11). The
+//!   child's own accesses are not checked (tests/fork.rs checks what a
+//!   child sees).
 //!
 //! # Concurrency
 //! `threads` accessor threads, one reader and the writer (the calling
-//! thread) share the address space; all are joined before teardown.
+//! thread) share the address space; all are joined before teardown. The
+//! writer owns the child and its CPU; `EXITERS` threads tear children
+//! down, and are joined before the round's teardown.
 //!
 //! # Linux
 //! The thread's motivating workload: one thread faulting, another churning
@@ -56,6 +73,20 @@ pub const ARENA: Arena = Arena { base: 0x4000_0000, groups: 4, group_pages: 4, s
 const PAGES: usize = ARENA.groups * ARENA.group_pages;
 /// The VMA domain's callback limit in the checker.
 const CALLBACK_LIMIT: usize = 4096;
+/// W6: the high bits of every value a forked child writes; a parent CPU
+/// `t` writes `(t + 1) << 48 | seq` with `t < 64`, never these.
+pub const CHILD_TAG: u64 = 0xffff << 48;
+/// W6: how a round forks: (one writer step in this many forks when no
+/// child is alive; a child lives 2^k writer steps, k uniform in 0..=this;
+/// the child writes a page at one step in this many). Half the rounds fork
+/// often with short lives: each fork races the CPUs' faults, the window
+/// of fork.rs FK4. The others keep children longer: the parent's writes
+/// copy their pages (each write the child makes to a page it shares
+/// copies it, after which the parent's frame is its own again and the
+/// parent's writes copy nothing, hence rarely).
+const FORK_MODES: [(u64, u64, u64); 2] = [(2, 3, 4), (16, 9, 64)];
+/// W6: threads that tear children down.
+const EXITERS: usize = 4;
 
 /// A small deterministic generator (splitmix64).
 pub struct Rng(u64);
@@ -94,6 +125,8 @@ pub struct RoundCfg {
     pub inject: Option<Injection>,
     /// Whether the writer calls mremap.
     pub mremap: bool,
+    /// Whether the writer forks (W6).
+    pub fork: bool,
 }
 
 /// What a round produced.
@@ -104,6 +137,8 @@ pub struct Round {
     pub zero_pfn: u64,
     /// P6 violations (W3).
     pub teardown: Vec<Violation>,
+    /// Children forked (W6).
+    pub forks: u64,
 }
 
 /// Runs one round (W1–W4) on a fresh address space over `phys`.
@@ -112,9 +147,10 @@ pub struct Round {
 /// teardown) ends the round and is reported as a violation, not passed on.
 pub fn round(cfg: RoundCfg, phys: &Arc<PhysMem>) -> Round {
     let rec = Recorder::new();
-    let mut teardown = Vec::new();
-    let r =
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_round(cfg, phys, &rec, &mut teardown)));
+    let (mut teardown, mut forks) = (Vec::new(), 0);
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        run_round(cfg, phys, &rec, &mut teardown, &mut forks)
+    }));
     if let Err(p) = r {
         teardown.push(Violation {
             rule: "P8",
@@ -122,7 +158,7 @@ pub fn round(cfg: RoundCfg, phys: &Arc<PhysMem>) -> Round {
             events: vec![],
         });
     }
-    Round { history: rec.take(), zero_pfn: phys.zero_pfn(), teardown }
+    Round { history: rec.take(), zero_pfn: phys.zero_pfn(), teardown, forks }
 }
 
 fn message(p: &(dyn std::any::Any + Send)) -> String {
@@ -142,7 +178,13 @@ impl Drop for StopOnDrop {
     }
 }
 
-fn run_round(cfg: RoundCfg, phys: &Arc<PhysMem>, rec: &Arc<Recorder>, teardown: &mut Vec<Violation>) {
+fn run_round(
+    cfg: RoundCfg,
+    phys: &Arc<PhysMem>,
+    rec: &Arc<Recorder>,
+    teardown: &mut Vec<Violation>,
+    forks: &mut u64,
+) {
     let in_use_before = phys.stats().in_use;
     let mm = Arc::new(
         AddressSpace::builder()
@@ -167,15 +209,24 @@ fn run_round(cfg: RoundCfg, phys: &Arc<PhysMem>, rec: &Arc<Recorder>, teardown: 
         handles.push(std::thread::spawn(move || reader(&mm, &stop, seed)));
     }
     let mut rng = Rng::new(cfg.seed);
+    let mut forker = cfg.fork.then(|| Forker::new(cfg.seed ^ 0xf0f4, cfg.threads));
     let t = Instant::now();
     let (mut dead_max, mut dead_lost) = (0, None);
     while t.elapsed() < cfg.length {
+        if let Some(f) = &mut forker {
+            f.step(&mm);
+        }
         writer_step(&mm, &mut rng, cfg.mremap);
         let (dead, entries) = (mm.dead_entries(), mm.vmas_in_tree());
         dead_max = dead_max.max(dead);
         if dead > entries {
             dead_lost.get_or_insert((dead, entries));
         }
+    }
+    if let Some(f) = forker {
+        *forks = f.forks;
+        // W6: the last child goes while the CPUs still run.
+        drop(f);
     }
     drop(stopper);
     let mut report = |rule, what: String| teardown.push(Violation { rule, what, events: vec![] });
@@ -271,6 +322,103 @@ fn run_round(cfg: RoundCfg, phys: &Arc<PhysMem>, rec: &Arc<Recorder>, teardown: 
     let in_use = phys.stats().in_use.saturating_sub(in_use_before);
     if in_use != 0 {
         report("P6", format!("{in_use} frames still in use after the address space was dropped"));
+    }
+}
+
+/// W6: the writer's forks and the child it keeps.
+struct Forker {
+    rng: Rng,
+    fork_one_in: u64,
+    life_log2: u64,
+    child_write_one_in: u64,
+    threads: u64,
+    /// The child, its CPU, and the writer steps it has left.
+    child: Option<(rcuvm::Cpu, Arc<AddressSpace>, u64)>,
+    seq: u64,
+    forks: u64,
+    /// Children to tear down, and the thread that does it: a teardown
+    /// waits for grace periods (about 0.2 ms idle, milliseconds beside
+    /// the round's busy threads), which would leave the writer few calls.
+    exits: Option<std::sync::mpsc::Sender<Arc<AddressSpace>>>,
+    exiters: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Forker {
+    fn new(seed: u64, threads: usize) -> Forker {
+        let (fork_one_in, life_log2, child_write_one_in) = FORK_MODES[(seed & 1) as usize];
+        let (tx, rx) = std::sync::mpsc::channel::<Arc<AddressSpace>>();
+        // Several, since a teardown mostly sleeps (waiting for its domains'
+        // reclaimers), and the writer forks faster than one keeps up.
+        let rx = Arc::new(std::sync::Mutex::new(rx));
+        let exiters = (0..EXITERS)
+            .map(|_| {
+                let rx = rx.clone();
+                std::thread::spawn(move || {
+                    while let Ok(child) = rx.lock().map_err(drop).and_then(|r| r.recv().map_err(drop)) {
+                        drop(child);
+                    }
+                })
+            })
+            .collect();
+        Forker {
+            rng: Rng::new(seed),
+            fork_one_in,
+            life_log2,
+            child_write_one_in,
+            threads: threads as u64,
+            child: None,
+            seq: 0,
+            forks: 0,
+            exits: Some(tx),
+            exiters,
+        }
+    }
+
+    /// Before a writer step: fork, or write the child's pages and count
+    /// down its life.
+    fn step(&mut self, mm: &AddressSpace) {
+        let Some((cpu, _, left)) = &mut self.child else {
+            if self.rng.below(self.fork_one_in) == 0 {
+                let child = Arc::new(mm.fork());
+                // Log-uniform: many short lives (many forks, each racing
+                // the CPUs' faults) and some long ones (many copies).
+                let life = 1 << self.rng.below(self.life_log2 + 1);
+                self.child = Some((child.cpu(), child, life));
+                self.forks += 1;
+            }
+            return;
+        };
+        if self.rng.below(self.child_write_one_in) == 0 {
+            let va = ARENA.addr(self.rng.below(PAGES as u64) as usize) + self.rng.below(self.threads) * 8;
+            self.seq += 1;
+            let _ = cpu.write(va, CHILD_TAG | self.seq);
+        }
+        *left -= 1;
+        if *left == 0 {
+            self.exit();
+        }
+    }
+
+    /// The child exits: its CPU goes here, its teardown to an exiter.
+    fn exit(&mut self) {
+        if let Some((cpu, child, _)) = self.child.take() {
+            drop(cpu);
+            if let Some(tx) = &self.exits {
+                let _ = tx.send(child);
+            }
+        }
+    }
+}
+
+impl Drop for Forker {
+    /// The last child exits, and every teardown ends before the round's
+    /// own (W3 counts the frames of the shared `PhysMem`).
+    fn drop(&mut self) {
+        self.exit();
+        drop(self.exits.take());
+        for t in self.exiters.drain(..) {
+            let _ = t.join();
+        }
     }
 }
 
