@@ -80,8 +80,21 @@ fn check(mm: &AddressSpace) {
     assert_eq!(ranges(&parsed), ranges(&vs));
 }
 
+/// Frames of the fuzzed address spaces' memory: 64 MiB. Why: an arbitrary
+/// `MAP_POPULATE`, `mlock` or `MADV_POPULATE_WRITE` faults in as much as
+/// the overcommit check lets through, which is the `PhysMem`'s capacity
+/// (mmap.rs P10); with the default 16 GiB one, and the page tables on top
+/// (fault.rs FL10), a case once took 24 GB of this 24 GB machine and the
+/// kernel killed the test.
+const FRAMES: usize = 1 << 14;
+
 fn run(strategy: usize, calls: &[Call]) {
-    let mut mm = Arc::new(AddressSpace::with_strategy(rcuvm::Strategy::ALL[strategy % 4]));
+    let mut mm = Arc::new(
+        AddressSpace::builder()
+            .strategy(rcuvm::Strategy::ALL[strategy % 4])
+            .phys(Arc::new(rcuvm::PhysMem::new(FRAMES)))
+            .build(),
+    );
     let mut cpu = mm.cpu();
     for c in calls {
         match *c {
