@@ -100,7 +100,7 @@ impl MmCall<'_> {
         l.brk.store(brk, Ordering::Relaxed);
         // After mlockall(MCL_FUTURE) the new heap is faulted in (mlock.rs L3).
         if self.def_flags.contains(VmFlags::LOCKED) {
-            let _ = self.populate(oldbrk, newbrk, true);
+            self.populate(oldbrk, newbrk, true);
         }
         brk
     }

@@ -59,8 +59,9 @@
 //!   not grow a stack: it is `SEGV_MAPERR`, since the growth would wait
 //!   for the section it is made in.
 //! - FL9. Population (`mlock`, `MAP_POPULATE`, `MADV_POPULATE_*`: mlock.rs
-//!   L3, madvise.rs D6) faults pages in through the same `do_fault`, by
-//!   the holder of the mmap write lock, with the VMA it found: so a
+//!   L3, L5, madvise.rs D6) faults pages in through the same `do_fault`,
+//!   by a holder of the mmap lock (read after a call, write in
+//!   `mprotect`), with the VMA it found, which no call can change: so a
 //!   populated page is exactly the page an access would have faulted in
 //!   (the zero page for a read of private anonymous memory, a copy for a
 //!   write), and racing faults of other CPUs back off as against each
@@ -341,9 +342,9 @@ fn stack_above(mm: &AddressSpace, va: u64, g: &rcuvm_rcu::Guard<'_>) -> bool {
 }
 
 /// FL9: one page of `__get_user_pages()` for population (mlock.rs L3,
-/// madvise.rs D6), made by the holder of the mmap write lock: the fault an
-/// access would take, with the VMA the caller found (it cannot change
-/// while that lock is held, so no re-check). A fault another CPU races
+/// madvise.rs D6), made by a holder of the mmap lock (read or write): the
+/// fault an access would take, with the VMA the caller found (no call can
+/// change it while the lock is held, so no re-check). A fault another CPU races
 /// with (FL1's back-off) is made again; one that finds the page already
 /// mapped as the access needs is done.
 pub(crate) fn fault_in_page(

@@ -34,7 +34,10 @@
 //!   without `VM_READ` (for `READ`: x86's rule that any right reads does
 //!   not apply, as in GUP's `check_vma_flags()`) or without `VM_WRITE`
 //!   (for `WRITE`), or `VM_IO`/`VM_PFNMAP`, is `EINVAL`; out of frames is
-//!   `ENOMEM`. Each errno was read off the host kernel (6.18).
+//!   `ENOMEM`. Each errno was read off the host kernel (6.18). The
+//!   arguments are checked under the write lock, the pages faulted in
+//!   under the read lock after it (mlock.rs L5), as Linux takes only the
+//!   read lock for these advices.
 //!
 //! # Linux
 //! `do_madvise()`, `madvise_walk_vmas()`, `madvise_vma_behavior()`,
@@ -154,7 +157,10 @@ impl MmCall<'_> {
             return Ok(());
         }
         if matches!(advice, madv::POPULATE_READ | madv::POPULATE_WRITE) {
-            return self.madvise_populate(start, end, advice == madv::POPULATE_WRITE);
+            // D6: under the mmap read lock, after this call (mlock.rs L5).
+            let write = advice == madv::POPULATE_WRITE;
+            self.request_population(crate::mlock::Populate::Advice { start, end, write });
+            return Ok(());
         }
         // find_vma(start): no VMA ending above `start` at all.
         if self.w.find(start).is_none() {
@@ -200,21 +206,5 @@ impl MmCall<'_> {
             unmapped = true;
         }
         if unmapped { Err(Errno::Enomem) } else { Ok(()) }
-    }
-
-    /// `madvise_populate()` over `[start, end)` (D6).
-    fn madvise_populate(&mut self, start: u64, end: u64, write: bool) -> Result<(), Errno> {
-        let need = if write { VmFlags::WRITE } else { VmFlags::READ };
-        let mut at = start;
-        while at < end {
-            let Some(v) = self.vma_at(at) else { return Err(Errno::Enomem) };
-            if !v.flags.contains(need) || v.flags.intersects(VmFlags::IO | VmFlags::PFNMAP) {
-                return Err(Errno::Einval);
-            }
-            let e = end.min(v.end);
-            self.fault_in(&v, at, e, write)?;
-            at = e;
-        }
-        Ok(())
     }
 }

@@ -17,8 +17,9 @@
 //!   hugetlb or droppable, is left alone (`mlock_fixup()`); others go through
 //!   `set_flags` (mprotect.rs Q2, Q4), so a refused split is `ENOMEM` with
 //!   the splits made before it kept.
-//! - L3. Population (`__mm_populate()`) runs after the flags are set and
-//!   faults the pages in through the fault path (fault.rs FL9): a private
+//! - L3. Population (`__mm_populate()`) runs after the flags are set (and
+//!   after the call, L5) and faults the pages in through the fault path
+//!   (fault.rs FL9): a private
 //!   writable VMA takes write faults (a new anonymous page each, copied
 //!   from the zero page or the file, or its own page reused), any other
 //!   accessible VMA read faults (the zero page for private anonymous
@@ -33,9 +34,23 @@
 //!   `VM_LOCKONFAULT`) into `def_flags`, which every later `mmap` and `brk`
 //!   VMA takes; any other `mlockall` and `munlockall` clear it first.
 //!   `mlockall` ignores a VMA it cannot change (a refused split).
+//! - L5. Population runs after the call, under the mmap *read* lock, as
+//!   Linux's `mm_populate()` after `mmap_write_unlock()` (`mmap`, `brk`,
+//!   `mremap`, `mlock`, `mlockall`) and `madvise_populate()` under the
+//!   read lock: a call asks for it ([`Populate`]) and the `AddressSpace`
+//!   method runs it once the write lock is dropped. No mm call runs
+//!   meanwhile; CPUs' faults do (and under `mmap-lock`, maps readers), as
+//!   in Linux. Between the two locks another call may change the range:
+//!   population finds the VMAs afresh (holes skipped, `MADV_POPULATE_*`'s
+//!   `ENOMEM`), as `__mm_populate()` does. The exception is `mprotect` of a
+//!   locked read-only VMA to writable (mprotect.rs Q5), populated under its
+//!   write lock, as in `mprotect_fixup()`. Why: under `mmap-lock` a large
+//!   `MAP_POPULATE` held every other thread's faults for its whole length.
 //!
 //! # Concurrency
-//! mmap write lock (taken by the `AddressSpace` methods).
+//! The flags: mmap write lock (taken by the `AddressSpace` methods).
+//! Population ([`Populator`]): the mmap read or write lock, beside CPUs'
+//! faults (fault.rs FL9).
 //!
 //! # Linux
 //! `mm/mlock.c`: `do_mlock()`, `apply_vma_lock_flags()`, `mlock_fixup()`,
@@ -49,8 +64,13 @@
 //! than an inaccessible VMA and out of frames (a file shorter than its
 //! mapping: rcuvm's files have no end).
 
+use std::sync::Arc;
+
+use rcuvm_maple::MapleTree;
+
 use crate::fault::AccessError;
 use crate::frame::FrameCache;
+use crate::mm::Hw;
 use crate::mmap::{MmCall, VM_SPECIAL};
 use crate::uapi::{Errno, MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT, MLOCK_ONFAULT};
 use crate::vma::{PAGE_SIZE, VmFlags, Vma};
@@ -63,12 +83,8 @@ impl MmCall<'_> {
     pub(crate) fn mlock(&mut self, start: u64, len: u64, lock: VmFlags) -> Result<(), Errno> {
         let (start, len) = round(start, len);
         self.apply_vma_lock_flags(start, len, lock)?;
-        // __mlock_posix_error_return()
-        self.populate(start, start.wrapping_add(len), false).map_err(|e| match e {
-            Errno::Efault => Errno::Enomem,
-            Errno::Enomem => Errno::Eagain,
-            e => e,
-        })
+        self.populate(start, start.wrapping_add(len), false);
+        Ok(())
     }
 
     /// `mlock2(2)`.
@@ -124,7 +140,7 @@ impl MmCall<'_> {
         }
         self.apply_mlockall_flags(flags);
         if flags & MCL_CURRENT != 0 {
-            let _ = self.populate(0, self.cfg.task_size, true);
+            self.populate(0, self.cfg.task_size, true);
         }
         Ok(())
     }
@@ -153,12 +169,97 @@ impl MmCall<'_> {
         }
     }
 
+    /// Asks for `[start, end)` to be populated after this call's write
+    /// lock is dropped (L3, L5): `__mm_populate()`, errors ignored unless
+    /// `ignore_errors` is false (then they are the caller's: `mlock`).
+    pub(crate) fn populate(&mut self, start: u64, end: u64, ignore_errors: bool) {
+        self.request_population(Populate::Range { start, end, ignore_errors });
+    }
+
+    /// L5: one population per call, run by the `AddressSpace` method once
+    /// the call's write lock is dropped.
+    pub(crate) fn request_population(&mut self, p: Populate) {
+        debug_assert!(self.populate.is_none(), "one population per mm call");
+        *self.populate = Some(p);
+    }
+
+    /// `populate_vma_page_range()` for `[s, e)`, inside one VMA, under
+    /// this call's write lock: `mprotect_fixup()`'s population of a locked
+    /// VMA made writable (mprotect.rs Q5).
+    pub(crate) fn populate_vma(&mut self, s: u64, e: u64) -> Result<(), Errno> {
+        Populator::new(self.hw, self.tree, self.cfg.task_size).populate_vma(s, e)
+    }
+}
+
+/// A population an mm call asks for (L5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Populate {
+    /// `__mm_populate(start, end - start, ignore_errors)` (L3).
+    Range {
+        /// First byte.
+        start: u64,
+        /// End (exclusive).
+        end: u64,
+        /// mmap, brk, mremap and `mlockall` ignore failures; `mlock` does not.
+        ignore_errors: bool,
+    },
+    /// `madvise_populate()` (madvise.rs D6).
+    Advice {
+        /// First byte.
+        start: u64,
+        /// End (exclusive).
+        end: u64,
+        /// `MADV_POPULATE_WRITE` (else `MADV_POPULATE_READ`).
+        write: bool,
+    },
+}
+
+/// Population (L3, L5, madvise.rs D6) over an address space's VMAs, by a
+/// thread that holds its mmap lock (read or write), so that no VMA in the
+/// range changes while it faults pages in; CPUs' faults may run meanwhile
+/// (the fault path's PTL settles them, fault.rs FL9).
+pub(crate) struct Populator<'a> {
+    hw: &'a Hw,
+    tree: &'a MapleTree<Arc<Vma>>,
+    task_size: u64,
+}
+
+impl<'a> Populator<'a> {
+    pub(crate) fn new(hw: &'a Hw, tree: &'a MapleTree<Arc<Vma>>, task_size: u64) -> Self {
+        Populator { hw, tree, task_size }
+    }
+
+    /// Runs `p`.
+    pub(crate) fn run(&self, p: Populate) -> Result<(), Errno> {
+        match p {
+            Populate::Range { start, end, ignore_errors } => self.mm_populate(start, end, ignore_errors),
+            Populate::Advice { start, end, write } => self.madvise_populate(start, end, write),
+        }
+    }
+
+    /// The first VMA (not a dead entry, not the gate area) that ends above
+    /// `at`, if it starts below `end`.
+    fn next_vma(&self, at: u64, end: u64) -> Option<Arc<Vma>> {
+        let g = self.tree.domain().read();
+        let mut at = at;
+        loop {
+            let e = self.tree.find(at, &g)?;
+            if e.range.start >= end || e.value.start >= self.task_size {
+                return None;
+            }
+            if !e.value.is_dead() {
+                return Some(e.to_arc());
+            }
+            at = e.range.end;
+        }
+    }
+
     /// `__mm_populate()` over `[start, end)` (L3): each VMA in turn, holes
     /// skipped; the first error stops the walk unless `ignore_errors`.
-    pub(crate) fn populate(&mut self, start: u64, end: u64, ignore_errors: bool) -> Result<(), Errno> {
+    fn mm_populate(&self, start: u64, end: u64, ignore_errors: bool) -> Result<(), Errno> {
         let mut at = start;
         while at < end {
-            let Some(v) = self.overlapping(at, end).into_iter().next() else { break };
+            let Some(v) = self.next_vma(at, end) else { break };
             let (s, e) = (at.max(v.start), end.min(v.end));
             at = e;
             if v.flags.intersects(VmFlags::IO | VmFlags::PFNMAP) {
@@ -177,9 +278,9 @@ impl MmCall<'_> {
     /// write fault for a private writable VMA (which breaks copy-on-write),
     /// a read fault for any other accessible one (`FOLL_FORCE`: x86 reads
     /// with any right), page by page.
-    pub(crate) fn populate_vma(&mut self, s: u64, e: u64) -> Result<(), Errno> {
+    fn populate_vma(&self, s: u64, e: u64) -> Result<(), Errno> {
         debug_assert!(s < e && s % PAGE_SIZE == 0);
-        let Some(v) = self.vma_at(s) else { return Err(Errno::Efault) };
+        let Some(v) = self.next_vma(s, s + 1).filter(|v| v.start <= s) else { return Err(Errno::Efault) };
         if v.flags.contains(VmFlags::LOCKONFAULT) {
             return Ok(());
         }
@@ -191,11 +292,29 @@ impl MmCall<'_> {
         self.fault_in(&v, s, e.min(v.end), write)
     }
 
+    /// `madvise_populate()` over `[start, end)` (madvise.rs D6).
+    fn madvise_populate(&self, start: u64, end: u64, write: bool) -> Result<(), Errno> {
+        let need = if write { VmFlags::WRITE } else { VmFlags::READ };
+        let mut at = start;
+        while at < end {
+            let Some(v) = self.next_vma(at, at + 1).filter(|v| v.start <= at) else {
+                return Err(Errno::Enomem);
+            };
+            if !v.flags.contains(need) || v.flags.intersects(VmFlags::IO | VmFlags::PFNMAP) {
+                return Err(Errno::Einval);
+            }
+            let e = end.min(v.end);
+            self.fault_in(&v, at, e, write)?;
+            at = e;
+        }
+        Ok(())
+    }
+
     /// Faults `[s, e)` of `v` (in the tree) in, page by page, as accesses
     /// would (fault.rs FL9). The first page that cannot be faulted in
     /// stops it: out of frames is `ENOMEM`, anything else `EFAULT`; the
     /// pages before it stay.
-    pub(crate) fn fault_in(&mut self, v: &Vma, s: u64, e: u64, write: bool) -> Result<(), Errno> {
+    fn fault_in(&self, v: &Vma, s: u64, e: u64, write: bool) -> Result<(), Errno> {
         let mut cache = FrameCache::default();
         let mut res = Ok(());
         let mut page = s;
@@ -218,4 +337,14 @@ fn round(start: u64, len: u64) -> (u64, u64) {
     let off = start % PAGE_SIZE;
     let len = len.wrapping_add(off).wrapping_add(PAGE_SIZE - 1) & !(PAGE_SIZE - 1);
     (start - off, len)
+}
+
+/// `__mlock_posix_error_return()`: what `mlock` returns for a population
+/// error (L3).
+pub(crate) fn mlock_error(e: Errno) -> Errno {
+    match e {
+        Errno::Efault => Errno::Enomem,
+        Errno::Enomem => Errno::Eagain,
+        e => e,
+    }
 }

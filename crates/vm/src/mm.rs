@@ -253,6 +253,9 @@ pub(crate) struct MmState {
     reaper_saw: u64,
     /// The reaper is queued or running (A10): exactly one is, while set.
     reaper_queued: bool,
+    /// The population the call holding the lock asks for (mlock.rs L5),
+    /// taken before the lock is released.
+    populate: Option<crate::mlock::Populate>,
 }
 
 /// The hardware half of an address space (A3).
@@ -487,6 +490,7 @@ impl MmBuilder {
                     calls: 0,
                     reaper_saw: 0,
                     reaper_queued: false,
+                    populate: None,
                 }),
                 waiters: AtomicU32::new(0),
             }),
@@ -718,12 +722,17 @@ impl AddressSpace {
     }
 
     fn call<R>(&self, f: impl FnOnce(&mut MmCall<'_>) -> R) -> R {
-        self.call_then(f, |_, _| ())
+        self.call_then(f, |_, _| ()).0
     }
 
     /// An mm call `op`, recorded when the address space has a recorder
-    /// (record.rs H2, H3).
-    fn logged<R: Outcome>(&self, op: impl FnOnce() -> Op, f: impl FnOnce(&mut MmCall<'_>) -> R) -> R {
+    /// (record.rs H2, H3); with the result of the population it asked for
+    /// (mlock.rs L5), which ran after it.
+    fn logged_populating<R: Outcome>(
+        &self,
+        op: impl FnOnce() -> Op,
+        f: impl FnOnce(&mut MmCall<'_>) -> R,
+    ) -> (R, Result<(), Errno>) {
         #[cfg(feature = "record")]
         if let Some(rec) = &self.mm.hw.recorder {
             return self.call_then(f, |r, start| {
@@ -733,7 +742,22 @@ impl AddressSpace {
             });
         }
         let _ = op;
-        self.call(f)
+        self.call_then(f, |_, _| ())
+    }
+
+    /// [`Self::logged_populating`], a population's failure ignored (as
+    /// `mmap`, `brk` and `mremap` ignore it).
+    fn logged<R: Outcome>(&self, op: impl FnOnce() -> Op, f: impl FnOnce(&mut MmCall<'_>) -> R) -> R {
+        self.logged_populating(op, f).0
+    }
+
+    /// L5 (mlock.rs): a call's population, under the mmap read lock, as
+    /// Linux's `mm_populate()` runs after `mmap_write_unlock()` and
+    /// `madvise_populate()` under the read lock: faults of other CPUs (and
+    /// under `mmap-lock`, maps readers) go on meanwhile; mm calls wait.
+    fn populate(&self, p: crate::mlock::Populate) -> Result<(), Errno> {
+        let _lock = self.mmap_read();
+        crate::mlock::Populator::new(&self.mm.hw, &self.mm.vmas, self.mm.cfg.task_size).run(p)
     }
 
     /// The VMAs as the recorder keeps them (record.rs H3): under the mmap
@@ -756,7 +780,12 @@ impl AddressSpace {
 
     /// The mm call `f`; `done` runs on its result under the mmap lock, told
     /// when the lock was taken (0 without the `record` feature).
-    fn call_then<R>(&self, f: impl FnOnce(&mut MmCall<'_>) -> R, done: impl FnOnce(&R, u64)) -> R {
+    /// Then the population the call asked for, and its result (L5).
+    fn call_then<R>(
+        &self,
+        f: impl FnOnce(&mut MmCall<'_>) -> R,
+        done: impl FnOnce(&R, u64),
+    ) -> (R, Result<(), Errno>) {
         // A11: a call from inside a `Cpu::access` of this address space (a
         // read-side section of its TLB domain) would wait in its shootdown
         // for that very access, or take the mmap lock that another
@@ -767,12 +796,13 @@ impl AddressSpace {
             "rcuvm: an mm call (mmap, munmap, mprotect...) was made inside a Cpu::access of the same address \
              space; it would wait for that access to end. Make it after the access returns."
         );
-        let r = self.mm.locked_call(f, done);
+        let (r, populate) = self.mm.locked_call(f, done);
+        let populated = populate.map_or(Ok(()), |p| self.populate(p));
         // A8: the lock is released; run some of the callbacks this address
         // space's calls queued whose grace period has passed.
         self.mm.domain.run_ready(RUN_READY);
         self.mm.hw.tlb.domain().run_ready(RUN_READY);
-        r
+        (r, populated)
     }
 
     /// `mmap(2)`: returns the address mapped, or Linux's errno with the
@@ -888,7 +918,9 @@ impl AddressSpace {
     /// `EINVAL`, `ENOMEM` as Linux returns them; `ENOSYS` for advices rcuvm
     /// does not model yet (see madvise.rs).
     pub fn madvise(&self, addr: u64, len: u64, advice: i32) -> Result<(), Errno> {
-        self.logged(|| Op::Madvise { addr, len, advice }, |c| c.madvise(addr, len, advice))
+        let (r, populated) =
+            self.logged_populating(|| Op::Madvise { addr, len, advice }, |c| c.madvise(addr, len, advice));
+        r.and(populated)
     }
 
     /// `brk(2)`: moves the program break; returns the new break, or the
@@ -982,7 +1014,8 @@ impl AddressSpace {
     /// `max_map_count`, or a VMA that cannot be faulted in (`PROT_NONE`),
     /// after locking it (see mlock.rs).
     pub fn mlock(&self, addr: u64, len: u64) -> Result<(), Errno> {
-        self.call(|c| c.mlock(addr, len, VmFlags::LOCKED))
+        let (r, populated) = self.call_then(|c| c.mlock(addr, len, VmFlags::LOCKED), |_, _| ());
+        r.and(populated.map_err(crate::mlock::mlock_error))
     }
 
     /// `mlock2(2)`: `mlock` with `MLOCK_ONFAULT` (`VM_LOCKONFAULT`: no page
@@ -992,7 +1025,8 @@ impl AddressSpace {
     /// `EINVAL` for a flag other than [`MLOCK_ONFAULT`](crate::uapi::MLOCK_ONFAULT),
     /// then as [`mlock`](Self::mlock).
     pub fn mlock2(&self, addr: u64, len: u64, flags: u32) -> Result<(), Errno> {
-        self.call(|c| c.mlock2(addr, len, flags))
+        let (r, populated) = self.call_then(|c| c.mlock2(addr, len, flags), |_, _| ());
+        r.and(populated.map_err(crate::mlock::mlock_error))
     }
 
     /// `munlock(2)`: clears `VM_LOCKED` and `VM_LOCKONFAULT` over the range.
@@ -1302,12 +1336,13 @@ impl Mm {
         g
     }
 
-    /// `call_then` under the mmap lock.
+    /// `call_then` under the mmap lock; also the population the call asked
+    /// for (mlock.rs L5), for the caller to run once the lock is released.
     pub(crate) fn locked_call<R>(
         self: &Arc<Self>,
         f: impl FnOnce(&mut MmCall<'_>) -> R,
         done: impl FnOnce(&R, u64),
-    ) -> R {
+    ) -> (R, Option<crate::mlock::Populate>) {
         let mut st = self.mmap_write_lock();
         #[cfg(feature = "record")]
         let start = crate::record::now();
@@ -1321,7 +1356,7 @@ impl Mm {
             st.reaper_queued = true;
             self.queue_reaper();
         }
-        r
+        (r, st.populate.take())
     }
 
     /// The body of an mm call, under the mmap lock: reaps up to `budget`
@@ -1338,6 +1373,7 @@ impl Mm {
             dead: &mut st.dead,
             reap_runs: &mut st.reap_runs,
             def_flags: &mut st.def_flags,
+            populate: &mut st.populate,
             txn_depth: 0,
             txn: 0,
             reap_budget: budget,

@@ -247,6 +247,9 @@ pub(crate) struct MmCall<'a> {
     pub(crate) dead: &'a mut std::collections::VecDeque<crate::strategy::DeadEntry>,
     /// Scratch for the runs `reap_dead` erases (unmap.rs U7).
     pub(crate) reap_runs: &'a mut Vec<(u64, u64)>,
+    /// The population this call asks for, run after its write lock is
+    /// dropped (mlock.rs L5).
+    pub(crate) populate: &'a mut Option<crate::mlock::Populate>,
 }
 
 impl MmCall<'_> {
@@ -562,7 +565,7 @@ impl MmCall<'_> {
         // in, errors ignored (mlock.rs L3).
         let populate = MapFlags::POPULATE | MapFlags::NONBLOCK;
         if vm.contains(VmFlags::LOCKED) || flags & populate == MapFlags::POPULATE {
-            let _ = self.populate(addr, addr + len, true);
+            self.populate(addr, addr + len, true);
         }
         Ok(addr)
     }

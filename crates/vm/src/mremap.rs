@@ -161,7 +161,7 @@ impl MmCall<'_> {
                     }
                     self.store(grown.start..grown.end, grown);
                     if vma.flags.contains(VmFlags::LOCKED) {
-                        let _ = self.populate(addr + old_len, addr + new_len, true); // R6
+                        self.populate(addr + old_len, addr + new_len, true); // R6
                     }
                     return Ok(addr);
                 }
@@ -310,7 +310,7 @@ impl MmCall<'_> {
             self.dontunmap_complete(addr, old_len, to);
         }
         if vma.flags.contains(VmFlags::LOCKED) && new_len > old_len {
-            let _ = self.populate(to + old_len, to + new_len, true); // R6
+            self.populate(to + old_len, to + new_len, true); // R6
         }
         Ok(to)
     }

@@ -16,7 +16,11 @@
 //!   effects are complete (shootdown done, frames freed, `rcu-sync`'s grace
 //!   period over), still under the lock, so calls' intervals are disjoint
 //!   and in the order of [`History::calls`]; a maps reader from before its
-//!   guard to after its last line.
+//!   guard to after its last line. A call's population (mlock.rs L5) runs
+//!   after its interval, under the read lock, as CPUs' faults run: its
+//!   pages are no VMA change, and [`CallEvent::result`] is the locked
+//!   part's (a `MADV_POPULATE_*` or `mlock` whose population then fails
+//!   returns that failure, but is recorded as the locked part returned).
 //! - H3. `CallEvent::after` is the tree's exact state after the call (taken
 //!   under the mmap write lock, dead entries left out): the state the
 //!   oracle checks every other event against.

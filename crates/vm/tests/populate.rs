@@ -336,3 +336,57 @@ fn stack_growth_is_charged() {
     assert_eq!(cpu.write(top - 16 * P, 1), Ok(()));
     assert_eq!(mm.query(top).unwrap().start, top - 16 * P);
 }
+
+/// mlock.rs L5: population runs under the mmap read lock, after the call,
+/// so under `mmap-lock` another thread's faults go on while a large
+/// `MAP_POPULATE` fills its pages (Linux's `mm_populate()` runs after
+/// `mmap_write_unlock()`). Before L5 the write lock was held throughout,
+/// and no fault could start and end inside the call.
+#[test]
+fn faults_go_on_while_a_map_populate_fills_its_pages() {
+    const PAGES: u64 = 1 << 16; // 256 MiB: tens of milliseconds to populate
+    let mm = Arc::new(
+        AddressSpace::builder()
+            .strategy(Strategy::MmapLock)
+            .phys(Arc::new(PhysMem::new(PAGES as usize + (1 << 14))))
+            .build(),
+    );
+    let other = mm.mmap(0, 4096 * P, rw(), MapFlags::PRIVATE | MapFlags::ANONYMOUS, None, 0).unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let faulter = {
+        let (mm, stop) = (mm.clone(), stop.clone());
+        std::thread::spawn(move || {
+            // Each first touch is a fault, which under mmap-lock takes the
+            // mmap read lock; returns (start, end) of each.
+            let mut cpu = mm.cpu();
+            let mut done = Vec::new();
+            for i in 0..4096 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let t = std::time::Instant::now();
+                cpu.write(other + i * P, 1).unwrap();
+                done.push((t, std::time::Instant::now()));
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+            done
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    let t0 = std::time::Instant::now();
+    let a =
+        mm.mmap(0, PAGES * P, rw(), MapFlags::PRIVATE | MapFlags::ANONYMOUS | MapFlags::POPULATE, None, 0);
+    let t1 = std::time::Instant::now();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let done = faulter.join().unwrap();
+    let a = a.unwrap();
+    assert_eq!(present(&mm, a, PAGES * P), PAGES, "every page populated");
+    let margin = std::time::Duration::from_millis(2);
+    let inside = done.iter().filter(|&&(s, e)| s > t0 + margin && e + margin < t1).count();
+    assert!(
+        inside > 0,
+        "no fault started and ended inside the {:?} MAP_POPULATE ({} faults in all)",
+        t1 - t0,
+        done.len()
+    );
+}
