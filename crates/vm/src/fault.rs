@@ -518,10 +518,11 @@ fn do_fault(
                     None
                 };
                 if let Some(s) = src.filter(|&s| s != pm.zero_pfn()) {
-                    // The new frame's generation is read before the PTE
-                    // is set: once it is, a racing zap may free the frame.
+                    // record.rs H5: copies of anonymous frames. The new
+                    // frame's generation is read before the PTE is set:
+                    // once it is, a racing zap may free the frame.
                     #[cfg(feature = "record")]
-                    {
+                    if matches!(pm.frame(s).owner(), Owner::Anon { .. }) {
                         let g = |p: u64| pm.frame(p).generation.load(Ordering::Acquire);
                         copied_from = Some(((s, g(s)), (pfn, g(pfn))));
                     }

@@ -104,13 +104,7 @@ impl MmCall<'_> {
                 // FK3: the bracket closes after the shootdown (`finish`).
                 g.notify = self.hw.notifiers.start_locked(v.start, v.end, NotifyEvent::ProtectionPage);
             }
-            self.hw.pt.copy_range(&child.hw.pt, v.start, v.end, cow, &share, &mut g);
-            if crate::inject::active(self.hw.inject, Injection::ForkSkipsShootdown) {
-                // inject.rs: the bracket closes, but no CPU is shot down.
-                let notify = g.notify.take();
-                g = MmuGather::default();
-                g.notify = notify;
-            }
+            self.hw.pt.copy_range(&child.hw.pt, v.start, v.end, cow, self.hw.inject, &share, &mut g);
             // FK3: no CPU of the parent keeps a writable entry of a shared
             // page (nothing is freed: the gather holds no frame).
             self.finish(g, false);

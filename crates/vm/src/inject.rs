@@ -54,11 +54,15 @@ pub enum Injection {
     /// it, so the parent's faults race the copy (the lost stores a review
     /// found before FK4).
     ForkSkipsWriteLock,
+    /// fork.rs FK2: `fork` write-protects the child's copies of private
+    /// entries but not the parent's, so the parent's stores after the
+    /// fork land in frames the child maps.
+    ForkSkipsWriteProtect,
 }
 
 impl Injection {
     /// Every injection.
-    pub const ALL: [Injection; 7] = [
+    pub const ALL: [Injection; 8] = [
         Injection::SkipRecheck,
         Injection::SkipShootdown,
         Injection::EagerTableFree,
@@ -66,6 +70,7 @@ impl Injection {
         Injection::PlacementIgnoresDead,
         Injection::ForkSkipsShootdown,
         Injection::ForkSkipsWriteLock,
+        Injection::ForkSkipsWriteProtect,
     ];
 
     /// The name used on the command line.
@@ -78,6 +83,7 @@ impl Injection {
             Injection::PlacementIgnoresDead => "placement-ignores-dead",
             Injection::ForkSkipsShootdown => "fork-skips-shootdown",
             Injection::ForkSkipsWriteLock => "fork-skips-write-lock",
+            Injection::ForkSkipsWriteProtect => "fork-skips-write-protect",
         }
     }
 

@@ -34,10 +34,10 @@
 //!   without `VM_READ` (for `READ`: x86's rule that any right reads does
 //!   not apply, as in GUP's `check_vma_flags()`) or without `VM_WRITE`
 //!   (for `WRITE`), or `VM_IO`/`VM_PFNMAP`, is `EINVAL`; out of frames is
-//!   `ENOMEM`. Each errno was read off the host kernel (6.18). The
-//!   arguments are checked under the write lock, the pages faulted in
-//!   under the read lock after it (mlock.rs L5), as Linux takes only the
-//!   read lock for these advices.
+//!   `ENOMEM`. Each errno was read off the host kernel (6.18). As in
+//!   Linux (`get_lock_mode()`), these advices take only the mmap read
+//!   lock (mlock.rs L5): the arguments are checked without a lock, and
+//!   the call is not recorded (record.rs H2: it changes no VMA).
 //!
 //! # Linux
 //! `do_madvise()`, `madvise_walk_vmas()`, `madvise_vma_behavior()`,
@@ -56,6 +56,25 @@ use crate::pgtable::Pte;
 use crate::tlb::MmuGather;
 use crate::uapi::{Errno, madv};
 use crate::vma::{Backing, PAGE_SIZE, VmFlags, Vma};
+
+/// `do_madvise()`'s checks of its arguments, which need no lock (D1): the
+/// range's end, or `None` for an empty range (which succeeds).
+pub(crate) fn madvise_range(start: u64, len: u64, advice: i32) -> Result<Option<u64>, Errno> {
+    if !valid(advice) || start % PAGE_SIZE != 0 {
+        return Err(Errno::Einval);
+    }
+    let alen = len.checked_add(PAGE_SIZE - 1).map_or(0, |l| l & !(PAGE_SIZE - 1));
+    if len != 0 && alen == 0 {
+        return Err(Errno::Einval);
+    }
+    let end = start.checked_add(alen).ok_or(Errno::Einval)?;
+    Ok((end != start).then_some(end))
+}
+
+/// `MADV_POPULATE_READ` or `MADV_POPULATE_WRITE` (D6).
+pub(crate) fn is_populate(advice: i32) -> bool {
+    matches!(advice, madv::POPULATE_READ | madv::POPULATE_WRITE)
+}
 
 /// Every advice Linux accepts (`madvise_behavior_valid`, x86-64 with THP
 /// and KSM).
@@ -142,26 +161,8 @@ fn advise(v: &Vma, advice: i32) -> Result<VmFlags, Errno> {
 impl MmCall<'_> {
     /// `madvise(2)` (D1, D2).
     pub(crate) fn madvise(&mut self, start: u64, len: u64, advice: i32) -> Result<(), Errno> {
-        if !valid(advice) {
-            return Err(Errno::Einval);
-        }
-        if start % PAGE_SIZE != 0 {
-            return Err(Errno::Einval);
-        }
-        let alen = len.checked_add(PAGE_SIZE - 1).map_or(0, |l| l & !(PAGE_SIZE - 1));
-        if len != 0 && alen == 0 {
-            return Err(Errno::Einval);
-        }
-        let end = start.checked_add(alen).ok_or(Errno::Einval)?;
-        if end == start {
-            return Ok(());
-        }
-        if matches!(advice, madv::POPULATE_READ | madv::POPULATE_WRITE) {
-            // D6: under the mmap read lock, after this call (mlock.rs L5).
-            let write = advice == madv::POPULATE_WRITE;
-            self.request_population(crate::mlock::Populate::Advice { start, end, write });
-            return Ok(());
-        }
+        let Some(end) = madvise_range(start, len, advice)? else { return Ok(()) };
+        debug_assert!(!is_populate(advice), "D6: population takes the read lock only (mm.rs)");
         // find_vma(start): no VMA ending above `start` at all.
         if self.w.find(start).is_none() {
             return Err(Errno::Enomem);

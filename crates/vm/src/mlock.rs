@@ -44,8 +44,13 @@
 //!   population finds the VMAs afresh (holes skipped, `MADV_POPULATE_*`'s
 //!   `ENOMEM`), as `__mm_populate()` does. The exception is `mprotect` of a
 //!   locked read-only VMA to writable (mprotect.rs Q5), populated under its
-//!   write lock, as in `mprotect_fixup()`. Why: under `mmap-lock` a large
-//!   `MAP_POPULATE` held every other thread's faults for its whole length.
+//!   write lock, as in `mprotect_fixup()`. `MADV_POPULATE_*` takes no write
+//!   lock at all (madvise.rs D6). Two populations may run at once; their
+//!   faults settle as CPUs' do (the PTL, fault.rs FL1). Why: under
+//!   `mmap-lock` a large `MAP_POPULATE` held every other thread's faults
+//!   for its whole length. Not modelled: Linux may drop the lock in the
+//!   middle (`VM_FAULT_RETRY`, then finds the VMAs again); rcuvm holds it
+//!   to the end.
 //!
 //! # Concurrency
 //! The flags: mmap write lock (taken by the `AddressSpace` methods).
@@ -229,7 +234,7 @@ impl<'a> Populator<'a> {
         Populator { hw, tree, task_size }
     }
 
-    /// Runs `p`.
+    /// Runs `p`, one tree lookup per VMA.
     pub(crate) fn run(&self, p: Populate) -> Result<(), Errno> {
         match p {
             Populate::Range { start, end, ignore_errors } => self.mm_populate(start, end, ignore_errors),
@@ -265,7 +270,7 @@ impl<'a> Populator<'a> {
             if v.flags.intersects(VmFlags::IO | VmFlags::PFNMAP) {
                 continue;
             }
-            if let Err(err) = self.populate_vma(s, e) {
+            if let Err(err) = self.populate_in(&v, s, e) {
                 if !ignore_errors {
                     return Err(err);
                 }
@@ -279,8 +284,13 @@ impl<'a> Populator<'a> {
     /// a read fault for any other accessible one (`FOLL_FORCE`: x86 reads
     /// with any right), page by page.
     fn populate_vma(&self, s: u64, e: u64) -> Result<(), Errno> {
-        debug_assert!(s < e && s % PAGE_SIZE == 0);
         let Some(v) = self.next_vma(s, s + 1).filter(|v| v.start <= s) else { return Err(Errno::Efault) };
+        self.populate_in(&v, s, e)
+    }
+
+    /// [`Self::populate_vma`] with the VMA found.
+    fn populate_in(&self, v: &Vma, s: u64, e: u64) -> Result<(), Errno> {
+        debug_assert!(s < e && s % PAGE_SIZE == 0 && v.start <= s);
         if v.flags.contains(VmFlags::LOCKONFAULT) {
             return Ok(());
         }
@@ -289,7 +299,7 @@ impl<'a> Populator<'a> {
             return Err(Errno::Efault);
         }
         let write = v.flags & (VmFlags::WRITE | VmFlags::SHARED) == VmFlags::WRITE;
-        self.fault_in(&v, s, e.min(v.end), write)
+        self.fault_in(v, s, e.min(v.end), write)
     }
 
     /// `madvise_populate()` over `[start, end)` (madvise.rs D6).

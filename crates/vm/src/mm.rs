@@ -149,7 +149,9 @@
 //! # Concurrency
 //! `maps`, `smaps`, `query`, `vmas`: RCU read side, lock-free (under the
 //! `mmap-lock` strategy, the mmap read lock). Building (`from_maps`) and
-//! every mm call: mmap write lock. Faults: as the strategy says.
+//! every mm call: mmap write lock; then a call's population (mlock.rs L5)
+//! and `MADV_POPULATE_*` alone: the mmap read lock (two may run at once,
+//! beside faults). Faults: as the strategy says.
 //!
 //! # Linux
 //! `struct mm_struct` (`mm_mt`, `mmap_lock`, `map_count`, `mm_lock_seq`,
@@ -726,29 +728,35 @@ impl AddressSpace {
     }
 
     /// An mm call `op`, recorded when the address space has a recorder
-    /// (record.rs H2, H3); with the result of the population it asked for
-    /// (mlock.rs L5), which ran after it.
-    fn logged_populating<R: Outcome>(
-        &self,
-        op: impl FnOnce() -> Op,
-        f: impl FnOnce(&mut MmCall<'_>) -> R,
-    ) -> (R, Result<(), Errno>) {
+    /// (record.rs H2, H3). A population it asks for (mlock.rs L5) runs
+    /// after it, its failure ignored (as `mmap`, `brk` and `mremap`
+    /// ignore it).
+    fn logged<R: Outcome>(&self, op: impl FnOnce() -> Op, f: impl FnOnce(&mut MmCall<'_>) -> R) -> R {
         #[cfg(feature = "record")]
         if let Some(rec) = &self.mm.hw.recorder {
-            return self.call_then(f, |r, start| {
-                let (result, after) = (r.outcome(), self.state());
-                let end = crate::record::now();
-                rec.call(crate::record::CallEvent { op: op(), result, start, end, after });
-            });
+            return self
+                .call_then(f, |r, start| {
+                    let (result, after) = (r.outcome(), self.state());
+                    let end = crate::record::now();
+                    rec.call(crate::record::CallEvent { op: op(), result, start, end, after });
+                })
+                .0;
         }
         let _ = op;
-        self.call_then(f, |_, _| ())
+        self.call(f)
     }
 
-    /// [`Self::logged_populating`], a population's failure ignored (as
-    /// `mmap`, `brk` and `mremap` ignore it).
-    fn logged<R: Outcome>(&self, op: impl FnOnce() -> Op, f: impl FnOnce(&mut MmCall<'_>) -> R) -> R {
-        self.logged_populating(op, f).0
+    /// A11: a call from inside a `Cpu::access` of this address space (a
+    /// read-side section of its TLB domain) would wait in its shootdown
+    /// for that very access, or take the mmap lock that another thread's
+    /// call holds while it waits for the access: a deadlock in every
+    /// strategy. Refused before anything is taken or changed.
+    fn assert_not_in_access(&self) {
+        assert!(
+            !self.mm.hw.tlb.domain().in_read_section(),
+            "rcuvm: an mm call (mmap, munmap, mprotect...) was made inside a Cpu::access of the same address \
+             space; it would wait for that access to end. Make it after the access returns."
+        );
     }
 
     /// L5 (mlock.rs): a call's population, under the mmap read lock, as
@@ -786,16 +794,7 @@ impl AddressSpace {
         f: impl FnOnce(&mut MmCall<'_>) -> R,
         done: impl FnOnce(&R, u64),
     ) -> (R, Result<(), Errno>) {
-        // A11: a call from inside a `Cpu::access` of this address space (a
-        // read-side section of its TLB domain) would wait in its shootdown
-        // for that very access, or take the mmap lock that another
-        // thread's call holds while it waits for the access: a deadlock in
-        // every strategy. Refused before anything is taken or changed.
-        assert!(
-            !self.mm.hw.tlb.domain().in_read_section(),
-            "rcuvm: an mm call (mmap, munmap, mprotect...) was made inside a Cpu::access of the same address \
-             space; it would wait for that access to end. Make it after the access returns."
-        );
+        self.assert_not_in_access();
         let (r, populate) = self.mm.locked_call(f, done);
         let populated = populate.map_or(Ok(()), |p| self.populate(p));
         // A8: the lock is released; run some of the callbacks this address
@@ -918,9 +917,14 @@ impl AddressSpace {
     /// `EINVAL`, `ENOMEM` as Linux returns them; `ENOSYS` for advices rcuvm
     /// does not model yet (see madvise.rs).
     pub fn madvise(&self, addr: u64, len: u64, advice: i32) -> Result<(), Errno> {
-        let (r, populated) =
-            self.logged_populating(|| Op::Madvise { addr, len, advice }, |c| c.madvise(addr, len, advice));
-        r.and(populated)
+        if crate::madvise::is_populate(advice) {
+            // madvise.rs D6: the mmap read lock alone, as Linux.
+            self.assert_not_in_access();
+            let Some(end) = crate::madvise::madvise_range(addr, len, advice)? else { return Ok(()) };
+            let write = advice == crate::uapi::madv::POPULATE_WRITE;
+            return self.populate(crate::mlock::Populate::Advice { start: addr, end, write });
+        }
+        self.logged(|| Op::Madvise { addr, len, advice }, |c| c.madvise(addr, len, advice))
     }
 
     /// `brk(2)`: moves the program break; returns the new break, or the
@@ -1363,6 +1367,8 @@ impl Mm {
     /// expired dead entries (unmap.rs U5), runs `f`, and ends the call's
     /// write locks of VMAs (A4).
     fn call_in<R>(&self, st: &mut MmState, budget: usize, f: impl FnOnce(&mut MmCall<'_>) -> R) -> R {
+        // L5: a request left by a call that panicked is not this call's.
+        st.populate = None;
         let mut c = MmCall {
             w: self.vmas.write(),
             tree: &self.vmas,

@@ -23,7 +23,8 @@
 //!   never nest.
 //! - N3. Range callbacks run under the mmap write lock (or, for a fault's
 //!   copy-on-write, the fault's hold on its VMA: under `mmap-lock` the
-//!   mmap read lock) and under the list of notifiers; `release` runs with
+//!   mmap read lock; for a population's, mlock.rs L5, the mmap read lock
+//!   under every strategy) and under the list of notifiers; `release` runs with
 //!   neither held. From a callback,
 //!   [`crate::AddressSpace::translate`], `map_count` and `brk_range` may
 //!   be used; mm calls, (un)registering a notifier, and (under

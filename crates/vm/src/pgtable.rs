@@ -483,29 +483,45 @@ impl PageTable {
     /// `fork`, mm.rs A14). `share` is told each frame copied (it counts
     /// anonymous ones, frame.rs F7) before the entry is; with `cow`, both
     /// copies lose write permission and the source's writable entries are
-    /// flushed through `g`. The source table's lock is held over each
-    /// entry's copy, so a fault cannot reuse a page being shared (fault.rs
-    /// FL11). mmap write lock.
+    /// flushed through `g` (`inject` may break this: inject.rs's
+    /// `ForkSkipsShootdown` keeps the entries' CPU bits instead of
+    /// flushing, so that later flushes still reach those CPUs;
+    /// `ForkSkipsWriteProtect` leaves the source writable). The source
+    /// table's lock is held over each entry's copy, so a fault cannot
+    /// reuse a page being shared (fault.rs FL11). mmap write lock.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn copy_range(
         &self,
         dst: &PageTable,
         start: u64,
         end: u64,
         cow: bool,
+        inject: Option<crate::inject::Injection>,
         share: &dyn Fn(Pfn),
         g: &mut impl Gather,
     ) {
+        use crate::inject::{Injection, active};
+        let flush = !active(inject, Injection::ForkSkipsShootdown);
+        let protect = !active(inject, Injection::ForkSkipsWriteProtect);
         self.for_leaves(&self.root, 4, 0, start, end, &mut |t, ptl, i, va| {
             let mut pte = Pte(t.entry(i)).sans_cpus();
             if !pte.mapped() {
                 return;
             }
             share(pte.pfn());
-            if cow && pte.writable() {
+            if cow && pte.writable() && protect {
                 pte = Pte(pte.0 & !Pte::WRITE);
                 // PT3: the swap returns the CPU bits set up to now.
                 let old = t.set(ptl, i, pte);
-                g.flush_page(va, old.cpus());
+                if flush {
+                    g.flush_page(va, old.cpus());
+                } else {
+                    t.keep_cpus(ptl, i, old.cpus());
+                }
+            }
+            if cow {
+                // (Without `protect`, only the child's copy loses it.)
+                pte = Pte(pte.0 & !Pte::WRITE);
             }
             let d = dst.pte_table(va, true).expect("allocating walk");
             let dl = d.lock();

@@ -17,23 +17,26 @@
 //!   period over), still under the lock, so calls' intervals are disjoint
 //!   and in the order of [`History::calls`]; a maps reader from before its
 //!   guard to after its last line. A call's population (mlock.rs L5) runs
-//!   after its interval, under the read lock, as CPUs' faults run: its
-//!   pages are no VMA change, and [`CallEvent::result`] is the locked
-//!   part's (a `MADV_POPULATE_*` or `mlock` whose population then fails
-//!   returns that failure, but is recorded as the locked part returned).
+//!   after its interval, under the read lock, as CPUs' faults run (its
+//!   pages are no VMA change; the calls that populate ignore its
+//!   failures, so [`CallEvent::result`] is still what the call returned).
+//!   Recorded calls: `mmap`, `munmap`, `mprotect`, `mremap`, `madvise`
+//!   (but `MADV_POPULATE_*`, which takes only the read lock and changes no
+//!   VMA) and `brk`; not `mlock` and its kin, `fork` or stack growth.
 //! - H3. `CallEvent::after` is the tree's exact state after the call (taken
 //!   under the mmap write lock, dead entries left out): the state the
 //!   oracle checks every other event against.
 //! - H4. Recording writes nothing shared per access: each `Cpu` appends to
 //!   its own buffer and merges it into the recorder when dropped. Calls,
 //!   reads and copies (rare) push under a mutex.
-//! - H5. Every copy-on-write that installed a copy of a frame (one `fork`
-//!   shared, fault.rs FL11, or a private file page's page-cache page) is
-//!   recorded as a [`CopyEvent`]: which incarnation the new one began as a
-//!   copy of. Why: the oracle's "nothing is lost" (P5) must know what a
-//!   page held before the CPU's first write through its copy. A first
-//!   write to anonymous memory copies nothing (the page starts as zeroes)
-//!   and is not recorded.
+//! - H5. Every copy-on-write that installed a copy of an anonymous frame
+//!   (one `fork` shared, fault.rs FL11) is recorded as a [`CopyEvent`]:
+//!   which incarnation the new one began as a copy of. Why: the oracle's
+//!   "nothing is lost" (P5) must know what a page held before the CPU's
+//!   first write through its copy. A first write to anonymous memory
+//!   copies nothing (the page starts as zeroes) and is not recorded; nor
+//!   is a private file page's copy of the page cache (the checker maps no
+//!   file).
 //!
 //! Everything here exists with or without the `record` feature; the hooks
 //! in `cpu.rs` and `mm.rs` that fill it are compiled only with it, so an

@@ -344,7 +344,7 @@ fn stack_growth_is_charged() {
 /// and no fault could start and end inside the call.
 #[test]
 fn faults_go_on_while_a_map_populate_fills_its_pages() {
-    const PAGES: u64 = 1 << 16; // 256 MiB: tens of milliseconds to populate
+    const PAGES: u64 = 1 << 16; // 256 MiB: 100-200 ms to populate
     let mm = Arc::new(
         AddressSpace::builder()
             .strategy(Strategy::MmapLock)

@@ -58,7 +58,7 @@ pub struct CheckArgs {
     pub seed: Option<u64>,
     /// A deliberate bug (test builds only): skip-recheck, skip-shootdown,
     /// eager-table-free, half-updated-vma, placement-ignores-dead,
-    /// fork-skips-shootdown, fork-skips-write-lock.
+    /// fork-skips-shootdown, fork-skips-write-lock, fork-skips-write-protect.
     #[arg(long, hide = true)]
     pub inject: Option<String>,
     /// Leave mremap out of the writer's churn.
@@ -127,6 +127,7 @@ pub fn check_strategy(strategy: Strategy, seconds: f64, threads: usize, seed: u6
         };
         let r = workload::round(cfg, &phys);
         let (mut v, c) = oracle::check(&r.history, ARENA, r.zero_pfn);
+        v.extend(oracle::check_children(&r.history, &r.child_reads));
         v.extend(r.teardown);
         sum.counts.accesses += c.accesses;
         sum.counts.calls += c.calls;
@@ -245,7 +246,11 @@ pub fn run(a: &CheckArgs) -> i32 {
 mod tests {
     use super::*;
 
-    fn caught(s: Strategy, i: Option<Injection>, seconds: f64) -> Summary {
+    /// Runs `s` with the injection `i` until a round shows a violation,
+    /// and demands one of `rules` among that round's violations (the rules
+    /// the injected bug breaks: any other would be caught for the wrong
+    /// reason).
+    fn caught(s: Strategy, i: Option<Injection>, seconds: f64, rules: &[&str]) -> Summary {
         let sum = check_strategy(s, seconds, 2, 42, Run { inject: i, mremap: true, fork: true });
         assert!(
             !sum.violations.is_empty(),
@@ -253,8 +258,12 @@ mod tests {
             sum.seconds,
             sum.counts
         );
-        let (round, v) = &sum.violations[0];
-        eprintln!("{s} with {i:?}: round {round}, {} {}: {:#?}", v.rule, v.what, v.events);
+        assert!(
+            sum.violations.iter().any(|(_, v)| rules.contains(&v.rule)),
+            "{s} with {i:?}: violations of {}, none of {rules:?}: {:#?}",
+            super::rules(&sum),
+            sum.violations.first()
+        );
         sum
     }
 
@@ -322,27 +331,27 @@ mod tests {
     #[test]
     fn injected_skip_recheck_is_caught() {
         const { assert!(rcuvm::inject::AVAILABLE, "test builds enable rcuvm's inject feature") };
-        caught(Strategy::RcuDead, Some(Injection::SkipRecheck), 30.0);
+        caught(Strategy::RcuDead, Some(Injection::SkipRecheck), 30.0, &["P1", "P2", "P3", "P5"]);
     }
 
     #[test]
     fn injected_skip_shootdown_is_caught() {
-        caught(Strategy::VmaLock, Some(Injection::SkipShootdown), 30.0);
+        caught(Strategy::VmaLock, Some(Injection::SkipShootdown), 30.0, &["P1", "P2", "P3", "P5"]);
     }
 
     #[test]
     fn injected_eager_table_free_is_caught() {
-        caught(Strategy::RcuSync, Some(Injection::EagerTableFree), 30.0);
+        caught(Strategy::RcuSync, Some(Injection::EagerTableFree), 30.0, &["P3"]);
     }
 
     #[test]
     fn injected_half_updated_vma_is_caught() {
-        caught(Strategy::VmaLock, Some(Injection::HalfUpdatedVma), 30.0);
+        caught(Strategy::VmaLock, Some(Injection::HalfUpdatedVma), 30.0, &["P4", "P7"]);
     }
 
     #[test]
     fn injected_placement_ignoring_dead_entries_is_caught() {
-        caught(Strategy::RcuDead, Some(Injection::PlacementIgnoresDead), 30.0);
+        caught(Strategy::RcuDead, Some(Injection::PlacementIgnoresDead), 30.0, &["P1", "P3", "P6", "P8"]);
     }
 
     /// A fork that leaves its parent's CPUs writable translations of the
@@ -350,7 +359,16 @@ mod tests {
     #[test]
     fn injected_fork_skipping_its_shootdown_is_caught() {
         for s in [Strategy::MmapLock, Strategy::RcuDead] {
-            caught(s, Some(Injection::ForkSkipsShootdown), 30.0);
+            caught(s, Some(Injection::ForkSkipsShootdown), 30.0, &["P1", "P2", "P5", "P9"]);
+        }
+    }
+
+    /// A fork that leaves the parent's entries writable: the parent's
+    /// stores after it reach the child (P9, workload.rs W7).
+    #[test]
+    fn injected_fork_skipping_its_write_protect_is_caught() {
+        for s in [Strategy::MmapLock, Strategy::RcuDead] {
+            caught(s, Some(Injection::ForkSkipsWriteProtect), 30.0, &["P9"]);
         }
     }
 
@@ -359,6 +377,6 @@ mod tests {
     /// is larger than the others'; the test ends at the first violation.
     #[test]
     fn injected_fork_skipping_its_write_lock_is_caught() {
-        caught(Strategy::RcuDead, Some(Injection::ForkSkipsWriteLock), 60.0);
+        caught(Strategy::RcuDead, Some(Injection::ForkSkipsWriteLock), 60.0, &["P5"]);
     }
 }

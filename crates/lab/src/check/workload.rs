@@ -41,9 +41,14 @@
 //!   another thread (`EXITERS`), its frames going back while the parent's
 //!   CPUs write the pages they shared; the round waits for every teardown
 //!   before W3. The parent's copies-on-write race its CPUs' stores,
-//!   population and every call (fork.rs FK3, FK4; fault.rs FL11). The
-//!   child's own accesses are not checked (tests/fork.rs checks what a
-//!   child sees).
+//!   population and every call (fork.rs FK3, FK4; fault.rs FL11).
+//! - W7. At each of the writer's steps the child's CPU also reads word `t`
+//!   of a random arena page: the child's memory is the parent's at the
+//!   fork, then changed only by the child's own writes (the child makes
+//!   no mm call), so a word it reads again must hold what it read or
+//!   wrote there last, and a value of its own only where it wrote it
+//!   (checked here as it goes); the first value it reads of a word is
+//!   handed to the oracle (P9), which finds the parent's write of it.
 //!
 //! # Concurrency
 //! `threads` accessor threads, one reader and the writer (the calling
@@ -55,6 +60,7 @@
 //! The thread's motivating workload: one thread faulting, another churning
 //! small mappings at the same addresses (a memory allocator's arena).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -65,7 +71,7 @@ use rcuvm::uapi::{MREMAP_FIXED, MREMAP_MAYMOVE, madv};
 use rcuvm::{AddressSpace, MapFlags, PAGE_SIZE, PhysMem, Prot, Strategy};
 
 use super::model::Arena;
-use super::oracle::Violation;
+use super::oracle::{ChildRead, Violation};
 
 /// The arena: four runs of four pages, each run in its own leaf table
 /// (2 MiB apart), so unmapping a run frees its table and faults race that.
@@ -139,6 +145,8 @@ pub struct Round {
     pub teardown: Vec<Violation>,
     /// Children forked (W6).
     pub forks: u64,
+    /// The parent's values children read first (W7), for oracle.rs P9.
+    pub child_reads: Vec<ChildRead>,
 }
 
 /// Runs one round (W1–W4) on a fresh address space over `phys`.
@@ -147,9 +155,9 @@ pub struct Round {
 /// teardown) ends the round and is reported as a violation, not passed on.
 pub fn round(cfg: RoundCfg, phys: &Arc<PhysMem>) -> Round {
     let rec = Recorder::new();
-    let (mut teardown, mut forks) = (Vec::new(), 0);
+    let (mut teardown, mut forks, mut child_reads) = (Vec::new(), 0, Vec::new());
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        run_round(cfg, phys, &rec, &mut teardown, &mut forks)
+        run_round(cfg, phys, &rec, &mut teardown, &mut forks, &mut child_reads)
     }));
     if let Err(p) = r {
         teardown.push(Violation {
@@ -158,7 +166,7 @@ pub fn round(cfg: RoundCfg, phys: &Arc<PhysMem>) -> Round {
             events: vec![],
         });
     }
-    Round { history: rec.take(), zero_pfn: phys.zero_pfn(), teardown, forks }
+    Round { history: rec.take(), zero_pfn: phys.zero_pfn(), teardown, forks, child_reads }
 }
 
 fn message(p: &(dyn std::any::Any + Send)) -> String {
@@ -184,6 +192,7 @@ fn run_round(
     rec: &Arc<Recorder>,
     teardown: &mut Vec<Violation>,
     forks: &mut u64,
+    child_reads: &mut Vec<ChildRead>,
 ) {
     let in_use_before = phys.stats().in_use;
     let mm = Arc::new(
@@ -217,7 +226,11 @@ fn run_round(
             f.step(&mm);
         }
         writer_step(&mm, &mut rng, cfg.mremap);
-        let (dead, entries) = (mm.dead_entries(), mm.vmas_in_tree());
+        // The tree first: the reaper, which runs meanwhile, lowers the
+        // count before it erases, so this order never sees more dead
+        // entries than entries (the other order did, once a run).
+        let entries = mm.vmas_in_tree();
+        let dead = mm.dead_entries();
         dead_max = dead_max.max(dead);
         if dead > entries {
             dead_lost.get_or_insert((dead, entries));
@@ -226,7 +239,9 @@ fn run_round(
     if let Some(f) = forker {
         *forks = f.forks;
         // W6: the last child goes while the CPUs still run.
-        drop(f);
+        let (firsts, violations) = f.finish();
+        child_reads.extend(firsts);
+        teardown.extend(violations);
     }
     drop(stopper);
     let mut report = |rule, what: String| teardown.push(Violation { rule, what, events: vec![] });
@@ -334,6 +349,14 @@ struct Forker {
     threads: u64,
     /// The child, its CPU, and the writer steps it has left.
     child: Option<(rcuvm::Cpu, Arc<AddressSpace>, u64)>,
+    /// When the child's fork returned (record.rs clock).
+    fork_end: u64,
+    /// W7: what each word the child read or wrote holds for it.
+    known: HashMap<u64, u64>,
+    /// W7: the parent's values children read first, for the oracle (P9).
+    firsts: Vec<ChildRead>,
+    /// W7: children that saw their memory change under them (P9).
+    violations: Vec<Violation>,
     seq: u64,
     forks: u64,
     /// Children to tear down, and the thread that does it: a teardown
@@ -367,6 +390,10 @@ impl Forker {
             child_write_one_in,
             threads: threads as u64,
             child: None,
+            fork_end: 0,
+            known: HashMap::new(),
+            firsts: Vec::new(),
+            violations: Vec::new(),
             seq: 0,
             forks: 0,
             exits: Some(tx),
@@ -374,12 +401,14 @@ impl Forker {
         }
     }
 
-    /// Before a writer step: fork, or write the child's pages and count
-    /// down its life.
+    /// Before a writer step: fork, or read and write the child's pages
+    /// and count down its life.
     fn step(&mut self, mm: &AddressSpace) {
         let Some((cpu, _, left)) = &mut self.child else {
             if self.rng.below(self.fork_one_in) == 0 {
                 let child = Arc::new(mm.fork());
+                self.fork_end = rcuvm::record::now();
+                self.known.clear();
                 // Log-uniform: many short lives (many forks, each racing
                 // the CPUs' faults) and some long ones (many copies).
                 let life = 1 << self.rng.below(self.life_log2 + 1);
@@ -388,10 +417,38 @@ impl Forker {
             }
             return;
         };
+        let word = |rng: &mut Rng| ARENA.addr(rng.below(PAGES as u64) as usize) + rng.below(self.threads) * 8;
+        // W7: the child's memory is the parent's at the fork, then its own.
+        let va = word(&mut self.rng);
+        if let Ok(v) = cpu.read(va) {
+            match self.known.get(&va) {
+                Some(&k) if k != v => self.violations.push(Violation {
+                    rule: "P9",
+                    what: format!(
+                        "a forked child read {v:#x} at {va:#x}, where it had read or written {k:#x} and nothing of its own changed it"
+                    ),
+                    events: vec![],
+                }),
+                Some(_) => {}
+                None if v & CHILD_TAG == CHILD_TAG => self.violations.push(Violation {
+                    rule: "P9",
+                    what: format!("a forked child read {v:#x} at {va:#x}: a value it wrote, but not there"),
+                    events: vec![],
+                }),
+                None => {
+                    self.known.insert(va, v);
+                    if v != 0 {
+                        self.firsts.push(ChildRead { va, value: v, fork_end: self.fork_end });
+                    }
+                }
+            }
+        }
         if self.rng.below(self.child_write_one_in) == 0 {
-            let va = ARENA.addr(self.rng.below(PAGES as u64) as usize) + self.rng.below(self.threads) * 8;
+            let va = word(&mut self.rng);
             self.seq += 1;
-            let _ = cpu.write(va, CHILD_TAG | self.seq);
+            if cpu.write(va, CHILD_TAG | self.seq).is_ok() {
+                self.known.insert(va, CHILD_TAG | self.seq);
+            }
         }
         *left -= 1;
         if *left == 0 {
@@ -408,11 +465,28 @@ impl Forker {
             }
         }
     }
+
+    /// The last child exits, and every teardown ends (before the round's
+    /// own: W3 counts the frames of the shared `PhysMem`). A teardown that
+    /// panicked is a violation (W5).
+    fn finish(mut self) -> (Vec<ChildRead>, Vec<Violation>) {
+        self.exit();
+        drop(self.exits.take());
+        for t in std::mem::take(&mut self.exiters) {
+            if let Err(p) = t.join() {
+                self.violations.push(Violation {
+                    rule: "P8",
+                    what: format!("a forked child's teardown panicked: {}", message(&*p)),
+                    events: vec![],
+                });
+            }
+        }
+        (std::mem::take(&mut self.firsts), std::mem::take(&mut self.violations))
+    }
 }
 
 impl Drop for Forker {
-    /// The last child exits, and every teardown ends before the round's
-    /// own (W3 counts the frames of the shared `PhysMem`).
+    /// After a panic in the round: the children still go.
     fn drop(&mut self) {
         self.exit();
         drop(self.exits.take());
