@@ -40,6 +40,16 @@
 //!   shootdown that follows the unhook was acknowledged and, for lockless
 //!   software walkers (faults, smaps), after an RCU grace period: the
 //!   caller's duty, through [`crate::tlb::MmuGather`].
+//! - PT7. Where a walker may still hold a table past those (`rcu-refcount`,
+//!   unsafe by design, strategy.rs S5: a fault keeps its VMA, not the
+//!   tables it shares with other VMAs; and inject.rs's `EagerTableFree`),
+//!   the table is *quarantined* instead of freed: its generation moves, as
+//!   a free's does (so fault.rs FL5 and P3 still see the use after free),
+//!   but its memory stays out of the pool until the last handle of the
+//!   pool goes. Why: a stale fault's store then lands in a dead table, not
+//!   in a live one the pool handed out again; freeing it to the pool made
+//!   `rcuvm check --strategy rcu-refcount` crash (SIGSEGV in `free_tree`,
+//!   a table pointer overwritten) in about 1 of 75 runs.
 //!
 //! # Concurrency
 //! `walk`, `rss`, `reachable` (crate-private): lock-free, any thread,
@@ -230,6 +240,58 @@ pub(crate) struct TablePool {
     free: Mutex<Vec<Box<Table>>>,
     /// Tables handed out and not returned (hooked or awaiting their free).
     live: AtomicUsize,
+    /// PT7: quarantined subtrees, freed when the pool is dropped.
+    graveyard: Mutex<Vec<(UnhookedTable, u32)>>,
+}
+
+impl Drop for TablePool {
+    /// PT7: no walker is left (every handle of the pool is gone).
+    fn drop(&mut self) {
+        for (t, level) in self.graveyard.get_mut().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            // SAFETY: PT7: a quarantined subtree was never returned to the
+            // pool; its last handle is this one, and no walker remains.
+            unsafe { drop_tree(Box::from_raw(t.0.as_ptr()), level) };
+        }
+    }
+}
+
+/// Drops `t` and every table under it (levels above 1).
+///
+/// # Safety
+/// `t` owns its subtree: every non-zero entry above level 1 is a table
+/// that `hook` leaked and nothing else owns.
+unsafe fn drop_tree(t: Box<Table>, level: u32) {
+    if level > 1 {
+        for e in &t.entries {
+            let v = e.load(Ordering::Acquire);
+            if v != 0 {
+                // SAFETY: the caller's: this entry's table is the subtree's.
+                unsafe { drop_tree(Box::from_raw((v & !1) as *mut Table), level - 1) };
+            }
+        }
+    }
+}
+
+/// PT7: moves the generation of `t` and of every table under it, and
+/// counts the leaf entries still set, leaving the memory where it is.
+/// Returns how many tables it buried.
+fn bury(t: &Table, level: u32, leftover: &mut usize) -> usize {
+    let mut tables = 1;
+    for e in &t.entries {
+        let v = e.load(Ordering::Acquire);
+        if v == 0 {
+            continue;
+        }
+        if level > 1 {
+            // SAFETY: PT7: quarantined tables are never freed while the
+            // pool lives, so a pointer in one is a live allocation.
+            tables += bury(unsafe { &*((v & !1) as *const Table) }, level - 1, leftover);
+        } else {
+            *leftover += 1;
+        }
+    }
+    t.generation.fetch_add(1, Ordering::Release);
+    tables
 }
 
 impl TablePool {
@@ -682,6 +744,22 @@ impl TableFreer {
         self.pool.free.lock().unwrap_or_else(|e| e.into_inner()).extend(out);
         leftover
     }
+
+    /// PT7: quarantines each table and the subtree under it: their
+    /// generations move and they no longer count as the address space's
+    /// (as freed ones), but no table goes back to the pool. Returns how
+    /// many leaf entries were still set, as [`Self::free`] does.
+    pub(crate) fn quarantine(&self, tables: Vec<(UnhookedTable, u32)>) -> usize {
+        let (mut leftover, mut buried) = (0, 0);
+        for (t, level) in &tables {
+            // SAFETY: PT7: unhooked, and kept allocated by the graveyard
+            // from here on; walkers only read and swap atomics.
+            buried += bury(unsafe { t.0.as_ref() }, *level, &mut leftover);
+        }
+        self.pool.live.fetch_sub(buried, Ordering::Relaxed);
+        self.pool.graveyard.lock().unwrap_or_else(|e| e.into_inner()).extend(tables);
+        leftover
+    }
 }
 
 impl Drop for PageTable {
@@ -746,6 +824,45 @@ mod tests {
         assert_eq!(freed, 0);
         assert_eq!(pt.tables(), 1 + 3);
         assert_eq!(pt.walk(0x7fff_0000_1000).pfn(), 9, "the other half is untouched");
+    }
+
+    /// PT7: a quarantined table's generation moves and it leaves the
+    /// count, but its memory is not handed out again: a stale walker that
+    /// still holds it writes a dead table, never a new one.
+    #[test]
+    fn quarantined_tables_are_never_handed_out_again() {
+        let pt = PageTable::new();
+        install(&pt, 0x40_0000, 7);
+        let leaf = pt.pte_table(0x40_0000, false).unwrap() as *const Table;
+        // SAFETY: the test holds no other reference; the table stays
+        // allocated (quarantined) for the page table's life.
+        let gen0 = unsafe { (*leaf).generation.load(Ordering::Relaxed) };
+        let mut g = G::default();
+        // Not zapped first: a PTE left in a freed table is counted.
+        pt.free_tables(0, 0x7fff_0000_0000, 0x40_0000, 0x40_1000, &mut g);
+        let left = pt.freer().quarantine(std::mem::take(&mut g.tables));
+        assert_eq!(left, 1, "the PTE still set is counted, as free counts it");
+        assert_eq!(pt.tables(), 1, "quarantined tables leave the count");
+        // SAFETY: as above.
+        assert_eq!(unsafe { (*leaf).generation.load(Ordering::Relaxed) }, gen0 + 1);
+        // New tables for the same and other addresses: none is the old one.
+        for i in 0..8u64 {
+            install(&pt, 0x40_0000 + (i << 21), 1);
+            let t = pt.pte_table(0x40_0000 + (i << 21), false).unwrap() as *const Table;
+            assert!(!std::ptr::eq(t, leaf), "a quarantined table came back from the pool");
+        }
+        // What the check above would see without PT7: `free` hands the
+        // same memory out again.
+        let pt = PageTable::new();
+        install(&pt, 0x40_0000, 7);
+        let leaf = pt.pte_table(0x40_0000, false).unwrap() as *const Table;
+        let mut g = G::default();
+        pt.zap(0x40_0000, 0x40_1000, &mut g);
+        pt.free_tables(0, 0x7fff_0000_0000, 0x40_0000, 0x40_1000, &mut g);
+        assert_eq!(pt.freer().free(std::mem::take(&mut g.tables)), 0);
+        install(&pt, 0x40_0000, 1);
+        let again = pt.pte_table(0x40_0000, false).unwrap() as *const Table;
+        assert!(std::ptr::eq(again, leaf), "the pool reuses a freed table");
     }
 
     #[test]

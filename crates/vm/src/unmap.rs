@@ -101,8 +101,9 @@ pub(crate) struct TablesOnPut {
 impl Drop for TablesOnPut {
     fn drop(&mut self) {
         let (tables, f, leaked) = (std::mem::take(&mut self.tables), self.freer.clone(), self.leaked.clone());
+        // pgtable.rs PT7: a stale fault may still write them (S5).
         self.tlb.call(move || {
-            leaked.fetch_add(f.free(tables) as u64, Ordering::Relaxed);
+            leaked.fetch_add(f.quarantine(tables) as u64, Ordering::Relaxed);
         });
     }
 }
@@ -215,8 +216,10 @@ impl MmCall<'_> {
         }
         let (f, leaked) = (self.hw.pt.freer(), self.hw.ptes_in_freed_tables.clone());
         if crate::inject::active(self.hw.inject, crate::inject::Injection::EagerTableFree) {
-            // inject.rs: no grace period at all (breaks U1, PT5).
-            leaked.fetch_add(f.free(g.tables) as u64, Ordering::Relaxed);
+            // inject.rs: no grace period at all (breaks U1, PT5); the
+            // tables are quarantined (pgtable.rs PT7), so walkers still in
+            // them corrupt no live table.
+            leaked.fetch_add(f.quarantine(g.tables) as u64, Ordering::Relaxed);
             return;
         }
         let tables = g.tables;

@@ -341,7 +341,7 @@ mod tests {
 
     #[test]
     fn injected_eager_table_free_is_caught() {
-        caught(Strategy::RcuSync, Some(Injection::EagerTableFree), 30.0, &["P3"]);
+        caught(Strategy::RcuSync, Some(Injection::EagerTableFree), 60.0, &["P3"]);
     }
 
     #[test]
@@ -359,7 +359,7 @@ mod tests {
     #[test]
     fn injected_fork_skipping_its_shootdown_is_caught() {
         for s in [Strategy::MmapLock, Strategy::RcuDead] {
-            caught(s, Some(Injection::ForkSkipsShootdown), 30.0, &["P1", "P2", "P5", "P9"]);
+            caught(s, Some(Injection::ForkSkipsShootdown), 60.0, &["P1", "P2", "P5", "P9"]);
         }
     }
 
