@@ -246,19 +246,22 @@ pub(crate) fn handle_mm_fault(
             )
         }
         Strategy::RcuRefcount => {
-            let vma: Arc<Vma> = {
-                let g = mm.domain().read();
-                match mm.vmas_tree().load(va, &g) {
-                    Some(e) => e.to_arc(),
-                    None if stack_above(mm, va, &g) => {
-                        drop(g);
-                        return fault_below_stack(mm, va, write, cache, stats);
-                    }
-                    None => return Err(AccessError::MapErr),
+            // The section lasts the whole fault, as the other rcu-*
+            // strategies' do: it keeps the page tables the walk goes
+            // through (unmap.rs `TablesOnPut`), not the VMA's mapping.
+            let g = mm.domain().read();
+            let vma: Arc<Vma> = match mm.vmas_tree().load(va, &g) {
+                Some(e) => e.to_arc(),
+                None if stack_above(mm, va, &g) => {
+                    drop(g);
+                    return fault_below_stack(mm, va, write, cache, stats);
                 }
+                None => return Err(AccessError::MapErr),
             };
             // S5: the counted reference "keeps the VMA valid"; no re-check.
-            do_fault(mm.hw(), mm.vmas_tree(), &vma, va, write, cache, None)
+            let r = do_fault(mm.hw(), mm.vmas_tree(), &vma, va, write, cache, None);
+            drop(g);
+            r
         }
     };
     count(out, stats)

@@ -1305,6 +1305,11 @@ impl Drop for AddressSpace {
                 break;
             }
         }
+        if self.mm.hw.strategy == Strategy::RcuRefcount {
+            // strategy.rs S5: the last puts (run by the barrier above)
+            // queued the tables' free behind one more VMA grace period.
+            self.mm.domain.barrier();
+        }
         self.mm.hw.tlb.domain().barrier();
     }
 }

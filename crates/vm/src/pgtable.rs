@@ -40,16 +40,15 @@
 //!   shootdown that follows the unhook was acknowledged and, for lockless
 //!   software walkers (faults, smaps), after an RCU grace period: the
 //!   caller's duty, through [`crate::tlb::MmuGather`].
-//! - PT7. Where a walker may still hold a table past those (`rcu-refcount`,
-//!   unsafe by design, strategy.rs S5: a fault keeps its VMA, not the
-//!   tables it shares with other VMAs; and inject.rs's `EagerTableFree`),
-//!   the table is *quarantined* instead of freed: its generation moves, as
-//!   a free's does (so fault.rs FL5 and P3 still see the use after free),
-//!   but its memory stays out of the pool until the last handle of the
-//!   pool goes. Why: a stale fault's store then lands in a dead table, not
-//!   in a live one the pool handed out again; freeing it to the pool made
-//!   `rcuvm check --strategy rcu-refcount` crash (SIGSEGV in `free_tree`,
-//!   a table pointer overwritten) in about 1 of 75 runs.
+//! - PT7. Where a walker may still hold a table past those (inject.rs's
+//!   `EagerTableFree`, which skips the grace periods), the table is
+//!   *quarantined* instead of freed: its generation moves, as a free's
+//!   does (so fault.rs FL5 and P3 still see the use after free), but its
+//!   memory stays out of the pool until the last handle of the pool goes.
+//!   Why: a stale walker's store then lands in a dead table, not in a
+//!   live one the pool handed out again, which can crash the process (as
+//!   `rcu-refcount` did before strategy.rs S5 kept its tables: a SIGSEGV
+//!   in `free_tree`, a table pointer overwritten).
 //!
 //! # Concurrency
 //! `walk`, `rss`, `reachable` (crate-private): lock-free, any thread,

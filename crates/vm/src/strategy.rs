@@ -38,7 +38,14 @@
 //!   counted reference to the VMA and installs its PTE without re-checking.
 //!   A fault that found the VMA before a munmap can install a PTE after the
 //!   munmap's zap: the stale PTE problem of the thread. It exists so the
-//!   checker can prove it catches that. Never a default.
+//!   checker can prove it catches that. Never a default. Its fault stays
+//!   in a read-side section of the VMA domain to the end, and the tables
+//!   a munmap unhooks are freed on the last put of the unmapped VMAs,
+//!   after grace periods of both domains (unmap.rs `TablesOnPut`): the
+//!   stale PTE lands in a live or an unhooked table, which the checker
+//!   sees (P1, P3), never in freed memory, which would crash it (it did,
+//!   in 2 of 150 seeds, while the tables waited for the TLB domain
+//!   alone and the section ended before the walk).
 //!
 //! # Linux
 //! `mmap_lock` (pre-6.4 faults), `lock_vma_under_rcu`, `vma_start_read`,

@@ -94,16 +94,27 @@ use crate::vma::Vma;
 pub(crate) struct TablesOnPut {
     tables: Vec<(crate::pgtable::UnhookedTable, u32)>,
     freer: crate::pgtable::TableFreer,
+    vma: Arc<rcuvm_rcu::Domain>,
     tlb: Arc<rcuvm_rcu::Domain>,
     leaked: Arc<crossbeam_utils::CachePadded<AtomicU64>>,
 }
 
 impl Drop for TablesOnPut {
+    /// After a grace period of the VMA domain, then one of the TLB domain
+    /// (tlb.rs T6), as every other free of tables. Why the VMA domain's
+    /// too: the put that frees them may be any VMA's (a CPU's VMA cache
+    /// lets go of one at any time), while a fault of another VMA that
+    /// shares these tables still walks them inside its section of the VMA
+    /// domain (strategy.rs S5); with the TLB domain's alone such a fault
+    /// wrote a table the pool had handed out again (a SIGSEGV in 2 of 150
+    /// seeds of `rcuvm check --strategy rcu-refcount`).
     fn drop(&mut self) {
         let (tables, f, leaked) = (std::mem::take(&mut self.tables), self.freer.clone(), self.leaked.clone());
-        // pgtable.rs PT7: a stale fault may still write them (S5).
-        self.tlb.call(move || {
-            leaked.fetch_add(f.quarantine(tables) as u64, Ordering::Relaxed);
+        let tlb = self.tlb.clone();
+        self.vma.call(move || {
+            tlb.call(move || {
+                leaked.fetch_add(f.free(tables) as u64, Ordering::Relaxed);
+            })
         });
     }
 }
@@ -179,6 +190,7 @@ impl MmCall<'_> {
             let holder = Arc::new(TablesOnPut {
                 tables: std::mem::take(&mut g.tables),
                 freer: self.hw.pt.freer(),
+                vma: self.tree.domain().clone(),
                 tlb: self.hw.tlb.domain().clone(),
                 leaked: self.hw.ptes_in_freed_tables.clone(),
             });
