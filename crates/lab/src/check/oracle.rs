@@ -125,15 +125,21 @@ pub struct ChildRead {
 pub fn check_children(h: &History, reads: &[ChildRead]) -> Vec<Violation> {
     let t0 = h.calls.first().map_or(0, |c| c.start);
     let rel = |t: u64| t.saturating_sub(t0) as f64 / 1000.0;
-    let mut writes: HashMap<u64, &AccessEvent> = HashMap::new();
+    if reads.is_empty() {
+        return Vec::new();
+    }
+    // Only the values the children read: a round has millions of writes.
+    let mut writes: HashMap<u64, Option<&AccessEvent>> = reads.iter().map(|r| (r.value, None)).collect();
     for a in h.accesses.iter().flatten() {
         if a.write && a.result.is_ok() {
-            writes.insert(a.value, a);
+            if let Some(w) = writes.get_mut(&a.value) {
+                *w = Some(a);
+            }
         }
     }
     let mut out = Vec::new();
     for r in reads {
-        let what = match writes.get(&r.value) {
+        let what = match writes.get(&r.value).copied().flatten() {
             None => format!(
                 "a forked child read {:#x} at {:#x}, a value no CPU of the parent wrote (fork returned at {:.3} us)",
                 r.value,

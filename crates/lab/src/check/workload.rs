@@ -470,29 +470,30 @@ impl Forker {
     /// own: W3 counts the frames of the shared `PhysMem`). A teardown that
     /// panicked is a violation (W5).
     fn finish(mut self) -> (Vec<ChildRead>, Vec<Violation>) {
-        self.exit();
-        drop(self.exits.take());
-        for t in std::mem::take(&mut self.exiters) {
-            if let Err(p) = t.join() {
-                self.violations.push(Violation {
-                    rule: "P8",
-                    what: format!("a forked child's teardown panicked: {}", message(&*p)),
-                    events: vec![],
-                });
-            }
+        for p in self.shut_down() {
+            self.violations.push(Violation {
+                rule: "P8",
+                what: format!("a forked child's teardown panicked: {p}"),
+                events: vec![],
+            });
         }
         (std::mem::take(&mut self.firsts), std::mem::take(&mut self.violations))
+    }
+
+    /// The last child exits and every exiter is joined; the messages of
+    /// the teardowns that panicked.
+    fn shut_down(&mut self) -> Vec<String> {
+        self.exit();
+        drop(self.exits.take());
+        self.exiters.drain(..).filter_map(|t| t.join().err()).map(|p| message(&*p)).collect()
     }
 }
 
 impl Drop for Forker {
-    /// After a panic in the round: the children still go.
+    /// After a panic in the round (`finish` not reached): the children
+    /// still go; the round's own panic is what is reported.
     fn drop(&mut self) {
-        self.exit();
-        drop(self.exits.take());
-        for t in self.exiters.drain(..) {
-            let _ = t.join();
-        }
+        self.shut_down();
     }
 }
 
